@@ -1,0 +1,241 @@
+"""Run configuration: one YAML file, presets, ``--set dotted.key=value`` overrides, validated up front.
+
+The schema is the DEFAULTS tree below: a key's type is its default's type unless ``TYPES`` says
+otherwise. Unknown keys, wrong types and out-of-range values are UserErrors naming the key.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from autoprune.errors import UserError
+
+DEFAULTS: dict[str, Any] = {
+    "model": {"arch": "resnet18", "last_stride": 1, "pooling": "avg", "weights": "none",
+              "input_size": [128, 64]},
+    "data": {"source": "synth:A", "target": "synth:B", "root": "data", "batch_size": 32,
+             "num_instances": 4, "workers": 0, "random_erasing": 0.0, "check_images": True,
+             "synth": {"num_train_ids": 100, "num_test_ids": 100, "images_per_id_per_cam": 2,
+                       "num_distractors": 50, "seed": 0}},
+    "train": {"epochs": 12, "optimizer": "adam", "lr": 3.5e-4, "weight_decay": 5e-4, "momentum": 0.9,
+              "warmup_epochs": 1, "schedule": "cosine", "milestones": [], "gamma": 0.1,
+              "label_smoothing": 0.1, "triplet_weight": 1.0, "margin": 0.3, "center_weight": 0.0,
+              "device": "auto", "threads": 0, "amp": True, "channels_last": True,
+              "max_batches_per_epoch": 0},
+    "budget": {"macs_ratio": 0.5, "gmacs": None, "round_to": 8, "min_keep": 0.1, "max_keep": 1.0},
+    "search": {"backend": "optuna", "sampler": "tpe", "n_trials": 20, "space": "groupwise",
+               "storage": None, "study_name": None, "objectives": "rank1", "pruner": "median",
+               "warm_start": [], "final_epochs": 0, "timeout": None,
+               "screening": {"enabled": False, "batches": 8, "keep_fraction": 0.5, "candidates": 4},
+               "ray": {"address": None, "cpus_per_trial": 1, "gpus_per_trial": 0.0,
+                       "max_concurrent": 2}},
+    "trial": {"scenario": "prune_then_finetune", "criterion": "l1", "strategy": "one_shot",
+              "finetune_epochs": 2, "lr": 3.5e-4, "criterion_batches": 4, "steps": 3,
+              "schedule": "linear", "eval_every_epoch": True},
+    "seed": 0,
+}
+
+# Keys whose default is None (or a list) take these types; a tuple means "any of".
+TYPES: dict[str, tuple[type, ...]] = {
+    "budget.gmacs": (float, type(None)),
+    "search.storage": (str, type(None)),
+    "search.study_name": (str, type(None)),
+    "search.timeout": (float, type(None)),
+    "search.ray.address": (str, type(None)),
+}
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model.pooling": ("avg", "gem"),
+    "train.optimizer": ("adam", "sgd"),
+    "train.schedule": ("cosine", "step", "constant"),
+    "search.backend": ("optuna", "ray"),
+    "search.sampler": ("tpe", "random", "cmaes", "gp", "nsga2"),
+    "search.objectives": ("rank1", "rank1+macs"),
+    "search.pruner": ("median", "hyperband", "none"),
+    "trial.schedule": ("linear", "exponential"),
+}
+RANGES: dict[str, tuple[float, float]] = {
+    "budget.macs_ratio": (0.0, 1.0),
+    "budget.min_keep": (0.0, 1.0),
+    "budget.max_keep": (0.0, 1.0),
+    "search.screening.keep_fraction": (0.0, 1.0),
+}
+POSITIVE = ("data.batch_size", "data.num_instances", "search.n_trials", "budget.round_to", "trial.steps",
+            "train.lr", "trial.lr")
+NON_NEGATIVE = ("train.epochs", "trial.finetune_epochs", "train.warmup_epochs", "data.workers",
+                "trial.criterion_batches", "search.final_epochs", "train.max_batches_per_epoch")
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and path not in ("search.space_options",):
+            out.update(_flatten(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+_LEAVES = _flatten(DEFAULTS)
+
+
+def _type_name(types: tuple[type, ...]) -> str:
+    return " or ".join("null" if t is type(None) else t.__name__ for t in types)
+
+
+def _check_value(key: str, value: Any) -> Any:
+    default = _LEAVES[key]
+    types = TYPES.get(key) or ((float, int) if isinstance(default, float) else (type(default),))
+    if isinstance(value, bool) and bool not in types:
+        raise UserError(f"config key {key!r} must be {_type_name(types)}, got {value!r}")
+    if isinstance(default, list):
+        if not isinstance(value, list):
+            raise UserError(f"config key {key!r} must be a list, got {value!r}")
+        if key == "model.input_size" and (len(value) != 2 or not all(isinstance(v, int) and v >= 16 for v in value)):
+            raise UserError(f"model.input_size must be [height, width] with integers >= 16, got {value!r}")
+        return value
+    if not isinstance(value, types):
+        raise UserError(f"config key {key!r} must be {_type_name(types)}, got {type(value).__name__} {value!r}")
+    if float in types and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if key in CHOICES and value not in CHOICES[key]:
+        close = difflib.get_close_matches(str(value), CHOICES[key], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UserError(f"config key {key!r} is {value!r}{hint}; choose one of: {', '.join(CHOICES[key])}")
+    if key in RANGES and value is not None:
+        lo, hi = RANGES[key]
+        if not (lo < value <= hi):
+            raise UserError(f"config key {key!r} must be in ({lo}, {hi}], got {value}")
+    if key in POSITIVE and value is not None and value <= 0:
+        raise UserError(f"config key {key!r} must be > 0, got {value}")
+    if key in NON_NEGATIVE and value < 0:
+        raise UserError(f"config key {key!r} must be >= 0, got {value}")
+    return value
+
+
+def _unknown(key: str) -> UserError:
+    close = difflib.get_close_matches(key, list(_LEAVES), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return UserError(f"unknown config key {key!r}{hint}; `autoprune config --show` prints every key")
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any], prefix: str = "") -> None:
+    for key, value in override.items():
+        path = f"{prefix}{key}"
+        if key not in base:
+            raise _unknown(path)
+        if isinstance(base[key], dict):
+            if not isinstance(value, dict):
+                raise UserError(f"config key {path!r} is a section; write it as a mapping of keys, not {value!r}")
+            _merge(base[key], value, path + ".")
+        else:
+            base[key] = _check_value(path, value)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from disk; malformed YAML is a UserError with the line."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file {p} does not exist; give --config an existing YAML file")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UserError(f"config file {p} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {p} must hold a mapping of sections (model:, data:, ...), not {type(data).__name__}")
+    return data
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("autoprune.presets").iterdir() if p.name.endswith(".yaml"))
+
+
+def read_preset(name: str) -> dict[str, Any]:
+    if name not in preset_names():
+        close = difflib.get_close_matches(name, preset_names(), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UserError(f"unknown preset {name!r}{hint}; presets: {', '.join(preset_names())}")
+    text = resources.files("autoprune.presets").joinpath(f"{name}.yaml").read_text()
+    return yaml.safe_load(text) or {}
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``a.b=value`` with the value parsed as YAML (so numbers, lists and null work)."""
+    if "=" not in item:
+        raise UserError(f"--set {item!r} must look like dotted.key=value, e.g. --set search.n_trials=5")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if key not in _LEAVES:
+        if any(leaf.startswith(key + ".") for leaf in _LEAVES):
+            raise UserError(f"--set {key}: {key!r} is a section; set one of its keys, e.g. {next(l for l in _LEAVES if l.startswith(key + '.'))}")
+        raise _unknown(key)
+    return key, value
+
+
+def _nest(key: str, value: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    node = out
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def load_config(config: str | Path | None = None, preset: str | None = None,
+                overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """Defaults <- preset (``demo`` when neither a file nor a preset is given) <- file <- ``--set``."""
+    cfg = copy.deepcopy(DEFAULTS)
+    if preset is None and config is None:
+        preset = "demo"
+    if preset is not None:
+        _merge(cfg, read_preset(preset))
+    if config is not None:
+        _merge(cfg, read_yaml(config))
+    for item in overrides:
+        key, value = parse_override(item)
+        _merge(cfg, _nest(key, value))
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: dict[str, Any]) -> None:
+    """Checks across keys, after every layer is merged."""
+    b = cfg["budget"]
+    if b["min_keep"] > b["max_keep"]:
+        raise UserError(f"budget.min_keep ({b['min_keep']}) is above budget.max_keep ({b['max_keep']}); lower min_keep")
+    if b["gmacs"] is not None and b["gmacs"] <= 0:
+        raise UserError(f"budget.gmacs must be > 0 GMACs, got {b['gmacs']}")
+    if cfg["data"]["batch_size"] % cfg["data"]["num_instances"]:
+        raise UserError(f"data.batch_size ({cfg['data']['batch_size']}) must be a multiple of data.num_instances "
+                        f"({cfg['data']['num_instances']}) for P x K identity batches")
+    for key in ("source", "target"):
+        spec = cfg["data"][key]
+        if not isinstance(spec, str) or ":" not in spec:
+            raise UserError(f"data.{key} must look like KIND:ROOT (e.g. market1501:/data/market or synth:B), got {spec!r}")
+
+
+def config_hash(cfg: dict[str, Any], keys: tuple[str, ...]) -> str:
+    """A short stable hash of the named sections, for caches (baselines) and run-directory identity."""
+    part = {k: cfg[k] for k in keys}
+    return hashlib.sha256(json.dumps(part, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def dump(cfg: dict[str, Any]) -> str:
+    return yaml.safe_dump(cfg, sort_keys=False)

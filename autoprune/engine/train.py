@@ -1,0 +1,150 @@
+"""The fine-tuning loop every scenario and strategy uses: the strong-baseline re-ID recipe.
+
+Cross-entropy with label smoothing on the BNNeck logits, batch-hard triplet on the features before it,
+optional center loss; Adam or SGD with linear warm-up and a cosine or step schedule; P x K batches.
+AMP and channels-last are used on CUDA only.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from autoprune.data.loading import IdentitySampler, ImageStore, augment, normalize
+from autoprune.engine.losses import CenterLoss, cross_entropy_ls, hard_triplet_loss
+from autoprune.errors import UserError
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or infinite; the trial is failed rather than trained on garbage."""
+
+
+@dataclass
+class TrainSettings:
+    """Everything that decides a fine-tuning run besides the model and data."""
+
+    epochs: int = 2
+    lr: float = 3.5e-4
+    optimizer: str = "adam"
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    warmup_epochs: int = 1
+    schedule: str = "cosine"
+    milestones: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+    label_smoothing: float = 0.1
+    triplet_weight: float = 1.0
+    margin: float = 0.3
+    center_weight: float = 0.0
+    batch_size: int = 32
+    num_instances: int = 4
+    erasing: float = 0.0
+    max_batches_per_epoch: int = 0
+    amp: bool = True
+    channels_last: bool = True
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any], epochs: int | None = None, lr: float | None = None) -> "TrainSettings":
+        t, d = cfg["train"], cfg["data"]
+        return cls(epochs=t["epochs"] if epochs is None else epochs, lr=t["lr"] if lr is None else lr,
+                   optimizer=t["optimizer"], weight_decay=t["weight_decay"], momentum=t["momentum"],
+                   warmup_epochs=t["warmup_epochs"], schedule=t["schedule"], milestones=list(t["milestones"]),
+                   gamma=t["gamma"], label_smoothing=t["label_smoothing"], triplet_weight=t["triplet_weight"],
+                   margin=t["margin"], center_weight=t["center_weight"], batch_size=d["batch_size"],
+                   num_instances=d["num_instances"], erasing=d["random_erasing"],
+                   max_batches_per_epoch=t["max_batches_per_epoch"], amp=t["amp"],
+                   channels_last=t["channels_last"], seed=cfg["seed"])
+
+
+def lr_factor(s: TrainSettings, epoch: float) -> float:
+    """Learning-rate multiplier at a (fractional) epoch: linear warm-up, then the schedule."""
+    if s.warmup_epochs and epoch < s.warmup_epochs:
+        return 0.1 + 0.9 * epoch / s.warmup_epochs
+    if s.schedule == "cosine":
+        span = max(1e-9, s.epochs - s.warmup_epochs)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (epoch - s.warmup_epochs) / span)))  * 0.99 + 0.01
+    if s.schedule == "step":
+        return s.gamma ** sum(epoch >= m for m in s.milestones)
+    return 1.0
+
+
+def make_optimizer(params: list[nn.Parameter], s: TrainSettings) -> torch.optim.Optimizer:
+    if s.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay, nesterov=True)
+    return torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
+
+
+EpochCallback = Callable[[int, nn.Module], None]
+
+
+def fit(model: nn.Module, train: ImageStore, s: TrainSettings, device: torch.device,
+        on_epoch_end: EpochCallback | None = None, on_step_end: Callable[[nn.Module], None] | None = None,
+        desc: str = "train", progress: bool = True) -> list[dict[str, float]]:
+    """Train ``model`` on ``train`` (pids 0..N-1) for ``s.epochs``; returns per-epoch loss and throughput.
+
+    ``on_epoch_end(epoch, model)`` runs after each epoch (soft pruning, per-epoch evaluation and trial
+    early-stopping hook in here); ``on_step_end(model)`` after each optimiser step (to keep masks applied).
+    """
+    num_classes = int(train.pids.max()) + 1 if len(train) else 0
+    if num_classes == 0:
+        raise UserError("the training split is empty; check the dataset's train folder")
+    if model.classifier.out_features != num_classes:
+        model.reset_classifier(num_classes)
+    model.to(device)
+    cuda = device.type == "cuda"
+    if cuda and s.channels_last:
+        model.to(memory_format=torch.channels_last)
+    center = CenterLoss(num_classes, model.feat_dim).to(device) if s.center_weight > 0 else None
+    params = [p for p in model.parameters() if p.requires_grad] + (list(center.parameters()) if center else [])
+    opt = make_optimizer(params, s)
+    scaler = torch.amp.GradScaler("cuda", enabled=cuda and s.amp)
+    sampler = IdentitySampler(train.pids.tolist(), s.batch_size, s.num_instances, seed=s.seed)
+    gen = torch.Generator().manual_seed(s.seed)
+    history: list[dict[str, float]] = []
+    for epoch in range(s.epochs):
+        model.train()
+        batches = sampler.batches(epoch)
+        if s.max_batches_per_epoch:
+            batches = batches[: s.max_batches_per_epoch]
+        start, seen, total = time.perf_counter(), 0, 0.0
+        bar = tqdm(batches, desc=f"{desc} {epoch + 1}/{s.epochs}", leave=False, disable=not progress,
+                   dynamic_ncols=True)
+        for step, idx in enumerate(bar):
+            for group in opt.param_groups:
+                group["lr"] = s.lr * lr_factor(s, epoch + step / max(1, len(batches)))
+            x = augment(normalize(train.get(idx)), gen, erasing=s.erasing).to(device, non_blocking=True)
+            if cuda and s.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            y = train.pids[idx].to(device)
+            with torch.autocast(device.type, enabled=cuda and s.amp):
+                logits, feat = model(x)
+                loss = cross_entropy_ls(logits.float(), y, s.label_smoothing)
+                if s.triplet_weight:
+                    loss = loss + s.triplet_weight * hard_triplet_loss(feat.float(), y, s.margin)
+                if center is not None:
+                    loss = loss + s.center_weight * center(feat.float(), y)
+            if not torch.isfinite(loss):
+                raise NonFiniteLoss(f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}")
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            if on_step_end is not None:
+                on_step_end(model)
+            seen += len(idx)
+            total += loss.item() * len(idx)
+            bar.set_postfix(loss=f"{total / seen:.3f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
+        bar.close()
+        seconds = time.perf_counter() - start
+        history.append({"epoch": epoch + 1, "loss": total / max(1, seen), "images_per_s": seen / max(seconds, 1e-9),
+                        "seconds": seconds})
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, model)
+    return history

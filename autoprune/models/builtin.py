@@ -1,0 +1,48 @@
+"""Built-in backbones: every ResNet-family model torchvision has, plus a tiny ResNet-10 for smoke runs."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable
+
+import torchvision.models as tvm
+from torch import nn
+from torchvision.models.resnet import BasicBlock, ResNet
+
+from autoprune.hookspecs import hookimpl
+
+TORCHVISION_RESNETS = (
+    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+    "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2",
+)
+
+
+def _torchvision(name: str, last_stride: int = 1) -> nn.Module:
+    model = getattr(tvm, name)(weights=None)
+    _set_last_stride(model, last_stride)
+    model.fc = nn.Identity()
+    return model
+
+
+def _resnet10(last_stride: int = 1) -> nn.Module:
+    model = ResNet(BasicBlock, [1, 1, 1, 1])
+    _set_last_stride(model, last_stride)
+    model.fc = nn.Identity()
+    return model
+
+
+def _set_last_stride(model: nn.Module, stride: int) -> None:
+    """Stride of the first block of layer4; 1 is the re-ID default (bigger final map, better features)."""
+    block = model.layer4[0]
+    convs = [block.conv2] if hasattr(block, "conv3") else [block.conv1]
+    for conv in convs:
+        conv.stride = (stride, stride)
+    if block.downsample is not None:
+        block.downsample[0].stride = (stride, stride)
+
+
+@hookimpl
+def autoprune_register_backbones(register: Callable[..., None]) -> None:
+    register("resnet10", _resnet10)
+    for name in TORCHVISION_RESNETS:
+        register(name, partial(_torchvision, name))

@@ -1,0 +1,126 @@
+"""Budget projection: any sampled per-group keep ratios -> channel counts whose MACs meet the budget.
+
+Every trial's policy meets the budget by construction, so no trial is wasted on an infeasible policy.
+The sampled ratios are read as relative preferences: they are scaled by one common factor (binary
+search) until the rounded widths fit, then single rounding steps are added back greedily, most
+under-served group first, while they still fit. The result is at most the budget and, unless the
+min/max ratios prevent it, within 1% below it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from autoprune.errors import UserError
+from autoprune.pruning.flops import CostModel
+
+
+@dataclass
+class Budget:
+    """The MACs limit and the per-group constraints of a search."""
+
+    macs: int
+    min_keep: float = 0.1
+    max_keep: float = 1.0
+    round_to: int = 8
+
+    @classmethod
+    def from_config(cls, budget_cfg: dict, base_macs: int) -> "Budget":
+        if budget_cfg.get("gmacs") is not None:
+            macs = int(budget_cfg["gmacs"] * 1e9)
+            if macs > base_macs:
+                raise UserError(f"budget.gmacs {budget_cfg['gmacs']} is above the unpruned model's "
+                                f"{base_macs / 1e9:.3f} GMACs; give a smaller budget")
+        else:
+            macs = int(budget_cfg["macs_ratio"] * base_macs)
+        return cls(macs, budget_cfg["min_keep"], budget_cfg["max_keep"], budget_cfg["round_to"])
+
+
+def round_channels(channels: int, ratio: float, round_to: int) -> int:
+    """Kept channels for ``ratio`` of ``channels``, a multiple of ``round_to`` (hardware-friendly widths)."""
+    if ratio >= 1.0:
+        return channels
+    if channels <= round_to or round_to <= 1:
+        return max(1, min(channels, int(round(ratio * channels))))
+    kept = int(round(ratio * channels / round_to)) * round_to
+    return max(round_to, min(channels, kept))
+
+
+def _counts(cost: CostModel, ratios: dict[str, float], scale: float, b: Budget) -> dict[str, int]:
+    out = {}
+    for name, base in cost.base_widths.items():
+        r = min(b.max_keep, max(b.min_keep, scale * ratios.get(name, 1.0)))
+        out[name] = round_channels(base, r, b.round_to)
+    return out
+
+
+def _ceil_min(base: int, b: Budget) -> int:
+    """The smallest width allowed by min_keep after rounding up to the multiple."""
+    if b.round_to <= 1 or base <= b.round_to:
+        return max(1, -(-int(b.min_keep * base * 1000) // 1000))
+    return min(base, max(b.round_to, -(-int(b.min_keep * base) // b.round_to) * b.round_to))
+
+
+def check_feasible(cost: CostModel, b: Budget) -> None:
+    """An impossible budget is a UserError up front, not a failed trial."""
+    floor = cost.macs({n: _ceil_min(c, b) for n, c in cost.base_widths.items()})
+    if floor > b.macs:
+        raise UserError(
+            f"the budget of {b.macs / 1e6:.1f} MMACs ({b.macs / cost.base_macs:.1%} of the model) is below what "
+            f"budget.min_keep={b.min_keep} allows ({floor / 1e6:.1f} MMACs, {floor / cost.base_macs:.1%}); "
+            f"lower budget.min_keep or raise the budget"
+        )
+
+
+def project(cost: CostModel, ratios: dict[str, float], b: Budget) -> dict[str, int]:
+    """Channel counts per group: MACs <= budget, as close to it as rounding allows, shaped like ``ratios``."""
+    unknown = set(ratios) - set(cost.base_widths)
+    if unknown:
+        raise UserError(f"policy names groups the model does not have: {sorted(unknown)[:3]}")
+    check_feasible(cost, b)
+    if cost.macs(_counts(cost, ratios, 1e9, b)) <= b.macs:
+        return _counts(cost, ratios, 1e9, b)  # everything at max_keep already fits
+    lo, hi = 0.0, 1.0 / max(1e-6, min(ratios.values(), default=1.0))
+    while cost.macs(_counts(cost, ratios, hi, b)) <= b.macs:
+        hi *= 2
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if cost.macs(_counts(cost, ratios, mid, b)) <= b.macs:
+            lo = mid
+        else:
+            hi = mid
+    counts = _counts(cost, ratios, lo, b)
+    counts = {n: max(c, _ceil_min(cost.base_widths[n], b)) for n, c in counts.items()}
+    if cost.macs(counts) > b.macs:  # min widths pushed it over; shrink the largest relative groups
+        for name in sorted(counts, key=lambda n: -counts[n] / cost.base_widths[n]):
+            while cost.macs(counts) > b.macs and counts[name] - b.round_to >= _ceil_min(cost.base_widths[name], b):
+                counts[name] -= b.round_to
+    # Greedy fill: give back rounding steps to the groups furthest below their preferred width.
+    frozen: set[str] = set()
+    total = cost.macs(counts)
+    while total < b.macs:
+        best, best_gap = None, None
+        for name, c in counts.items():
+            base = cost.base_widths[name]
+            if name in frozen or c >= base or c / base >= b.max_keep:
+                continue
+            want = min(b.max_keep, max(b.min_keep, lo * ratios.get(name, 1.0)))
+            gap = c / base - want
+            if best_gap is None or gap < best_gap:
+                best, best_gap = name, gap
+        if best is None:
+            break
+        step = b.round_to if cost.base_widths[best] > b.round_to else 1
+        trial = dict(counts)
+        trial[best] = min(cost.base_widths[best], counts[best] + step)
+        new_total = cost.macs(trial)
+        if new_total <= b.macs:
+            counts, total = trial, new_total
+        else:
+            frozen.add(best)
+    return counts
+
+
+def uniform_ratios(cost: CostModel) -> dict[str, float]:
+    """Equal preferences for every group: the hand-picked uniform policy of the paper, after projection."""
+    return {name: 1.0 for name in cost.base_widths}

@@ -1,0 +1,43 @@
+"""Structural surgery: remove the lowest-scored channels of each group so it keeps the given count."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from autoprune.criteria import BaseCriterion, CriterionContext
+from autoprune.pruning.groups import PruningGraph
+
+
+def score_groups(model: nn.Module, criterion: BaseCriterion, ctx: CriterionContext,
+                 groups: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """Scores of every channel of every (or the named) group, computed before any channel is removed."""
+    criterion.prepare(model, ctx)
+    out = {}
+    for name in groups if groups is not None else list(ctx.graph.groups):
+        s = criterion.score(model, name, ctx)
+        s = torch.as_tensor(s).detach().float().flatten().cpu()
+        expected = ctx.graph.groups[name].channels
+        if s.numel() != expected:
+            raise ValueError(f"criterion {criterion.name!r} gave {s.numel()} scores for group {name} "
+                             f"with {expected} channels")
+        if not torch.isfinite(s).all():
+            s = torch.nan_to_num(s, nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
+        out[name] = s
+    return out
+
+
+def lowest(scores: torch.Tensor, remove: int) -> list[int]:
+    """Indices of the ``remove`` lowest scores (ties broken by index, so pruning is deterministic)."""
+    if remove <= 0:
+        return []
+    order = sorted(range(scores.numel()), key=lambda i: (float(scores[i]), i))
+    return order[:remove]
+
+
+def prune_to_counts(graph: PruningGraph, counts: dict[str, int], scores: dict[str, torch.Tensor]) -> None:
+    """Shrink each group to ``counts[name]`` channels, removing its lowest-scored channels."""
+    for name, keep in counts.items():
+        current = graph.groups[name].channels
+        if keep < current:
+            graph.prune(name, lowest(scores[name], current - keep))

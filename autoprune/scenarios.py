@@ -1,0 +1,41 @@
+"""The scenario plugin API: where pruning happens relative to source training and target fine-tuning."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from torch import nn
+
+from autoprune.data.domain import Domain
+
+
+@dataclass
+class ScenarioContext:
+    """A trial's model and the host services a scenario orders.
+
+    - ``prune(model, domain, epochs)``: the configured strategy and criterion prune ``model`` to the
+      trial's widths, fine-tuning ``epochs`` on ``domain`` (data-driven criteria also use ``domain``);
+    - ``finetune(model, domain, epochs)``: plain fine-tuning, no pruning;
+    - ``evaluate(model, domain)``: ``{"rank1", "mAP", ...}`` on the domain's query/gallery.
+    """
+
+    model: nn.Module
+    source: Domain
+    target: Domain
+    epochs: int
+    prune: Callable[[nn.Module, Domain, int], nn.Module]
+    finetune: Callable[[nn.Module, Domain, int], None]
+    evaluate: Callable[[nn.Module, Domain], dict[str, Any]]
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+class BaseScenario(abc.ABC):
+    """Orders pruning and fine-tuning; returns the final model and its measurements."""
+
+    name: str = ""
+
+    @abc.abstractmethod
+    def run(self, ctx: ScenarioContext) -> tuple[nn.Module, dict[str, Any]]:
+        """Return ``(model, {"target": metrics, "source": metrics or None})``."""
