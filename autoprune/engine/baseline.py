@@ -1,0 +1,54 @@
+"""The source-trained baseline, trained once and cached by a hash of everything that determines it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from autoprune.config import config_hash
+from autoprune.data.domain import Domain
+from autoprune.engine.evaluate import evaluate_domain
+from autoprune.engine.train import TrainSettings, fit
+from autoprune.models import ReIDNet, build_model
+from autoprune.pruning.serialize import load_pruned, save_pruned
+
+
+def baseline_key(cfg: dict[str, Any]) -> str:
+    """What determines the baseline: model, source data, training recipe and seed."""
+    part = {"model": cfg["model"], "source": cfg["data"]["source"], "synth": cfg["data"]["synth"],
+            "batch": [cfg["data"]["batch_size"], cfg["data"]["num_instances"], cfg["data"]["random_erasing"]],
+            "train": {k: v for k, v in cfg["train"].items() if k not in ("device", "threads")},
+            "seed": cfg["seed"]}
+    return config_hash({"b": part}, ("b",))
+
+
+def baseline_path(cfg: dict[str, Any]) -> Path:
+    return Path(cfg["data"]["root"]) / "baselines" / f"{cfg['model']['arch']}-{baseline_key(cfg)}.pt"
+
+
+def get_baseline(cfg: dict[str, Any], source: Domain, device: torch.device, progress: bool = True,
+                 log: Any = print) -> tuple[ReIDNet, dict[str, Any]]:
+    """Load the cached source-trained model, or train it on the source domain and cache it."""
+    path = baseline_path(cfg)
+    info_path = path.with_suffix(".json")
+    if path.is_file() and info_path.is_file():
+        log(f"baseline: reusing {path}")
+        return load_pruned(path), json.loads(info_path.read_text())
+    torch.manual_seed(cfg["seed"])
+    m = cfg["model"]
+    model = build_model(m["arch"], source.num_classes, last_stride=m["last_stride"], pooling=m["pooling"],
+                        weights=m["weights"])
+    settings = TrainSettings.from_config(cfg)
+    log(f"baseline: training {m['arch']} on {source.spec} for {settings.epochs} epochs "
+        f"({len(source.train)} images, {source.num_classes} identities)")
+    history = fit(model, source.train, settings, device, desc="baseline", progress=progress)
+    source_metrics = evaluate_domain(model, source.query, source.gallery, device)
+    info = {"arch": m["arch"], "source": source.spec, "source_metrics": source_metrics, "history": history,
+            "key": baseline_key(cfg)}
+    save_pruned(model, path)
+    info_path.write_text(json.dumps(info, indent=2))
+    log(f"baseline: source rank-1 {source_metrics['rank1']:.3f}, mAP {source_metrics['mAP']:.3f}; saved {path}")
+    return model, info

@@ -1,0 +1,36 @@
+"""Trial records: the backend-neutral shape of one trial in report.json and trials.csv."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class TrialRecord:
+    number: int
+    state: str                         # COMPLETE | PRUNED | FAIL | RUNNING
+    policy: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    macs: int | None = None
+    params: int | None = None
+    macs_ratio: float | None = None
+    target: dict[str, float] | None = None
+    source: dict[str, float] | None = None
+    seconds: float | None = None
+    error: str | None = None
+    model: str | None = None          # run-directory-relative path of the trial's model, if kept
+    values: dict[str, float] = field(default_factory=dict)  # the sampled search-space values
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "TrialRecord":
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+def metrics_summary(metrics: dict[str, Any] | None) -> dict[str, float] | None:
+    if not metrics:
+        return None
+    return {k: float(metrics[k]) for k in ("rank1", "rank5", "rank10", "mAP") if k in metrics}

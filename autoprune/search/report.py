@@ -1,0 +1,120 @@
+"""Run-directory outputs: report.json, trials.csv, plots, and the printed summary."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from autoprune.search.records import TrialRecord
+
+
+def pareto_front(records: list[TrialRecord]) -> list[int]:
+    """Trial numbers not dominated in (higher rank-1, lower MACs) among complete trials."""
+    done = [r for r in records if r.state == "COMPLETE" and r.target and r.macs is not None]
+    front = []
+    for r in done:
+        dominated = any(o.target["rank1"] >= r.target["rank1"] and o.macs <= r.macs
+                        and (o.target["rank1"] > r.target["rank1"] or o.macs < r.macs) for o in done)
+        if not dominated:
+            front.append(r.number)
+    return sorted(front)
+
+
+def write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False))
+    tmp.replace(path)
+
+
+def write_trials_csv(path: Path, records: list[TrialRecord]) -> None:
+    groups = sorted({g for r in records for g in r.policy})
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["number", "state", "macs", "macs_ratio", "params", "rank1", "mAP", "seconds", "error"]
+                   + [f"keep:{g}" for g in groups])
+        for r in records:
+            t = r.target or {}
+            w.writerow([r.number, r.state, r.macs, r.macs_ratio, r.params, t.get("rank1"), t.get("mAP"),
+                        r.seconds, r.error or ""] + [r.policy.get(g) for g in groups])
+
+
+def write_plots(run_dir: Path, report: dict[str, Any], records: list[TrialRecord]) -> list[str]:
+    """rank-1 vs MACs (front marked), best policy vs uniform per group, search progress."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = []
+    done = [r for r in records if r.state == "COMPLETE" and r.target]
+    if not done:
+        return out
+    front = set(report.get("pareto_front") or pareto_front(records))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter([r.macs_ratio for r in done], [r.target["rank1"] for r in done], c="tab:blue", label="trials")
+    f = sorted((r for r in done if r.number in front), key=lambda r: r.macs_ratio)
+    ax.plot([r.macs_ratio for r in f], [r.target["rank1"] for r in f], "o-", c="tab:red", label="Pareto front")
+    base = report["baseline"]["target"]["rank1"]
+    ax.axhline(base, ls="--", c="gray", label="unpruned (same fine-tuning)")
+    ax.axvline(report["budget"]["macs_ratio"], ls=":", c="k", label="budget")
+    ax.set_xlabel("MACs / unpruned MACs")
+    ax.set_ylabel("target rank-1")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(run_dir / "rank1_vs_macs.png", dpi=110)
+    plt.close(fig)
+    out.append("rank1_vs_macs.png")
+    best = report.get("best")
+    if best:
+        groups = list(best["policy"])
+        uniform = report.get("uniform", {}).get("policy") or {}
+        fig, ax = plt.subplots(figsize=(max(6, 0.3 * len(groups)), 4))
+        xs = range(len(groups))
+        ax.bar([x - 0.2 for x in xs], [best["policy"][g] for g in groups], width=0.4, label="best")
+        if uniform:
+            ax.bar([x + 0.2 for x in xs], [uniform.get(g, 0) for g in groups], width=0.4, label="uniform")
+        ax.set_xticks(list(xs))
+        ax.set_xticklabels(groups, rotation=90, fontsize=7)
+        ax.set_ylabel("keep ratio")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(run_dir / "policy.png", dpi=110)
+        plt.close(fig)
+        out.append("policy.png")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ordered = sorted(done, key=lambda r: r.number)
+    running, best_so_far = [], float("-inf")
+    for r in ordered:
+        best_so_far = max(best_so_far, r.target["rank1"])
+        running.append(best_so_far)
+    ax.plot([r.number for r in ordered], [r.target["rank1"] for r in ordered], "o", alpha=0.5, label="trial")
+    ax.step([r.number for r in ordered], running, where="post", label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("target rank-1")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(run_dir / "progress.png", dpi=110)
+    plt.close(fig)
+    out.append("progress.png")
+    return out
+
+
+def summary_table(report: dict[str, Any]) -> str:
+    """The short table printed at the end of a search."""
+    b, best = report["baseline"], report.get("best")
+    rows = [("", "MACs (M)", "params (M)", "target rank-1", "target mAP")]
+    rows.append(("unpruned", f"{b['macs'] / 1e6:.1f}", f"{b['params'] / 1e6:.2f}",
+                 f"{b['target']['rank1']:.3f}", f"{b['target']['mAP']:.3f}"))
+    if report.get("uniform"):
+        u = report["uniform"]
+        rows.append(("uniform", f"{u['macs'] / 1e6:.1f}", f"{u['params'] / 1e6:.2f}", f"{u['target']['rank1']:.3f}",
+                     f"{u['target']['mAP']:.3f}"))
+    if best:
+        rows.append((f"best (#{best['trial']})", f"{best['macs'] / 1e6:.1f}", f"{best['params'] / 1e6:.2f}",
+                     f"{best['target']['rank1']:.3f}", f"{best['target']['mAP']:.3f}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)

@@ -1,0 +1,220 @@
+"""The main job: data, baseline, search, final model, report. ``autoprune search`` calls :func:`run_search`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from autoprune.config import config_hash, dump
+from autoprune.data.domain import build_domain
+from autoprune.engine.baseline import get_baseline
+from autoprune.engine.device import resolve_device, set_threads
+from autoprune.errors import UserError
+from autoprune.host import get_host
+from autoprune.pruning.serialize import load_pruned, save_pruned
+from autoprune.search.records import TrialRecord, metrics_summary
+from autoprune.search.report import pareto_front, summary_table, write_json, write_plots, write_trials_csv
+from autoprune.search.trial import SearchEnv, TrialResult
+
+# What a study depends on: a run directory holds one study, so these must not change between runs
+# (n_trials, timeout and final_epochs may: raising n_trials continues the search).
+IDENTITY = ("model", "data", "budget", "trial", "seed")
+
+
+def study_identity(cfg: dict[str, Any]) -> str:
+    search = {k: v for k, v in cfg["search"].items() if k not in ("n_trials", "timeout", "final_epochs", "ray")}
+    return config_hash({**{k: cfg[k] for k in IDENTITY}, "search": search}, IDENTITY + ("search",))
+
+
+def prepare_run_dir(cfg: dict[str, Any], out: str | Path) -> Path:
+    """Create (or reuse, for resuming) the run directory; refuse one that holds another config's study."""
+    run_dir = Path(out)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"run directory {run_dir} is not writable ({exc.strerror}); choose another --out") from None
+    free = shutil.disk_usage(run_dir).free
+    if free < 200 * 2**20:
+        raise UserError(f"only {free / 2**20:.0f} MiB free under {run_dir}; a search needs at least 200 MiB, "
+                        f"free some space or choose another --out")
+    ident = study_identity(cfg)
+    marker = run_dir / "identity.json"
+    if marker.is_file():
+        old = json.loads(marker.read_text()).get("identity")
+        if old != ident:
+            raise UserError(f"run directory {run_dir} holds a search with another config; use a new --out, "
+                            f"or delete {run_dir} to start over")
+    else:
+        write_json(marker, {"identity": ident})
+    (run_dir / "config.yaml").write_text(dump(cfg))
+    return run_dir
+
+
+def _save_trial_model(run_dir: Path) -> Callable[[int, TrialResult], str]:
+    def save(number: int, result: TrialResult) -> str:
+        rel = f"trials/trial_{number:04d}.pt"
+        save_pruned(result.model, run_dir / rel, extra={"trial": number, "counts": result.counts})
+        return rel
+    return save
+
+
+def _pick_best(records: list[TrialRecord], budget_ratio: float) -> TrialRecord | None:
+    done = [r for r in records if r.state == "COMPLETE" and r.target and r.macs_ratio is not None
+            and r.macs_ratio <= budget_ratio + 1e-9]
+    return max(done, key=lambda r: (r.target["rank1"], r.target.get("mAP", 0.0), -r.number), default=None)
+
+
+def trial_line(r: TrialRecord, best: float | None) -> str:
+    policy = r.policy
+    summary = (f"keep min {min(policy.values()):.2f} mean {sum(policy.values()) / len(policy):.2f} "
+               f"max {max(policy.values()):.2f}") if policy else "-"
+    rank1 = f"{r.target['rank1']:.3f}" if r.target else "  -  "
+    macs = f"{r.macs_ratio:.3f}" if r.macs_ratio is not None else "  -  "
+    secs = f"{r.seconds:.0f}s" if r.seconds is not None else "-"
+    extra = f"  ({r.error})" if r.error and r.state != "COMPLETE" else ""
+    best_s = f"  best {best:.3f}" if best is not None else ""
+    return f"trial {r.number:3d} {r.state:8s} MACs {macs}  rank-1 {rank1}  {secs:>5s}  {summary}{best_s}{extra}"
+
+
+def run_search(cfg: dict[str, Any], out: str | Path, progress: bool = True,
+               log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run (or resume) the search described by ``cfg`` into run directory ``out``; returns the report."""
+    started = time.perf_counter()
+    run_dir = prepare_run_dir(cfg, out)
+    set_threads(cfg["train"]["threads"])
+    device = resolve_device(cfg["train"]["device"])
+    host = get_host()
+    # Names first: a typo must cost nothing, not a baseline training.
+    for kind, key in (("criterion", "criterion"), ("strategy", "strategy"), ("scenario", "scenario")):
+        host.get(kind, cfg["trial"][key])
+    log(f"data: source {cfg['data']['source']}, target {cfg['data']['target']}")
+    source = build_domain(cfg["data"]["source"], cfg)
+    target = build_domain(cfg["data"]["target"], cfg)
+    baseline, base_info = get_baseline(cfg, source, device, progress=progress, log=log)
+    env = SearchEnv(cfg, host, device, source, target, baseline, progress=progress)
+    log(f"model: {cfg['model']['arch']} {env.base_macs / 1e6:.1f} MMACs at {tuple(cfg['model']['input_size'])}, "
+        f"{len(env.group_names)} prunable groups; budget {env.budget.macs / 1e6:.1f} MMACs "
+        f"({env.budget.macs / env.base_macs:.0%}); space {env.space.name} ({len(env.space.params)} parameters)")
+
+    base_file = run_dir / "baseline.json"
+    if base_file.is_file():
+        base = json.loads(base_file.read_text())
+    else:
+        direct = env.evaluate(baseline, target)
+        log(f"baseline: direct transfer to target rank-1 {direct['rank1']:.3f}; fine-tuning it unpruned on the target")
+        unpruned = env.unpruned()
+        base = {"arch": cfg["model"]["arch"], "macs": env.base_macs, "params": env.base_params,
+                "target": metrics_summary(unpruned.metrics["target"]), "direct_transfer": metrics_summary(direct),
+                "source": metrics_summary(base_info.get("source_metrics")), "seconds": unpruned.seconds}
+        write_json(base_file, base)
+    log(f"baseline: unpruned after target fine-tuning rank-1 {base['target']['rank1']:.3f}, mAP {base['target']['mAP']:.3f}")
+
+    best_rank1: list[float | None] = [None]
+
+    def on_trial(r: TrialRecord) -> None:
+        if r.state == "COMPLETE" and r.target:
+            best_rank1[0] = max(best_rank1[0] or 0.0, r.target["rank1"])
+        log(trial_line(r, best_rank1[0]))
+
+    backend_name = cfg["search"]["backend"]
+    if backend_name == "ray":
+        from autoprune.search.ray_backend import RayBackend
+
+        backend = RayBackend(env, run_dir, on_trial=on_trial, save_model=_save_trial_model(run_dir))
+    else:
+        from autoprune.search.optuna_backend import OptunaBackend
+
+        backend = OptunaBackend(env, run_dir, on_trial=on_trial, save_model=_save_trial_model(run_dir))
+    interrupted = False
+    try:
+        records = backend.run(cfg["search"]["n_trials"], timeout=cfg["search"]["timeout"])
+    except KeyboardInterrupt:
+        interrupted = True
+        records = backend.records()
+        log("interrupted: writing the report for the finished trials; rerun the same command to resume")
+    report = finish(cfg, run_dir, env, base, records, log=log)
+    report["seconds"] = time.perf_counter() - started
+    write_json(run_dir / "report.json", report)
+    if interrupted:
+        raise KeyboardInterrupt
+    return report
+
+
+def finish(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, base: dict[str, Any], records: list[TrialRecord],
+           log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Pick the best policy, give it the final fine-tune, save the model and write the report files."""
+    budget_ratio = env.budget.macs / env.base_macs
+    best = _pick_best(records, budget_ratio)
+    uniform_values = env.space.uniform_values()
+    uniform = next((r for r in records if r.state == "COMPLETE" and r.values == uniform_values and r.target), None)
+    report: dict[str, Any] = {
+        "budget": {"macs_ratio": round(budget_ratio, 6), "macs": env.budget.macs, "unit": "MACs",
+                   "input_size": list(env.input_size), "round_to": env.budget.round_to},
+        "baseline": base,
+        "config": {"criterion": cfg["trial"]["criterion"], "strategy": cfg["trial"]["strategy"],
+                   "scenario": cfg["trial"]["scenario"], "space": env.space.name, "sampler": cfg["search"]["sampler"],
+                   "backend": cfg["search"]["backend"], "finetune_epochs": cfg["trial"]["finetune_epochs"]},
+        "best": None,
+        "uniform": None,
+        "trials": [r.to_json() for r in sorted(records, key=lambda r: r.number)],
+    }
+    if cfg["search"]["objectives"] == "rank1+macs":
+        report["pareto_front"] = pareto_front(records)
+    if uniform is not None:
+        report["uniform"] = {"trial": uniform.number, "policy": uniform.policy, "macs": uniform.macs,
+                             "params": uniform.params, "macs_ratio": uniform.macs_ratio, "target": uniform.target}
+    if best is not None:
+        model_dir = run_dir / "model"
+        model_path = model_dir / "pruned.pt"
+        final_epochs = cfg["search"]["final_epochs"]
+        marker = model_dir / "final.json"
+        done = json.loads(marker.read_text()) if marker.is_file() else {}
+        if done.get("trial") != best.number or done.get("final_epochs") != final_epochs or not model_path.is_file():
+            if final_epochs:
+                log(f"final: fine-tuning the best policy (trial {best.number}) for {final_epochs} epochs")
+                result = env.run(best.values, counts=best.counts, epochs=final_epochs)
+                save_pruned(result.model, model_path, extra={"trial": best.number, "counts": best.counts})
+            else:
+                model_dir.mkdir(exist_ok=True)
+                shutil.copyfile(run_dir / best.model, model_path)
+            write_json(marker, {"trial": best.number, "final_epochs": final_epochs})
+        model = load_pruned(model_path)
+        from autoprune.pruning.flops import count_macs
+
+        macs, params = count_macs(model, env.input_size)
+        if macs > env.budget.macs:
+            raise RuntimeError(f"refusing to report a model over budget: {macs} > {env.budget.macs} MACs")
+        metrics = env.evaluate(model, env.target) if final_epochs else best.target
+        report["best"] = {"trial": best.number, "policy": best.policy, "counts": best.counts, "macs": macs,
+                          "params": params, "macs_ratio": macs / env.base_macs,
+                          "target": metrics_summary(metrics), "model": os.path.relpath(model_path, run_dir),
+                          "final_epochs": final_epochs}
+        _export_torchscript(model, model_dir / "pruned.torchscript.pt", env.input_size)
+        report["best"]["torchscript"] = "model/pruned.torchscript.pt"
+        # Trial models other than the best are not kept: they are reproducible from their policy.
+        for r in records:
+            if r.model and r.number != best.number and (run_dir / r.model).exists():
+                (run_dir / r.model).unlink()
+    write_trials_csv(run_dir / "trials.csv", records)
+    report["plots"] = write_plots(run_dir, report, records)
+    write_json(run_dir / "report.json", report)
+    log("")
+    log(summary_table(report))
+    log(f"\nrun directory: {run_dir}  (report.json, trials.csv, model/pruned.pt, plots)")
+    return report
+
+
+def _export_torchscript(model: torch.nn.Module, path: Path, input_size: tuple[int, int]) -> None:
+    model = model.eval()
+    with torch.no_grad():
+        traced = torch.jit.trace(model, torch.randn(1, 3, *input_size))
+    traced.save(str(path))

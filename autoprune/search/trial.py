@@ -1,0 +1,180 @@
+"""One trial: project sampled ratios onto the budget, run the scenario, measure the result.
+
+``SearchEnv`` holds what every trial shares (data, the source-trained baseline, the cost model, the
+plugins); it is built once per process, so a backend only hands it ratios.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from autoprune.criteria import CriterionContext
+from autoprune.data.domain import Domain
+from autoprune.data.loading import IdentitySampler, augment, normalize
+from autoprune.engine.evaluate import evaluate_domain
+from autoprune.engine.losses import cross_entropy_ls
+from autoprune.engine.train import TrainSettings, fit
+from autoprune.errors import UserError
+from autoprune.pruning.budget import Budget, check_feasible, project
+from autoprune.pruning.flops import CostModel, count_macs
+from autoprune.pruning.groups import PruningGraph
+from autoprune.scenarios import ScenarioContext
+from autoprune.search.space import SearchSpace, build_space
+from autoprune.strategies import StrategyContext
+
+
+class TrialPruned(Exception):
+    """Raised by a reporter when the backend decides to stop a poor trial early."""
+
+
+Reporter = Callable[[int, float], None]  # (step, target rank-1) -> may raise TrialPruned
+
+
+@dataclass
+class TrialResult:
+    counts: dict[str, int]
+    policy: dict[str, float]          # keep ratio per group (kept / original channels)
+    macs: int
+    params: int
+    macs_ratio: float
+    metrics: dict[str, Any]           # {"target": {...}, "source": {...}?}
+    seconds: float
+    model: nn.Module | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class SearchEnv:
+    """Everything trials share. Build with :meth:`create`."""
+
+    def __init__(self, cfg: dict[str, Any], host: Any, device: torch.device, source: Domain, target: Domain,
+                 baseline: nn.Module, progress: bool = False) -> None:
+        self.cfg, self.host, self.device = cfg, host, device
+        self.source, self.target = source, target
+        self.baseline = baseline.cpu().eval()
+        self.progress = progress
+        self.input_size = tuple(cfg["model"]["input_size"])
+        graph = PruningGraph(copy.deepcopy(self.baseline), self.input_size)
+        self.group_names = list(graph.groups)
+        self.cost = CostModel(graph)
+        self.base_macs, self.base_params = count_macs(self.baseline, self.input_size)
+        self.budget = Budget.from_config(cfg["budget"], self.base_macs)
+        check_feasible(self.cost, self.budget)
+        self.space: SearchSpace = build_space(cfg["search"]["space"], self.group_names,
+                                              cfg["budget"]["min_keep"], cfg["budget"]["max_keep"])
+        t = cfg["trial"]
+        # Resolve plugin names now: a typo is a config error before any training, not a failed trial.
+        self.criterion_cls = host.get("criterion", t["criterion"])
+        self.strategy_cls = host.get("strategy", t["strategy"])
+        self.scenario_cls = host.get("scenario", t["scenario"])
+
+    # -- services handed to plugins ------------------------------------------------------------
+    def settings(self, epochs: int) -> TrainSettings:
+        return TrainSettings.from_config(self.cfg, epochs=epochs, lr=self.cfg["trial"]["lr"])
+
+    def criterion_context(self, graph: PruningGraph, domain: Domain) -> CriterionContext:
+        s = self.settings(1)
+        store = domain.train
+        sampler = IdentitySampler(store.pids.tolist(), s.batch_size, s.num_instances, seed=self.cfg["seed"])
+        gen = torch.Generator().manual_seed(self.cfg["seed"])
+        device = self.device
+
+        def batches(n: int):
+            for idx in sampler.batches(0)[:n]:
+                yield augment(normalize(store.get(idx)), gen).to(device), store.pids[idx].to(device)
+
+        def loss(model: nn.Module, batch) -> torch.Tensor:
+            x, y = batch
+            if model.classifier.out_features != domain.num_classes:
+                model.reset_classifier(domain.num_classes)
+            logits, _ = model(x)
+            return cross_entropy_ls(logits, y, s.label_smoothing)
+
+        return CriterionContext(graph=graph, device=device, batches=batches, loss=loss,
+                                num_batches=self.cfg["trial"]["criterion_batches"], seed=self.cfg["seed"])
+
+    def evaluate(self, model: nn.Module, domain: Domain) -> dict[str, Any]:
+        return evaluate_domain(model, domain.query, domain.gallery, self.device)
+
+    # -- one trial -----------------------------------------------------------------------------
+    def counts_for(self, values: dict[str, float]) -> dict[str, int]:
+        return project(self.cost, self.space.ratios(values), self.budget)
+
+    def run(self, values: dict[str, float], report: Reporter | None = None, epochs: int | None = None,
+            counts: dict[str, int] | None = None) -> TrialResult:
+        """Prune a fresh copy of the baseline to the projected policy, run the scenario, measure."""
+        start = time.perf_counter()
+        torch.manual_seed(self.cfg["seed"])  # same noise for every trial: policies are compared fairly
+        counts = counts if counts is not None else self.counts_for(values)
+        epochs = self.cfg["trial"]["finetune_epochs"] if epochs is None else epochs
+        model = copy.deepcopy(self.baseline).to(self.device)
+        history: list[dict[str, Any]] = []
+        step = [0]
+
+        def finetune_on(domain: Domain) -> Callable[..., list]:
+            def finetune(m: nn.Module, n_epochs: int, on_epoch_end=None, on_step_end=None) -> list:
+                def epoch_end(epoch: int, mod: nn.Module) -> None:
+                    if on_epoch_end is not None:
+                        on_epoch_end(epoch, mod)
+                    if domain is self.target and self.cfg["trial"]["eval_every_epoch"] and report is not None:
+                        step[0] += 1
+                        r1 = self.evaluate(mod, self.target)["rank1"]
+                        history.append({"step": step[0], "target_rank1": r1})
+                        report(step[0], r1)
+                return fit(m, domain.train, self.settings(n_epochs), self.device, on_epoch_end=epoch_end,
+                           on_step_end=on_step_end, desc="finetune", progress=self.progress)
+            return finetune
+
+        def prune(m: nn.Module, domain: Domain, n_epochs: int) -> nn.Module:
+            graph = PruningGraph(m, self.input_size)
+            criterion = self.criterion_cls()
+            sctx = StrategyContext(graph=graph, counts=counts, criterion=criterion,
+                                   criterion_context=lambda: self.criterion_context(graph, domain),
+                                   finetune=finetune_on(domain), epochs=n_epochs,
+                                   steps=self.cfg["trial"]["steps"], schedule=self.cfg["trial"]["schedule"])
+            out = self.strategy_cls().run(m, sctx)
+            widths = graph.widths()
+            if widths != counts:
+                wrong = [n for n in counts if widths.get(n) != counts[n]][:3]
+                raise RuntimeError(f"strategy {self.strategy_cls.name!r} left groups {wrong} at other widths "
+                                   f"than the policy asks")
+            return out
+
+        def finetune_plain(m: nn.Module, domain: Domain, n_epochs: int) -> None:
+            if n_epochs:
+                finetune_on(domain)(m, n_epochs)
+
+        ctx = ScenarioContext(model=model, source=self.source, target=self.target, epochs=epochs, prune=prune,
+                              finetune=finetune_plain, evaluate=self.evaluate)
+        model, metrics = self.scenario_cls().run(ctx)
+        rank1 = metrics["target"]["rank1"]
+        if not math.isfinite(rank1):
+            raise RuntimeError("target rank-1 is not finite")
+        model = model.cpu().eval()
+        macs, params = count_macs(model, self.input_size)
+        if counts != {n: c for n, c in counts.items()}:
+            pass
+        if macs > self.budget.macs and any(c < self.cost.base_widths[n] for n, c in counts.items()):
+            raise RuntimeError(f"pruned model has {macs} MACs, above the budget {self.budget.macs}")
+        policy = {n: round(c / self.cost.base_widths[n], 4) for n, c in counts.items()}
+        return TrialResult(counts, policy, macs, params, macs / self.base_macs, metrics,
+                           time.perf_counter() - start, model, history)
+
+    def unpruned(self, epochs: int | None = None) -> TrialResult:
+        """The baseline through the same scenario with nothing pruned: what a pruned model is compared with."""
+        return self.run({}, counts=dict(self.cost.base_widths), epochs=epochs)
+
+
+def format_error(exc: BaseException) -> str:
+    """One line for report.json: the exception and where in plugin or engine code it came from."""
+    tb = traceback.extract_tb(exc.__traceback__)
+    where = f" ({tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno} in {tb[-1].name})" if tb else ""
+    msg = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {msg}{where}"

@@ -1,0 +1,1 @@
+"""Run presets (YAML), shipped as package data: autoprune.presets."""

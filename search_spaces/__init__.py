@@ -1,0 +1,1 @@
+"""Built-in search spaces (YAML), shipped as package data: autoprune.spaces."""
