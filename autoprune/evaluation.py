@@ -22,6 +22,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -81,8 +82,7 @@ class _Accumulator:
     def result(self) -> tuple[np.ndarray, float]:
         if not self.aps:
             raise _no_valid_query()
-        n = len(self.aps)
-        return (np.cumsum(self.pdf) / n).astype(np.float32), float(np.mean(self.aps))
+        return np.cumsum(self.pdf) / len(self.aps), float(np.mean(self.aps))
 
 
 def _cuhk03_ranks(kept_pids: np.ndarray, q_pid: int, rng: np.random.Generator) -> np.ndarray:
@@ -101,7 +101,8 @@ def evaluate_rank(distmat: np.ndarray, q_pids: Any, g_pids: Any, q_camids: Any, 
 
     Gallery order comes from a stable argsort (ties keep gallery order). ``use_metric_cuhk03`` switches
     the CMC to the CUHK03 single-shot metric: one random gallery image per pid, averaged over 10 draws
-    from ``np.random.Generator(seed)``; mAP is unchanged. Raises UserError when no query is valid.
+    from ``np.random.Generator(seed)``; mAP is unchanged. A gallery smaller than ``max_rank`` shortens the
+    CMC to the gallery size with a warning. Raises UserError when no query is valid.
     """
     if isinstance(distmat, torch.Tensor):
         distmat = distmat.detach().cpu().numpy()
@@ -137,7 +138,8 @@ def evaluate_rank(distmat: np.ndarray, q_pids: Any, g_pids: Any, q_camids: Any, 
                 acc.add(_cuhk03_ranks(sorted_pids[r][keep], int(qp[r]), rng), ap, 1.0 / _CUHK03_REPEATS)
             else:
                 acc.add(first, ap)
-    return acc.result()
+    cmc, mAP = acc.result()
+    return cmc.astype(np.float32), mAP  # float32 CMC as torchreid returns
 
 
 def _prepare(qf: Any, gf: Any, metric: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -154,10 +156,11 @@ def _prepare(qf: Any, gf: Any, metric: str) -> tuple[torch.Tensor, torch.Tensor]
 
 def _distance_chunk(q: torch.Tensor, gf: torch.Tensor, g_sq: torch.Tensor | None) -> torch.Tensor:
     """float32 (len(q), len(gf)); cosine when ``g_sq`` is None, else squared euclidean."""
+    d = q @ gf.T  # the only (chunk x gallery) buffer: everything below is in place
     if g_sq is None:
-        d = 1.0 - q @ gf.T
+        d.neg_().add_(1.0)
     else:
-        d = torch.addmm(g_sq[None, :] + (q * q).sum(1, keepdim=True), q, gf.T, alpha=-2.0).clamp_(min=0.0)
+        d.mul_(-2.0).add_((q * q).sum(1, keepdim=True)).add_(g_sq[None, :]).clamp_(min=0.0)
     return d.add_(0.0)  # -0.0 -> +0.0 so a GPU radix sort or a bit-level comparison cannot split the tie
 
 
@@ -235,19 +238,22 @@ def evaluate_features(qf: torch.Tensor, gf: torch.Tensor, q_pids: Any, g_pids: A
     groups = _pid_groups(g_pids)
     acc = _Accumulator(min(max(max_rank, 10), num_g))
     chunk_size = max(1, chunk_size)
-    workers = max(1, min(os.cpu_count() or 1, 16, num_q // _BLOCK))
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = max(1, min(cpus, 16, num_q // _BLOCK))
     with ThreadPoolExecutor(workers) as pool:
         for start in range(0, num_q, chunk_size):
             dist = _distance_chunk(qf[start:start + chunk_size], gf, g_sq).cpu().numpy()
             if np.isnan(dist).any():
                 raise UserError("query or gallery features contain NaN; the model diverged or its checkpoint is "
                                 "broken, fix it before evaluating")
-            q = slice(start, start + len(dist))
             step = max(1, -(-len(dist) // workers))
-            parts = pool.map(lambda a: _rank_rows(dist[a:a + step], q_pids[q][a:a + step], q_camids[q][a:a + step],
-                                                  groups, g_camids), range(0, len(dist), step))
+            cuts = [slice(a, a + step) for a in range(0, len(dist), step)]
+            qp, qc = q_pids[start:start + len(dist)], q_camids[start:start + len(dist)]
+            parts = pool.map(_rank_rows, [dist[c] for c in cuts], [qp[c] for c in cuts], [qc[c] for c in cuts],
+                             repeat(groups), repeat(g_camids))
             for first, ap in (row for part in parts for row in part):  # in query order, whatever the threads
                 acc.add(first, ap)
+            del dist  # free this chunk before the next one is computed
     cmc, mAP = acc.result()
     return {**ranks_at(cmc), "mAP": mAP}
 
@@ -310,6 +316,7 @@ def re_ranking(q_g_dist: np.ndarray, q_q_dist: np.ndarray, g_g_dist: np.ndarray,
         vals.append(w / w.sum())
     v = sp.csr_matrix((np.concatenate(vals).astype(np.float32), (np.concatenate(rows), np.concatenate(cols))),
                       shape=(n, n))
+    k2 = min(k2, n)
     if k2 != 1:  # query expansion: average the encodings of the k2 nearest neighbours
         qe = sp.csr_matrix((np.full(n * k2, 1.0 / k2, dtype=np.float32),
                             (np.repeat(np.arange(n), k2), ranks[:, :k2].reshape(-1))), shape=(n, n))

@@ -12,6 +12,8 @@ from typing import Callable
 from torch import nn
 
 from autoprune.criteria import BaseCriterion, CriterionContext
+from autoprune.pruning.budget import Budget
+from autoprune.pruning.flops import CostModel
 from autoprune.pruning.groups import PruningGraph
 
 FinetuneFn = Callable[..., list]
@@ -33,12 +35,17 @@ class StrategyContext:
     epochs: int                       # fine-tuning epochs the strategy may spend in total
     steps: int = 3                    # for iterative / progressive strategies
     schedule: str = "linear"          # "linear" or "exponential" step schedule
+    cost: CostModel | None = None     # MACs of any widths (for strategies that set widths themselves)
+    budget: Budget | None = None
 
 
 class BaseStrategy(abc.ABC):
     """Prunes ``model`` (in place, through ``ctx.graph``) to ``ctx.counts`` and fine-tunes it."""
 
     name: str = ""
+    # False for strategies that choose the widths themselves (global ranking against the budget):
+    # the host then checks the budget instead of the per-group widths.
+    follows_policy: bool = True
 
     @abc.abstractmethod
     def run(self, model: nn.Module, ctx: StrategyContext) -> nn.Module:

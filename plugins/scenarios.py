@@ -1,4 +1,8 @@
-"""First-party scenarios: where pruning happens relative to source training and target fine-tuning."""
+"""First-party scenarios: where pruning happens relative to source training and target fine-tuning.
+
+Every scenario scores the final model on the target, and on the source too when the source has a
+query set (how much of the source accuracy survives pruning and adaptation).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,12 @@ from autoprune import hookimpl
 from autoprune.scenarios import BaseScenario, ScenarioContext
 
 
+def _metrics(model: nn.Module, ctx: ScenarioContext) -> dict[str, Any]:
+    """``{"target": ..., "source": ... or None}`` for the final model."""
+    source = ctx.evaluate(model, ctx.source) if len(ctx.source.query) > 0 else None
+    return {"target": ctx.evaluate(model, ctx.target), "source": source}
+
+
 class PruneThenFinetuneScenario(BaseScenario):
     """Prune the source-trained model, then fine-tune it on the target (the strategy's fine-tuning)."""
 
@@ -17,9 +27,46 @@ class PruneThenFinetuneScenario(BaseScenario):
 
     def run(self, ctx: ScenarioContext) -> tuple[nn.Module, dict[str, Any]]:
         model = ctx.prune(ctx.model, ctx.target, ctx.epochs)
-        return model, {"target": ctx.evaluate(model, ctx.target)}
+        return model, _metrics(model, ctx)
+
+
+class FinetuneThenPruneScenario(BaseScenario):
+    """Adapt the unpruned model to the target for ``ctx.epochs``, then prune it there (another ``ctx.epochs``)."""
+
+    name = "finetune_then_prune"
+
+    def run(self, ctx: ScenarioContext) -> tuple[nn.Module, dict[str, Any]]:
+        ctx.finetune(ctx.model, ctx.target, ctx.epochs)
+        model = ctx.prune(ctx.model, ctx.target, ctx.epochs)
+        return model, _metrics(model, ctx)
+
+
+class PruneDuringFinetuneScenario(BaseScenario):
+    """Prune while adapting to the target: one strategy run whose fine-tuning is the adaptation.
+
+    Meant for strategies that interleave pruning with training (``iterative``, ``soft``,
+    ``progressive_soft``); with ``one_shot`` it is the same as ``prune_then_finetune``.
+    """
+
+    name = "prune_during_finetune"
+
+    def run(self, ctx: ScenarioContext) -> tuple[nn.Module, dict[str, Any]]:
+        model = ctx.prune(ctx.model, ctx.target, ctx.epochs)
+        return model, _metrics(model, ctx)
+
+
+class DirectTransferScenario(BaseScenario):
+    """Prune and fine-tune on the source only, then score on the target: no target label is used."""
+
+    name = "direct_transfer"
+
+    def run(self, ctx: ScenarioContext) -> tuple[nn.Module, dict[str, Any]]:
+        model = ctx.prune(ctx.model, ctx.source, ctx.epochs)
+        return model, _metrics(model, ctx)
 
 
 @hookimpl
 def autoprune_register_scenarios(register: Callable[..., None]) -> None:
-    register(PruneThenFinetuneScenario)
+    for cls in (PruneThenFinetuneScenario, FinetuneThenPruneScenario, PruneDuringFinetuneScenario,
+                DirectTransferScenario):
+        register(cls)

@@ -2,13 +2,66 @@
 
 from __future__ import annotations
 
-from typing import Callable
+import math
+from typing import Callable, Sequence
 
+import torch
 from torch import nn
 
 from autoprune import hookimpl
-from autoprune.pruning.surgery import prune_to_counts, score_groups
+from autoprune.errors import UserError
+from autoprune.pruning.budget import Budget
+from autoprune.pruning.flops import CostModel
+from autoprune.pruning.groups import PruningGraph
+from autoprune.pruning.surgery import lowest, prune_to_counts, score_groups
 from autoprune.strategies import BaseStrategy, StrategyContext
+
+SCHEDULES = ("linear", "exponential")
+
+
+def step_widths(start: dict[str, int], target: dict[str, int], steps: int,
+                schedule: str = "linear") -> list[dict[str, int]]:
+    """Widths after each of ``steps`` steps from ``start`` to ``target``; the last one is ``target``.
+
+    ``linear``: each step removes an equal part of the channels to remove. ``exponential``: the kept
+    fraction falls geometrically (every step removes the same share of what is left), so the removed
+    fraction rises fast and then levels off, the ``a * exp(-k t) + b`` shape of PSFP.
+    """
+    if schedule not in SCHEDULES:
+        raise UserError(f"unknown pruning schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
+    steps = max(1, int(steps))
+    out = []
+    for k in range(1, steps + 1):
+        t = k / steps
+        widths = {}
+        for name, s in start.items():
+            e = target.get(name, s)
+            v = s - (s - e) * t if schedule == "linear" else s * (e / s) ** t
+            widths[name] = min(s, max(e, int(round(v))))
+        out.append(widths)
+    out[-1] = {name: target.get(name, s) for name, s in start.items()}
+    return out
+
+
+def zero_channels(graph: PruningGraph, group: str, indices: Sequence[int]) -> None:
+    """Soft-prune: zero channels ``indices`` of ``group`` in every out-module (conv filters, BN gamma and beta)."""
+    if len(indices) == 0:
+        return
+    with torch.no_grad():
+        for name in graph.groups[group].out_modules:
+            module = graph.modules[name]
+            for pname in ("weight", "bias"):
+                p = getattr(module, pname, None)
+                if isinstance(p, torch.Tensor):
+                    p[torch.as_tensor(list(indices), dtype=torch.long, device=p.device)] = 0
+
+
+def _score_and_zero(model: nn.Module, ctx: StrategyContext, widths: dict[str, int]) -> dict[str, torch.Tensor]:
+    """Score every group and zero its lowest channels down to ``widths``; returns the scores."""
+    scores = score_groups(model, ctx.criterion, ctx.criterion_context())
+    for name, keep in widths.items():
+        zero_channels(ctx.graph, name, lowest(scores[name], ctx.graph.groups[name].channels - keep))
+    return scores
 
 
 class OneShotStrategy(BaseStrategy):
@@ -24,6 +77,130 @@ class OneShotStrategy(BaseStrategy):
         return model
 
 
+class IterativeStrategy(BaseStrategy):
+    """Prune in ``ctx.steps`` steps on the ``ctx.schedule`` schedule, re-scoring and fine-tuning after each.
+
+    Each step fine-tunes ``ctx.epochs // ctx.steps`` epochs, the last step also the remainder
+    (iterative pruning, Han et al. 2015; Molchanov et al. 2017).
+    """
+
+    name = "iterative"
+
+    def run(self, model: nn.Module, ctx: StrategyContext) -> nn.Module:
+        stages = step_widths(ctx.graph.widths(), ctx.counts, ctx.steps, ctx.schedule)
+        per_step, remainder = divmod(ctx.epochs, len(stages))
+        for k, widths in enumerate(stages):
+            scores = score_groups(model, ctx.criterion, ctx.criterion_context())
+            prune_to_counts(ctx.graph, widths, scores)
+            epochs = per_step + (remainder if k == len(stages) - 1 else 0)
+            if epochs:
+                ctx.finetune(model, epochs)
+        return model
+
+
+class SoftStrategy(BaseStrategy):
+    """Soft filter pruning (SFP; He et al., IJCAI 2018): zero the lowest channels, let them regrow, repeat.
+
+    Before the first epoch and after each one the channels are re-scored and the lowest of each group
+    zeroed down to ``ctx.counts``; at the end exactly the channels zeroed last are removed. With no
+    epochs this is one-shot pruning.
+    """
+
+    name = "soft"
+
+    def stages(self, start: dict[str, int], ctx: StrategyContext) -> list[dict[str, int]]:
+        """The widths to zero down to before each epoch (one entry per epoch, at least one)."""
+        return [dict(ctx.counts)] * max(1, ctx.epochs)
+
+    def run(self, model: nn.Module, ctx: StrategyContext) -> nn.Module:
+        stages = self.stages(ctx.graph.widths(), ctx)
+        scores = _score_and_zero(model, ctx, stages[0])
+
+        def rezero(epoch: int, m: nn.Module) -> None:
+            nonlocal scores
+            scores = _score_and_zero(m, ctx, stages[min(epoch + 1, len(stages) - 1)])
+
+        if ctx.epochs:
+            ctx.finetune(model, ctx.epochs, on_epoch_end=rezero)
+        # The last zeroing used these scores, so the lowest by them are exactly the zeroed channels.
+        prune_to_counts(ctx.graph, ctx.counts, scores)
+        return model
+
+
+class ProgressiveSoftStrategy(SoftStrategy):
+    """Progressive soft filter pruning (PSFP; He et al., IEEE TCYB 2019): SFP with a growing zeroed fraction.
+
+    The zeroed fraction rises on the exponential schedule of :func:`step_widths`, one step per epoch,
+    and reaches ``ctx.counts`` for the last epoch.
+    """
+
+    name = "progressive_soft"
+
+    def stages(self, start: dict[str, int], ctx: StrategyContext) -> list[dict[str, int]]:
+        return step_widths(start, ctx.counts, max(1, ctx.epochs), "exponential")
+
+
+def global_widths(scores: dict[str, torch.Tensor], widths: dict[str, int], cost: CostModel,
+                  budget: Budget) -> dict[str, int]:
+    """Widths from one global ranking of channels, removed a rounding step at a time until MACs fit the budget.
+
+    Scores are divided by their group's mean so groups compare; the group holding the globally lowest
+    remaining channel loses one step (``budget.round_to`` channels, 1 for groups of at most that many).
+    No group goes below one step (or 1 channel) nor below ``budget.min_keep`` of its original width.
+    """
+    widths = dict(widths)
+    ranked: dict[str, list[float]] = {}
+    for name in widths:
+        s = scores[name].float()
+        finite = s[torch.isfinite(s)]
+        mean = float(finite.mean()) if finite.numel() else 0.0
+        ranked[name] = sorted((s / mean if mean > 0 else s).tolist())
+    removed = dict.fromkeys(widths, 0)
+    r = budget.round_to
+
+    def step(name: str) -> int:
+        w = widths[name]
+        return 1 if cost.base_widths[name] <= r or r <= 1 else (w % r or r)
+
+    def floor(name: str) -> int:
+        base = cost.base_widths[name]
+        return max(1 if base <= r or r <= 1 else r, math.ceil(budget.min_keep * base - 1e-9))
+
+    while cost.macs(widths) > budget.macs:
+        candidates = [n for n in widths if widths[n] - step(n) >= floor(n)]
+        if not candidates:
+            raise UserError(
+                f"strategy 'global' cannot reach the budget of {budget.macs / 1e6:.1f} MMACs with "
+                f"budget.min_keep={budget.min_keep}; lower budget.min_keep or raise the budget")
+        best = min(candidates, key=lambda n: ranked[n][removed[n]])  # first in group order on ties
+        k = step(best)
+        widths[best] -= k
+        removed[best] += k
+    return widths
+
+
+class GlobalStrategy(BaseStrategy):
+    """Rank channels across all groups with one threshold, down to the MACs budget; ignores ``ctx.counts``.
+
+    Per-group widths come out of the ranking (as in global magnitude pruning, e.g. network slimming),
+    then the model is pruned and fine-tuned for ``ctx.epochs``.
+    """
+
+    name = "global"
+    follows_policy = False
+
+    def run(self, model: nn.Module, ctx: StrategyContext) -> nn.Module:
+        if ctx.cost is None or ctx.budget is None:
+            raise ValueError("strategy 'global' needs ctx.cost and ctx.budget (the host sets both)")
+        scores = score_groups(model, ctx.criterion, ctx.criterion_context())
+        widths = global_widths(scores, ctx.graph.widths(), ctx.cost, ctx.budget)
+        prune_to_counts(ctx.graph, widths, scores)
+        if ctx.epochs:
+            ctx.finetune(model, ctx.epochs)
+        return model
+
+
 @hookimpl
 def autoprune_register_strategies(register: Callable[..., None]) -> None:
-    register(OneShotStrategy)
+    for cls in (OneShotStrategy, IterativeStrategy, SoftStrategy, ProgressiveSoftStrategy, GlobalStrategy):
+        register(cls)

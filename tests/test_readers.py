@@ -95,6 +95,7 @@ def test_folder_reader_png_and_multi_digit_cameras(tmp_path: Path) -> None:
         "gallery": ["42_c11_g.jpg", "42_c3_same_cam.jpg", "0_c1_distractor.jpg"],
     })
     (root / "train" / "README.txt").write_text("ignored")
+    (root / "train" / "._10_c1_a.jpg").write_bytes(b"macOS resource fork")
     ds = read_folder(root)
     assert _names(ds.train) == [("10_c12_b.png", 1, 11), ("10_c1_a.jpg", 1, 0), ("3_c2_x.jpeg", 0, 1)]
     assert _names(ds.query) == [("42_c3_q.jpg", 42, 2)]

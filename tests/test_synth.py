@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from autoprune.data import synth
 from autoprune.data.synth import DOMAINS, SPLITS, generate
 from autoprune.errors import UserError
 
@@ -125,12 +126,40 @@ def test_marker_skip_and_regenerate(tmp_path: Path) -> None:
     generate(root, "A", seed=2, **kw)  # other parameters: cleared and regenerated
     assert not sentinel.exists()
     assert json.loads((root / "DONE").read_text())["params"]["seed"] == 2
-    # a half-written folder (no marker) is regenerated, stale files removed
-    (root / "DONE").unlink()
-    stale = root / "bounding_box_train" / "0999_c1s1_000001_00.jpg"
-    stale.write_bytes(b"half")
-    generate(root, "A", seed=2, **kw)
-    assert not stale.exists() and (root / "DONE").is_file()
+
+
+def test_interrupted_generation_is_regenerated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    kw = dict(num_train_ids=3, num_test_ids=3, images_per_id_per_cam=1, num_distractors=1)
+    reference = generate(tmp_path / "ref", "B", seed=5, **kw)
+    calls = {"n": 0}
+    real_render = synth._Renderer.render
+
+    def flaky(self: synth._Renderer, job: synth._Job, rng: np.random.Generator) -> Image.Image:
+        calls["n"] += 1
+        if calls["n"] > 5:
+            raise KeyboardInterrupt
+        return real_render(self, job, rng)
+
+    monkeypatch.setattr(synth._Renderer, "render", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        generate(tmp_path / "run", "B", seed=5, **kw)
+    assert not (tmp_path / "run" / "DONE").exists()
+    assert len(list((tmp_path / "run").rglob("*.jpg"))) == 5
+    monkeypatch.setattr(synth._Renderer, "render", real_render)
+    root = generate(tmp_path / "run", "B", seed=5, **kw)
+    assert (root / "DONE").is_file() and not (root / synth.PARTIAL).exists()
+    files = {p.relative_to(root): p.read_bytes() for p in root.rglob("*.jpg")}
+    assert files == {p.relative_to(reference): p.read_bytes() for p in reference.rglob("*.jpg")}
+
+
+def test_refuses_to_clear_foreign_images(tmp_path: Path) -> None:
+    market = tmp_path / "market"
+    (market / "bounding_box_train").mkdir(parents=True)
+    real = market / "bounding_box_train" / "0002_c1s1_000451_03.jpg"
+    real.write_bytes(b"real image")
+    with pytest.raises(UserError, match="did not write"):
+        generate(market, "A", num_train_ids=2, num_test_ids=2)
+    assert real.read_bytes() == b"real image"
 
 
 def test_unknown_domain_and_bad_arguments(tmp_path: Path) -> None:
@@ -163,15 +192,22 @@ def test_colour_histogram_baseline_is_weak(data_b: Path) -> None:
     assert r1 < 0.4
 
 
-def test_identity_is_stable_within_camera(data_a: Path) -> None:
-    """Sanity check against an impossible task: the same person in the same camera looks alike."""
-    gallery = [g for g in read_split(data_a / "bounding_box_test") if g[1] > 0]
+def stripes_grey_world(path: Path) -> np.ndarray:
+    """Colour-constant descriptor: grey-world white balance, centre crop, 6 stripes of 8x4x4 HSV bins."""
+    a = np.asarray(Image.open(path).convert("RGB"), np.float64)
+    a = a[:, a.shape[1] // 4 : 3 * a.shape[1] // 4]
+    a = np.clip(a / (a.reshape(-1, 3).mean(0) + 1.0) * 128.0, 0, 255).astype(np.uint8)
+    hsv = np.asarray(Image.fromarray(a).convert("HSV"), np.int64)
+    idx = (hsv[..., 0] * 8 // 256) * 16 + (hsv[..., 1] * 4 // 256) * 4 + hsv[..., 2] * 4 // 256
+    parts = [np.bincount(block.ravel(), minlength=128).astype(np.float64) for block in np.array_split(idx, 6)]
+    f = np.concatenate([p / np.linalg.norm(p) for p in parts])
+    return f / np.linalg.norm(f)
+
+
+def test_identity_survives_camera_cast(data_a: Path) -> None:
+    """Not an impossible task: once the cast is normalised away, clothing colours by region identify people."""
     query = read_split(data_a / "query")
-    same_cam = [(p, pid, cam) for p, pid, cam in query if any(q == pid and c == cam for _, q, c in gallery)]
-    if not same_cam:
-        pytest.skip("no same-camera gallery image drawn at this seed")
-    feats = {p: rgb_histogram(p) for p, _, _ in query + gallery}
-    gf = np.stack([feats[p] for p, _, _ in gallery])
-    gp = np.array([pid for _, pid, _ in gallery])
-    hits = [gp[int(np.argmax(gf @ feats[p]))] == pid for p, pid, _ in same_cam]
-    assert np.mean(hits) >= 0.5
+    gallery = read_split(data_a / "bounding_box_test")
+    raw = rank1(query, gallery, {p: rgb_histogram(p) for p, _, _ in query + gallery})
+    norm = rank1(query, gallery, {p: stripes_grey_world(p) for p, _, _ in query + gallery})
+    assert norm >= raw + 0.15

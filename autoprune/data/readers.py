@@ -23,7 +23,7 @@ Layouts (ROOT is what the user passes; the bracketed folder may sit in between):
         gallery/  <pid>_c<cam>_<anything>.jpg
 
   pid is an integer, cam an integer >= 1 (c1 is the first camera); .jpg/.jpeg/.png are read, other
-  files ignored. As in Market-1501, pid -1 marks junk (ignored) and pid 0 distractors (kept in the gallery
+  files (and hidden ones such as macOS ``._*``) ignored. As in Market-1501, pid -1 marks junk (ignored) and pid 0 distractors (kept in the gallery
   only). Every query needs its identity in the gallery seen by a different camera to count in evaluation.
 
 The torchreid parent folders (``market1501/``, ``dukemtmc-reid/``, ``msmt17/``, ``cuhk03/``) are accepted
@@ -58,20 +58,24 @@ def _locate(root: str | Path, what: str, nests: Sequence[str], required: Sequenc
     if not base.is_dir():
         raise UserError(f"{what} root {base} does not exist or is not a folder; pass the folder that "
                         f"contains {required[0]}")
+    def present(path: Path) -> bool:  # entries with a suffix (.txt, .mat) are files, the rest folders
+        return path.is_file() if path.suffix else path.is_dir()
+
     candidates = [base] + [base / n for n in nests]
     for cand in candidates:
-        if all((cand / r).exists() for r in required):
+        if all(present(cand / r) for r in required):
             return cand
     # Report against the candidate that is closest to complete (the first one on ties).
-    best = max(candidates, key=lambda c: sum((c / r).exists() for r in required))
-    missing = next(r for r in required if not (best / r).exists())
+    best = max(candidates, key=lambda c: sum(present(c / r) for r in required))
+    missing = next(r for r in required if not present(best / r))
     also = f" (directly or inside {nests[0]}/)" if nests else ""
     raise UserError(f"{what}: expected {best / missing} is missing; {what} needs "
                     f"{', '.join(required)} under {base}{also}")
 
 
 def _list_images(folder: Path) -> list[Path]:
-    images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    images = sorted(p for p in folder.iterdir()
+                    if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file())
     if not images:
         raise UserError(f"no images ({'/'.join(IMAGE_EXTENSIONS)}) in {folder}; put the split's images there")
     return images

@@ -11,6 +11,7 @@ Layout written by :func:`generate` (``pid`` is 4 digits, ``-1`` for junk, cam is
     out_dir/query/...
     out_dir/bounding_box_test/...      (also distractors with pid 0000 and junk with pid -1)
     out_dir/DONE                       (JSON with the parameters, written last)
+    out_dir/GENERATING                 (only while writing; a folder with it and no DONE is regenerated)
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from autoprune.errors import UserError
 GENERATOR_VERSION = 1
 SPLITS = ("bounding_box_train", "query", "bounding_box_test")
 MARKER = "DONE"
+PARTIAL = "GENERATING"  # present while a generation runs; marks the folder as the generator's own
 VIEWS = ("front", "back", "side")
 PATTERNS = ("plain", "stripes", "checks", "print")
 LOWER_KINDS = ("trousers", "shorts", "skirt")
@@ -297,31 +299,63 @@ def _pattern(g: _Garment, u: np.ndarray, v: np.ndarray) -> np.ndarray | int:
     return g.tile[cu, cv].astype(np.uint8)
 
 
-def _ellipse(u: np.ndarray, v: np.ndarray, cu: float, cv: float, ru: float, rv: float) -> np.ndarray:
-    return ((u - cu) / ru) ** 2 + ((v - cv) / rv) ** 2 < 1.0
+class _Canvas:
+    """A part-label map in body coordinates; each shape touches only the rows it can cover (speed)."""
 
+    def __init__(self, h: int, w: int, top: float, cx: float, hb: float, facing: int) -> None:
+        self.u1 = (np.arange(h, dtype=np.float32) + 0.5 - top) / hb  # 0 at the top of the head, 1 at the soles
+        self.u = self.u1[:, None]
+        self.v = ((np.arange(w, dtype=np.float32) + 0.5 - cx) / hb * facing)[None, :]  # + is the facing side
+        self.lab = np.zeros((h, w), np.uint8)
+        self.h, self.w = h, w
 
-def _box(u: np.ndarray, v: np.ndarray, u0: float, u1: float, v0: float, v1: float) -> np.ndarray:
-    return ((u >= u0) & (u < u1)) & ((v >= v0) & (v < v1))
+    def rows(self, u0: float, u1: float) -> slice:
+        return slice(int(np.searchsorted(self.u1, u0)), int(np.searchsorted(self.u1, u1)))
 
+    def paint(self, sl: slice, mask: np.ndarray, value: np.ndarray | int) -> None:
+        if isinstance(value, np.ndarray):
+            self.lab[sl][mask] = np.broadcast_to(value[sl], mask.shape)[mask]
+        else:
+            self.lab[sl][mask] = value
 
-def _capsule(
-    u: np.ndarray, v: np.ndarray, a: tuple[float, float], b: tuple[float, float], r: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Mask of a limb (segment a->b of radius r) and the position t in 0..1 along it."""
-    du, dv = b[0] - a[0], b[1] - a[1]
-    pu, pv = u - a[0], v - a[1]
-    t = np.clip((pu * du + pv * dv) / (du * du + dv * dv + 1e-9), 0.0, 1.0)
-    return (pu - t * du) ** 2 + (pv - t * dv) ** 2 < r * r, t
+    def ellipse(self, cu: float, cv: float, ru: float, rv: float, value: np.ndarray | int, below: float = 9.0) -> None:
+        sl = self.rows(cu - ru, min(cu + ru, below))
+        u = self.u[sl]
+        self.paint(sl, (((u - cu) / ru) ** 2 + ((self.v - cv) / rv) ** 2 < 1.0) & (u < below), value)
+
+    def box(self, u0: float, u1: float, v0: float, v1: float, value: np.ndarray | int) -> None:
+        sl = self.rows(u0, u1)
+        self.paint(sl, np.broadcast_to((self.v >= v0) & (self.v < v1), (sl.stop - sl.start, self.w)), value)
+
+    def trapezoid(self, u0: float, u1: float, hw0: float, hw1: float, value: np.ndarray | int) -> None:
+        """Symmetric about v=0, half-width going linearly from hw0 at u0 to hw1 at u1."""
+        sl = self.rows(u0, u1)
+        hw = hw0 + (hw1 - hw0) * (self.u[sl] - u0) / (u1 - u0)
+        self.paint(sl, np.abs(self.v) < hw, value)
+
+    def capsule(
+        self, a: tuple[float, float], b: tuple[float, float], r: float, inner: np.ndarray | int,
+        outer: np.ndarray | int, cut: float = 2.0,
+    ) -> None:
+        """A limb from a to b of radius r: inner value up to fraction cut of its length, outer beyond."""
+        sl = self.rows(min(a[0], b[0]) - r, max(a[0], b[0]) + r)
+        du, dv = b[0] - a[0], b[1] - a[1]
+        pu, pv = self.u[sl] - a[0], self.v - a[1]
+        t = np.clip((pu * du + pv * dv) / (du * du + dv * dv + 1e-9), 0.0, 1.0)
+        m = (pu - t * du) ** 2 + (pv - t * dv) ** 2 < r * r
+        if cut >= 1.0:
+            self.paint(sl, m, inner)
+        else:
+            self.paint(sl, m & (t < cut), inner)
+            self.paint(sl, m & (t >= cut), outer)
 
 
 def _render_person(
     ident: _Identity, h: int, w: int, top: float, cx: float, hb: float, view: int, facing: int, stride: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Paint one person into a part-label map (painter's order); returns (labels, shading)."""
-    u = ((np.arange(h, dtype=np.float32) + 0.5 - top) / hb)[:, None]
-    v = ((np.arange(w, dtype=np.float32) + 0.5 - cx) / hb * facing)[None, :]
-    lab = np.zeros((h, w), np.uint8)
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Paint one person into a part-label map (painter's order); returns (labels, row shade, column shade)."""
+    c = _Canvas(h, w, top, cx, hb, facing)
+    u, v = c.u, c.v
     side = view == 2
     b = ident.build
     rh, rw = 0.062 * ident.head, 0.046 * ident.head  # head radii
@@ -331,17 +365,11 @@ def _render_person(
     sw = 0.112 * b * (0.6 if side else 1.0)  # shoulder half-width
     ww = 0.088 * b * (0.65 if side else 1.0)  # waist half-width
     ua, rl = 0.024 * b, 0.036 * b  # arm and leg radii
-    up_idx = _UP + _pattern(ident.upper, u, v)
-    low_idx = _LOW + _pattern(ident.lower, u, v)
-
-    def paint(mask: np.ndarray, value: np.ndarray | int) -> None:
-        lab[mask] = value[mask] if isinstance(value, np.ndarray) and value.shape == mask.shape else value
-
-    up_full = np.broadcast_to(up_idx, (h, w)) if isinstance(up_idx, np.ndarray) else up_idx
-    low_full = np.broadcast_to(low_idx, (h, w)) if isinstance(low_idx, np.ndarray) else low_idx
+    up = _UP + _pattern(ident.upper, u, v)
+    low = _LOW + _pattern(ident.lower, u, v)
 
     if ident.hair_long and view != 1:  # long hair behind the shoulders, seen from front / side
-        paint(_box(u, v, uh, us + 0.07, -rw * 1.15, rw * (0.3 if side else 1.15)), _HAIR)
+        c.box(uh, us + 0.07, -rw * 1.15, rw * (0.3 if side else 1.15), _HAIR)
 
     # legs: side view strides forward/back, front/back views lift one foot a little
     hip = 0.045 * b * (0.4 if side else 1.0)
@@ -349,91 +377,80 @@ def _render_person(
         feet = ((0.96, stride * 1.6), (0.96, -stride * 1.6))
     else:
         feet = ((0.96 - max(stride, 0) * 0.4, -0.05 * b), (0.96 + min(stride, 0) * 0.4, 0.05 * b))
-    cut = {0: 0.95, 1: 0.42, 2: -1.0}[ident.lower_kind]
+    cut = (1.5, 0.42, 0.0)[ident.lower_kind]  # trousers, shorts, bare legs under a skirt
     for k, (fu, fv) in enumerate(feet):
-        hv = -hip if k == 0 else hip
-        m, t = _capsule(u, v, (uw + 0.04, hv), (fu - 0.02, fv), rl)
-        if cut > 0:
-            paint(m & (t < cut), low_full)
-        paint(m & (t >= cut), _SKIN)
-        paint(_ellipse(u, v, fu - 0.005, fv + (0.02 if side else 0.0), 0.022, 0.04 if side else 0.03), _SHOE)
+        c.capsule((uw + 0.04, -hip if k == 0 else hip), (fu - 0.02, fv), rl, low, _SKIN, cut)
+        c.ellipse(fu - 0.005, fv + (0.02 if side else 0.0), 0.022, 0.04 if side else 0.03, _SHOE)
     if ident.lower_kind != 2:  # pelvis
-        paint(_box(u, v, uw - 0.01, uw + 0.08, -ww - 0.005, ww + 0.005), low_full)
+        c.box(uw - 0.01, uw + 0.08, -ww - 0.005, ww + 0.005, low)
     else:  # skirt: a trapezoid flaring out to the knees
-        hw = ww + (u - uw) * 0.6
-        paint((u >= uw - 0.01) & (u < uw + 0.22) & (np.abs(v) < hw), low_full)
+        c.trapezoid(uw - 0.01, uw + 0.22, ww - 0.006, ww + 0.132, low)
 
     arm_swing = -stride * 1.2
     hand_u = 0.53 - abs(arm_swing) * 0.5
-    if side:
-        far, _ = _capsule(u, v, (us + 0.02, 0.0), (hand_u, -arm_swing), ua)
-        paint(far, up_full if ident.long_sleeves else _SKIN)
+    sleeve = 1.5 if ident.long_sleeves else 0.4
+    if side:  # the far arm, behind the body
+        c.capsule((us + 0.02, 0.0), (hand_u, -arm_swing), ua, up, _SKIN, sleeve)
     if ident.backpack and side:
-        paint(_box(u, v, us + 0.02, us + 0.24, -sw - 0.07, -sw + 0.01), _BACKPACK)
-    # torso: trapezoid from shoulders to waist
-    hw = sw + (ww - sw) * (u - us) / (uw - us)
-    torso = (u >= us) & (u < uw + 0.01) & (np.abs(v) < hw)
-    paint(torso, up_full)
-    # shoulders are rounded
-    paint(_ellipse(u, v, us + 0.03, 0.0, 0.035, sw), up_full)
+        c.box(us + 0.02, us + 0.24, -sw - 0.07, -sw + 0.01, _BACKPACK)
+    # torso: trapezoid from shoulders to waist, rounded shoulders
+    c.trapezoid(us, uw + 0.01, sw, ww + (ww - sw) * 0.01 / (uw - us), up)
+    c.ellipse(us + 0.03, 0.0, 0.035, sw, up)
     # arms
     if side:
-        arms = (((us + 0.02, 0.0), (hand_u, arm_swing)),)
+        arms: tuple = (((us + 0.02, 0.0), (hand_u, arm_swing)),)
     else:
         dv = 0.01 + abs(arm_swing) * 0.15
         arms = (((us + 0.025, -sw + 0.01), (hand_u, -sw - dv)), ((us + 0.025, sw - 0.01), (hand_u, sw + dv)))
-    hands = []
     for a, e in arms:
-        m, t = _capsule(u, v, a, e, ua)
-        sleeve = 1.01 if ident.long_sleeves else 0.4
-        paint(m & (t < sleeve), up_full)
-        paint(m & (t >= sleeve), _SKIN)
-        paint(_ellipse(u, v, e[0] + 0.01, e[1], 0.018, 0.016), _SKIN)
-        hands.append(e)
+        c.capsule(a, e, ua, up, _SKIN, sleeve)
+        c.ellipse(e[0] + 0.01, e[1], 0.018, 0.016, _SKIN)
     # backpack: the bag from behind, straps from the front
     if ident.backpack and view == 1:
-        paint(_box(u, v, us + 0.015, us + 0.25, -sw * 0.72, sw * 0.72), _BACKPACK)
+        c.box(us + 0.015, us + 0.25, -sw * 0.72, sw * 0.72, _BACKPACK)
     elif ident.backpack and view == 0:
         for sv in (-sw * 0.55, sw * 0.55):
-            paint(_box(u, v, us - 0.005, us + 0.17, sv - 0.012, sv + 0.012), _BACKPACK)
+            c.box(us - 0.005, us + 0.17, sv - 0.012, sv + 0.012, _BACKPACK)
     # front logo, only visible from the front
     if ident.logo and view == 0:
         lc = us + 0.1
         if ident.logo == 1:
-            paint(_box(u, v, lc - 0.04, lc + 0.04, -0.04, 0.04), _LOGO)
+            c.box(lc - 0.04, lc + 0.04, -0.04, 0.04, _LOGO)
         elif ident.logo == 2:
-            paint(_ellipse(u, v, lc, 0.0, 0.045, 0.045), _LOGO)
+            c.ellipse(lc, 0.0, 0.045, 0.045, _LOGO)
         else:
-            paint(_box(u, v, lc - 0.015, lc + 0.015, -sw * 0.9, sw * 0.9), _LOGO)
+            c.box(lc - 0.015, lc + 0.015, -sw * 0.9, sw * 0.9, _LOGO)
     # shoulder bag: strap across the chest or back, bag at the hip
     if ident.shoulder_bag:
         s = ident.shoulder_bag * (-1 if view == 1 else 1)
         if not side:
-            m, _ = _capsule(u, v, (us, -s * sw * 0.7), (uw - 0.04, s * sw * 0.9), 0.01)
-            paint(m, _SBAG)
-            paint(_box(u, v, uw - 0.07, uw + 0.05, s * sw * 0.75 - 0.04, s * sw * 0.75 + 0.05), _SBAG)
+            c.capsule((us, -s * sw * 0.7), (uw - 0.04, s * sw * 0.9), 0.01, _SBAG, _SBAG)
+            c.box(uw - 0.07, uw + 0.05, s * sw * 0.75 - 0.04, s * sw * 0.75 + 0.05, _SBAG)
         else:
-            paint(_box(u, v, uw - 0.07, uw + 0.05, -0.05, 0.05), _SBAG)
-    # neck and head
-    paint(_box(u, v, 2 * rh - 0.01, us + 0.01, -rw * 0.45, rw * 0.45), _SKIN)
-    head = _ellipse(u, v, uh, 0.02 if side else 0.0, rh, rw)
-    paint(head, _HAIR if view == 1 else _SKIN)
+            c.box(uw - 0.07, uw + 0.05, -0.05, 0.05, _SBAG)
+    # neck and head: face from the front, hair from behind, half and half from the side
+    c.box(2 * rh - 0.01, us + 0.01, -rw * 0.45, rw * 0.45, _SKIN)
+    hv = 0.02 if side else 0.0
+    c.ellipse(uh, hv, rh, rw, _HAIR if view == 1 else _SKIN)
     if view == 0:
-        paint(head & (u < uh - rh * 0.45), _HAIR)
+        c.ellipse(uh, hv, rh, rw, _HAIR, below=uh - rh * 0.45)
     elif side:
-        paint(head & ((u < uh - rh * 0.45) | (v < -rw * 0.2)), _HAIR)
+        c.ellipse(uh, hv, rh, rw, _HAIR, below=uh - rh * 0.45)
+        sl = c.rows(uh - rh, uh + rh)
+        c.paint(sl, (((u[sl] - uh) / rh) ** 2 + ((v - hv) / rw) ** 2 < 1.0) & (v < -rw * 0.2), _HAIR)
     if ident.hair_long and view == 1:
-        paint(_box(u, v, uh, us + 0.09, -rw * 1.1, rw * 1.1), _HAIR)
+        c.box(uh, us + 0.09, -rw * 1.1, rw * 1.1, _HAIR)
     if ident.hat:
-        paint(head & (u < uh - rh * 0.25), _HAT)
-        paint(_box(u, v, uh - rh * 0.4, uh - rh * 0.2, -rw * 1.25, rw * (1.6 if side else 1.25)), _HAT)
+        c.ellipse(uh, hv, rh, rw, _HAT, below=uh - rh * 0.25)
+        c.box(uh - rh * 0.4, uh - rh * 0.2, -rw * 1.25, rw * (1.6 if side else 1.25), _HAT)
     # handbag hanging from one hand
     if ident.handbag:
-        e = hands[0] if side or ident.handbag < 0 else hands[-1]
-        paint(_box(u, v, e[0] + 0.01, e[0] + 0.1, e[1] - 0.035, e[1] + 0.035), _HBAG)
-    # soft cylinder shading across the body and a little darker towards the feet
-    shade = (1.08 - 0.5 * np.minimum((v / (sw * 1.6)) ** 2, 0.6)) * (1.0 - 0.12 * np.clip(u, 0, 1))
-    return lab, shade.astype(np.float32)
+        e = arms[0][1] if side or ident.handbag < 0 else arms[-1][1]
+        c.box(e[0] + 0.01, e[0] + 0.1, e[1] - 0.035, e[1] + 0.035, _HBAG)
+    # soft cylinder shading across the body and a little darker towards the feet (separable)
+    shade_v = 1.08 - 0.5 * np.minimum((v[0] / (sw * 1.6)) ** 2, 0.6)
+    shade_u = 1.0 - 0.12 * np.clip(c.u1, 0.0, 1.0)
+    return c.lab, shade_u, shade_v
 
 
 def _noise_field(rng: np.random.Generator, h: int, w: int, cells: tuple[int, int]) -> np.ndarray:
@@ -468,6 +485,13 @@ def _scene(style: SceneStyle, rng: np.random.Generator, h: int, w: int) -> np.nd
     img *= (1.0 + style.texture * tex)[:, :, None]
     img *= (1.0 + 0.08 * _noise_field(rng, sh, sw, (sh // 3, sw // 3)))[:, :, None]
     return np.clip(img, 0.0, 1.0)
+
+
+def _composite(img: np.ndarray, ident: _Identity, rendered: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    """Write a rendered person's shaded colours over img where its label map is not background."""
+    lab, shade_u, shade_v = rendered
+    ys, xs = np.nonzero(lab)
+    img[ys, xs] = ident.lut[lab[ys, xs]] * (shade_u[ys] * shade_v[xs])[:, None]
 
 
 @dataclass
@@ -511,9 +535,7 @@ class _Renderer:
         top = (h - hb) / 2 + rng.uniform(-0.05, 0.05) * h
         cx = w / 2 + rng.uniform(-0.08, 0.08) * w * framing
         stride = float(rng.uniform(-1, 1) * ident.gait)
-        lab, shade = _render_person(ident, h, w, top, cx, hb, view, facing, stride)
-        m = lab > 0
-        img[m] = ident.lut[lab[m]] * shade[m][:, None]
+        _composite(img, ident, _render_person(ident, h, w, top, cx, hb, view, facing, stride))
 
     def occlude(self, img: np.ndarray, cam: int, rng: np.random.Generator) -> None:
         """A passer-by fragment, a pole/wall edge or a low obstacle in front of the person."""
@@ -524,9 +546,8 @@ class _Renderer:
             view = int(rng.integers(3))
             hb = h * other.height * rng.uniform(0.95, 1.1)
             cx = w / 2 + rng.choice((-1, 1)) * rng.uniform(0.45, 0.75) * w
-            lab, shade = _render_person(other, h, w, (h - hb) / 2, cx, hb, view, int(rng.choice((-1, 1))), 0.0)
-            m = lab > 0
-            img[m] = other.lut[lab[m]] * shade[m][:, None]
+            facing = int(rng.choice((-1, 1)))
+            _composite(img, other, _render_person(other, h, w, (h - hb) / 2, cx, hb, view, facing, 0.0))
             return
         c = _colour(self.style.scene.clutter[rng.integers(len(self.style.scene.clutter))], rng, 0.08)
         tex = 1.0 + 0.3 * _noise_field(rng, h, w, (4, 2))[:, :, None]
@@ -646,6 +667,7 @@ def generate(
 
     Deterministic by its arguments (byte-identical files). Returns at once if the DONE marker holds the
     same parameters; otherwise the split folders are cleared and regenerated, and DONE is written last.
+    Refuses (UserError) to clear split folders it did not write, e.g. a real Market-1501 copy.
     """
     _check(domain, num_train_ids, num_test_ids, images_per_id_per_cam, num_distractors, height, width, jpeg_quality)
     out = Path(out_dir)
@@ -654,23 +676,31 @@ def generate(
         images_per_id_per_cam=images_per_id_per_cam, num_distractors=num_distractors,
         height=height, width=width, jpeg_quality=jpeg_quality,
     )
-    marker = out / MARKER
+    marker, partial = out / MARKER, out / PARTIAL
+    if out.exists() and not out.is_dir():
+        raise UserError(f"synthetic data path {out} exists and is not a folder; choose another data root")
     if marker.is_file():
         try:
             if json.loads(marker.read_text()).get("params") == params:
                 return out
         except (ValueError, AttributeError):
             pass  # a damaged marker means a damaged folder: regenerate
-        marker.unlink()
-    if out.exists() and not out.is_dir():
-        raise UserError(f"synthetic data path {out} exists and is not a folder; choose another data root")
+    elif not partial.is_file() and any(any((out / split).glob("*")) for split in SPLITS if (out / split).is_dir()):
+        raise UserError(
+            f"{out} holds re-ID images the synthetic generator did not write (no {MARKER} marker); "
+            "choose an empty folder for synthetic data"
+        )
+    # claim the folder first, so an interrupted run is recognised as ours and regenerated next time
+    out.mkdir(parents=True, exist_ok=True)
+    partial.write_text(json.dumps({"params": params}, sort_keys=True))
+    marker.unlink(missing_ok=True)
     for split in SPLITS:
         if (out / split).exists():
             shutil.rmtree(out / split)
-        (out / split).mkdir(parents=True)
+        (out / split).mkdir()
 
     style = DOMAINS[domain]
-    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(domain.encode())])
+    rng = np.random.default_rng([int(seed) % (1 << 64), zlib.crc32(domain.encode())])
     jobs = _plan(style, rng, num_train_ids, num_test_ids, images_per_id_per_cam, num_distractors)
     renderer = _Renderer(style, height, width, jpeg_quality, rng)
     counts = dict.fromkeys(SPLITS, 0)
@@ -682,4 +712,5 @@ def generate(
     tmp = out / (MARKER + ".tmp")
     tmp.write_text(json.dumps({"params": params, "counts": counts}, indent=1, sort_keys=True))
     os.replace(tmp, marker)
+    partial.unlink()
     return out

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -85,12 +86,24 @@ def open_storage(cfg: dict[str, Any], run_dir: Path) -> optuna.storages.BaseStor
                         f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
 
 
+def _existing_trials(storage: optuna.storages.BaseStorage, name: str) -> int:
+    try:
+        return len(storage.get_all_trials(storage.get_study_id_from_name(name), deepcopy=False))
+    except KeyError:
+        return 0
+
+
 def open_study(cfg: dict[str, Any], storage: optuna.storages.BaseStorage) -> optuna.Study:
     multi = cfg["search"]["objectives"] == "rank1+macs"
     directions = ["maximize", "minimize"] if multi else ["maximize"]
+    name = cfg["search"]["study_name"] or STUDY_NAME
+    # A resumed (or second) process must not replay the first one's random draws: offset the seed.
+    seed = cfg["seed"] + 7919 * _existing_trials(storage, name)
+    if cfg["search"]["storage"] is not None:
+        seed += os.getpid()  # workers started together on a shared study must sample differently
     try:
-        return optuna.create_study(storage=storage, study_name=cfg["search"]["study_name"] or STUDY_NAME,
-                                   sampler=make_sampler(cfg["search"]["sampler"], cfg["seed"], multi),
+        return optuna.create_study(storage=storage, study_name=name,
+                                   sampler=make_sampler(cfg["search"]["sampler"], seed, multi),
                                    pruner=make_pruner(cfg["search"]["pruner"], multi), directions=directions,
                                    load_if_exists=True)
     except UserError:

@@ -46,17 +46,43 @@ def prepare_run_dir(cfg: dict[str, Any], out: str | Path) -> Path:
     if free < 200 * 2**20:
         raise UserError(f"only {free / 2**20:.0f} MiB free under {run_dir}; a search needs at least 200 MiB, "
                         f"free some space or choose another --out")
-    ident = study_identity(cfg)
     marker = run_dir / "identity.json"
     if marker.is_file():
         old = json.loads(marker.read_text()).get("identity")
-        if old != ident:
+        if old != study_identity(cfg):
             raise UserError(f"run directory {run_dir} holds a search with another config; use a new --out, "
                             f"or delete {run_dir} to start over")
-    else:
-        write_json(marker, {"identity": ident})
-    (run_dir / "config.yaml").write_text(dump(cfg))
     return run_dir
+
+
+def claim_run_dir(cfg: dict[str, Any], run_dir: Path) -> None:
+    """Mark the run directory as this config's, once the config has proven valid."""
+    marker = run_dir / "identity.json"
+    if not marker.is_file():
+        write_json(marker, {"identity": study_identity(cfg)})
+    (run_dir / "config.yaml").write_text(dump(cfg))
+
+
+def preflight(cfg: dict[str, Any], host: Any) -> None:
+    """Check everything that needs no data or training, so a typo costs seconds, not a baseline."""
+    from autoprune.models import build_model
+    from autoprune.pruning.budget import Budget, check_feasible
+    from autoprune.pruning.flops import CostModel
+    from autoprune.pruning.groups import PruningGraph
+    from autoprune.search.space import build_space
+
+    for kind, key in (("criterion", "criterion"), ("strategy", "strategy"), ("scenario", "scenario")):
+        host.get(kind, cfg["trial"][key])
+    for key in ("source", "target"):
+        from autoprune.data import parse_spec
+
+        host.get("dataset", parse_spec(cfg["data"][key])[0])
+    m = cfg["model"]
+    graph = PruningGraph(build_model(m["arch"], 2, last_stride=m["last_stride"], pooling=m["pooling"], host=host),
+                         tuple(m["input_size"]))
+    cost = CostModel(graph)
+    check_feasible(cost, Budget.from_config(cfg["budget"], cost.base_macs))
+    build_space(cfg["search"]["space"], list(graph.groups), cfg["budget"]["min_keep"], cfg["budget"]["max_keep"])
 
 
 def _save_trial_model(run_dir: Path) -> Callable[[int, TrialResult], str]:
@@ -88,14 +114,16 @@ def trial_line(r: TrialRecord, best: float | None) -> str:
 def run_search(cfg: dict[str, Any], out: str | Path, progress: bool = True,
                log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) the search described by ``cfg`` into run directory ``out``; returns the report."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is ours to print
     started = time.perf_counter()
     run_dir = prepare_run_dir(cfg, out)
     set_threads(cfg["train"]["threads"])
     device = resolve_device(cfg["train"]["device"])
     host = get_host()
-    # Names first: a typo must cost nothing, not a baseline training.
-    for kind, key in (("criterion", "criterion"), ("strategy", "strategy"), ("scenario", "scenario")):
-        host.get(kind, cfg["trial"][key])
+    preflight(cfg, host)
+    claim_run_dir(cfg, run_dir)
     log(f"data: source {cfg['data']['source']}, target {cfg['data']['target']}")
     source = build_domain(cfg["data"]["source"], cfg)
     target = build_domain(cfg["data"]["target"], cfg)
@@ -214,7 +242,11 @@ def finish(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, base: dict[str, A
 
 
 def _export_torchscript(model: torch.nn.Module, path: Path, input_size: tuple[int, int]) -> None:
+    import warnings
+
     model = model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # TorchScript is deprecated upstream in favour of torch.export, but it is still what C++/mobile runtimes load.
+        warnings.simplefilter("ignore", FutureWarning)
         traced = torch.jit.trace(model, torch.randn(1, 3, *input_size))
     traced.save(str(path))

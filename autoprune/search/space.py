@@ -119,7 +119,8 @@ def build_space(name_or_path: str, groups: list[str], min_keep: float = 0.0, max
     mode = data.get("mode", "group")
     if mode not in MODES:
         raise UserError(f"search space {name}: mode {mode!r} is not one of {', '.join(MODES)}")
-    low, high, step = _range(name, data, max(min_keep, 0.05), max_keep, data.get("step"))
+    top = {k: data[k] for k in ("low", "high", "step") if k in data}
+    low, high, step = _range(name, top, max(min_keep, 0.05), max_keep, data.get("step"))
     params: dict[str, Param] = {}
     for g in groups:
         pname = param_of(g, mode)

@@ -112,7 +112,7 @@ class SearchEnv:
         """Prune a fresh copy of the baseline to the projected policy, run the scenario, measure."""
         start = time.perf_counter()
         torch.manual_seed(self.cfg["seed"])  # same noise for every trial: policies are compared fairly
-        counts = counts if counts is not None else self.counts_for(values)
+        counts = dict(counts) if counts is not None else self.counts_for(values)
         epochs = self.cfg["trial"]["finetune_epochs"] if epochs is None else epochs
         model = copy.deepcopy(self.baseline).to(self.device)
         history: list[dict[str, Any]] = []
@@ -138,10 +138,14 @@ class SearchEnv:
             sctx = StrategyContext(graph=graph, counts=counts, criterion=criterion,
                                    criterion_context=lambda: self.criterion_context(graph, domain),
                                    finetune=finetune_on(domain), epochs=n_epochs,
-                                   steps=self.cfg["trial"]["steps"], schedule=self.cfg["trial"]["schedule"])
+                                   steps=self.cfg["trial"]["steps"], schedule=self.cfg["trial"]["schedule"],
+                                   cost=self.cost, budget=self.budget)
             out = self.strategy_cls().run(m, sctx)
             widths = graph.widths()
-            if widths != counts:
+            if not self.strategy_cls.follows_policy:
+                counts.clear()
+                counts.update(widths)
+            elif widths != counts:
                 wrong = [n for n in counts if widths.get(n) != counts[n]][:3]
                 raise RuntimeError(f"strategy {self.strategy_cls.name!r} left groups {wrong} at other widths "
                                    f"than the policy asks")
@@ -159,8 +163,6 @@ class SearchEnv:
             raise RuntimeError("target rank-1 is not finite")
         model = model.cpu().eval()
         macs, params = count_macs(model, self.input_size)
-        if counts != {n: c for n, c in counts.items()}:
-            pass
         if macs > self.budget.macs and any(c < self.cost.base_widths[n] for n, c in counts.items()):
             raise RuntimeError(f"pruned model has {macs} MACs, above the budget {self.budget.macs}")
         policy = {n: round(c / self.cost.base_widths[n], 4) for n, c in counts.items()}

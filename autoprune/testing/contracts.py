@@ -1,0 +1,440 @@
+"""Contract test suites for criterion, strategy and scenario plugins, and the small fixtures they use.
+
+A suite is a pytest class to subclass in your own tests, naming the plugin in one class attribute::
+
+    from autoprune.testing import CriterionContract
+
+    class TestMyCriterion(CriterionContract):
+        criterion_class = MyCriterion
+
+Everything runs on the CPU in seconds: a ResNet-10 re-ID model at 64x32, random batches of 4 images,
+and a fine-tuning stand-in that trains nothing. Needs pytest.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterator
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from autoprune.criteria import Batch, BaseCriterion, CriterionContext
+from autoprune.data.base import ReIDDataset
+from autoprune.data.domain import Domain
+from autoprune.data.loading import ImageStore
+from autoprune.pruning.budget import Budget, project, uniform_ratios
+from autoprune.pruning.flops import CostModel
+from autoprune.pruning.groups import PruningGraph
+from autoprune.pruning.surgery import prune_to_counts
+from autoprune.scenarios import BaseScenario, ScenarioContext
+from autoprune.strategies import BaseStrategy, StrategyContext
+
+SIZE = (64, 32)     # input (height, width) of every model here
+NUM_CLASSES = 4     # identities of the random batches
+
+# -- models, graphs and criterion contexts ------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=4)
+def _prototype(arch: str, num_classes: int, seed: int) -> nn.Module:
+    from autoprune.models import build_model
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = build_model(arch, num_classes)
+        # Make it look trained: BN affine parameters that differ per channel, running statistics
+        # measured on data, so eval-mode BN (used by data-driven criteria) is well scaled.
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.weight.uniform_(0.5, 1.5)
+                    m.bias.normal_(0.0, 0.1)
+                    m.reset_running_stats()
+                    m.momentum = None  # cumulative average over the calibration batches
+            model.train()
+            for _ in range(2):
+                model(torch.randn(8, 3, *SIZE))
+            for m in model.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.momentum = 0.1
+    return model
+
+
+def tiny_model(seed: int = 0, num_classes: int = NUM_CLASSES, arch: str = "resnet10") -> nn.Module:
+    """A fresh re-ID model (the same weights for the same seed) in train mode; built once, then copied."""
+    return copy.deepcopy(_prototype(arch, num_classes, seed)).train()
+
+
+def tiny_graph(model: nn.Module) -> PruningGraph:
+    """The pruning graph of ``model`` at :data:`SIZE`."""
+    return PruningGraph(model, SIZE)
+
+
+def random_batches(seed: int = 0, batch_size: int = 4,
+                   num_classes: int = NUM_CLASSES) -> Callable[[int], Iterator[Batch]]:
+    """``batches(n)`` yielding ``n`` random (images, labels) batches, the same ones on every call."""
+    def batches(n: int) -> Iterator[Batch]:
+        gen = torch.Generator().manual_seed(seed)
+        for _ in range(n):
+            yield (torch.randn(batch_size, 3, *SIZE, generator=gen),
+                   torch.randint(num_classes, (batch_size,), generator=gen))
+    return batches
+
+
+def classification_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """Cross-entropy of the model's logits (a re-ID model in train mode returns ``(logits, features)``)."""
+    x, y = batch
+    out = model(x)
+    return F.cross_entropy(out[0] if isinstance(out, tuple) else out, y)
+
+
+def criterion_context(graph: PruningGraph, seed: int = 0, num_batches: int = 2,
+                      batch_size: int = 4) -> CriterionContext:
+    """A CriterionContext on ``graph`` with random batches and a cross-entropy loss (for data-driven criteria)."""
+    num_classes = getattr(getattr(graph.model, "classifier", None), "out_features", NUM_CLASSES)
+    return CriterionContext(graph=graph, device=torch.device("cpu"),
+                            batches=random_batches(seed, batch_size, num_classes), loss=classification_loss,
+                            num_batches=num_batches, seed=seed)
+
+
+def score_all(criterion: BaseCriterion, model: nn.Module, graph: PruningGraph,
+              seed: int = 0) -> dict[str, torch.Tensor]:
+    """The criterion's raw scores of every group, as the host computes them (prepare once, then score)."""
+    ctx = criterion_context(graph, seed=seed)
+    criterion.prepare(model, ctx)
+    return {name: torch.as_tensor(criterion.score(model, name, ctx)).detach().float().cpu()
+            for name in graph.groups}
+
+
+def plant_weak_channel(graph: PruningGraph, group: str, channel: int, factor: float = 1e-3) -> None:
+    """Scale ``channel`` of ``group`` by ``factor`` in every out-module: conv filters, BN gamma and beta."""
+    with torch.no_grad():
+        for name in graph.groups[group].out_modules:
+            for pname in ("weight", "bias"):
+                p = getattr(graph.modules[name], pname, None)
+                if isinstance(p, torch.Tensor):
+                    p[channel] *= factor
+
+
+def zeroed_channels(graph: PruningGraph) -> dict[str, int]:
+    """How many channels of each group are soft-pruned: every filter, gamma and beta of them is zero."""
+    out = {}
+    for name, g in graph.groups.items():
+        alive = torch.zeros(g.channels, dtype=torch.bool)
+        for module_name in g.out_modules:
+            for pname in ("weight", "bias"):
+                p = getattr(graph.modules[module_name], pname, None)
+                if isinstance(p, torch.Tensor):
+                    alive |= p.detach().reshape(g.channels, -1).ne(0).any(dim=1).cpu()
+        out[name] = int((~alive).sum())
+    return out
+
+
+# -- strategies ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FinetuneCall:
+    """One call of the fine-tuning stand-in."""
+
+    epochs: int
+    widths: dict[str, int]                                       # group widths when the call started
+    zeroed: list[dict[str, int]] = field(default_factory=list)   # per epoch, soft-pruned channels at its start
+
+
+class RecordingFinetune:
+    """Stands in for the host's ``finetune``: records each call and runs the callbacks, training nothing.
+
+    With ``noise`` > 0 every weight moves by that much (Gaussian) each epoch, as training would, so
+    soft-pruned channels regrow.
+    """
+
+    def __init__(self, graph: PruningGraph, noise: float = 0.0, seed: int = 0) -> None:
+        self.graph = graph
+        self.noise = noise
+        self.gen = torch.Generator().manual_seed(seed)
+        self.calls: list[FinetuneCall] = []
+
+    @property
+    def epochs(self) -> int:
+        """Epochs asked for over all calls."""
+        return sum(c.epochs for c in self.calls)
+
+    def __call__(self, model: nn.Module, epochs: int, on_epoch_end: Callable[[int, nn.Module], None] | None = None,
+                 on_step_end: Callable[[nn.Module], None] | None = None) -> list[dict[str, float]]:
+        call = FinetuneCall(epochs, self.graph.widths())
+        self.calls.append(call)
+        history = []
+        for epoch in range(epochs):
+            call.zeroed.append(zeroed_channels(self.graph))
+            if self.noise:
+                with torch.no_grad():
+                    for p in model.parameters():
+                        if p.requires_grad:
+                            p.add_(self.noise * torch.randn(p.shape, generator=self.gen).to(p.device))
+            if on_step_end is not None:
+                on_step_end(model)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, model)
+            history.append({"epoch": epoch + 1, "loss": 0.0})
+        return history
+
+
+def strategy_context(model: nn.Module, criterion: BaseCriterion | None = None, budget_ratio: float = 0.5,
+                     counts: dict[str, int] | None = None, epochs: int = 3, steps: int = 3,
+                     schedule: str = "linear", noise: float = 0.0, min_keep: float = 0.1,
+                     round_to: int = 8) -> StrategyContext:
+    """A StrategyContext on ``model`` with a :class:`RecordingFinetune` as ``ctx.finetune``.
+
+    The target ``counts`` default to the uniform policy projected onto ``budget_ratio`` of the model's
+    MACs, as the host would; the criterion defaults to the built-in ``l1``.
+    """
+    if criterion is None:
+        from autoprune_plugins.criteria import L1Criterion
+
+        criterion = L1Criterion()
+    graph = tiny_graph(model)
+    cost = CostModel(graph)
+    budget = Budget(int(cost.base_macs * budget_ratio), min_keep=min_keep, round_to=round_to)
+    if counts is None:
+        counts = project(cost, uniform_ratios(cost), budget)
+    return StrategyContext(graph=graph, counts=dict(counts), criterion=criterion,
+                           criterion_context=lambda: criterion_context(graph),
+                           finetune=RecordingFinetune(graph, noise=noise), epochs=epochs, steps=steps,
+                           schedule=schedule, cost=cost, budget=budget)
+
+
+def min_width(base: int, budget: Budget) -> int:
+    """The narrowest a group may become under ``budget``: one rounding step (or 1 channel) and min_keep."""
+    step = 1 if base <= budget.round_to or budget.round_to <= 1 else budget.round_to
+    return max(step, math.ceil(budget.min_keep * base - 1e-9))
+
+
+# -- scenarios -------------------------------------------------------------------------------------------------
+
+
+def fake_domain(spec: str, num_ids: int = 3, num_query: int = 2) -> Domain:
+    """A Domain with made-up samples (its images are never read), for scenarios run on fake services."""
+    train = [(f"/nonexistent/{spec}/train/{i}.jpg", i % num_ids, i % 2) for i in range(2 * num_ids)]
+    query = [(f"/nonexistent/{spec}/query/{i}.jpg", i, 0) for i in range(num_query)]
+    gallery = [(f"/nonexistent/{spec}/gallery/{i}.jpg", i, 1) for i in range(max(1, num_query))]
+    ds = ReIDDataset(spec, train, query, gallery)
+    return Domain(spec, ds, ImageStore(train, SIZE), ImageStore(query, SIZE), ImageStore(gallery, SIZE))
+
+
+@dataclass
+class ServiceCall:
+    """One call a scenario made: ``kind`` is prune, finetune or evaluate."""
+
+    kind: str
+    domain: str
+    epochs: int | None
+    model: nn.Module
+    result: Any = None
+
+
+class ScenarioRecorder:
+    """Fake host services for a scenario: records every call in order; ``prune`` returns a new stand-in model."""
+
+    def __init__(self) -> None:
+        self.calls: list[ServiceCall] = []
+
+    def of(self, kind: str) -> list[ServiceCall]:
+        return [c for c in self.calls if c.kind == kind]
+
+    def prune(self, model: nn.Module, domain: Domain, epochs: int) -> nn.Module:
+        pruned = nn.Identity()
+        self.calls.append(ServiceCall("prune", domain.spec, epochs, model, pruned))
+        return pruned
+
+    def finetune(self, model: nn.Module, domain: Domain, epochs: int) -> None:
+        self.calls.append(ServiceCall("finetune", domain.spec, epochs, model))
+
+    def evaluate(self, model: nn.Module, domain: Domain) -> dict[str, Any]:
+        metrics = {"rank1": 0.5, "mAP": 0.25, "domain": domain.spec, "model": id(model)}
+        self.calls.append(ServiceCall("evaluate", domain.spec, None, model, metrics))
+        return metrics
+
+
+def scenario_context(epochs: int = 3, source_query: int = 2) -> tuple[ScenarioContext, ScenarioRecorder]:
+    """A ScenarioContext with fake services, and the recorder of what the scenario asked of them."""
+    rec = ScenarioRecorder()
+    ctx = ScenarioContext(model=nn.Identity(), source=fake_domain("source", num_query=source_query),
+                          target=fake_domain("target"), epochs=epochs, prune=rec.prune, finetune=rec.finetune,
+                          evaluate=rec.evaluate)
+    return ctx, rec
+
+
+# -- the contracts ---------------------------------------------------------------------------------------------
+
+
+class CriterionContract:
+    """What every criterion must do; subclass and set ``criterion_class``.
+
+    Set ``ranks_planted = False`` for a criterion that is not meant to find weak channels (``random``).
+    """
+
+    criterion_class: ClassVar[type[BaseCriterion]]
+    ranks_planted: ClassVar[bool] = True
+    # an inner width, the stem's and two residual-coupled widths, the widest layer
+    planted_groups: ClassVar[tuple[str, ...]] = ("layer1.out", "layer2.0.conv1", "layer3.out", "layer4.0.conv1")
+    planted_channel: ClassVar[int] = 3
+
+    def make_criterion(self) -> BaseCriterion:
+        return self.criterion_class()
+
+    def test_has_a_name_and_a_docstring(self) -> None:
+        assert isinstance(self.criterion_class.name, str) and self.criterion_class.name
+        assert (self.criterion_class.__doc__ or "").strip()
+
+    def test_one_finite_score_per_channel_of_every_group(self) -> None:
+        model = tiny_model()
+        graph = tiny_graph(model)
+        scores = score_all(self.make_criterion(), model, graph)
+        assert set(scores) == set(graph.groups)
+        for name, s in scores.items():
+            assert s.shape == (graph.groups[name].channels,), name
+            assert torch.isfinite(s).all(), name
+
+    def test_scores_a_pruned_model(self) -> None:
+        model = tiny_model()
+        graph = tiny_graph(model)
+        gen = torch.Generator().manual_seed(1)
+        prune_to_counts(graph, {n: c - c // 3 for n, c in graph.widths().items()},
+                        {n: torch.rand(c, generator=gen) for n, c in graph.widths().items()})
+        scores = score_all(self.make_criterion(), model, graph)
+        for name, s in scores.items():
+            assert s.shape == (graph.groups[name].channels,), name
+
+    def test_deterministic_for_a_fixed_seed(self) -> None:
+        first = score_all(self.make_criterion(), (m := tiny_model()), tiny_graph(m), seed=5)
+        second = score_all(self.make_criterion(), (m := tiny_model()), tiny_graph(m), seed=5)
+        for name in first:
+            torch.testing.assert_close(first[name], second[name], rtol=1e-5, atol=0.0, msg=name)
+
+    @pytest.mark.parametrize("training", [True, False])
+    def test_leaves_the_model_unchanged(self, training: bool) -> None:
+        model = tiny_model().train(training)
+        graph = tiny_graph(model)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        modes = {n: m.training for n, m in model.named_modules()}
+        score_all(self.make_criterion(), model, graph)
+        after = model.state_dict()
+        for k, v in before.items():
+            assert torch.equal(v, after[k]), f"scoring changed {k}"
+        assert all(p.grad is None for p in model.parameters()), "scoring left gradients on the model"
+        assert {n: m.training for n, m in model.named_modules()} == modes, "scoring changed train/eval mode"
+
+    def test_ranks_a_planted_weak_channel_last(self) -> None:
+        if not self.ranks_planted:
+            pytest.skip(f"{self.criterion_class.__name__} does not rank weak channels (ranks_planted = False)")
+        model = tiny_model()
+        graph = tiny_graph(model)
+        for group in self.planted_groups:
+            plant_weak_channel(graph, group, self.planted_channel)
+        scores = score_all(self.make_criterion(), model, graph)
+        for group in self.planted_groups:
+            assert int(scores[group].argmin()) == self.planted_channel, group
+
+
+class StrategyContract:
+    """What every strategy must do; subclass and set ``strategy_class`` (and ``criterion_class`` to score with).
+
+    A strategy with ``follows_policy = True`` must end at exactly ``ctx.counts``; one that chooses its
+    own widths must end within ``ctx.budget``.
+    """
+
+    strategy_class: ClassVar[type[BaseStrategy]]
+    criterion_class: ClassVar[type[BaseCriterion] | None] = None  # None: the built-in l1
+
+    def make_context(self, model: nn.Module, **options: Any) -> StrategyContext:
+        criterion = self.criterion_class() if self.criterion_class is not None else None
+        return strategy_context(model, criterion=criterion, **options)
+
+    def check_target(self, ctx: StrategyContext) -> None:
+        widths = ctx.graph.widths()
+        if self.strategy_class.follows_policy:
+            assert widths == ctx.counts
+        else:
+            assert ctx.cost is not None and ctx.budget is not None
+            assert ctx.cost.macs(widths) <= ctx.budget.macs
+            for name, w in widths.items():
+                assert w >= min(ctx.cost.base_widths[name], min_width(ctx.cost.base_widths[name], ctx.budget)), name
+
+    def run_strategy(self, **options: Any) -> tuple[nn.Module, StrategyContext]:
+        model = tiny_model()
+        ctx = self.make_context(model, **options)
+        out = self.strategy_class().run(model, ctx)
+        return out, ctx
+
+    def test_has_a_name(self) -> None:
+        assert isinstance(self.strategy_class.name, str) and self.strategy_class.name
+
+    def test_reaches_its_target_within_its_epochs(self) -> None:
+        out, ctx = self.run_strategy(epochs=4, steps=2, noise=1e-3)
+        self.check_target(ctx)
+        assert ctx.finetune.epochs <= ctx.epochs  # type: ignore[attr-defined]
+        out.eval()
+        with torch.no_grad():
+            assert out(torch.randn(2, 3, *SIZE)).shape[0] == 2
+
+    def test_reaches_its_target_without_finetuning(self) -> None:
+        _, ctx = self.run_strategy(epochs=0)
+        self.check_target(ctx)
+        assert ctx.finetune.epochs == 0  # type: ignore[attr-defined]
+
+    def test_nothing_to_prune_keeps_every_channel(self) -> None:
+        model = tiny_model()
+        ctx = self.make_context(model, budget_ratio=1.0, epochs=1)
+        base = ctx.graph.widths()
+        self.strategy_class().run(model, ctx)
+        assert ctx.graph.widths() == base
+
+    def test_deterministic(self) -> None:
+        a, ctx_a = self.run_strategy(epochs=2, noise=1e-3)
+        b, ctx_b = self.run_strategy(epochs=2, noise=1e-3)
+        assert ctx_a.graph.widths() == ctx_b.graph.widths()
+        sb = b.state_dict()
+        for k, v in a.state_dict().items():
+            assert torch.equal(v, sb[k]), k
+
+
+class ScenarioContract:
+    """What every scenario must do; subclass and set ``scenario_class``. Runs on fake host services."""
+
+    scenario_class: ClassVar[type[BaseScenario]]
+
+    def run_scenario(self, **options: Any) -> tuple[nn.Module, dict[str, Any], ScenarioContext, ScenarioRecorder]:
+        ctx, rec = scenario_context(**options)
+        model, metrics = self.scenario_class().run(ctx)
+        return model, metrics, ctx, rec
+
+    def test_has_a_name(self) -> None:
+        assert isinstance(self.scenario_class.name, str) and self.scenario_class.name
+
+    def test_returns_the_pruned_model_and_its_target_metrics(self) -> None:
+        model, metrics, ctx, rec = self.run_scenario()
+        prunes = rec.of("prune")
+        assert prunes, "the scenario never pruned"
+        assert model is prunes[-1].result, "the scenario must return the model its last prune returned"
+        assert set(metrics) >= {"target", "source"}
+        evaluated = [c for c in rec.of("evaluate") if c.domain == ctx.target.spec and c.model is model]
+        assert evaluated and metrics["target"] == evaluated[-1].result
+
+    def test_reports_source_metrics_when_the_source_has_queries(self) -> None:
+        model, metrics, ctx, rec = self.run_scenario(source_query=2)
+        evaluated = [c for c in rec.of("evaluate") if c.domain == ctx.source.spec and c.model is model]
+        assert evaluated and metrics["source"] == evaluated[-1].result
+        _, metrics, _, _ = self.run_scenario(source_query=0)
+        assert metrics["source"] is None
+
+    def test_uses_only_its_epochs(self) -> None:
+        _, _, ctx, rec = self.run_scenario(epochs=3)
+        for call in rec.of("prune") + rec.of("finetune"):
+            assert call.epochs is not None and 0 <= call.epochs <= ctx.epochs

@@ -1,0 +1,60 @@
+"""The command line: help on every subcommand, user mistakes exit 2 with one line and no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from autoprune.cli import main
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "autoprune.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("cmd", [[], ["search"], ["train"], ["plugins"], ["data", "synth"], ["config"]])
+def test_help_on_every_subcommand(cmd):
+    r = run(*cmd, "--help")
+    assert r.returncode == 0 and "usage: autoprune" in r.stdout
+
+
+def test_plugins_lists_names_and_distributions():
+    r = run("plugins")
+    assert r.returncode == 0
+    assert "criterion:" in r.stdout and "l1" in r.stdout and "autoprune" in r.stdout
+    assert "resnet50" in r.stdout
+
+
+def test_user_error_is_one_line_exit_2_no_traceback(tmp_path):
+    r = run("search", "--preset", "smoke", "--set", "trial.criterion=nope", "--out", str(tmp_path / "r"),
+            "--set", f"data.root={tmp_path / 'd'}")
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()]
+    assert "unknown criterion 'nope'" in r.stderr
+    # a typo costs nothing: no data generated, no baseline trained
+    assert not (tmp_path / "d").exists()
+
+
+def test_debug_shows_traceback(tmp_path):
+    r = run("--debug", "config", "--set", "search.n_trials=-1")
+    assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+def test_run_dir_from_another_config_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "identity.json").write_text('{"identity": "something-else"}')
+    rc = main(["search", "--preset", "smoke", "--out", str(out), "--set", f"data.root={tmp_path / 'd'}"])
+    assert rc == 2
+    assert "holds a search with another config" in capsys.readouterr().err
+
+
+def test_unwritable_run_dir_is_refused_up_front(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a dir")
+    rc = main(["search", "--preset", "smoke", "--out", str(blocker / "run"), "--set", f"data.root={tmp_path / 'd'}"])
+    assert rc == 2
+    assert "is not writable" in capsys.readouterr().err

@@ -1,0 +1,101 @@
+"""The smoke preset end to end: what `autoprune search --preset smoke` writes, checked for real."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import autoprune
+from autoprune.pruning.flops import count_macs
+
+pytestmark = pytest.mark.slow
+
+
+def test_report_schema_and_budget(smoke_run):
+    out, _ = smoke_run
+    report = json.loads((out / "report.json").read_text())
+    assert report["budget"] == {**report["budget"], "macs_ratio": 0.5, "unit": "MACs"}
+    base = report["baseline"]
+    assert base["arch"] == "resnet10" and base["macs"] > 0 and base["params"] > 0
+    for key in ("target", "direct_transfer"):
+        assert 0.0 <= base[key]["rank1"] <= 1.0 and 0.0 <= base[key]["mAP"] <= 1.0
+    trials = report["trials"]
+    assert len(trials) == 3
+    assert sorted(t["number"] for t in trials) == [0, 1, 2]
+    for t in trials:
+        assert t["state"] in ("COMPLETE", "PRUNED", "FAIL")
+        if t["state"] == "COMPLETE":
+            assert t["macs_ratio"] <= 0.5
+            assert t["macs"] <= report["budget"]["macs"]
+            assert 0.0 <= t["target"]["rank1"] <= 1.0
+            assert set(t["policy"]) == set(report["best"]["policy"])
+            assert t["error"] is None
+    # trial 0 is the warm start: the uniform policy
+    assert report["uniform"]["trial"] == 0
+    best = report["best"]
+    assert best["macs_ratio"] <= 0.5 and best["macs"] <= report["budget"]["macs"]
+    complete = [t for t in trials if t["state"] == "COMPLETE"]
+    assert best["target"]["rank1"] == max(t["target"]["rank1"] for t in complete)
+
+
+def test_best_model_reloads_with_reported_macs_and_rank1(smoke_run):
+    out, root = smoke_run
+    report = json.loads((out / "report.json").read_text())
+    best = report["best"]
+    model = autoprune.load_pruned(str(out / best["model"]))
+    assert count_macs(model, (64, 32))[0] == best["macs"]
+    assert sum(p.numel() for p in model.parameters()) == best["params"]
+    # the model is physically smaller than the baseline
+    assert best["params"] < report["baseline"]["params"]
+    # re-score on the target with the same data: the reported rank-1 is reproduced
+    from autoprune.config import load_config
+    from autoprune.data.domain import build_domain
+    from autoprune.engine.evaluate import evaluate_domain
+
+    cfg = load_config(preset="smoke", overrides=[f"data.root={root / 'data'}"])
+    target = build_domain(cfg["data"]["target"], cfg)
+    metrics = evaluate_domain(model, target.query, target.gallery, torch.device("cpu"))
+    assert metrics["rank1"] == pytest.approx(best["target"]["rank1"], abs=1e-6)
+    assert metrics["mAP"] == pytest.approx(best["target"]["mAP"], abs=1e-6)
+
+
+def test_run_directory_contents(smoke_run):
+    out, _ = smoke_run
+    for name in ("config.yaml", "trials.csv", "study.db", "model/pruned.pt", "model/pruned.torchscript.pt",
+                 "rank1_vs_macs.png", "policy.png", "progress.png"):
+        assert (out / name).is_file(), name
+    ts = torch.jit.load(str(out / "model/pruned.torchscript.pt"))
+    model = autoprune.load_pruned(str(out / "model/pruned.pt"))
+    x = torch.randn(2, 3, 64, 32)
+    assert torch.allclose(ts(x), model(x), atol=1e-5)
+    # only the best trial's model is kept
+    assert len(list((out / "trials").glob("*.pt"))) == 1
+
+
+def test_rerun_resumes_without_repeating(smoke_run, capsys):
+    out, root = smoke_run
+    from autoprune.cli import main
+
+    rc = main(["search", "--preset", "smoke", "--quiet", "--out", str(out), "--set", f"data.root={root / 'data'}",
+               "--set", "search.n_trials=4"])
+    assert rc == 0
+    report = json.loads((out / "report.json").read_text())
+    assert [t["number"] for t in report["trials"]] == [0, 1, 2, 3]
+    policies = [json.dumps(t["values"], sort_keys=True) for t in report["trials"]]
+    assert len(set(policies)) == 4  # the resumed process did not replay the first one's samples
+    assert "baseline: reusing" in capsys.readouterr().out
+
+
+def test_arch_override_does_what_it_says(tmp_path):
+    from autoprune.cli import main
+
+    out = tmp_path / "r34"
+    rc = main(["search", "--preset", "smoke", "--quiet", "--out", str(out), "--set", "model.arch=resnet34",
+               "--set", "search.n_trials=2", "--set", f"data.root={tmp_path / 'data'}", "--set", "train.epochs=1"])
+    assert rc == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["baseline"]["arch"] == "resnet34"
+    assert len(report["trials"]) == 2
+    assert "layer3.5.conv1" in report["best"]["policy"]  # ResNet-34 has six blocks in layer3
