@@ -29,6 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train (or reuse the cached) baseline on the source domain")
     _config_args(p)
     sub.add_parser("plugins", help="list loaded criteria, strategies, scenarios, datasets and backbones")
+    p = sub.add_parser("report", help="print a run's summary and write report.md with its plots")
+    p.add_argument("run", help="run directory (the --out of search)")
+    p.add_argument("--budget", type=float, help="pick the best trial at or under this MACs ratio (Pareto mode)")
+    p = sub.add_parser("export", help="export a run's pruned model for deployment (output checked)")
+    p.add_argument("run", help="run directory (the --out of search)")
+    p.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript")
+    p.add_argument("--out", help="output file (default: RUN/model/pruned.<format>)")
     p = sub.add_parser("config", help="print the effective configuration")
     _config_args(p)
     p = sub.add_parser("data", help="dataset tools")
@@ -120,7 +127,34 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"search": cmd_search, "train": cmd_train, "plugins": cmd_plugins, "config": cmd_config,
+def cmd_report(args: argparse.Namespace) -> int:
+    from autoprune.search.report import pick_from_front, summary_table, write_markdown
+
+    run_dir = Path(args.run)
+    path = run_dir / "report.json"
+    if not path.is_file():
+        raise UserError(f"{run_dir} has no report.json; give the --out folder of a finished `autoprune search`")
+    report = json.loads(path.read_text())
+    print(summary_table(report))
+    if args.budget is not None:
+        pick = pick_from_front(report, args.budget)
+        if pick is None:
+            raise UserError(f"no complete trial at or under {args.budget:.0%} MACs; raise --budget")
+        print(f"\nbest at <= {args.budget:.0%} MACs: trial {pick['number']} (MACs ratio {pick['macs_ratio']:.3f}, "
+              f"rank-1 {pick['target']['rank1']:.3f}, mAP {pick['target']['mAP']:.3f})")
+    print(f"\nwrote {write_markdown(run_dir, report)}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from autoprune.export import export_model
+
+    path = export_model(args.run, args.format, args.out)
+    print(f"wrote {path} (output checked against the PyTorch model)")
+    return 0
+
+
+COMMANDS = {"report": cmd_report, "export": cmd_export, "search": cmd_search, "train": cmd_train, "plugins": cmd_plugins, "config": cmd_config,
             "data": cmd_data}
 
 

@@ -38,8 +38,11 @@ def _filters(model: nn.Module, group: str, ctx: CriterionContext) -> list[torch.
     return [conv.weight.detach().flatten(1) for _, conv in _convs(group, ctx)]
 
 
-def _all_out_modules(ctx: CriterionContext) -> list[str]:
-    return [n for g in ctx.graph.groups.values() for n in g.out_modules]
+def _params(group: str, ctx: CriterionContext) -> list[torch.Tensor]:
+    """Every weight and bias of the group's out-modules: what is removed with its channels (dim 0)."""
+    modules = ctx.graph.modules
+    return [p for n in ctx.graph.groups[group].out_modules for pname in ("weight", "bias")
+            if isinstance(p := getattr(modules[n], pname, None), torch.Tensor)]
 
 
 @contextlib.contextmanager
@@ -50,7 +53,6 @@ def _scoring_mode(model: nn.Module) -> Iterator[None]:
     for m in model.modules():
         if isinstance(m, _BatchNorm):
             m.eval()  # running statistics stay as they were: scoring must not change the model
-    model.zero_grad(set_to_none=True)
     try:
         with torch.enable_grad():
             yield
@@ -60,32 +62,27 @@ def _scoring_mode(model: nn.Module) -> Iterator[None]:
             m.training = training
 
 
-def _backward_batches(model: nn.Module, ctx: CriterionContext, who: str) -> int:
-    """Backpropagate ctx.loss over ctx.num_batches batches (gradients add up); returns the batch count."""
+def _each_batch(model: nn.Module, ctx: CriterionContext, who: str, after_backward: Callable[[], None]) -> int:
+    """Backpropagate ``ctx.loss`` on each of ``ctx.num_batches`` batches, calling ``after_backward`` after each.
+
+    Gradients are those of one batch at a time; returns how many batches there were.
+    """
     if ctx.loss is None:
         raise ValueError(f"criterion {who!r} is data-driven: its CriterionContext needs a loss and batches")
     n = 0
-    for batch in ctx.batches(ctx.num_batches):
-        ctx.loss(model, batch).backward()
-        n += 1
+    with _scoring_mode(model):
+        for batch in ctx.batches(ctx.num_batches):
+            model.zero_grad(set_to_none=True)
+            ctx.loss(model, batch).backward()
+            after_backward()
+            n += 1
     if n == 0:
         raise ValueError(f"criterion {who!r} is data-driven but ctx.batches({ctx.num_batches}) gave no batch")
     return n
 
 
-def _gradients(model: nn.Module, ctx: CriterionContext, who: str) -> dict[str, torch.Tensor]:
-    """Mean gradient of the loss w.r.t. the weight (and BN bias) of every group's out-module, by name."""
-    modules = ctx.graph.modules
-    with _scoring_mode(model):
-        n = _backward_batches(model, ctx, who)
-        grads: dict[str, torch.Tensor] = {}
-        for name in _all_out_modules(ctx):
-            m = modules[name]
-            for pname in ("weight", "bias"):
-                p = getattr(m, pname, None)
-                if isinstance(p, torch.Tensor) and p.grad is not None:
-                    grads[f"{name}.{pname}"] = p.grad.detach().clone() / n
-    return grads
+def _add(sums: dict[str, torch.Tensor], key: str, value: torch.Tensor) -> None:
+    sums[key] = sums[key] + value if key in sums else value
 
 
 class L1Criterion(BaseCriterion):
@@ -148,30 +145,32 @@ class BNScaleCriterion(BaseCriterion):
 class TaylorCriterion(BaseCriterion):
     """First-order Taylor estimate of the loss change when a channel is removed (Molchanov et al., CVPR 2019).
 
-    score_c = (sum over every parameter s removed with channel c of w_s * dL/dw_s)^2, where the set is
-    the channel's filter in each conv of the group plus each BN's gamma_c and beta_c (the paper's group
-    form), and dL/dw is the gradient accumulated over ``ctx.num_batches`` batches. Written here because
-    Torch-Pruning's GroupTaylorImportance sums |w * g| per weight, adds the next layers' input weights,
-    and reads gradients left on the model, which scoring must clear.
+    score_c = mean over ``ctx.num_batches`` batches of (sum over the parameters s removed with channel c
+    of w_s * dL/dw_s)^2: the channel's filter in each conv of the group and each BN's gamma_c and beta_c
+    (the paper's group form). As in the paper the square is taken per batch, then averaged: squaring
+    one accumulated gradient lets a useful channel's terms cancel to about zero by chance. Written
+    here because Torch-Pruning's GroupTaylorImportance sums |w * g| per weight, adds the next layers'
+    input weights, and reads gradients left on the model, which scoring must clear.
     """
 
     name = "taylor"
     data_driven = True
 
     def prepare(self, model: nn.Module, ctx: CriterionContext) -> None:
-        ctx.state[self.name] = _gradients(model, ctx, self.name)
+        sums: dict[str, torch.Tensor] = {}
+
+        def accumulate() -> None:
+            for group in ctx.graph.groups:
+                first_order = sum((p.detach() * p.grad).reshape(p.shape[0], -1).sum(dim=1)
+                                  for p in _params(group, ctx) if p.grad is not None)
+                if isinstance(first_order, torch.Tensor):
+                    _add(sums, group, first_order.pow(2).cpu())
+
+        n = _each_batch(model, ctx, self.name, accumulate)
+        ctx.state[self.name] = {k: v / n for k, v in sums.items()}
 
     def score(self, model: nn.Module, group: str, ctx: CriterionContext) -> torch.Tensor:
-        grads = ctx.state[self.name]
-        modules = ctx.graph.modules
-        total = torch.zeros(ctx.graph.groups[group].channels)
-        for name in ctx.graph.groups[group].out_modules:
-            for pname in ("weight", "bias"):
-                p = getattr(modules[name], pname, None)
-                g = grads.get(f"{name}.{pname}")
-                if isinstance(p, torch.Tensor) and g is not None:
-                    total += (p.detach() * g).reshape(p.shape[0], -1).sum(dim=1).cpu()
-        return total.pow(2)
+        return ctx.state[self.name].get(group, torch.zeros(ctx.graph.groups[group].channels))
 
 
 class TaylorActivationCriterion(BaseCriterion):
@@ -187,7 +186,7 @@ class TaylorActivationCriterion(BaseCriterion):
 
     def prepare(self, model: nn.Module, ctx: CriterionContext) -> None:
         modules = ctx.graph.modules
-        bns = [n for n in dict.fromkeys(_all_out_modules(ctx)) if isinstance(modules[n], _BatchNorm)]
+        bns = [n for g in ctx.graph.groups for n, _ in _bns(g, ctx)]
         sums: dict[str, torch.Tensor] = {}
 
         def hook(name: str) -> Callable[..., torch.Tensor]:
@@ -198,7 +197,7 @@ class TaylorActivationCriterion(BaseCriterion):
 
                 def grad_hook(grad: torch.Tensor) -> None:
                     contrib = (act * grad).mean(dim=(0, 2, 3)).abs().cpu()
-                    sums[name] = sums[name] + contrib if name in sums else contrib
+                    _add(sums, name, contrib)
 
                 output.register_hook(grad_hook)
                 # ResNet blocks modify a BN output in place (ReLU(inplace), "out += identity"); handing
@@ -208,8 +207,7 @@ class TaylorActivationCriterion(BaseCriterion):
 
         handles = [modules[n].register_forward_hook(hook(n)) for n in bns]
         try:
-            with _scoring_mode(model):
-                n = _backward_batches(model, ctx, self.name)
+            n = _each_batch(model, ctx, self.name, lambda: None)
         finally:
             for h in handles:
                 h.remove()
@@ -235,15 +233,23 @@ class GradientCriterion(BaseCriterion):
     data_driven = True
 
     def prepare(self, model: nn.Module, ctx: CriterionContext) -> None:
-        ctx.state[self.name] = _gradients(model, ctx, self.name)
+        convs = {n: conv for g in ctx.graph.groups for n, conv in _convs(g, ctx)}
+        sums: dict[str, torch.Tensor] = {}
+
+        def accumulate() -> None:
+            for name, conv in convs.items():
+                if conv.weight.grad is not None:
+                    _add(sums, name, conv.weight.grad.detach().flatten(1).clone())
+
+        _each_batch(model, ctx, self.name, accumulate)
+        ctx.state[self.name] = {n: g.norm(p=2, dim=1).cpu() for n, g in sums.items()}
 
     def score(self, model: nn.Module, group: str, ctx: CriterionContext) -> torch.Tensor:
-        grads = ctx.state[self.name]
+        norms = ctx.state[self.name]
         total = torch.zeros(ctx.graph.groups[group].channels)
         for name, _ in _convs(group, ctx):
-            g = grads.get(f"{name}.weight")
-            if g is not None:
-                total += g.flatten(1).norm(p=2, dim=1).cpu()
+            if name in norms:
+                total += norms[name]
         return total
 
 

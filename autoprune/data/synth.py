@@ -216,6 +216,7 @@ class _Garment:
 @dataclass
 class _Identity:
     height: float  # fraction of the frame the person fills when framed normally
+    waist: float  # height of the waist, 0 at the top of the head and 1 at the soles (leg length)
     build: float  # width multiplier
     head: float  # head size multiplier
     gait: float  # stride amplitude
@@ -265,7 +266,8 @@ def _identity(style: DomainStyle, rng: np.random.Generator) -> _Identity:
     for lab in (_BACKPACK, _SBAG, _HBAG, _HAT, _LOGO):
         lut[lab] = _colour(pal[rng.integers(len(pal))], rng, 0.05)
     return _Identity(
-        height=float(rng.uniform(0.84, 0.98)),
+        height=float(rng.uniform(0.86, 0.96)),
+        waist=float(rng.uniform(0.47, 0.53)),
         build=float(rng.uniform(0.8, 1.25)),
         head=float(rng.uniform(0.9, 1.1)),
         gait=float(rng.uniform(0.03, 0.09)),
@@ -361,7 +363,7 @@ def _render_person(
     rh, rw = 0.062 * ident.head, 0.046 * ident.head  # head radii
     uh = rh  # head centre
     us = 2 * rh + 0.018  # shoulders
-    uw = 0.5  # waist
+    uw = ident.waist
     sw = 0.112 * b * (0.6 if side else 1.0)  # shoulder half-width
     ww = 0.088 * b * (0.65 if side else 1.0)  # waist half-width
     ua, rl = 0.024 * b, 0.036 * b  # arm and leg radii
@@ -387,7 +389,7 @@ def _render_person(
         c.trapezoid(uw - 0.01, uw + 0.22, ww - 0.006, ww + 0.132, low)
 
     arm_swing = -stride * 1.2
-    hand_u = 0.53 - abs(arm_swing) * 0.5
+    hand_u = uw + 0.03 - abs(arm_swing) * 0.5
     sleeve = 1.5 if ident.long_sleeves else 0.4
     if side:  # the far arm, behind the body
         c.capsule((us + 0.02, 0.0), (hand_u, -arm_swing), ua, up, _SKIN, sleeve)
@@ -507,8 +509,8 @@ class _Job:
 class _Renderer:
     """Renders and saves images of one domain; holds the per-camera scenes and the passer-by pool."""
 
-    def __init__(self, style: DomainStyle, h: int, w: int, quality: int, rng: np.random.Generator) -> None:
-        self.style, self.h, self.w, self.quality = style, h, w, quality
+    def __init__(self, style: DomainStyle, h: int, w: int, rng: np.random.Generator) -> None:
+        self.style, self.h, self.w = style, h, w
         # scenes depend on the domain only, so a camera looks the same whatever the seed
         srng = np.random.default_rng([zlib.crc32(style.name.encode()), 7919])
         self.scenes = [_scene(style.scene, srng, h, w) for _ in style.cameras]
@@ -619,10 +621,12 @@ def _plan(style: DomainStyle, rng: np.random.Generator, n_train: int, n_test: in
     ncam = len(style.cameras)
     pids = rng.permutation(np.arange(1, n_train + n_test + 1))
     frames = rng.integers(1, 400, size=ncam)
+    total = (n_train + n_test) * ncam * ipc + n_test + nd + max(2, n_test // 10)
+    step = max(2, min(120, 999_000 // total))  # frame numbers must stay within 6 digits
     jobs: list[_Job] = []
 
     def add(split: int, pid: int, cam: int, ident: _Identity | None, kind: str) -> None:
-        frames[cam] += rng.integers(5, 120)
+        frames[cam] += rng.integers(1, step)
         jobs.append(_Job(split, pid, cam, int(frames[cam]), ident, kind))
 
     for i, pid in enumerate(pids):
@@ -702,7 +706,7 @@ def generate(
     style = DOMAINS[domain]
     rng = np.random.default_rng([int(seed) % (1 << 64), zlib.crc32(domain.encode())])
     jobs = _plan(style, rng, num_train_ids, num_test_ids, images_per_id_per_cam, num_distractors)
-    renderer = _Renderer(style, height, width, jpeg_quality, rng)
+    renderer = _Renderer(style, height, width, rng)
     counts = dict.fromkeys(SPLITS, 0)
     for job in jobs:
         pil = renderer.render(job, rng)

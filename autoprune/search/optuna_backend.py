@@ -146,12 +146,15 @@ class OptunaBackend:
 
     def _warm_start(self) -> None:
         space = self.env.space
-        queued = [space.uniform_values()]
+        uniform = space.uniform_values()
+        if self.multi:
+            uniform["macs_ratio"] = self.env.macs_ratio_range()[1]
+        queued = [uniform]
         for policy in self.env.cfg["search"]["warm_start"]:
-            if not isinstance(policy, dict) or set(policy) - set(space.params):
+            if not isinstance(policy, dict) or set(policy) - set(space.params) - {"macs_ratio"}:
                 raise UserError(f"search.warm_start entries must map search-space parameters to values; "
                                 f"unknown: {sorted(set(policy) - set(space.params))[:3]}")
-            queued.append({**space.uniform_values(), **policy})
+            queued.append({**uniform, **policy})
         for params in queued:
             self.study.enqueue_trial(params, skip_if_exists=True)
 
@@ -161,6 +164,9 @@ class OptunaBackend:
         for p in space.params.values():
             if p.fixed is None:
                 values[p.name] = trial.suggest_float(p.name, p.low, p.high, step=p.step)
+        if self.multi:  # Pareto mode: the MACs target is searched too, up to the budget
+            lo, hi = self.env.macs_ratio_range()
+            values["macs_ratio"] = trial.suggest_float("macs_ratio", lo, hi)
 
         def report(step: int, rank1: float) -> None:
             if not self.multi:

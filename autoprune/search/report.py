@@ -118,3 +118,34 @@ def summary_table(report: dict[str, Any]) -> str:
     lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
     lines.insert(1, "-" * len(lines[0]))
     return "\n".join(lines)
+
+
+def pick_from_front(report: dict[str, Any], macs_ratio: float) -> dict[str, Any] | None:
+    """The best-rank-1 complete trial at or under ``macs_ratio`` (how ``--budget`` picks from a front)."""
+    ok = [t for t in report["trials"] if t["state"] == "COMPLETE" and t.get("target") and t["macs_ratio"] is not None
+          and t["macs_ratio"] <= macs_ratio + 1e-9]
+    return max(ok, key=lambda t: (t["target"]["rank1"], -t["macs_ratio"]), default=None)
+
+
+def write_markdown(run_dir: Path, report: dict[str, Any]) -> Path:
+    """A one-page Markdown report with the summary table and the plots."""
+    cfg = report.get("config", {})
+    lines = [f"# autoprune report: {run_dir.name}", "",
+             f"Budget: {report['budget']['macs_ratio']:.0%} of the unpruned MACs "
+             f"({report['budget']['macs'] / 1e6:.1f} MMACs at input {report['budget'].get('input_size')}), "
+             f"criterion `{cfg.get('criterion')}`, strategy `{cfg.get('strategy')}`, scenario `{cfg.get('scenario')}`, "
+             f"space `{cfg.get('space')}`, sampler `{cfg.get('sampler')}`.", "",
+             "```", summary_table(report), "```", "",
+             f"Direct transfer (source-trained, no target fine-tuning): target rank-1 "
+             f"{report['baseline']['direct_transfer']['rank1']:.3f}.", ""]
+    states: dict[str, int] = {}
+    for t in report["trials"]:
+        states[t["state"]] = states.get(t["state"], 0) + 1
+    lines += [f"Trials: {len(report['trials'])} ({', '.join(f'{v} {k}' for k, v in sorted(states.items()))}).", ""]
+    if report.get("pareto_front"):
+        lines += [f"Pareto front (rank-1 vs MACs): trials {report['pareto_front']}.", ""]
+    for plot in report.get("plots", []):
+        lines += [f"![{plot}]({plot})", ""]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines))
+    return path

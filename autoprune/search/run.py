@@ -183,7 +183,9 @@ def finish(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, base: dict[str, A
     budget_ratio = env.budget.macs / env.base_macs
     best = _pick_best(records, budget_ratio)
     uniform_values = env.space.uniform_values()
-    uniform = next((r for r in records if r.state == "COMPLETE" and r.values == uniform_values and r.target), None)
+    uniform = next((r for r in records if r.state == "COMPLETE" and r.target and r.macs_ratio is not None
+                    and {k: v for k, v in r.values.items() if k != "macs_ratio"} == uniform_values
+                    and r.macs_ratio >= 0.99 * budget_ratio), None)
     report: dict[str, Any] = {
         "budget": {"macs_ratio": round(budget_ratio, 6), "macs": env.budget.macs, "unit": "MACs",
                    "input_size": list(env.input_size), "round_to": env.budget.round_to},

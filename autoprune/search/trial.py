@@ -105,7 +105,20 @@ class SearchEnv:
 
     # -- one trial -----------------------------------------------------------------------------
     def counts_for(self, values: dict[str, float]) -> dict[str, int]:
-        return project(self.cost, self.space.ratios(values), self.budget)
+        """Channel counts for sampled values; a ``macs_ratio`` value (Pareto mode) sets a lower budget."""
+        budget = self.budget
+        if "macs_ratio" in values:
+            budget = Budget(min(self.budget.macs, int(values["macs_ratio"] * self.base_macs)), self.budget.min_keep,
+                            self.budget.max_keep, self.budget.round_to)
+        return project(self.cost, self.space.ratios(values), budget)
+
+    def macs_ratio_range(self) -> tuple[float, float]:
+        """What Pareto mode samples: from just above the smallest feasible model up to the budget."""
+        from autoprune.pruning.budget import _ceil_min
+
+        floor = self.cost.macs({n: _ceil_min(c, self.budget) for n, c in self.cost.base_widths.items()})
+        hi = self.budget.macs / self.base_macs
+        return min(hi, max(floor / self.base_macs * 1.05, hi / 4)), hi
 
     def run(self, values: dict[str, float], report: Reporter | None = None, epochs: int | None = None,
             counts: dict[str, int] | None = None) -> TrialResult:

@@ -7,7 +7,7 @@ A suite is a pytest class to subclass in your own tests, naming the plugin in on
     class TestMyCriterion(CriterionContract):
         criterion_class = MyCriterion
 
-Everything runs on the CPU in seconds: a ResNet-10 re-ID model at 64x32, random batches of 4 images,
+Everything runs on the CPU in seconds: a ResNet-10 re-ID model at 64x32, random batches of 2 images,
 and a fine-tuning stand-in that trains nothing. Needs pytest.
 """
 
@@ -76,7 +76,7 @@ def tiny_graph(model: nn.Module) -> PruningGraph:
     return PruningGraph(model, SIZE)
 
 
-def random_batches(seed: int = 0, batch_size: int = 4,
+def random_batches(seed: int = 0, batch_size: int = 2,
                    num_classes: int = NUM_CLASSES) -> Callable[[int], Iterator[Batch]]:
     """``batches(n)`` yielding ``n`` random (images, labels) batches, the same ones on every call."""
     def batches(n: int) -> Iterator[Batch]:
@@ -95,7 +95,7 @@ def classification_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
 
 
 def criterion_context(graph: PruningGraph, seed: int = 0, num_batches: int = 2,
-                      batch_size: int = 4) -> CriterionContext:
+                      batch_size: int = 2) -> CriterionContext:
     """A CriterionContext on ``graph`` with random batches and a cross-entropy loss (for data-driven criteria)."""
     num_classes = getattr(getattr(graph.model, "classifier", None), "out_features", NUM_CLASSES)
     return CriterionContext(graph=graph, device=torch.device("cpu"),

@@ -1,0 +1,66 @@
+"""Deployment exports of a saved pruned model, each checked against the PyTorch model's output."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from autoprune.errors import UserError
+from autoprune.pruning.flops import count_macs
+from autoprune.pruning.serialize import load_pruned
+
+FORMATS = ("torchscript", "onnx")
+
+
+def _check_budget(model: nn.Module, run_dir: Path) -> tuple[int, int]:
+    """Input size from the run's report; refuse a model over the run's budget."""
+    report = json.loads((run_dir / "report.json").read_text())
+    size = tuple(report["budget"]["input_size"])
+    macs, _ = count_macs(model, size)
+    if macs > report["budget"]["macs"]:
+        raise UserError(f"model has {macs} MACs, above the run's budget of {report['budget']['macs']}; not exporting")
+    return size
+
+
+def export_model(run_dir: str | Path, fmt: str, out: str | Path | None = None, atol: float = 1e-4) -> Path:
+    """Export ``RUN/model/pruned.pt`` to TorchScript or ONNX and check the exported output."""
+    run_dir = Path(run_dir)
+    if fmt not in FORMATS:
+        raise UserError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if not (run_dir / "report.json").is_file() or not (run_dir / "model" / "pruned.pt").is_file():
+        raise UserError(f"{run_dir} is not a finished autoprune run (no report.json / model/pruned.pt); "
+                        f"give the --out folder of `autoprune search`")
+    model = load_pruned(run_dir / "model" / "pruned.pt").eval()
+    size = _check_budget(model, run_dir)
+    x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(x).numpy()
+    if fmt == "torchscript":
+        path = Path(out) if out else run_dir / "model" / "pruned.torchscript.pt"
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # deprecated upstream, still what C++ runtimes load
+            traced = torch.jit.trace(model, x[:1])
+            traced.save(str(path))
+            got = torch.jit.load(str(path))(x).numpy()
+    else:
+        path = Path(out) if out else run_dir / "model" / "pruned.onnx"
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise UserError("ONNX export check needs onnxruntime: pip install onnx onnxruntime") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (x[:1],), str(path), input_names=["images"], output_names=["features"],
+                              dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}}, dynamo=False)
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got = sess.run(None, {"images": x.numpy()})[0]
+    err = float(np.abs(got - expected).max())
+    if err > atol:
+        path.unlink(missing_ok=True)
+        raise RuntimeError(f"{fmt} export differs from the PyTorch model by {err:.2e} (> {atol}); not written")
+    return path

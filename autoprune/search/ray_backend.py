@@ -1,0 +1,315 @@
+"""The cluster backend: the Optuna backend's trials, scheduled by Ray Tune on a Ray cluster (or a local Ray).
+
+- Sampling: ``OptunaSearch`` over the same space, warm-started with the uniform policy (and
+  ``search.warm_start``), so trial 0 is the uniform policy, numbered as the Optuna backend numbers it.
+- Early stopping: ASHA on the per-epoch target rank-1 reports (FIFO for ``rank1+macs`` or
+  ``search.pruner: none``); an ASHA-stopped trial is recorded as PRUNED.
+- Workers rebuild the shared :class:`SearchEnv` once per process from the config; the baseline weights
+  travel through Ray's object store (``tune.with_parameters``), never in a pickled closure.
+- A trial's final record (JSON) is its Tune checkpoint. The experiment lives in ``<run_dir>/ray``; running
+  the same command again restores it: finished trials are kept, trials cut short are run again.
+
+This module is imported only when ``search.backend`` is ``ray``: ``import autoprune`` never imports Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from autoprune.config import config_hash
+from autoprune.errors import UserError
+from autoprune.search.records import TrialRecord, metrics_summary
+from autoprune.search.trial import SearchEnv, TrialResult, format_error
+
+try:
+    import ray
+    from optuna.distributions import FloatDistribution
+    from ray import tune
+    from ray.tune import Callback
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.optuna import OptunaSearch
+except ImportError as _exc:  # pragma: no cover - ray[tune] is a declared dependency
+    raise UserError(f"search.backend ray needs Ray Tune ({_exc}); install it with: pip install 'ray[tune]', "
+                    f"or use search.backend optuna") from None
+
+EXPERIMENT = "autoprune"          # <run_dir>/ray/autoprune holds the Tune experiment
+NUMBER = "autoprune_trial"        # config key carrying the Optuna trial number to the worker
+RECORD = "record.json"            # the checkpoint's one file
+
+# The backend whose run() is in progress in this (driver) process. Tune pickles its callbacks and searcher
+# into the experiment for Tuner.restore; they find the live backend here instead of holding it.
+_live: RayBackend | None = None
+
+
+class TrialFailed(Exception):
+    """A trial's exception, as the one line report.json shows; raised in the worker so Tune marks it ERROR."""
+
+
+# -- worker side ---------------------------------------------------------------------------------------------
+_ENV: dict[str, SearchEnv] = {}   # one SearchEnv per worker process, reused by the trials it runs
+
+
+def _worker_env(cfg: dict[str, Any], baseline: Any) -> SearchEnv:
+    from autoprune.data.domain import build_domain
+    from autoprune.engine.device import resolve_device
+    from autoprune.host import get_host
+
+    key = config_hash(cfg, tuple(cfg))
+    if key not in _ENV:
+        _ENV.clear()
+        device = resolve_device(cfg["train"]["device"])
+        source = build_domain(cfg["data"]["source"], cfg)
+        target = build_domain(cfg["data"]["target"], cfg)
+        _ENV[key] = SearchEnv(cfg, get_host(), device, source, target, baseline, progress=False)
+    return _ENV[key]
+
+
+def run_trial(config: dict[str, Any], *, cfg: dict[str, Any], baseline: Any, cwd: str,
+              save_model: Callable[[int, TrialResult], str] | None) -> None:
+    """The Tune function trainable: one trial, reporting target rank-1 after every target epoch."""
+    from autoprune.engine.device import set_threads
+
+    if os.path.isdir(cwd):
+        os.chdir(cwd)  # Tune starts trials in their own folder; relative paths in the config mean the driver's
+    set_threads(cfg["train"]["threads"] or max(1, int(cfg["search"]["ray"]["cpus_per_trial"])))
+    number = int(config[NUMBER])
+    values = {k: float(v) for k, v in config.items() if k != NUMBER}
+    env = _worker_env(cfg, baseline)
+    multi = cfg["search"]["objectives"] == "rank1+macs"
+
+    def report(step: int, rank1: float) -> None:
+        tune.report({"rank1": rank1, "step": step, "final": False})  # ASHA decides here; it may stop us
+
+    try:
+        result = env.run(values, report=None if multi else report)
+    except Exception as exc:
+        raise TrialFailed(format_error(exc)) from exc
+    model_path = save_model(number, result) if save_model else None
+    record = {"policy": result.policy, "counts": result.counts, "macs": result.macs, "params": result.params,
+              "macs_ratio": result.macs_ratio, "target": metrics_summary(result.metrics.get("target")),
+              "source": metrics_summary(result.metrics.get("source")), "seconds": result.seconds,
+              "model": model_path, "error": None}
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, RECORD).write_text(json.dumps(record))
+        # report() copies the checkpoint into the experiment's storage before it returns.
+        tune.report({"rank1": result.metrics["target"]["rank1"], "macs": float(result.macs), "final": True},
+                    checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+# -- driver side ---------------------------------------------------------------------------------------------
+class NumberedOptunaSearch(OptunaSearch):
+    """OptunaSearch that tells each trial its Optuna trial number (0 = the uniform warm start)."""
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        config = super().suggest(trial_id)
+        if config is None:
+            return None
+        return {**config, NUMBER: self._ot_trials[trial_id].number}
+
+
+class _Progress(Callback):
+    """Hands each finished trial to the live backend (one progress line per trial, as it finishes)."""
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        if _live is not None:
+            _live._finished(trials, trial)
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        if _live is not None:
+            _live._finished(trials, trial)
+
+    def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
+        if _live is not None:
+            _live._trials = trials
+
+
+def _error_of(trial: Trial) -> str:
+    """The one-line error of an ERROR trial: our TrialFailed message, else the last line of Tune's trace."""
+    try:
+        exc = trial.get_pickled_error()
+    except Exception:
+        exc = None
+    seen = 0
+    while exc is not None and not isinstance(exc, TrialFailed) and seen < 5:
+        exc, seen = getattr(exc, "cause", None) or exc.__cause__, seen + 1
+    if isinstance(exc, TrialFailed):
+        return str(exc)
+    try:
+        text = str(trial.get_error() or "")
+    except Exception:
+        text = ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "the trial failed in Ray (see its error.txt under the run's ray/ folder)"
+
+
+def record_of(trial: Trial) -> TrialRecord | None:
+    """A Tune trial as a TrialRecord; None for a trial that never started."""
+    config = trial.config or {}
+    if NUMBER not in config:
+        return None
+    number = int(config[NUMBER])
+    values = {k: v for k, v in config.items() if k != NUMBER}
+    last = trial.last_result or {}
+    seconds = last.get("time_total_s")
+    if trial.status == Trial.ERROR:
+        return TrialRecord(number, "FAIL", error=_error_of(trial), seconds=seconds, values=values)
+    if last.get("final") and trial.checkpoint is not None:
+        with trial.checkpoint.as_directory() as d:
+            data = json.loads(Path(d, RECORD).read_text())
+        return TrialRecord.from_json({**data, "number": number, "state": "COMPLETE", "values": values})
+    if trial.status == Trial.TERMINATED and last.get("done"):
+        error = (f"stopped early by ASHA at epoch {last.get('step')} (target rank-1 {last['rank1']:.3f})"
+                 if "rank1" in last else "stopped early by the scheduler")
+        return TrialRecord(number, "PRUNED", error=error, seconds=seconds, values=values)
+    if trial.status == Trial.PENDING and not last:
+        return None
+    return TrialRecord(number, "RUNNING", seconds=seconds, values=values,
+                       error="cut short (interrupted or search.timeout); rerun the same command to run it again")
+
+
+class RayBackend:
+    """Runs trials as a Ray Tune experiment in ``<run_dir>/ray``; same interface as OptunaBackend."""
+
+    def __init__(self, env: SearchEnv, run_dir: Path, on_trial: Callable[[TrialRecord], None] | None = None,
+                 save_model: Callable[[int, TrialResult], str] | None = None,
+                 log: Callable[[str], None] = print) -> None:
+        self.env, self.run_dir = env, run_dir
+        self.on_trial = on_trial
+        self.save_model = save_model
+        self.log = log
+        self.exp_dir = (Path(run_dir) / "ray" / EXPERIMENT).resolve()
+        self.multi = env.cfg["search"]["objectives"] == "rank1+macs"
+        self._trials: list[Trial] = []
+        self._reported: set[str] = set()
+
+    # -- pieces of the experiment ---------------------------------------------------------------------------
+    def _points_to_evaluate(self) -> list[dict[str, float]]:
+        space = self.env.space
+        points = [space.uniform_values()]
+        for policy in self.env.cfg["search"]["warm_start"]:
+            if not isinstance(policy, dict) or set(policy) - set(space.params):
+                raise UserError(f"search.warm_start entries must map search-space parameters to values; "
+                                f"unknown: {sorted(set(policy) - set(space.params))[:3]}")
+            point = {**space.uniform_values(), **policy}
+            if point not in points:
+                points.append(point)
+        return points
+
+    def _searcher(self) -> NumberedOptunaSearch:
+        from autoprune.search.optuna_backend import make_sampler
+
+        cfg = self.env.cfg
+        space = {p.name: FloatDistribution(p.low, p.high, step=p.step)
+                 for p in self.env.space.params.values() if p.fixed is None}
+        metric, mode = (["rank1", "macs"], ["max", "min"]) if self.multi else ("rank1", "max")
+        return NumberedOptunaSearch(space=space, metric=metric, mode=mode,
+                                    points_to_evaluate=self._points_to_evaluate(),
+                                    sampler=make_sampler(cfg["search"]["sampler"], cfg["seed"], self.multi))
+
+    def _scheduler(self) -> FIFOScheduler:
+        if self.multi or self.env.cfg["search"]["pruner"] == "none":
+            return FIFOScheduler()
+        # Keep the better half at every rung (1, 2, 4, ... reports), like the Optuna backend's median rule.
+        return ASHAScheduler(metric="rank1", mode="max", time_attr="training_iteration", grace_period=1,
+                             reduction_factor=2, max_t=10_000)
+
+    def _trainable(self) -> Any:
+        cfg, res = self.env.cfg, self.env.cfg["search"]["ray"]
+        fn = tune.with_parameters(run_trial, cfg=cfg, baseline=self.env.baseline, cwd=os.getcwd(),
+                                  save_model=self.save_model)
+        return tune.with_resources(fn, {"cpu": res["cpus_per_trial"], "gpu": res["gpus_per_trial"]})
+
+    def _tuner(self, n_trials: int, timeout: float | None) -> tune.Tuner:
+        trainable = self._trainable()
+        marker = self.exp_dir.parent / "experiment.json"
+        if tune.Tuner.can_restore(str(self.exp_dir)):
+            started = json.loads(marker.read_text()).get("n_trials") if marker.is_file() else n_trials
+            if started != n_trials:
+                raise UserError(f"the Ray experiment in {self.exp_dir} was started with search.n_trials={started} "
+                                f"and Ray Tune cannot change that; rerun with --set search.n_trials={started} "
+                                f"to finish it, or use a new --out (or search.backend optuna, which can grow a study)")
+            self.log(f"ray: resuming the experiment in {self.exp_dir}")
+            return tune.Tuner.restore(str(self.exp_dir), trainable=trainable, resume_unfinished=True,
+                                      resume_errored=False, restart_errored=False)
+        self.exp_dir.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps({"n_trials": n_trials}))
+        res = self.env.cfg["search"]["ray"]
+        return tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=self._searcher(), scheduler=self._scheduler(),
+                                        num_samples=n_trials, max_concurrent_trials=res["max_concurrent"],
+                                        time_budget_s=timeout, reuse_actors=True),
+            run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(self.exp_dir.parent), verbose=0,
+                                      callbacks=[_Progress()],
+                                      failure_config=tune.FailureConfig(max_failures=0),
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=None)))
+
+    # -- running ----------------------------------------------------------------------------------------------
+    def _init_ray(self) -> bool:
+        """Join search.ray.address, or start a local Ray; True when this call started it (and must stop it)."""
+        if ray.is_initialized():
+            return False
+        res = self.env.cfg["search"]["ray"]
+        address = res["address"]
+        try:
+            if address:
+                ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
+                         log_to_driver=False)
+            else:
+                cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+                ray.init(num_cpus=cpus, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+            raise UserError(f"cannot start or join {where}: {str(exc).splitlines()[0] if str(exc) else exc}; "
+                            f"check search.ray.address (null starts a local Ray)") from None
+        total = ray.cluster_resources()
+        for key, want in (("CPU", res["cpus_per_trial"]), ("GPU", res["gpus_per_trial"])):
+            if want and total.get(key, 0) < want and not address:
+                ray.shutdown()
+                raise UserError(f"search.ray.{key.lower()}s_per_trial is {want} but this machine gives Ray "
+                                f"{total.get(key, 0):g} {key}s; lower it")
+        where = f"cluster at {address}" if address else "local instance"
+        self.log(f"ray: {where} with {total.get('CPU', 0):g} CPUs, {total.get('GPU', 0):g} GPUs; "
+                 f"up to {res['max_concurrent']} trials at a time, {res['cpus_per_trial']:g} CPU / "
+                 f"{res['gpus_per_trial']:g} GPU each")
+        return True
+
+    def _finished(self, trials: list[Trial], trial: Trial) -> None:
+        self._trials = trials
+        if trial.trial_id in self._reported:
+            return
+        self._reported.add(trial.trial_id)
+        record = record_of(trial)
+        if record is not None and self.on_trial:
+            self.on_trial(record)
+
+    def run(self, n_trials: int, timeout: float | None = None) -> list[TrialRecord]:
+        global _live
+        started = self._init_ray()
+        try:
+            tuner = self._tuner(n_trials, timeout)
+            _live = self
+            start = time.perf_counter()
+            try:
+                tuner.fit()  # on_experiment_end hands us every trial, restored ones included
+            finally:
+                _live = None
+        finally:
+            if started:
+                ray.shutdown()
+        records = self.records()
+        cut = [r.number for r in records if r.state == "RUNNING"]
+        if cut and (timeout is None or time.perf_counter() - start < timeout):
+            raise KeyboardInterrupt  # Tune caught Ctrl-C, saved the experiment and returned
+        return records
+
+    def records(self) -> list[TrialRecord]:
+        out = [r for t in self._trials if (r := record_of(t)) is not None]
+        return sorted(out, key=lambda r: r.number)
