@@ -23,6 +23,7 @@ DEFAULTS: dict[str, Any] = {
               "input_size": [128, 64]},
     "data": {"source": "synth:A", "target": "synth:B", "root": "data", "batch_size": 32,
              "num_instances": 4, "workers": 0, "random_erasing": 0.0, "check_images": True,
+             "val_fraction": 0.2,
              "synth": {"num_train_ids": 100, "num_test_ids": 100, "images_per_id_per_cam": 2,
                        "num_distractors": 50, "seed": 0}},
     "train": {"epochs": 12, "optimizer": "adam", "lr": 3.5e-4, "weight_decay": 5e-4, "momentum": 0.9,
@@ -220,6 +221,9 @@ def validate(cfg: dict[str, Any]) -> None:
     b = cfg["budget"]
     if b["min_keep"] > b["max_keep"]:
         raise UserError(f"budget.min_keep ({b['min_keep']}) is above budget.max_keep ({b['max_keep']}); lower min_keep")
+    if not 0 <= cfg["data"]["val_fraction"] < 0.9:
+        raise UserError(f"data.val_fraction must be in [0, 0.9), got {cfg['data']['val_fraction']}; "
+                        f"0 searches on the test split itself")
     if b["gmacs"] is not None and b["gmacs"] <= 0:
         raise UserError(f"budget.gmacs must be > 0 GMACs, got {b['gmacs']}")
     if cfg["data"]["batch_size"] % cfg["data"]["num_instances"]:

@@ -13,7 +13,9 @@ slightly from torchreid. :func:`evaluate_features` gets the same stable ranks wi
 position of a gallery item is the count of items with a smaller distance, or an equal distance and a
 lower gallery index; only each query's same-pid items need a position.
 
-Speed: see benchmarks/evaluation.md (20k x 20k, 512-d features).
+Speed (benchmarks/evaluation.md): evaluate_features on 20k x 20k queries/gallery with 512-d features took
+10.7 s wall / 13 s CPU on a 2-vCPU VM (9 s of it the matrix product), peak 1.1 GB; the dense
+pairwise_distance + evaluate_rank path took about 45 s CPU and 2.55 GB.
 """
 
 from __future__ import annotations

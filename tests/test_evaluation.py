@@ -142,7 +142,8 @@ def _problems(draw):
     ints = lambda shape, hi: arrays(np.int64, shape, elements=st.integers(0, hi))  # noqa: E731
     return (torch.tensor(draw(ints((nq, dim), 2)), dtype=torch.float32),
             torch.tensor(draw(ints((ng, dim), 2)), dtype=torch.float32), draw(ints(nq, 4)), draw(ints(ng, 4)),
-            draw(ints(nq, 2)), draw(ints(ng, 2)), draw(st.integers(1, 8)), draw(st.sampled_from(["euclidean", "cosine"])))
+            draw(ints(nq, 2)), draw(ints(ng, 2)), draw(st.integers(1, 8)),
+            draw(st.sampled_from(["euclidean", "cosine"])))
 
 
 @settings(max_examples=100, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])

@@ -37,7 +37,10 @@ def test_report_schema_and_budget(smoke_run):
     best = report["best"]
     assert best["macs_ratio"] <= 0.5 and best["macs"] <= report["budget"]["macs"]
     complete = [t for t in trials if t["state"] == "COMPLETE"]
-    assert best["target"]["rank1"] == max(t["target"]["rank1"] for t in complete)
+    # selected on the held-out validation identities, reported on the untouched test split
+    assert best["target_val"]["rank1"] == max(t["target_val"]["rank1"] for t in complete)
+    chosen = next(t for t in complete if t["number"] == best["trial"])
+    assert best["target"] == chosen["target"]
 
 
 def test_best_model_reloads_with_reported_macs_and_rank1(smoke_run):

@@ -42,4 +42,12 @@ BUILTIN_READERS = ("market1501", "dukemtmc", "msmt17", "cuhk03", "folder")
 def autoprune_register_datasets(register: Callable[..., None]) -> None:
     for name in BUILTIN_READERS:
         register(name, _lazy(f"read_{name}"))
+    register("cuhk03_labeled", _cuhk03_labeled)
     register("synth", read_synth)
+
+
+def _cuhk03_labeled(root: str) -> ReIDDataset:
+    """CUHK03 new protocol, manually labeled boxes (``cuhk03:`` reads the detected ones)."""
+    from autoprune.data import readers
+
+    return readers.read_cuhk03(root, labeled=True)

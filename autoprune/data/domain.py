@@ -2,40 +2,79 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Any
 
 from autoprune.data import load_dataset
-from autoprune.data.base import ReIDDataset
+from autoprune.data.base import ReIDDataset, Sample
 from autoprune.data.loading import ImageStore
 from autoprune.errors import UserError
 
 
 @dataclass
 class Domain:
-    """One domain's splits; ``num_classes`` is the number of training identities."""
+    """One domain's splits.
+
+    ``val_query``/``val_gallery`` are built from training identities held out of fine-tuning: the search
+    optimises rank-1 on them, so the test split (query/gallery) stays an unbiased final score.
+    """
 
     spec: str
     dataset: ReIDDataset
     train: ImageStore
     query: ImageStore
     gallery: ImageStore
+    val_query: ImageStore | None = None
+    val_gallery: ImageStore | None = None
 
     @property
     def num_classes(self) -> int:
-        return self.dataset.num_train_pids
+        return int(self.train.pids.max()) + 1 if len(self.train) else 0
 
 
-def build_domain(spec: str, cfg: dict[str, Any], preload: bool = True) -> Domain:
+def split_validation(train: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample], list[Sample]]:
+    """Hold out ``fraction`` of the training identities as a validation query/gallery.
+
+    Each held-out identity seen by at least two cameras gives one query (its first image in its first
+    camera) and the rest of its images as gallery; remaining train pids are relabelled 0..N-1.
+    """
+    by_pid: dict[int, list[Sample]] = {}
+    for s in train:
+        by_pid.setdefault(s[1], []).append(s)
+    eligible = sorted(p for p, items in by_pid.items() if len({c for _, _, c in items}) >= 2)
+    n_val = int(round(fraction * len(by_pid)))
+    rng = random.Random(seed)
+    val_pids = set(rng.sample(eligible, min(n_val, len(eligible))))
+    query, gallery = [], []
+    for pid in sorted(val_pids):
+        items = sorted(by_pid[pid], key=lambda s: (s[2], s[0]))
+        query.append(items[0])
+        gallery.extend(items[1:])
+    kept = sorted(p for p in by_pid if p not in val_pids)
+    relabel = {p: i for i, p in enumerate(kept)}
+    new_train = [(path, relabel[pid], cam) for path, pid, cam in train if pid in relabel]
+    return new_train, query, gallery
+
+
+def build_domain(spec: str, cfg: dict[str, Any], val_fraction: float = 0.0, preload: bool = True) -> Domain:
     """Load ``spec`` with the config's data options; images are decoded once (and checked) up front."""
     data = cfg["data"]
     ds = load_dataset(spec, data_root=data["root"], synth=data["synth"])
     if not ds.train:
         raise UserError(f"dataset {spec} has no training images; check its train folder")
     size = tuple(cfg["model"]["input_size"])
-    dom = Domain(spec, ds, ImageStore(ds.train, size), ImageStore(ds.query, size), ImageStore(ds.gallery, size))
+    train, vq, vg = list(ds.train), [], []
+    if val_fraction > 0:
+        train, vq, vg = split_validation(train, val_fraction, cfg["seed"])
+        if not vq:
+            raise UserError(f"dataset {spec}: no training identity is seen by two cameras, so no validation "
+                            f"split can be held out; set data.val_fraction: 0")
+    dom = Domain(spec, ds, ImageStore(train, size), ImageStore(ds.query, size), ImageStore(ds.gallery, size),
+                 ImageStore(vq, size) if vq else None, ImageStore(vg, size) if vg else None)
     if preload or data.get("check_images", True):
         # Decoding everything now finds a corrupt image at load time, not three epochs later.
-        for store in (dom.train, dom.query, dom.gallery):
-            store.preload()
+        for store in (dom.train, dom.query, dom.gallery, dom.val_query, dom.val_gallery):
+            if store is not None:
+                store.preload()
     return dom

@@ -23,8 +23,9 @@ Layouts (ROOT is what the user passes; the bracketed folder may sit in between):
         gallery/  <pid>_c<cam>_<anything>.jpg
 
   pid is an integer, cam an integer >= 1 (c1 is the first camera); .jpg/.jpeg/.png are read, other
-  files (and hidden ones such as macOS ``._*``) ignored. As in Market-1501, pid -1 marks junk (ignored) and pid 0 distractors (kept in the gallery
-  only). Every query needs its identity in the gallery seen by a different camera to count in evaluation.
+  files (and hidden ones such as macOS ``._*``) ignored. As in Market-1501, pid -1 marks junk (ignored)
+  and pid 0 distractors (kept in the gallery only). Every query needs its identity in the gallery seen
+  by a different camera to count in evaluation.
 
 The torchreid parent folders (``market1501/``, ``dukemtmc-reid/``, ``msmt17/``, ``cuhk03/``) are accepted
 too, so a torchreid ``root`` plus dataset folder works as is.

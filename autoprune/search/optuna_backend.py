@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 
 from autoprune.errors import UserError
 from autoprune.search.records import TrialRecord, metrics_summary
-from autoprune.search.trial import SearchEnv, TrialPruned, TrialResult, format_error
+from autoprune.search.trial import SearchEnv, TrialPruned, TrialResult, format_error, objective_rank1
 
 STUDY_NAME = "autoprune"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -186,10 +186,11 @@ class OptunaBackend:
         model_path = self.save_model(trial.number, result) if self.save_model else None
         record = {"policy": result.policy, "counts": result.counts, "macs": result.macs, "params": result.params,
                   "macs_ratio": result.macs_ratio, "target": metrics_summary(result.metrics.get("target")),
+                  "target_val": metrics_summary(result.metrics["target"].get("val")),
                   "source": metrics_summary(result.metrics.get("source")), "seconds": result.seconds,
                   "model": model_path, "error": None}
         trial.set_user_attr("record", record)
-        rank1 = result.metrics["target"]["rank1"]
+        rank1 = objective_rank1(result.metrics)
         return (rank1, float(result.macs)) if self.multi else rank1
 
     def run(self, n_trials: int, timeout: float | None = None) -> list[TrialRecord]:

@@ -33,7 +33,7 @@ try:
     from ray import tune
     from ray.tune import Callback
     from ray.tune.experiment import Trial
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
     from ray.tune.search.optuna import OptunaSearch
 except ImportError as _exc:  # pragma: no cover - ray[tune] is a declared dependency
     raise UserError(f"search.backend ray needs Ray Tune ({_exc}); install it with: pip install 'ray[tune]', "
@@ -112,6 +112,24 @@ class NumberedOptunaSearch(OptunaSearch):
         if config is None:
             return None
         return {**config, NUMBER: self._ot_trials[trial_id].number}
+
+
+class WarmStartASHA(ASHAScheduler):
+    """ASHA that lets the warm-start trials (the uniform policy first) run to the end: the report compares
+    the best policy with the uniform one, as the Optuna backend's median rule (3 startup trials) allows."""
+
+    def __init__(self, protected: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.protected = protected
+
+    def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict[str, Any]) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)
+        return TrialScheduler.CONTINUE if int(trial.config[NUMBER]) < self.protected else decision
+
+
+def trial_name(trial: Trial) -> str:
+    """``trial_0003``: Tune's names for trials and their folders, matching the run's trial numbers."""
+    return f"trial_{int(trial.config[NUMBER]):04d}"
 
 
 class _Progress(Callback):
@@ -217,8 +235,8 @@ class RayBackend:
         if self.multi or self.env.cfg["search"]["pruner"] == "none":
             return FIFOScheduler()
         # Keep the better half at every rung (1, 2, 4, ... reports), like the Optuna backend's median rule.
-        return ASHAScheduler(metric="rank1", mode="max", time_attr="training_iteration", grace_period=1,
-                             reduction_factor=2, max_t=10_000)
+        return WarmStartASHA(len(self._points_to_evaluate()), metric="rank1", mode="max",
+                             time_attr="training_iteration", grace_period=1, reduction_factor=2, max_t=10_000)
 
     def _trainable(self) -> Any:
         cfg, res = self.env.cfg, self.env.cfg["search"]["ray"]
@@ -226,26 +244,35 @@ class RayBackend:
                                   save_model=self.save_model)
         return tune.with_resources(fn, {"cpu": res["cpus_per_trial"], "gpu": res["gpus_per_trial"]})
 
-    def _tuner(self, n_trials: int, timeout: float | None) -> tune.Tuner:
-        trainable = self._trainable()
+    def _check_resumable(self, n_trials: int) -> bool:
+        """True when the run directory holds an experiment to restore; refuse one started for another n_trials."""
         marker = self.exp_dir.parent / "experiment.json"
-        if tune.Tuner.can_restore(str(self.exp_dir)):
-            started = json.loads(marker.read_text()).get("n_trials") if marker.is_file() else n_trials
-            if started != n_trials:
-                raise UserError(f"the Ray experiment in {self.exp_dir} was started with search.n_trials={started} "
-                                f"and Ray Tune cannot change that; rerun with --set search.n_trials={started} "
-                                f"to finish it, or use a new --out (or search.backend optuna, which can grow a study)")
+        if not tune.Tuner.can_restore(str(self.exp_dir)):
+            return False
+        started = json.loads(marker.read_text()).get("n_trials") if marker.is_file() else n_trials
+        if started != n_trials:
+            raise UserError(f"the Ray experiment in {self.exp_dir} was started with search.n_trials={started} and "
+                            f"Ray Tune cannot change that; rerun with --set search.n_trials={started} to finish it, "
+                            f"or use a new --out (search.backend optuna can grow a finished study)")
+        return True
+
+    def _tuner(self, n_trials: int, timeout: float | None, resume: bool) -> tune.Tuner:
+        # Tune's newer console output prints a header and paths even at verbose=0; our per-trial lines suffice.
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        trainable = self._trainable()
+        if resume:
             self.log(f"ray: resuming the experiment in {self.exp_dir}")
             return tune.Tuner.restore(str(self.exp_dir), trainable=trainable, resume_unfinished=True,
                                       resume_errored=False, restart_errored=False)
         self.exp_dir.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps({"n_trials": n_trials}))
+        (self.exp_dir.parent / "experiment.json").write_text(json.dumps({"n_trials": n_trials}))
         res = self.env.cfg["search"]["ray"]
         return tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=self._searcher(), scheduler=self._scheduler(),
                                         num_samples=n_trials, max_concurrent_trials=res["max_concurrent"],
-                                        time_budget_s=timeout, reuse_actors=True),
+                                        time_budget_s=timeout, reuse_actors=True,
+                                        trial_name_creator=trial_name, trial_dirname_creator=trial_name),
             run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(self.exp_dir.parent), verbose=0,
                                       callbacks=[_Progress()],
                                       failure_config=tune.FailureConfig(max_failures=0),
@@ -292,9 +319,10 @@ class RayBackend:
 
     def run(self, n_trials: int, timeout: float | None = None) -> list[TrialRecord]:
         global _live
+        resume = self._check_resumable(n_trials)
         started = self._init_ray()
         try:
-            tuner = self._tuner(n_trials, timeout)
+            tuner = self._tuner(n_trials, timeout, resume)
             _live = self
             start = time.perf_counter()
             try:

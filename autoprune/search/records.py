@@ -15,7 +15,8 @@ class TrialRecord:
     macs: int | None = None
     params: int | None = None
     macs_ratio: float | None = None
-    target: dict[str, float] | None = None
+    target: dict[str, float] | None = None        # target test split
+    target_val: dict[str, float] | None = None    # target validation split (the search objective)
     source: dict[str, float] | None = None
     seconds: float | None = None
     error: str | None = None
@@ -28,6 +29,14 @@ class TrialRecord:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "TrialRecord":
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+    @property
+    def objective(self) -> float | None:
+        """Validation rank-1 if measured, else test rank-1."""
+        if self.target_val:
+            return self.target_val["rank1"]
+        return self.target["rank1"] if self.target else None
 
 
 def metrics_summary(metrics: dict[str, Any] | None) -> dict[str, float] | None:

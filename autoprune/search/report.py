@@ -11,12 +11,12 @@ from autoprune.search.records import TrialRecord
 
 
 def pareto_front(records: list[TrialRecord]) -> list[int]:
-    """Trial numbers not dominated in (higher rank-1, lower MACs) among complete trials."""
+    """Trial numbers not dominated in (higher objective rank-1, lower MACs) among complete trials."""
     done = [r for r in records if r.state == "COMPLETE" and r.target and r.macs is not None]
     front = []
     for r in done:
-        dominated = any(o.target["rank1"] >= r.target["rank1"] and o.macs <= r.macs
-                        and (o.target["rank1"] > r.target["rank1"] or o.macs < r.macs) for o in done)
+        dominated = any(o.objective >= r.objective and o.macs <= r.macs
+                        and (o.objective > r.objective or o.macs < r.macs) for o in done)
         if not dominated:
             front.append(r.number)
     return sorted(front)
@@ -124,7 +124,7 @@ def pick_from_front(report: dict[str, Any], macs_ratio: float) -> dict[str, Any]
     """The best-rank-1 complete trial at or under ``macs_ratio`` (how ``--budget`` picks from a front)."""
     ok = [t for t in report["trials"] if t["state"] == "COMPLETE" and t.get("target") and t["macs_ratio"] is not None
           and t["macs_ratio"] <= macs_ratio + 1e-9]
-    return max(ok, key=lambda t: (t["target"]["rank1"], -t["macs_ratio"]), default=None)
+    return max(ok, key=lambda t: ((t.get("target_val") or t["target"])["rank1"], -t["macs_ratio"]), default=None)
 
 
 def write_markdown(run_dir: Path, report: dict[str, Any]) -> Path:

@@ -96,7 +96,8 @@ def _save_trial_model(run_dir: Path) -> Callable[[int, TrialResult], str]:
 def _pick_best(records: list[TrialRecord], budget_ratio: float) -> TrialRecord | None:
     done = [r for r in records if r.state == "COMPLETE" and r.target and r.macs_ratio is not None
             and r.macs_ratio <= budget_ratio + 1e-9]
-    return max(done, key=lambda r: (r.target["rank1"], r.target.get("mAP", 0.0), -r.number), default=None)
+    # Selected on the objective (validation rank-1): the test split only reports.
+    return max(done, key=lambda r: (r.objective, r.target.get("mAP", 0.0), -r.number), default=None)
 
 
 def trial_line(r: TrialRecord, best: float | None) -> str:
@@ -104,11 +105,13 @@ def trial_line(r: TrialRecord, best: float | None) -> str:
     summary = (f"keep min {min(policy.values()):.2f} mean {sum(policy.values()) / len(policy):.2f} "
                f"max {max(policy.values()):.2f}") if policy else "-"
     rank1 = f"{r.target['rank1']:.3f}" if r.target else "  -  "
+    if r.target_val:
+        rank1 = f"{r.target_val['rank1']:.3f} (test {rank1})"
     macs = f"{r.macs_ratio:.3f}" if r.macs_ratio is not None else "  -  "
     secs = f"{r.seconds:.0f}s" if r.seconds is not None else "-"
     extra = f"  ({r.error})" if r.error and r.state != "COMPLETE" else ""
     best_s = f"  best {best:.3f}" if best is not None else ""
-    return f"trial {r.number:3d} {r.state:8s} MACs {macs}  rank-1 {rank1}  {secs:>5s}  {summary}{best_s}{extra}"
+    return f"trial {r.number:3d} {r.state:8s} MACs {macs}  val rank-1 {rank1}  {secs:>5s}  {summary}{best_s}{extra}"
 
 
 def run_search(cfg: dict[str, Any], out: str | Path, progress: bool = True,
@@ -126,7 +129,7 @@ def run_search(cfg: dict[str, Any], out: str | Path, progress: bool = True,
     claim_run_dir(cfg, run_dir)
     log(f"data: source {cfg['data']['source']}, target {cfg['data']['target']}")
     source = build_domain(cfg["data"]["source"], cfg)
-    target = build_domain(cfg["data"]["target"], cfg)
+    target = build_domain(cfg["data"]["target"], cfg, val_fraction=cfg["data"]["val_fraction"])
     baseline, base_info = get_baseline(cfg, source, device, progress=progress, log=log)
     env = SearchEnv(cfg, host, device, source, target, baseline, progress=progress)
     log(f"model: {cfg['model']['arch']} {env.base_macs / 1e6:.1f} MMACs at {tuple(cfg['model']['input_size'])}, "
@@ -141,7 +144,9 @@ def run_search(cfg: dict[str, Any], out: str | Path, progress: bool = True,
         log(f"baseline: direct transfer to target rank-1 {direct['rank1']:.3f}; fine-tuning it unpruned on the target")
         unpruned = env.unpruned()
         base = {"arch": cfg["model"]["arch"], "macs": env.base_macs, "params": env.base_params,
-                "target": metrics_summary(unpruned.metrics["target"]), "direct_transfer": metrics_summary(direct),
+                "target": metrics_summary(unpruned.metrics["target"]),
+                "target_val": metrics_summary(unpruned.metrics["target"].get("val")),
+                "direct_transfer": metrics_summary(direct),
                 "source": metrics_summary(base_info.get("source_metrics")), "seconds": unpruned.seconds}
         write_json(base_file, base)
     log(f"baseline: unpruned after target fine-tuning rank-1 {base['target']['rank1']:.3f}, mAP {base['target']['mAP']:.3f}")
@@ -150,7 +155,7 @@ def run_search(cfg: dict[str, Any], out: str | Path, progress: bool = True,
 
     def on_trial(r: TrialRecord) -> None:
         if r.state == "COMPLETE" and r.target:
-            best_rank1[0] = max(best_rank1[0] or 0.0, r.target["rank1"])
+            best_rank1[0] = max(best_rank1[0] or 0.0, r.objective)
         log(trial_line(r, best_rank1[0]))
 
     backend_name = cfg["search"]["backend"]
@@ -201,7 +206,8 @@ def finish(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, base: dict[str, A
         report["pareto_front"] = pareto_front(records)
     if uniform is not None:
         report["uniform"] = {"trial": uniform.number, "policy": uniform.policy, "macs": uniform.macs,
-                             "params": uniform.params, "macs_ratio": uniform.macs_ratio, "target": uniform.target}
+                             "params": uniform.params, "macs_ratio": uniform.macs_ratio, "target": uniform.target,
+                             "target_val": uniform.target_val}
     if best is not None:
         model_dir = run_dir / "model"
         model_path = model_dir / "pruned.pt"
@@ -223,10 +229,11 @@ def finish(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, base: dict[str, A
         macs, params = count_macs(model, env.input_size)
         if macs > env.budget.macs:
             raise RuntimeError(f"refusing to report a model over budget: {macs} > {env.budget.macs} MACs")
-        metrics = env.evaluate(model, env.target) if final_epochs else best.target
+        metrics = env.evaluate(model, env.target) if final_epochs else {**best.target, "val": best.target_val}
         report["best"] = {"trial": best.number, "policy": best.policy, "counts": best.counts, "macs": macs,
                           "params": params, "macs_ratio": macs / env.base_macs,
-                          "target": metrics_summary(metrics), "model": os.path.relpath(model_path, run_dir),
+                          "target": metrics_summary(metrics), "target_val": metrics_summary(metrics.get("val")),
+                          "model": os.path.relpath(model_path, run_dir),
                           "final_epochs": final_epochs}
         _export_torchscript(model, model_dir / "pruned.torchscript.pt", env.input_size)
         report["best"]["torchscript"] = "model/pruned.torchscript.pt"

@@ -101,6 +101,16 @@ class SearchEnv:
                                 num_batches=self.cfg["trial"]["criterion_batches"], seed=self.cfg["seed"])
 
     def evaluate(self, model: nn.Module, domain: Domain) -> dict[str, Any]:
+        """Test-split metrics, with the validation split's under ``"val"`` when the domain has one."""
+        metrics = evaluate_domain(model, domain.query, domain.gallery, self.device)
+        if domain.val_query is not None:
+            metrics["val"] = evaluate_domain(model, domain.val_query, domain.val_gallery, self.device)
+        return metrics
+
+    def evaluate_val(self, model: nn.Module, domain: Domain) -> dict[str, Any]:
+        """What the search optimises: the validation split if there is one, else the test split."""
+        if domain.val_query is not None:
+            return evaluate_domain(model, domain.val_query, domain.val_gallery, self.device)
         return evaluate_domain(model, domain.query, domain.gallery, self.device)
 
     # -- one trial -----------------------------------------------------------------------------
@@ -138,7 +148,7 @@ class SearchEnv:
                         on_epoch_end(epoch, mod)
                     if domain is self.target and self.cfg["trial"]["eval_every_epoch"] and report is not None:
                         step[0] += 1
-                        r1 = self.evaluate(mod, self.target)["rank1"]
+                        r1 = self.evaluate_val(mod, self.target)["rank1"]
                         history.append({"step": step[0], "target_rank1": r1})
                         report(step[0], r1)
                 return fit(m, domain.train, self.settings(n_epochs), self.device, on_epoch_end=epoch_end,
@@ -171,7 +181,7 @@ class SearchEnv:
         ctx = ScenarioContext(model=model, source=self.source, target=self.target, epochs=epochs, prune=prune,
                               finetune=finetune_plain, evaluate=self.evaluate)
         model, metrics = self.scenario_cls().run(ctx)
-        rank1 = metrics["target"]["rank1"]
+        rank1 = objective_rank1(metrics)
         if not math.isfinite(rank1):
             raise RuntimeError("target rank-1 is not finite")
         model = model.cpu().eval()
@@ -185,6 +195,12 @@ class SearchEnv:
     def unpruned(self, epochs: int | None = None) -> TrialResult:
         """The baseline through the same scenario with nothing pruned: what a pruned model is compared with."""
         return self.run({}, counts=dict(self.cost.base_widths), epochs=epochs)
+
+
+def objective_rank1(metrics: dict[str, Any]) -> float:
+    """The number a search maximises: target validation rank-1 (test rank-1 without a validation split)."""
+    target = metrics["target"]
+    return float(target["val"]["rank1"] if "val" in target else target["rank1"])
 
 
 def format_error(exc: BaseException) -> str:
