@@ -174,9 +174,22 @@ class OptunaBackend:
                 if trial.should_prune():
                     raise TrialPruned(f"stopped early at epoch {step} (target rank-1 {rank1:.3f})")
 
+        screening = self.env.cfg["search"]["screening"]
+        screen = None
+        if screening["enabled"] and not self.multi:
+            def screen(score: float) -> None:
+                from autoprune.search.screening import keep_candidate
+
+                trial.set_user_attr("screen_score", score)
+                previous = [t.user_attrs["screen_score"] for t in self.study.get_trials(deepcopy=False)
+                            if t.number != trial.number and "screen_score" in t.user_attrs]
+                if not keep_candidate(score, previous, screening["keep_fraction"], screening["candidates"]):
+                    raise TrialPruned(f"screened out: adaptive-BN rank-1 {score:.3f} is not in the best "
+                                      f"{screening['keep_fraction']:.0%} of {len(previous)} candidates")
+
         start = time.perf_counter()
         try:
-            result = self.env.run(values, report=report)
+            result = self.env.run(values, report=report, screen=screen)
         except TrialPruned as exc:
             trial.set_user_attr("record", {"error": str(exc), "seconds": time.perf_counter() - start})
             raise optuna.TrialPruned(str(exc)) from None
@@ -188,6 +201,7 @@ class OptunaBackend:
                   "macs_ratio": result.macs_ratio, "target": metrics_summary(result.metrics.get("target")),
                   "target_val": metrics_summary(result.metrics["target"].get("val")),
                   "source": metrics_summary(result.metrics.get("source")), "seconds": result.seconds,
+                  "train_seconds": result.train_seconds, "eval_seconds": result.eval_seconds,
                   "model": model_path, "error": None}
         trial.set_user_attr("record", record)
         rank1 = objective_rank1(result.metrics)

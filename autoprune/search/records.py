@@ -19,6 +19,8 @@ class TrialRecord:
     target_val: dict[str, float] | None = None    # target validation split (the search objective)
     source: dict[str, float] | None = None
     seconds: float | None = None
+    train_seconds: float | None = None
+    eval_seconds: float | None = None
     error: str | None = None
     model: str | None = None          # run-directory-relative path of the trial's model, if kept
     values: dict[str, float] = field(default_factory=dict)  # the sampled search-space values

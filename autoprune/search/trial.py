@@ -49,6 +49,8 @@ class TrialResult:
     seconds: float
     model: nn.Module | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    train_seconds: float = 0.0        # inside the training loop (forward/backward/step)
+    eval_seconds: float = 0.0         # feature extraction and ranking
 
 
 class SearchEnv:
@@ -130,16 +132,45 @@ class SearchEnv:
         hi = self.budget.macs / self.base_macs
         return min(hi, max(floor / self.base_macs * 1.05, hi / 4)), hi
 
+    def screen_score(self, counts: dict[str, int]) -> float:
+        """Adaptive-BN score of a policy: prune a copy once, re-estimate BatchNorm on target batches, score."""
+        from autoprune.pruning.surgery import prune_to_counts, score_groups
+        from autoprune.search.screening import adaptive_bn
+
+        model = copy.deepcopy(self.baseline).to(self.device)
+        graph = PruningGraph(model, self.input_size)
+        scores = score_groups(model, self.criterion_cls(), self.criterion_context(graph, self.target))
+        prune_to_counts(graph, counts, scores)
+        s = self.settings(1)
+        adaptive_bn(model, self.target.train, self.device, batches=self.cfg["search"]["screening"]["batches"],
+                    batch_size=s.batch_size, num_instances=s.num_instances, seed=self.cfg["seed"])
+        return float(self.evaluate_val(model, self.target)["rank1"])
+
     def run(self, values: dict[str, float], report: Reporter | None = None, epochs: int | None = None,
-            counts: dict[str, int] | None = None) -> TrialResult:
-        """Prune a fresh copy of the baseline to the projected policy, run the scenario, measure."""
+            counts: dict[str, int] | None = None, screen: Callable[[float], None] | None = None) -> TrialResult:
+        """Prune a fresh copy of the baseline to the projected policy, run the scenario, measure.
+
+        ``screen(score)``, if given, sees the candidate's adaptive-BN score first and may raise
+        TrialPruned to skip its fine-tuning.
+        """
         start = time.perf_counter()
         torch.manual_seed(self.cfg["seed"])  # same noise for every trial: policies are compared fairly
         counts = dict(counts) if counts is not None else self.counts_for(values)
+        if screen is not None:
+            screen(self.screen_score(counts))
+            torch.manual_seed(self.cfg["seed"])
         epochs = self.cfg["trial"]["finetune_epochs"] if epochs is None else epochs
         model = copy.deepcopy(self.baseline).to(self.device)
         history: list[dict[str, Any]] = []
         step = [0]
+        timers = {"train": 0.0, "eval": 0.0}
+
+        def timed_evaluate(m: nn.Module, domain: Domain) -> dict[str, Any]:
+            t0 = time.perf_counter()
+            try:
+                return self.evaluate(m, domain)
+            finally:
+                timers["eval"] += time.perf_counter() - t0
 
         def finetune_on(domain: Domain) -> Callable[..., list]:
             def finetune(m: nn.Module, n_epochs: int, on_epoch_end=None, on_step_end=None) -> list:
@@ -148,11 +179,17 @@ class SearchEnv:
                         on_epoch_end(epoch, mod)
                     if domain is self.target and self.cfg["trial"]["eval_every_epoch"] and report is not None:
                         step[0] += 1
+                        t0 = time.perf_counter()
                         r1 = self.evaluate_val(mod, self.target)["rank1"]
+                        timers["eval"] += time.perf_counter() - t0
                         history.append({"step": step[0], "target_rank1": r1})
                         report(step[0], r1)
-                return fit(m, domain.train, self.settings(n_epochs), self.device, on_epoch_end=epoch_end,
-                           on_step_end=on_step_end, desc="finetune", progress=self.progress)
+                t0 = time.perf_counter()
+                eval_before = timers["eval"]
+                out = fit(m, domain.train, self.settings(n_epochs), self.device, on_epoch_end=epoch_end,
+                          on_step_end=on_step_end, desc="finetune", progress=self.progress)
+                timers["train"] += time.perf_counter() - t0 - (timers["eval"] - eval_before)
+                return out
             return finetune
 
         def prune(m: nn.Module, domain: Domain, n_epochs: int) -> nn.Module:
@@ -179,7 +216,7 @@ class SearchEnv:
                 finetune_on(domain)(m, n_epochs)
 
         ctx = ScenarioContext(model=model, source=self.source, target=self.target, epochs=epochs, prune=prune,
-                              finetune=finetune_plain, evaluate=self.evaluate)
+                              finetune=finetune_plain, evaluate=timed_evaluate)
         model, metrics = self.scenario_cls().run(ctx)
         rank1 = objective_rank1(metrics)
         if not math.isfinite(rank1):
@@ -190,7 +227,7 @@ class SearchEnv:
             raise RuntimeError(f"pruned model has {macs} MACs, above the budget {self.budget.macs}")
         policy = {n: round(c / self.cost.base_widths[n], 4) for n, c in counts.items()}
         return TrialResult(counts, policy, macs, params, macs / self.base_macs, metrics,
-                           time.perf_counter() - start, model, history)
+                           time.perf_counter() - start, model, history, timers["train"], timers["eval"])
 
     def unpruned(self, epochs: int | None = None) -> TrialResult:
         """The baseline through the same scenario with nothing pruned: what a pruned model is compared with."""
