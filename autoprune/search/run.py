@@ -132,6 +132,9 @@ def run_search(cfg: dict[str, Any], out: str | Path, progress: bool = True,
     target = build_domain(cfg["data"]["target"], cfg, val_fraction=cfg["data"]["val_fraction"])
     baseline, base_info = get_baseline(cfg, source, device, progress=progress, log=log)
     env = SearchEnv(cfg, host, device, source, target, baseline, progress=progress)
+    if not env.strategy_cls.follows_policy and cfg["search"]["n_trials"] > 1:
+        log(f"note: strategy {cfg['trial']['strategy']!r} chooses the widths itself, so every trial prunes the same "
+            f"way; search.n_trials: 1 is enough")
     log(f"model: {cfg['model']['arch']} {env.base_macs / 1e6:.1f} MMACs at {tuple(cfg['model']['input_size'])}, "
         f"{len(env.group_names)} prunable groups; budget {env.budget.macs / 1e6:.1f} MMACs "
         f"({env.budget.macs / env.base_macs:.0%}); space {env.space.name} ({len(env.space.params)} parameters)")

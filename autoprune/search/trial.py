@@ -193,6 +193,9 @@ class SearchEnv:
             return finetune
 
         def prune(m: nn.Module, domain: Domain, n_epochs: int) -> nn.Module:
+            if counts == self.cost.base_widths:  # the unpruned reference: same fine-tuning, no strategy at all
+                finetune_plain(m, domain, n_epochs)
+                return m
             graph = PruningGraph(m, self.input_size)
             criterion = self.criterion_cls()
             sctx = StrategyContext(graph=graph, counts=counts, criterion=criterion,
