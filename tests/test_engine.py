@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import torch
+
+from autoprune.data.loading import IdentitySampler, ImageStore
+from autoprune.engine.losses import CenterLoss, cross_entropy_ls, hard_triplet_loss
+from autoprune.engine.train import TrainSettings, fit, lr_factor
+from autoprune.models import build_model
+
+
+def test_triplet_picks_hardest_positive_and_negative():
+    # anchor 0 (pid 0) at x=0; positives at 1 and 3 (hardest: 3); negatives at 2.5 and 10 (hardest: 2.5)
+    feats = torch.tensor([[0.0], [1.0], [3.0], [2.5], [10.0]])
+    pids = torch.tensor([0, 0, 0, 1, 1])
+    loss_all = hard_triplet_loss(feats, pids, margin=0.3)
+    # per anchor: (hardest pos - hardest neg + m)+ computed by hand
+    a0 = max(3.0 - 2.5 + 0.3, 0)      # anchor 0: pos 3.0, neg 2.5
+    a1 = max(2.0 - 1.5 + 0.3, 0)      # anchor 1: pos |1-3|=2, neg |1-2.5|=1.5
+    a2 = max(3.0 - 0.5 + 0.3, 0)      # anchor 2: pos |3-0|=3, neg |3-2.5|=0.5
+    a3 = max(7.5 - 0.5 + 0.3, 0)      # anchor 3 (pid 1): pos |2.5-10|=7.5, neg |2.5-3|=0.5
+    a4 = max(7.5 - 7.0 + 0.3, 0)      # anchor 4: pos 7.5, neg |10-3|=7
+    assert torch.isclose(loss_all, torch.tensor((a0 + a1 + a2 + a3 + a4) / 5), atol=1e-5)
+
+
+def test_triplet_zero_when_well_separated():
+    feats = torch.tensor([[0.0], [0.1], [5.0], [5.1]])
+    assert hard_triplet_loss(feats, torch.tensor([0, 0, 1, 1]), margin=0.3).item() == 0.0
+
+
+def test_label_smoothing_matches_formula():
+    logits = torch.tensor([[2.0, 0.0, -1.0]])
+    target = torch.tensor([0])
+    logp = torch.log_softmax(logits, 1)[0]
+    eps = 0.1
+    expected = -((1 - eps) * logp[0] + eps / 3 * logp.sum())
+    assert torch.isclose(cross_entropy_ls(logits, target, eps), expected, atol=1e-6)
+
+
+def test_center_loss_zero_at_centres():
+    c = CenterLoss(2, 3)
+    feats = c.centers.detach()[[0, 1, 1]]
+    assert c(feats, torch.tensor([0, 1, 1])).item() == 0.0
+
+
+def test_warmup_then_cosine():
+    s = TrainSettings(epochs=10, warmup_epochs=2, schedule="cosine")
+    assert lr_factor(s, 0) == 0.1 and abs(lr_factor(s, 1) - 0.55) < 1e-9
+    assert abs(lr_factor(s, 2) - 1.0) < 1e-9 and lr_factor(s, 10) < 0.02
+    step = TrainSettings(epochs=10, warmup_epochs=0, schedule="step", milestones=[4, 7], gamma=0.1)
+    assert lr_factor(step, 3) == 1.0 and abs(lr_factor(step, 5) - 0.1) < 1e-12 and abs(lr_factor(step, 8) - 0.01) < 1e-12
+
+
+def test_identity_sampler_pk_batches():
+    pids = [i // 3 for i in range(30)]  # 10 identities x 3 images (fewer than K=4: sampled with replacement)
+    s = IdentitySampler(pids, batch_size=8, num_instances=4, seed=0)
+    batches = s.batches(0)
+    assert batches and all(len(b) == 8 for b in batches)
+    for b in batches:
+        ids = [pids[i] for i in b]
+        assert len(set(ids)) == 2 and all(ids.count(p) == 4 for p in set(ids))
+    assert s.batches(0) == batches and s.batches(1) != batches
+
+
+def _store(tmp_path, n_ids=4, per_id=4):
+    from PIL import Image
+
+    samples = []
+    gen = torch.Generator().manual_seed(0)
+    for pid in range(n_ids):
+        for k in range(per_id):
+            p = tmp_path / f"{pid:04d}_c{k % 2 + 1}s1_{k:06d}_00.jpg"
+            # each identity its own colour plus noise: learnable, so training must reduce the loss
+            colour = torch.tensor([(pid * 70) % 256, (pid * 150) % 256, (pid * 40 + 90) % 256]).float()
+            arr = (colour + 40 * torch.randn(32, 16, 3, generator=gen)).clamp(0, 255).to(torch.uint8).numpy()
+            Image.fromarray(arr).save(p)
+            samples.append((str(p), pid, k % 2))
+    return ImageStore(samples, (32, 16))
+
+
+def test_training_is_deterministic_under_a_seed(tmp_path):
+    store = _store(tmp_path)
+    s = TrainSettings(epochs=2, batch_size=8, num_instances=4, warmup_epochs=0, seed=3)
+
+    def train_once():
+        torch.manual_seed(3)
+        model = build_model("resnet10", 4)
+        hist = fit(model, store, s, torch.device("cpu"), progress=False)
+        return hist, model.backbone.conv1.weight.detach().clone()
+
+    h1, w1 = train_once()
+    h2, w2 = train_once()
+    assert [h["loss"] for h in h1] == [h["loss"] for h in h2]
+    assert torch.equal(w1, w2)
+
+
+def test_training_reduces_loss_and_calls_hooks(tmp_path):
+    store = _store(tmp_path)
+    torch.manual_seed(0)
+    model = build_model("resnet10", 4)
+    epochs_seen, steps = [], [0]
+    s = TrainSettings(epochs=4, batch_size=8, num_instances=4, warmup_epochs=0, lr=3e-4)
+    hist = fit(model, store, s, torch.device("cpu"), on_epoch_end=lambda e, m: epochs_seen.append(e),
+               on_step_end=lambda m: steps.__setitem__(0, steps[0] + 1), progress=False)
+    assert epochs_seen == [0, 1, 2, 3] and steps[0] == 4 * 2
+    assert hist[-1]["loss"] < hist[0]["loss"]
+
+
+def test_nan_loss_is_an_error(tmp_path):
+    import pytest
+
+    from autoprune.engine.train import NonFiniteLoss
+
+    store = _store(tmp_path)
+    model = build_model("resnet10", 4)
+    with torch.no_grad():
+        model.backbone.conv1.weight.fill_(float("nan"))
+    with pytest.raises(NonFiniteLoss, match="loss is nan"):
+        fit(model, store, TrainSettings(epochs=1, batch_size=8, num_instances=4), torch.device("cpu"), progress=False)
