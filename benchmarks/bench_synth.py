@@ -90,18 +90,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ids", type=int, default=100, help="train and test identities per domain")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeat", type=int, default=3, help="generations per domain; the fastest is reported")
     ap.add_argument("--sheet", type=Path, help="also write a contact sheet PNG of domain A/B/C")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         for domain in sorted(DOMAINS):
-            root = Path(tmp) / domain
-            t0, c0 = time.perf_counter(), time.process_time()
-            generate(root, domain, seed=args.seed, num_train_ids=args.ids, num_test_ids=args.ids)
-            dt, dc = time.perf_counter() - t0, time.process_time() - c0
+            best_wall = best_cpu = float("inf")
+            for rep in range(args.repeat):  # best of N: the figure is a property of the code, not of the load
+                root = Path(tmp) / f"{domain}{rep}"
+                t0, c0 = time.perf_counter(), time.process_time()
+                generate(root, domain, seed=args.seed, num_train_ids=args.ids, num_test_ids=args.ids)
+                best_wall = min(best_wall, time.perf_counter() - t0)
+                best_cpu = min(best_cpu, time.process_time() - c0)
             n = sum(1 for _ in root.rglob("*.jpg"))
             print(
-                f"domain {domain}: {n} images (128x64) in {dt:.2f} s wall = {n / dt:.0f} images/s; "
-                f"{n / dc:.0f} images per CPU-second (one process, one core)"
+                f"domain {domain}: {n} images (128x64), best of {args.repeat}: {best_wall:.2f} s wall = "
+                f"{n / best_wall:.0f} images/s; {n / best_cpu:.0f} images per CPU-second (one process)"
             )
             print(
                 f"domain {domain}: rank-1 RGB 8x8x8 histogram = {rank1(root):.3f}, "
@@ -111,7 +115,6 @@ def main() -> None:
                 out = args.sheet.with_name(f"{args.sheet.stem}_{domain}{args.sheet.suffix}")
                 contact_sheet(root, out)
                 print(f"contact sheet: {out}")
-
 
 if __name__ == "__main__":
     main()

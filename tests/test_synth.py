@@ -165,6 +165,8 @@ def test_refuses_to_clear_foreign_images(tmp_path: Path) -> None:
 def test_unknown_domain_and_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="known domains: A, B, C"):
         generate(tmp_path / "x", "Z")
+    with pytest.raises(UserError, match="known domains"):
+        generate(tmp_path / "x", "")
     with pytest.raises(UserError):
         generate(tmp_path / "x", "A", num_test_ids=0)
     with pytest.raises(UserError):
@@ -189,7 +191,7 @@ def test_colour_histogram_baseline_is_weak(data_b: Path) -> None:
     feats = {p: rgb_histogram(p) for p, _, _ in query + gallery}
     r1 = rank1(query, gallery, feats)
     # chance is about 1/12 here; the figure on 100 test identities is in docs/synthetic.md
-    assert r1 < 0.4
+    assert r1 < 0.25
 
 
 def stripes_grey_world(path: Path) -> np.ndarray:

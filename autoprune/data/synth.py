@@ -17,6 +17,7 @@ Layout written by :func:`generate` (``pid`` is 4 digits, ``-1`` for junk, cam is
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import zlib
@@ -28,7 +29,7 @@ from PIL import Image, ImageFilter
 
 from autoprune.errors import UserError
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # bump when the output changes, so DONE markers of old folders go stale
 SPLITS = ("bounding_box_train", "query", "bounding_box_test")
 MARKER = "DONE"
 PARTIAL = "GENERATING"  # present while a generation runs; marks the folder as the generator's own
@@ -38,8 +39,9 @@ LOWER_KINDS = ("trousers", "shorts", "skirt")
 
 RGB = tuple[int, int, int]
 
-# Label ids of the per-image part map; colours come from a per-person lookup table.
-_BG, _SKIN, _HAIR, _UP, _LOW, _SHOE, _BACKPACK, _SBAG, _HBAG, _HAT, _LOGO = 0, 1, 2, 3, 6, 9, 10, 11, 12, 13, 14
+# Label ids of the per-image part map (0 is background); colours come from a per-person lookup table.
+# Upper and lower garments take three labels each: their main colour and two pattern colours.
+_SKIN, _HAIR, _UP, _LOW, _SHOE, _BACKPACK, _SBAG, _HBAG, _HAT, _LOGO = 1, 2, 3, 6, 9, 10, 11, 12, 13, 14
 _NLAB = 15
 
 _SKIN_TONES: tuple[RGB, ...] = (
@@ -58,10 +60,10 @@ class CameraStyle:
     cast: tuple[float, float, float]  # per-channel white-balance multipliers (colour cast)
     contrast: float  # >1 stretches around mid-grey, <1 flattens
     saturation: float  # 1 keeps colours, <1 washes them out
-    blur: float  # Gaussian blur radius in pixels at height 128
+    blur: float  # blur radius in pixels at height 128 (box filter, applied at the reduced resolution)
     noise: float  # sensor noise std, in 0..255 units
     resolution: float  # downscale factor before upscaling back (1 = full resolution)
-    views: tuple[float, float, float]  # probabilities of front / back / side views
+    views: tuple[float, float, float]  # probabilities of the VIEWS: front / back / side
 
 
 @dataclass(frozen=True)
@@ -149,15 +151,15 @@ DOMAINS: dict[str, DomainStyle] = {
             (196, 180, 150), (150, 150, 154), (230, 230, 236), (200, 160, 50), (40, 90, 110), (170, 60, 30),
         ),
         palette_weights=(2, 1.5, 1.5, 1.5, 1.5, 1.5, 2, 2, 1.5, 1.5, 1.5, 1.5),
-        upper_patterns=(0.5, 0.1, 0.25, 0.15),
+        upper_patterns=(0.4, 0.15, 0.25, 0.2),
         lower_patterns=(0.85, 0.0, 0.1, 0.05),
         lower_kinds=(0.85, 0.0, 0.15),
         long_sleeves=0.95,
-        backpack=0.3,
+        backpack=0.35,
         shoulder_bag=0.3,
         handbag=0.2,
         hat=0.45,
-        logo=0.15,
+        logo=0.25,
         occlusion=0.25,
         scene=SceneStyle(
             walls=((120, 56, 44), (84, 80, 84), (150, 110, 90), (60, 64, 76)),
@@ -302,54 +304,77 @@ def _pattern(g: _Garment, u: np.ndarray, v: np.ndarray) -> np.ndarray | int:
 
 
 class _Canvas:
-    """A part-label map in body coordinates; each shape touches only the rows it can cover (speed)."""
+    """A part-label map in body coordinates; each shape touches only its bounding block (speed)."""
 
     def __init__(self, h: int, w: int, top: float, cx: float, hb: float, facing: int) -> None:
         self.u1 = (np.arange(h, dtype=np.float32) + 0.5 - top) / hb  # 0 at the top of the head, 1 at the soles
         self.u = self.u1[:, None]
         self.v = ((np.arange(w, dtype=np.float32) + 0.5 - cx) / hb * facing)[None, :]  # + is the facing side
         self.lab = np.zeros((h, w), np.uint8)
-        self.h, self.w = h, w
+        self.h, self.w, self.top, self.cx, self.hb, self.facing = h, w, top, cx, hb, facing
 
-    def rows(self, u0: float, u1: float) -> slice:
-        return slice(int(np.searchsorted(self.u1, u0)), int(np.searchsorted(self.u1, u1)))
-
-    def paint(self, sl: slice, mask: np.ndarray, value: np.ndarray | int) -> None:
-        if isinstance(value, np.ndarray):
-            self.lab[sl][mask] = np.broadcast_to(value[sl], mask.shape)[mask]
+    def block(self, u0: float, u1: float, v0: float, v1: float) -> tuple[slice, slice]:
+        """Rows with u0 <= u < u1 and columns with v0 <= v < v1 (up to rounding at the edges)."""
+        hb, h, w = self.hb, self.h, self.w
+        r0 = min(max(math.ceil(u0 * hb + self.top - 0.5), 0), h)
+        r1 = min(max(math.ceil(u1 * hb + self.top - 0.5), r0), h)
+        if self.facing > 0:
+            c0, c1 = math.ceil(v0 * hb + self.cx - 0.5), math.ceil(v1 * hb + self.cx - 0.5)
         else:
-            self.lab[sl][mask] = value
+            c0, c1 = math.floor(self.cx - 0.5 - v1 * hb) + 1, math.floor(self.cx - 0.5 - v0 * hb) + 1
+        c0 = min(max(c0, 0), w)
+        return slice(r0, r1), slice(c0, min(max(c1, c0), w))
 
-    def ellipse(self, cu: float, cv: float, ru: float, rv: float, value: np.ndarray | int, below: float = 9.0) -> None:
-        sl = self.rows(cu - ru, min(cu + ru, below))
-        u = self.u[sl]
-        self.paint(sl, (((u - cu) / ru) ** 2 + ((self.v - cv) / rv) ** 2 < 1.0) & (u < below), value)
+    def paint(self, rs: slice, cs: slice, mask: np.ndarray | None, value: np.ndarray | int) -> None:
+        """Set the labels of a block (where mask, if given); value is a label or a per-pixel label map."""
+        if isinstance(value, np.ndarray):
+            value = value[rs] if value.shape[1] == 1 else value[rs, cs]
+        target = self.lab[rs, cs]
+        if mask is None:
+            target[...] = value
+        elif isinstance(value, np.ndarray):
+            target[mask] = np.broadcast_to(value, mask.shape)[mask]
+        else:
+            target[mask] = value
 
     def box(self, u0: float, u1: float, v0: float, v1: float, value: np.ndarray | int) -> None:
-        sl = self.rows(u0, u1)
-        self.paint(sl, np.broadcast_to((self.v >= v0) & (self.v < v1), (sl.stop - sl.start, self.w)), value)
+        rs, cs = self.block(u0, u1, v0, v1)
+        self.paint(rs, cs, None, value)
+
+    def ellipse(
+        self, cu: float, cv: float, ru: float, rv: float, value: np.ndarray | int, below: float = 9.0,
+        left_of: float = 9.0,
+    ) -> None:
+        """Ellipse centred at (cu, cv), optionally only the part with u < below and v < left_of."""
+        rs, cs = self.block(cu - ru, min(cu + ru, below), cv - rv, min(cv + rv, left_of))
+        if rs.start < rs.stop and cs.start < cs.stop:
+            u, v = self.u[rs], self.v[:, cs]
+            self.paint(rs, cs, ((u - cu) / ru) ** 2 + ((v - cv) / rv) ** 2 < 1.0, value)
 
     def trapezoid(self, u0: float, u1: float, hw0: float, hw1: float, value: np.ndarray | int) -> None:
         """Symmetric about v=0, half-width going linearly from hw0 at u0 to hw1 at u1."""
-        sl = self.rows(u0, u1)
-        hw = hw0 + (hw1 - hw0) * (self.u[sl] - u0) / (u1 - u0)
-        self.paint(sl, np.abs(self.v) < hw, value)
+        m = max(hw0, hw1)
+        rs, cs = self.block(u0, u1, -m, m)
+        hw = hw0 + (hw1 - hw0) * (self.u[rs] - u0) / (u1 - u0)
+        self.paint(rs, cs, np.abs(self.v[:, cs]) < hw, value)
 
     def capsule(
         self, a: tuple[float, float], b: tuple[float, float], r: float, inner: np.ndarray | int,
         outer: np.ndarray | int, cut: float = 2.0,
     ) -> None:
         """A limb from a to b of radius r: inner value up to fraction cut of its length, outer beyond."""
-        sl = self.rows(min(a[0], b[0]) - r, max(a[0], b[0]) + r)
+        rs, cs = self.block(min(a[0], b[0]) - r, max(a[0], b[0]) + r, min(a[1], b[1]) - r, max(a[1], b[1]) + r)
+        if rs.start == rs.stop or cs.start == cs.stop:
+            return
         du, dv = b[0] - a[0], b[1] - a[1]
-        pu, pv = self.u[sl] - a[0], self.v - a[1]
+        pu, pv = self.u[rs] - a[0], self.v[:, cs] - a[1]
         t = np.clip((pu * du + pv * dv) / (du * du + dv * dv + 1e-9), 0.0, 1.0)
         m = (pu - t * du) ** 2 + (pv - t * dv) ** 2 < r * r
         if cut >= 1.0:
-            self.paint(sl, m, inner)
+            self.paint(rs, cs, m, inner)
         else:
-            self.paint(sl, m & (t < cut), inner)
-            self.paint(sl, m & (t >= cut), outer)
+            self.paint(rs, cs, m & (t < cut), inner)
+            self.paint(rs, cs, m & (t >= cut), outer)
 
 
 def _render_person(
@@ -438,8 +463,7 @@ def _render_person(
         c.ellipse(uh, hv, rh, rw, _HAIR, below=uh - rh * 0.45)
     elif side:
         c.ellipse(uh, hv, rh, rw, _HAIR, below=uh - rh * 0.45)
-        sl = c.rows(uh - rh, uh + rh)
-        c.paint(sl, (((u[sl] - uh) / rh) ** 2 + ((v - hv) / rw) ** 2 < 1.0) & (v < -rw * 0.2), _HAIR)
+        c.ellipse(uh, hv, rh, rw, _HAIR, left_of=-rw * 0.2)
     if ident.hair_long and view == 1:
         c.box(uh, us + 0.09, -rw * 1.1, rw * 1.1, _HAIR)
     if ident.hat:
@@ -586,14 +610,15 @@ class _Renderer:
         off = np.float32((0.5 - 0.5 * cs.contrast) * 255.0)
         ny, nx = int(rng.integers(0, self.h)), int(rng.integers(0, self.w))
         noise = self.noise[ny : ny + self.h, nx : nx + self.w] * np.float32(cs.noise)
-        out = img.reshape(-1, 3) @ mat
-        out = out.reshape(img.shape) + noise + off
-        pil = Image.fromarray(np.clip(out, 0, 255).astype(np.uint8))
+        out = img @ mat
+        out += noise
+        out += off
+        pil = Image.fromarray(np.clip(out, 0, 255, out=out).astype(np.uint8))
         r = cs.resolution
         if r < 1.0:
-            pil = pil.resize((max(4, round(self.w * r)), max(8, round(self.h * r))), Image.BILINEAR)
+            pil = pil.resize((max(4, round(self.w * r)), max(8, round(self.h * r))), Image.BOX)  # sensor area
         if cs.blur > 0:
-            pil = pil.filter(ImageFilter.GaussianBlur(cs.blur * r * self.h / 128))
+            pil = pil.filter(ImageFilter.BoxBlur(cs.blur * r * self.h / 128))
         if r < 1.0:
             pil = pil.resize((self.w, self.h), Image.BILINEAR)
         return pil
@@ -673,6 +698,7 @@ def generate(
     same parameters; otherwise the split folders are cleared and regenerated, and DONE is written last.
     Refuses (UserError) to clear split folders it did not write, e.g. a real Market-1501 copy.
     """
+    domain = domain.upper() if isinstance(domain, str) and domain.upper() in DOMAINS else domain
     _check(domain, num_train_ids, num_test_ids, images_per_id_per_cam, num_distractors, height, width, jpeg_quality)
     out = Path(out_dir)
     params = _params(
