@@ -166,7 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         if args.debug:
             raise
-        print(f"autoprune: error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split())  # one line, whatever the message (or a wrapped library error) holds
+        print(f"autoprune: error: {message}", file=sys.stderr)
         return 2
 
 

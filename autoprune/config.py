@@ -10,6 +10,8 @@ import copy
 import difflib
 import hashlib
 import json
+import math
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -92,6 +94,9 @@ def _type_name(types: tuple[type, ...]) -> str:
     return " or ".join("null" if t is type(None) else t.__name__ for t in types)
 
 
+_EXPONENT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
 def _check_value(key: str, value: Any) -> Any:
     default = _LEAVES[key]
     types = TYPES.get(key) or ((float, int) if isinstance(default, float) else (type(default),))
@@ -103,10 +108,15 @@ def _check_value(key: str, value: Any) -> Any:
         if key == "model.input_size" and (len(value) != 2 or not all(isinstance(v, int) and v >= 16 for v in value)):
             raise UserError(f"model.input_size must be [height, width] with integers >= 16, got {value!r}")
         return value
-    if not isinstance(value, types):
+    if float in types and isinstance(value, str) and _EXPONENT.match(value):
+        value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string; the user meant a number
+    accepted = types + (int,) if float in types else types  # an int is a fine float: gmacs: 2, timeout: 3600
+    if not isinstance(value, accepted):
         raise UserError(f"config key {key!r} must be {_type_name(types)}, got {type(value).__name__} {value!r}")
     if float in types and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"config key {key!r} must be a finite number, got {value}")
     if key in CHOICES and value not in CHOICES[key]:
         close = difflib.get_close_matches(str(value), CHOICES[key], n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -147,7 +157,13 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise UserError(f"config file {p} does not exist; give --config an existing YAML file")
     try:
-        data = yaml.safe_load(p.read_text())
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"config file {p} is not UTF-8 text (byte {exc.start}); give --config a YAML file") from None
+    except OSError as exc:
+        raise UserError(f"config file {p} cannot be read ({exc.strerror}); check its permissions") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -241,5 +257,22 @@ def config_hash(cfg: dict[str, Any], keys: tuple[str, ...]) -> str:
     return hashlib.sha256(json.dumps(part, sort_keys=True).encode()).hexdigest()[:12]
 
 
+# scheme://user:PASSWORD@host...; the password runs to the last "@" before whitespace.
+_URL_PASSWORD = re.compile(r"([A-Za-z][\w+.-]*://[^:/@\s]*):(\S*)@")
+
+
+def redact(text: str, url: str | None = None) -> str:
+    """``text`` with URL passwords replaced by ``***``; ``url``'s password is hidden wherever it appears."""
+    secrets = [m.group(2) for m in _URL_PASSWORD.finditer(url or "") if m.group(2)]
+    text = _URL_PASSWORD.sub(r"\1:***@", text)
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
 def dump(cfg: dict[str, Any]) -> str:
+    """The config as YAML, with the storage password hidden (it is printed and kept in run directories)."""
+    storage = cfg.get("search", {}).get("storage")
+    if isinstance(storage, str):
+        cfg = {**cfg, "search": {**cfg["search"], "storage": redact(storage)}}
     return yaml.safe_dump(cfg, sort_keys=False)

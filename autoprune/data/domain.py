@@ -43,7 +43,7 @@ def split_validation(train: list[Sample], fraction: float, seed: int) -> tuple[l
     for s in train:
         by_pid.setdefault(s[1], []).append(s)
     eligible = sorted(p for p, items in by_pid.items() if len({c for _, _, c in items}) >= 2)
-    n_val = int(round(fraction * len(by_pid)))
+    n_val = max(1, int(round(fraction * len(by_pid)))) if fraction > 0 else 0  # a tiny dataset still gets one
     rng = random.Random(seed)
     val_pids = set(rng.sample(eligible, min(n_val, len(eligible))))
     query, gallery = [], []

@@ -89,6 +89,9 @@ def load_backbone_weights(backbone: nn.Module, arch: str, weights: str) -> None:
     for key in ("state_dict", "model", "net"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{path} holds no state dict (a mapping of names to tensors); give a torchreid, fast-reid "
+                        f"or torchvision checkpoint")
     state = map_reid_keys(state)
     own = backbone.state_dict()
     missing = [k for k in own if k not in state and "num_batches_tracked" not in k]

@@ -4,25 +4,40 @@
 - ``rank1+macs``: maximise rank-1 and minimise MACs together; the report holds the Pareto front.
 - The study is warm-started with the uniform policy (and user policies), so the search can only
   improve on the paper's hand-picked uniform pruning.
-- A trial killed mid-way (SIGKILL, power loss) is marked FAIL on the next run and retried.
+- A trial the process did not finish (SIGKILL, power loss, Ctrl-C) is marked FAIL with an
+  "interrupted" error and its policy is queued again; it does not count toward ``search.n_trials``.
+  A trial that failed on its own (an exception, NaN loss, out of memory) is FAIL and does count:
+  retrying it would fail again.
 """
 
 from __future__ import annotations
 
+import gc
+import logging
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 import optuna
 from optuna.trial import TrialState
 
+from autoprune.config import redact
 from autoprune.errors import UserError
 from autoprune.search.records import TrialRecord, metrics_summary
 from autoprune.search.trial import SearchEnv, TrialPruned, TrialResult, format_error, objective_rank1
 
 STUDY_NAME = "autoprune"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+# User attribute of a trial the process stopped in (killed or Ctrl-C): FAIL, retried, not counted.
+INTERRUPTED = "interrupted"
+INTERRUPTED_ERROR = "interrupted: the process stopped during this trial; its policy is run again"
+
+
+def counted(trials: list[optuna.trial.FrozenTrial]) -> int:
+    """Trials that count toward ``search.n_trials``: finished, except those the process was stopped in."""
+    return sum(t.state in FINISHED and not t.user_attrs.get(INTERRUPTED) for t in trials)
 
 
 def make_sampler(name: str, seed: int, multi: bool) -> optuna.samplers.BaseSampler:
@@ -63,17 +78,34 @@ def storage_url(cfg: dict[str, Any], run_dir: Path) -> str | optuna.storages.Bas
         path = url[len("journal:"):]
         return optuna.storages.JournalStorage(JournalFileBackend(path))
     if url.startswith(("sqlite:", "postgresql", "mysql")):
+        if url.startswith("postgresql://") and _has_module("psycopg2") and not _has_module("psycopg"):
+            # SQLAlchemy 2.1 defaults postgresql:// to psycopg 3; use psycopg2 when only it is installed.
+            url = "postgresql+psycopg2://" + url[len("postgresql://"):]
         # A heartbeat lets other workers fail a trial whose worker died, instead of waiting forever.
-        return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=90)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=90)
     raise UserError(f"search.storage {redact(url)!r} is not a database URL or journal:PATH; "
                     f"use e.g. postgresql://user@host/db or journal:/shared/study.log")
 
 
-def redact(url: str) -> str:
-    """A storage URL without its password, for messages, logs and reports."""
-    import re
+def _has_module(name: str) -> bool:
+    import importlib.util
 
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+    return importlib.util.find_spec(name) is not None
+
+
+def _storage_error(cfg: dict[str, Any], exc: Exception) -> UserError:
+    """One line naming the storage (password hidden, also inside the driver's message) and the cause."""
+    url = str(cfg["search"]["storage"])
+    if isinstance(exc, ImportError):
+        scheme = url.split("://", 1)[0]
+        reason = (f"the database driver for {scheme}:// is not installed; install it (e.g. pip install "
+                  f"psycopg2-binary for postgresql) or use journal:PATH")
+    else:
+        reason = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
+    return UserError(f"cannot open the study storage {redact(url)}: {redact(reason, url)}; "
+                     f"check search.storage and that the database is reachable")
 
 
 def open_storage(cfg: dict[str, Any], run_dir: Path) -> optuna.storages.BaseStorage:
@@ -82,8 +114,7 @@ def open_storage(cfg: dict[str, Any], run_dir: Path) -> optuna.storages.BaseStor
     except UserError:
         raise
     except Exception as exc:
-        raise UserError(f"cannot open the study storage {redact(str(cfg['search']['storage']))}: "
-                        f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+        raise _storage_error(cfg, exc) from None
 
 
 def _existing_trials(storage: optuna.storages.BaseStorage, name: str) -> int:
@@ -112,15 +143,15 @@ def open_study(cfg: dict[str, Any], storage: optuna.storages.BaseStorage) -> opt
         raise UserError(f"the study in {redact(str(cfg['search']['storage'] or 'the run directory'))} does not match this config "
                         f"({exc}); use another --out or search.study_name") from None
     except Exception as exc:
-        raise UserError(f"cannot open the study storage {redact(str(cfg['search']['storage']))}: "
-                        f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+        raise _storage_error(cfg, exc) from None
 
 
 def record_of(trial: optuna.trial.FrozenTrial) -> TrialRecord:
     data = dict(trial.user_attrs.get("record", {}))
     data.update(number=trial.number, state=trial.state.name, values=dict(trial.params))
     if trial.state == TrialState.FAIL and not data.get("error"):
-        data["error"] = "interrupted (the process stopped during this trial); retried"
+        data["error"] = (INTERRUPTED_ERROR if trial.user_attrs.get(INTERRUPTED)
+                         else "failed, no error recorded (the process running it may have stopped)")
     return TrialRecord.from_json(data)
 
 
@@ -135,14 +166,27 @@ class OptunaBackend:
         self.storage = open_storage(env.cfg, run_dir)
         self.study = open_study(env.cfg, self.storage)
         self.multi = env.cfg["search"]["objectives"] == "rank1+macs"
+        self._disk_full: OSError | None = None
+        self._failed = False
 
     def _recover_interrupted(self) -> None:
-        """Fail the trials a killed process left RUNNING, and queue their policies again."""
-        if self.env.cfg["search"]["storage"] is not None:
-            return  # shared storages: the heartbeat fails stale trials of dead workers
-        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            self.storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
-            self.study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+        """Fail the trials a killed process left RUNNING, and queue the policies of every interrupted trial again.
+
+        A Ctrl-C'd trial is already FAIL (marked interrupted by :meth:`objective`); it is queued here too.
+        Each interrupted trial is queued once: its retry carries ``retry_of``.
+        """
+        if self.env.cfg["search"]["storage"] is None:  # shared storages: the heartbeat fails dead workers' trials
+            for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                self.storage.set_trial_user_attr(t._trial_id, INTERRUPTED, True)
+                self.storage.set_trial_user_attr(t._trial_id, "record", {"error": INTERRUPTED_ERROR})
+                self.storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+        trials = self.study.get_trials(deepcopy=False)
+        retried = {t.user_attrs.get("retry_of") for t in trials}
+        for t in trials:
+            if t.state == TrialState.FAIL and t.user_attrs.get(INTERRUPTED) and t.number not in retried:
+                self.study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+                if self.on_trial:  # say so: the trial ran in a process that is gone
+                    self.on_trial(record_of(t))
 
     def _warm_start(self) -> None:
         space = self.env.space
@@ -150,15 +194,16 @@ class OptunaBackend:
         if self.multi:
             uniform["macs_ratio"] = self.env.macs_ratio_range()[1]
         queued = [uniform]
+        check_warm_start(self.env.cfg["search"]["warm_start"], space)
         for policy in self.env.cfg["search"]["warm_start"]:
-            if not isinstance(policy, dict) or set(policy) - set(space.params) - {"macs_ratio"}:
-                raise UserError(f"search.warm_start entries must map search-space parameters to values; "
-                                f"unknown: {sorted(set(policy) - set(space.params))[:3]}")
             queued.append({**uniform, **policy})
         for params in queued:
             self.study.enqueue_trial(params, skip_if_exists=True)
 
     def objective(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        if self._failed:  # the failed trial's frames are gone now: give its memory back (out of memory, most likely)
+            self._failed = False
+            _release_memory(self.env.device)
         space = self.env.space
         values = {}
         for p in space.params.values():
@@ -193,10 +238,27 @@ class OptunaBackend:
         except TrialPruned as exc:
             trial.set_user_attr("record", {"error": str(exc), "seconds": time.perf_counter() - start})
             raise optuna.TrialPruned(str(exc)) from None
+        except KeyboardInterrupt:
+            # Not the policy's fault: FAIL now (Optuna), queued again and not counted on the next run.
+            trial.set_user_attr(INTERRUPTED, True)
+            trial.set_user_attr("record", {"error": INTERRUPTED_ERROR, "seconds": time.perf_counter() - start})
+            raise
         except Exception as exc:
             trial.set_user_attr("record", {"error": format_error(exc), "seconds": time.perf_counter() - start})
+            self._failed = True
             raise
-        model_path = self.save_model(trial.number, result) if self.save_model else None
+        try:
+            model_path = self.save_model(trial.number, result) if self.save_model else None
+        except OSError as exc:
+            from autoprune.search.run import DISK_FULL
+
+            if exc.errno not in DISK_FULL:
+                raise
+            # The disk, not the policy: stop the search (run() re-raises) and run this policy again on resume.
+            trial.set_user_attr(INTERRUPTED, True)
+            trial.set_user_attr("record", {"error": f"{INTERRUPTED_ERROR} ({exc.strerror})"})
+            self._disk_full = exc
+            raise
         record = {"policy": result.policy, "counts": result.counts, "macs": result.macs, "params": result.params,
                   "macs_ratio": result.macs_ratio, "target": metrics_summary(result.metrics.get("target")),
                   "target_val": metrics_summary(result.metrics["target"].get("val")),
@@ -214,16 +276,57 @@ class OptunaBackend:
         def callback(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
             if self.on_trial:
                 self.on_trial(record_of(frozen))
-            done = len(study.get_trials(deepcopy=False, states=FINISHED))
-            if done >= n_trials:
+            if counted(study.get_trials(deepcopy=False)) >= n_trials or self._disk_full is not None:
                 study.stop()
 
-        done = len(self.study.get_trials(deepcopy=False, states=FINISHED))
+        done = counted(self.study.get_trials(deepcopy=False))
         if done < n_trials:
-            # catch=(Exception,): a failing trial is recorded as FAIL and the search goes on.
-            self.study.optimize(self.objective, n_trials=n_trials - done, timeout=timeout,
-                                catch=(Exception,), callbacks=[callback])
+            # Optuna logs a failed trial with its traceback; for a stopped process that is noise around our line.
+            optimize_log = logging.getLogger("optuna.study._optimize")
+            optimize_log.addFilter(_not_a_stop)
+            try:
+                # catch=(Exception,): a failing trial is recorded as FAIL and the search goes on.
+                self.study.optimize(self.objective, n_trials=n_trials - done, timeout=timeout,
+                                    catch=(Exception,), callbacks=[callback])
+            finally:
+                optimize_log.removeFilter(_not_a_stop)
+        if self._disk_full is not None:
+            raise self._disk_full
         return self.records()
 
     def records(self) -> list[TrialRecord]:
         return [record_of(t) for t in self.study.get_trials(deepcopy=False)]
+
+
+def check_warm_start(policies: Any, space: Any) -> None:
+    """``search.warm_start`` must be a list of mappings from search-space parameters to keep ratios."""
+    example = f"{{{next(iter(space.params), 'all')}: 0.5}}"
+    for policy in policies:
+        if not isinstance(policy, dict):
+            problem = f"got {policy!r}"
+        elif unknown := sorted(map(str, set(policy) - set(space.params) - {"macs_ratio"})):
+            problem = f"unknown parameter(s) {unknown[:3]} (parameters are e.g. {', '.join(list(space.params)[:4])})"
+        elif bad := [k for k, v in policy.items() if isinstance(v, bool) or not isinstance(v, (int, float))
+                     or not 0 < v <= 1]:
+            problem = f"{bad[0]}: {policy[bad[0]]!r} is not a keep ratio in (0, 1]"
+        else:
+            continue
+        raise UserError(f"search.warm_start entries must map search-space parameters to keep ratios, "
+                        f"e.g. {example}; {problem}")
+
+
+def _not_a_stop(record: logging.LogRecord) -> bool:
+    """False for Optuna's "trial failed" record of a Ctrl-C or a full disk (reported in one line instead)."""
+    from autoprune.search.run import DISK_FULL
+
+    exc = record.exc_info[1] if record.exc_info else None
+    return not (isinstance(exc, KeyboardInterrupt) or (isinstance(exc, OSError) and exc.errno in DISK_FULL))
+
+
+def _release_memory(device: Any) -> None:
+    """Collect garbage and, on CUDA, return cached blocks, so the next trial starts with the memory a fresh one has."""
+    gc.collect()
+    if getattr(device, "type", None) == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()

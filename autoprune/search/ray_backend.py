@@ -19,13 +19,14 @@ import logging
 import os
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 from autoprune.config import config_hash
 from autoprune.errors import UserError
 from autoprune.search.records import TrialRecord, metrics_summary
-from autoprune.search.trial import SearchEnv, TrialResult, format_error
+from autoprune.search.trial import SearchEnv, TrialResult, format_error, objective_rank1
 
 try:
     import ray
@@ -73,7 +74,7 @@ def _worker_env(cfg: dict[str, Any], baseline: Any) -> SearchEnv:
 
 def run_trial(config: dict[str, Any], *, cfg: dict[str, Any], baseline: Any, cwd: str,
               save_model: Callable[[int, TrialResult], str] | None) -> None:
-    """The Tune function trainable: one trial, reporting target rank-1 after every target epoch."""
+    """The Tune function trainable: one trial, reporting the objective (rank-1) after every target epoch."""
     from autoprune.engine.device import set_threads
 
     if os.path.isdir(cwd):
@@ -81,25 +82,35 @@ def run_trial(config: dict[str, Any], *, cfg: dict[str, Any], baseline: Any, cwd
     set_threads(cfg["train"]["threads"] or max(1, int(cfg["search"]["ray"]["cpus_per_trial"])))
     number = int(config[NUMBER])
     values = {k: float(v) for k, v in config.items() if k != NUMBER}
-    env = _worker_env(cfg, baseline)
     multi = cfg["search"]["objectives"] == "rank1+macs"
+    previous = tune.get_checkpoint()
+    if previous is not None:
+        # Resumed after its record was saved (Ctrl-C came between the two): report it again, do not train again.
+        with previous.as_directory() as d:
+            done = TrialRecord.from_json(json.loads(Path(d, RECORD).read_text()) | {"number": number, "state": ""})
+        tune.report({"rank1": done.objective, "macs": float(done.macs or 0), "final": True}, checkpoint=previous)
+        return
 
     def report(step: int, rank1: float) -> None:
-        tune.report({"rank1": rank1, "step": step, "final": False})  # ASHA decides here; it may stop us
+        # rank1: the search objective (target validation rank-1). ASHA decides here; it may stop this trial.
+        tune.report({"rank1": rank1, "step": step, "final": False})
 
     try:
-        result = env.run(values, report=None if multi else report)
+        result = _worker_env(cfg, baseline).run(values, report=None if multi else report)
     except Exception as exc:
         raise TrialFailed(format_error(exc)) from exc
     model_path = save_model(number, result) if save_model else None
+    # The same record the Optuna backend keeps in the trial's user attributes.
     record = {"policy": result.policy, "counts": result.counts, "macs": result.macs, "params": result.params,
               "macs_ratio": result.macs_ratio, "target": metrics_summary(result.metrics.get("target")),
+              "target_val": metrics_summary(result.metrics["target"].get("val")),
               "source": metrics_summary(result.metrics.get("source")), "seconds": result.seconds,
+              "train_seconds": result.train_seconds, "eval_seconds": result.eval_seconds,
               "model": model_path, "error": None}
     with tempfile.TemporaryDirectory() as tmp:
         Path(tmp, RECORD).write_text(json.dumps(record))
         # report() copies the checkpoint into the experiment's storage before it returns.
-        tune.report({"rank1": result.metrics["target"]["rank1"], "macs": float(result.macs), "final": True},
+        tune.report({"rank1": objective_rank1(result.metrics), "macs": float(result.macs), "final": True},
                     checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
@@ -112,6 +123,12 @@ class NumberedOptunaSearch(OptunaSearch):
         if config is None:
             return None
         return {**config, NUMBER: self._ot_trials[trial_id].number}
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        with warnings.catch_warnings():
+            # A trial run again after an interruption reports its first epochs again; Optuna keeps the first.
+            warnings.filterwarnings("ignore", message="The reported value is ignored")
+            super().on_trial_result(trial_id, result)
 
 
 class WarmStartASHA(ASHAScheduler):
@@ -149,22 +166,26 @@ class _Progress(Callback):
 
 
 def _error_of(trial: Trial) -> str:
-    """The one-line error of an ERROR trial: our TrialFailed message, else the last line of Tune's trace."""
-    try:
-        exc = trial.get_pickled_error()
+    """The one-line error of an ERROR trial (the worker's TrialFailed message); the full trace stays in the
+    trial's error.txt."""
+    import ray.cloudpickle
+
+    exc: BaseException | None = None
+    try:  # the driver's copy is written first; the experiment's copy (storage) after a sync
+        local = trial.pickled_error_file
+        if local and os.path.isfile(local):
+            with open(local, "rb") as f:
+                exc = ray.cloudpickle.load(f)
+        else:
+            exc = trial.get_pickled_error()
     except Exception:
         exc = None
-    seen = 0
-    while exc is not None and not isinstance(exc, TrialFailed) and seen < 5:
-        exc, seen = getattr(exc, "cause", None) or exc.__cause__, seen + 1
-    if isinstance(exc, TrialFailed):
-        return str(exc)
-    try:
-        text = str(trial.get_error() or "")
-    except Exception:
-        text = ""
+    cause = getattr(exc, "cause", None) or exc  # a RayTaskError wraps what the trainable raised
+    if isinstance(cause, TrialFailed) and cause.args:
+        return str(cause.args[0])
+    text = str(exc or "")
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1][:300] if lines else "the trial failed in Ray (see its error.txt under the run's ray/ folder)"
+    return lines[-1].split("TrialFailed: ", 1)[-1][:300] if lines else "the trial failed in Ray; see its error.txt"
 
 
 def record_of(trial: Trial) -> TrialRecord | None:
@@ -205,17 +226,29 @@ class RayBackend:
         self.exp_dir = (Path(run_dir) / "ray" / EXPERIMENT).resolve()
         self.multi = env.cfg["search"]["objectives"] == "rank1+macs"
         self._trials: list[Trial] = []
+        self._done: dict[str, TrialRecord] = {}   # trial id -> record of a finished trial
         self._reported: set[str] = set()
 
     # -- pieces of the experiment ---------------------------------------------------------------------------
+    def _space(self) -> dict[str, FloatDistribution]:
+        """The Optuna backend's parameters: free keep ratios, and in Pareto mode the MACs target."""
+        space = {p.name: FloatDistribution(p.low, p.high, step=p.step)
+                 for p in self.env.space.params.values() if p.fixed is None}
+        if self.multi:
+            lo, hi = self.env.macs_ratio_range()
+            space["macs_ratio"] = FloatDistribution(lo, hi)
+        return space
+
     def _points_to_evaluate(self) -> list[dict[str, float]]:
-        space = self.env.space
-        points = [space.uniform_values()]
+        from autoprune.search.optuna_backend import check_warm_start
+
+        uniform = self.env.space.uniform_values()
+        if self.multi:
+            uniform["macs_ratio"] = self.env.macs_ratio_range()[1]
+        check_warm_start(self.env.cfg["search"]["warm_start"], self.env.space)
+        points = [uniform]
         for policy in self.env.cfg["search"]["warm_start"]:
-            if not isinstance(policy, dict) or set(policy) - set(space.params):
-                raise UserError(f"search.warm_start entries must map search-space parameters to values; "
-                                f"unknown: {sorted(set(policy) - set(space.params))[:3]}")
-            point = {**space.uniform_values(), **policy}
+            point = {k: v for k, v in {**uniform, **policy}.items() if k in uniform}
             if point not in points:
                 points.append(point)
         return points
@@ -224,14 +257,12 @@ class RayBackend:
         from autoprune.search.optuna_backend import make_sampler
 
         cfg = self.env.cfg
-        space = {p.name: FloatDistribution(p.low, p.high, step=p.step)
-                 for p in self.env.space.params.values() if p.fixed is None}
         metric, mode = (["rank1", "macs"], ["max", "min"]) if self.multi else ("rank1", "max")
-        return NumberedOptunaSearch(space=space, metric=metric, mode=mode,
+        return NumberedOptunaSearch(space=self._space(), metric=metric, mode=mode,
                                     points_to_evaluate=self._points_to_evaluate(),
                                     sampler=make_sampler(cfg["search"]["sampler"], cfg["seed"], self.multi))
 
-    def _scheduler(self) -> FIFOScheduler:
+    def _scheduler(self) -> TrialScheduler:
         if self.multi or self.env.cfg["search"]["pruner"] == "none":
             return FIFOScheduler()
         # Keep the better half at every rung (1, 2, 4, ... reports), like the Optuna backend's median rule.
@@ -267,6 +298,9 @@ class RayBackend:
         self.exp_dir.parent.mkdir(parents=True, exist_ok=True)
         (self.exp_dir.parent / "experiment.json").write_text(json.dumps({"n_trials": n_trials}))
         res = self.env.cfg["search"]["ray"]
+        if self.env.cfg["search"]["screening"]["enabled"]:
+            self.log("ray: search.screening is for the Optuna backend (it ranks a candidate against the study's "
+                     "earlier ones); here ASHA stops poor trials after their first epochs instead")
         return tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=self._searcher(), scheduler=self._scheduler(),
@@ -308,12 +342,20 @@ class RayBackend:
                  f"{res['gpus_per_trial']:g} GPU each")
         return True
 
+    def _record(self, trial: Trial) -> TrialRecord | None:
+        record = self._done.get(trial.trial_id)
+        if record is None:
+            record = record_of(trial)
+            if record is not None and record.state != "RUNNING":
+                self._done[trial.trial_id] = record  # read once, while Ray and the driver's files are there
+        return record
+
     def _finished(self, trials: list[Trial], trial: Trial) -> None:
         self._trials = trials
         if trial.trial_id in self._reported:
             return
         self._reported.add(trial.trial_id)
-        record = record_of(trial)
+        record = self._record(trial)
         if record is not None and self.on_trial:
             self.on_trial(record)
 
@@ -325,19 +367,23 @@ class RayBackend:
             tuner = self._tuner(n_trials, timeout, resume)
             _live = self
             start = time.perf_counter()
+            tune_log = logging.getLogger("ray.tune")
+            level = tune_log.level
+            tune_log.setLevel(logging.CRITICAL)  # a failed trial is one FAIL line here, not Tune's traceback
             try:
                 tuner.fit()  # on_experiment_end hands us every trial, restored ones included
             finally:
                 _live = None
+                tune_log.setLevel(level)
+            records = self.records()
         finally:
             if started:
                 ray.shutdown()
-        records = self.records()
-        cut = [r.number for r in records if r.state == "RUNNING"]
-        if cut and (timeout is None or time.perf_counter() - start < timeout):
-            raise KeyboardInterrupt  # Tune caught Ctrl-C, saved the experiment and returned
+        finished = sum(r.state != "RUNNING" for r in records)
+        if finished < n_trials and (timeout is None or time.perf_counter() - start < timeout):
+            raise KeyboardInterrupt  # Tune caught Ctrl-C, saved the experiment and returned early
         return records
 
     def records(self) -> list[TrialRecord]:
-        out = [r for t in self._trials if (r := record_of(t)) is not None]
+        out = [r for t in self._trials if (r := self._record(t)) is not None]
         return sorted(out, key=lambda r: r.number)

@@ -69,7 +69,7 @@ def write_plots(run_dir: Path, report: dict[str, Any], records: list[TrialRecord
     best = report.get("best")
     if best:
         groups = list(best["policy"])
-        uniform = report.get("uniform", {}).get("policy") or {}
+        uniform = (report.get("uniform") or {}).get("policy") or {}
         fig, ax = plt.subplots(figsize=(max(6, 0.3 * len(groups)), 4))
         xs = range(len(groups))
         ax.bar([x - 0.2 for x in xs], [best["policy"][g] for g in groups], width=0.4, label="best")

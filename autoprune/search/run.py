@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -21,6 +22,9 @@ from autoprune.pruning.serialize import load_pruned, save_pruned
 from autoprune.search.records import TrialRecord, metrics_summary
 from autoprune.search.report import pareto_front, summary_table, write_json, write_plots, write_trials_csv
 from autoprune.search.trial import SearchEnv, TrialResult
+
+# errno values that mean "the disk is full", not "this trial failed"
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 # What a study depends on: a run directory holds one study, so these must not change between runs
 # (n_trials, timeout and final_epochs may: raising n_trials continues the search).
@@ -78,11 +82,48 @@ def preflight(cfg: dict[str, Any], host: Any) -> None:
 
         host.get("dataset", parse_spec(cfg["data"][key])[0])
     m = cfg["model"]
-    graph = PruningGraph(build_model(m["arch"], 2, last_stride=m["last_stride"], pooling=m["pooling"], host=host),
-                         tuple(m["input_size"]))
+    # With model.weights: a missing file or a checkpoint of another architecture fails here, before any data.
+    graph = PruningGraph(build_model(m["arch"], 2, last_stride=m["last_stride"], pooling=m["pooling"],
+                                     weights=m["weights"], host=host), tuple(m["input_size"]))
     cost = CostModel(graph)
     check_feasible(cost, Budget.from_config(cfg["budget"], cost.base_macs))
-    build_space(cfg["search"]["space"], list(graph.groups), cfg["budget"]["min_keep"], cfg["budget"]["max_keep"])
+    space = build_space(cfg["search"]["space"], list(graph.groups), cfg["budget"]["min_keep"],
+                        cfg["budget"]["max_keep"])
+    from autoprune.search import optuna_backend
+
+    optuna_backend.check_warm_start(cfg["search"]["warm_start"], space)
+    # Both backends sample with Optuna: an unknown or uninstalled sampler is a config error.
+    optuna_backend.make_sampler(cfg["search"]["sampler"], cfg["seed"], cfg["search"]["objectives"] == "rank1+macs")
+    if cfg["search"]["backend"] == "optuna" and cfg["search"]["storage"] is not None:
+        optuna_backend.open_storage(cfg, Path("."))  # reachable, driver installed, credentials accepted
+
+
+def lock_run_dir(cfg: dict[str, Any], run_dir: Path) -> Any:
+    """Hold ``run_dir/.lock`` while searching, so a second process on the same study is refused.
+
+    Only for the study in the run directory: with a shared ``search.storage`` several workers are
+    the point. The lock is the kernel's (flock), so a killed process never leaves it held.
+    """
+    if cfg["search"]["storage"] is not None:
+        return None
+    try:
+        import fcntl
+    except ImportError:  # not on POSIX: no lock
+        return None
+    f = open(run_dir / ".lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        pid = f.read().strip() or "?"
+        f.close()
+        raise UserError(f"run directory {run_dir} is in use by another autoprune search (pid {pid}); "
+                        f"wait for it to finish, or use another --out") from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
 
 
 def _save_trial_model(run_dir: Path) -> Callable[[int, TrialResult], str]:
@@ -122,16 +163,37 @@ def run_search(cfg: dict[str, Any], out: str | Path, progress: bool = True,
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is ours to print
     started = time.perf_counter()
     run_dir = prepare_run_dir(cfg, out)
+    lock = lock_run_dir(cfg, run_dir)
+    try:
+        return _search(cfg, run_dir, started, progress, log)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _diverged(what: str, exc: Exception) -> UserError:
+    return UserError(f"training {what} diverged ({exc}); lower train.lr and trial.lr, or check the data")
+
+
+def _search(cfg: dict[str, Any], run_dir: Path, started: float, progress: bool,
+            log: Callable[[str], None]) -> dict[str, Any]:
+    from autoprune.engine.train import NonFiniteLoss
+
     set_threads(cfg["train"]["threads"])
     device = resolve_device(cfg["train"]["device"])
     host = get_host()
     preflight(cfg, host)
-    claim_run_dir(cfg, run_dir)
     log(f"data: source {cfg['data']['source']}, target {cfg['data']['target']}")
     source = build_domain(cfg["data"]["source"], cfg)
     target = build_domain(cfg["data"]["target"], cfg, val_fraction=cfg["data"]["val_fraction"])
-    baseline, base_info = get_baseline(cfg, source, device, progress=progress, log=log)
+    try:
+        baseline, base_info = get_baseline(cfg, source, device, progress=progress, log=log)
+    except NonFiniteLoss as exc:
+        raise _diverged("the baseline on the source", exc) from None
     env = SearchEnv(cfg, host, device, source, target, baseline, progress=progress)
+    # Only now, with the data read and the baseline built, is the run directory this config's: a typo in a
+    # dataset path must not lock the directory to the mistyped config.
+    claim_run_dir(cfg, run_dir)
     if not env.strategy_cls.follows_policy and cfg["search"]["n_trials"] > 1:
         log(f"note: strategy {cfg['trial']['strategy']!r} chooses the widths itself, so every trial prunes the same "
             f"way; search.n_trials: 1 is enough")
@@ -145,7 +207,10 @@ def run_search(cfg: dict[str, Any], out: str | Path, progress: bool = True,
     else:
         direct = env.evaluate(baseline, target)
         log(f"baseline: direct transfer to target rank-1 {direct['rank1']:.3f}; fine-tuning it unpruned on the target")
-        unpruned = env.unpruned()
+        try:
+            unpruned = env.unpruned()
+        except NonFiniteLoss as exc:
+            raise _diverged("the unpruned baseline on the target", exc) from None
         base = {"arch": cfg["model"]["arch"], "macs": env.base_macs, "params": env.base_params,
                 "target": metrics_summary(unpruned.metrics["target"]),
                 "target_val": metrics_summary(unpruned.metrics["target"].get("val")),
@@ -177,12 +242,23 @@ def run_search(cfg: dict[str, Any], out: str | Path, progress: bool = True,
         interrupted = True
         records = backend.records()
         log("interrupted: writing the report for the finished trials; rerun the same command to resume")
+    except OSError as exc:
+        if exc.errno in DISK_FULL:
+            raise _disk_full(run_dir, exc) from None
+        raise
+    if interrupted:  # stop now: no final fine-tune, the resumed run does it
+        cfg = {**cfg, "search": {**cfg["search"], "final_epochs": 0}}
     report = finish(cfg, run_dir, env, base, records, log=log)
     report["seconds"] = time.perf_counter() - started
     write_json(run_dir / "report.json", report)
     if interrupted:
         raise KeyboardInterrupt
     return report
+
+
+def _disk_full(run_dir: Path, exc: OSError) -> UserError:
+    return UserError(f"the disk under {run_dir} is full ({exc.strerror}); free some space, then rerun the same "
+                     f"command to resume (the interrupted trial is run again)")
 
 
 def finish(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, base: dict[str, Any], records: list[TrialRecord],

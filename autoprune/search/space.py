@@ -100,8 +100,11 @@ def _range(where: str, spec: dict[str, Any], low: float, high: float, step: floa
     bad = set(spec) - {"low", "high", "step", "fixed"}
     if bad:
         raise UserError(f"search space {where}: unknown key(s) {sorted(bad)}; use low, high, step or fixed")
-    low, high = float(spec.get("low", low)), float(spec.get("high", high))
-    step = spec.get("step", step)
+    try:
+        low, high = float(spec.get("low", low)), float(spec.get("high", high))
+        step = None if spec.get("step", step) is None else float(spec.get("step", step))
+    except (TypeError, ValueError):
+        raise UserError(f"search space {where}: low, high and step must be numbers, got {dict(spec)}") from None
     if not (0 < low <= high <= 1):
         raise UserError(f"search space {where}: need 0 < low <= high <= 1, got low={low}, high={high}")
     if step is not None and not (0 < float(step) <= high - low or low == high):
@@ -125,7 +128,10 @@ def build_space(name_or_path: str, groups: list[str], min_keep: float = 0.0, max
     for g in groups:
         pname = param_of(g, mode)
         params.setdefault(pname, Param(pname, low, high, step)).groups.append(g)
-    for pattern, spec in (data.get("overrides") or {}).items():
+    overrides = data.get("overrides") or {}
+    if not isinstance(overrides, dict):
+        raise UserError(f"search space {name}: overrides must be a mapping of pattern -> {{low, high, step, fixed}}")
+    for pattern, spec in overrides.items():
         hits = [p for p in params if fnmatch.fnmatchcase(p, pattern)]
         if not hits:
             raise UserError(f"search space {name}: pattern {pattern!r} matches no parameter; "

@@ -220,7 +220,8 @@ class SearchEnv:
 
         ctx = ScenarioContext(model=model, source=self.source, target=self.target, epochs=epochs, prune=prune,
                               finetune=finetune_plain, evaluate=timed_evaluate)
-        model, metrics = self.scenario_cls().run(ctx)
+        with torch.enable_grad():  # restores the grad mode on exit, whatever plugin code set it to
+            model, metrics = self.scenario_cls().run(ctx)
         rank1 = objective_rank1(metrics)
         if not math.isfinite(rank1):
             raise RuntimeError("target rank-1 is not finite")

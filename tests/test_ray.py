@@ -1,0 +1,104 @@
+"""The Ray Tune backend end to end: a local Ray, two trials at a time, interrupted with Ctrl-C and resumed."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+N_TRIALS = 4
+
+
+def test_import_autoprune_does_not_import_ray():
+    code = "import autoprune, autoprune.cli, autoprune.search.run, sys; print('ray' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray for the module (starting Ray takes seconds); runs join it and leave it running."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+def _args(out: Path, data_root: Path, *extra: str) -> list[str]:
+    return ["search", "--preset", "smoke", "--quiet", "--out", str(out), "--set", f"data.root={data_root}",
+            "--set", "search.backend=ray", "--set", "search.ray.max_concurrent=2",
+            "--set", "search.ray.cpus_per_trial=1", "--set", f"search.n_trials={N_TRIALS}", *extra]
+
+
+def _search_until_uniform_trial_then_ctrl_c(args: list[str]) -> tuple[int, str]:
+    """`autoprune search` in a subprocess, sent SIGINT (Ctrl-C) once trial 0 (the uniform policy) finished."""
+    proc = subprocess.Popen([sys.executable, "-m", "autoprune.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("trial   0 "):
+            proc.send_signal(signal.SIGINT)
+            break
+    rest, _ = proc.communicate(timeout=120)
+    return proc.returncode, "".join(lines) + rest
+
+
+def test_ray_search_interrupted_then_resumed(smoke_run, local_ray, tmp_path, capsys):
+    from autoprune.cli import main
+
+    _, root = smoke_run                      # reuses the smoke run's synthetic data and cached baseline
+    out = tmp_path / "run"
+    # First run: a driver process joining the running Ray (search.ray.address), stopped with Ctrl-C.
+    rc, printed = _search_until_uniform_trial_then_ctrl_c(
+        _args(out, root / "data", "--set", f"search.ray.address={local_ray}"))
+    assert rc == 130, printed
+    first = json.loads((out / "report.json").read_text())
+    done_before = {t["number"]: t for t in first["trials"] if t["state"] in ("COMPLETE", "PRUNED")}
+    assert 1 <= len(done_before) < N_TRIALS
+    assert (out / "ray" / "autoprune" / "tuner.pkl").is_file()
+
+    # Ray Tune fixes the number of trials when an experiment starts: another n_trials is a clear error.
+    capsys.readouterr()
+    assert main(_args(out, root / "data", "--set", f"search.n_trials={N_TRIALS + 1}")) == 2
+    assert f"search.n_trials={N_TRIALS}" in capsys.readouterr().err
+
+    # Second run, in this process on the same Ray: the experiment is restored and finished.
+    assert main(_args(out, root / "data")) == 0
+    printed = capsys.readouterr().out
+    assert "ray: resuming the experiment" in printed
+    report = json.loads((out / "report.json").read_text())
+    trials = report["trials"]
+    assert [t["number"] for t in trials] == list(range(N_TRIALS))
+    assert {t["state"] for t in trials} <= {"COMPLETE", "PRUNED"}
+    # Trials finished before the interruption were kept, not run again.
+    for number, before in done_before.items():
+        assert trials[number] == before
+        assert f"trial {number:3d} " not in printed
+    # Trial 0 is the uniform warm start, as with the Optuna backend.
+    assert set(trials[0]["values"].values()) == {1.0}
+    complete = [t for t in trials if t["state"] == "COMPLETE"]
+    assert complete and trials[0]["state"] == "COMPLETE"
+    budget = report["budget"]["macs"]
+    for t in complete:
+        assert t["macs"] <= budget and t["macs_ratio"] <= report["budget"]["macs_ratio"] + 1e-9
+        assert 0.0 <= t["target"]["rank1"] <= 1.0
+    for t in trials:
+        if t["state"] == "PRUNED":
+            assert "stopped early" in t["error"]
+    assert report["config"]["backend"] == "ray"
+    best = report["best"]
+    assert best["macs"] <= budget and (out / best["model"]).is_file()
+    assert best["trial"] in {t["number"] for t in complete}
+    # Each trial's record is its Tune checkpoint.
+    with_record = {p.parent.parent.name for p in (out / "ray" / "autoprune").glob("trial_*/checkpoint_*/record.json")}
+    assert with_record == {f"trial_{t['number']:04d}" for t in complete}
