@@ -28,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p = sub.add_parser("train", help="train (or reuse the cached) baseline on the source domain")
     _config_args(p)
+    from autoprune.search.worker import add_worker_parser
+
+    add_worker_parser(sub)
     sub.add_parser("plugins", help="list loaded criteria, strategies, scenarios, datasets and backbones")
     p = sub.add_parser("report", help="print a run's summary and write report.md with its plots")
     p.add_argument("run", help="run directory (the --out of search)")
@@ -154,7 +157,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"report": cmd_report, "export": cmd_export, "search": cmd_search, "train": cmd_train, "plugins": cmd_plugins, "config": cmd_config,
+def cmd_worker(args: argparse.Namespace) -> int:
+    from autoprune.search.worker import cmd_worker as run_worker
+
+    return run_worker(args)
+
+
+COMMANDS = {"worker": cmd_worker, "report": cmd_report, "export": cmd_export, "search": cmd_search, "train": cmd_train, "plugins": cmd_plugins, "config": cmd_config,
             "data": cmd_data}
 
 

@@ -106,3 +106,9 @@ def test_example_package_installs_and_is_used(tmp_path, monkeypatch):
     crit = h.create("criterion", "example_mean_abs")
     s = crit.score(model, "layer2.out", CriterionContext(graph=graph, device=torch.device("cpu")))
     assert s.shape == (graph.groups["layer2.out"].channels,)
+
+
+def test_import_does_not_import_ray():
+    code = "import sys, autoprune, autoprune.cli, autoprune.search.run; print('ray' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
