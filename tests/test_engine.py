@@ -116,3 +116,34 @@ def test_nan_loss_is_an_error(tmp_path):
         model.backbone.conv1.weight.fill_(float("nan"))
     with pytest.raises(NonFiniteLoss, match="loss is nan"):
         fit(model, store, TrainSettings(epochs=1, batch_size=8, num_instances=4), torch.device("cpu"), progress=False)
+
+
+def test_interrupted_baseline_training_resumes(tmp_path, monkeypatch):
+    import pytest
+
+    from autoprune.config import load_config
+    from autoprune.data.domain import build_domain
+    from autoprune.engine import baseline as baseline_mod
+    from autoprune.engine import train as train_mod
+
+    cfg = load_config(preset="smoke", overrides=[f"data.root={tmp_path}", "train.epochs=3"])
+    source = build_domain(cfg["data"]["source"], cfg)
+    real_fit = train_mod.fit
+
+    def fit_killed_after_two_epochs(*args, checkpoint=None, **kwargs):
+        def ckpt(state):
+            checkpoint(state)
+            if state["epoch"] == 2:
+                raise KeyboardInterrupt
+        return real_fit(*args, checkpoint=ckpt, **kwargs)
+
+    monkeypatch.setattr(baseline_mod, "fit", fit_killed_after_two_epochs)
+    with pytest.raises(KeyboardInterrupt):
+        baseline_mod.get_baseline(cfg, source, torch.device("cpu"), progress=False, log=lambda m: None)
+    assert baseline_mod.baseline_path(cfg).with_suffix(".partial.pt").is_file()
+    monkeypatch.setattr(baseline_mod, "fit", real_fit)
+    lines = []
+    model, info = baseline_mod.get_baseline(cfg, source, torch.device("cpu"), progress=False, log=lines.append)
+    assert any("resuming resnet10 training at epoch 3/3" in line for line in lines)
+    assert [h["epoch"] for h in info["history"]] == [1, 2, 3]
+    assert not baseline_mod.baseline_path(cfg).with_suffix(".partial.pt").exists()

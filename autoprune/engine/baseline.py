@@ -39,16 +39,34 @@ def get_baseline(cfg: dict[str, Any], source: Domain, device: torch.device, prog
         return load_pruned(path), json.loads(info_path.read_text())
     torch.manual_seed(cfg["seed"])
     m = cfg["model"]
-    model = build_model(m["arch"], source.num_classes, last_stride=m["last_stride"], pooling=m["pooling"],
-                        weights=m["weights"])
     settings = TrainSettings.from_config(cfg)
-    log(f"baseline: training {m['arch']} on {source.spec} for {settings.epochs} epochs "
-        f"({len(source.train)} images, {source.num_classes} identities)")
-    history = fit(model, source.train, settings, device, desc="baseline", progress=progress)
+    partial = path.with_suffix(".partial.pt")
+    resume = None
+    if partial.is_file():  # an interrupted training of this very baseline: continue it
+        model = load_pruned(partial).train()
+        resume = torch.load(partial.with_suffix(".state.pt"), map_location="cpu", weights_only=True)
+        log(f"baseline: resuming {m['arch']} training at epoch {resume['epoch'] + 1}/{settings.epochs}")
+    else:
+        model = build_model(m["arch"], source.num_classes, last_stride=m["last_stride"], pooling=m["pooling"],
+                            weights=m["weights"])
+        log(f"baseline: training {m['arch']} on {source.spec} for {settings.epochs} epochs "
+            f"({len(source.train)} images, {source.num_classes} identities)")
+
+    def checkpoint(state: dict[str, Any]) -> None:
+        # model first, then the optimiser state that points at its epoch (both written atomically)
+        save_pruned(model, partial)
+        tmp = partial.with_suffix(".state.tmp")
+        torch.save(state, tmp)
+        tmp.replace(partial.with_suffix(".state.pt"))
+
+    history = fit(model, source.train, settings, device, desc="baseline", progress=progress, resume=resume,
+                  checkpoint=checkpoint)
     source_metrics = evaluate_domain(model, source.query, source.gallery, device)
     info = {"arch": m["arch"], "source": source.spec, "source_metrics": source_metrics, "history": history,
             "key": baseline_key(cfg)}
     save_pruned(model, path)
     info_path.write_text(json.dumps(info, indent=2))
+    partial.unlink(missing_ok=True)
+    partial.with_suffix(".state.pt").unlink(missing_ok=True)
     log(f"baseline: source rank-1 {source_metrics['rank1']:.3f}, mAP {source_metrics['mAP']:.3f}; saved {path}")
     return model, info

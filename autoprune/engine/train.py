@@ -86,7 +86,8 @@ EpochCallback = Callable[[int, nn.Module], None]
 
 def fit(model: nn.Module, train: ImageStore, s: TrainSettings, device: torch.device,
         on_epoch_end: EpochCallback | None = None, on_step_end: Callable[[nn.Module], None] | None = None,
-        desc: str = "train", progress: bool = True) -> list[dict[str, float]]:
+        desc: str = "train", progress: bool = True, resume: dict[str, Any] | None = None,
+        checkpoint: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, float]]:
     """Train ``model`` on ``train`` (pids 0..N-1) for ``s.epochs``; returns per-epoch loss and throughput.
 
     ``on_epoch_end(epoch, model)`` runs after each epoch (soft pruning, per-epoch evaluation and trial
@@ -108,7 +109,12 @@ def fit(model: nn.Module, train: ImageStore, s: TrainSettings, device: torch.dev
     sampler = IdentitySampler(train.pids.tolist(), s.batch_size, s.num_instances, seed=s.seed)
     gen = torch.Generator().manual_seed(s.seed)
     history: list[dict[str, float]] = []
-    for epoch in range(s.epochs):
+    first = 0
+    if resume is not None:  # continue an interrupted run: optimiser state and epoch from its checkpoint
+        opt.load_state_dict(resume["optimizer"])
+        first = int(resume["epoch"])
+        history = list(resume.get("history", []))
+    for epoch in range(first, s.epochs):
         model.train()
         batches = sampler.batches(epoch)
         if s.max_batches_per_epoch:
@@ -147,4 +153,6 @@ def fit(model: nn.Module, train: ImageStore, s: TrainSettings, device: torch.dev
                         "seconds": seconds})
         if on_epoch_end is not None:
             on_epoch_end(epoch, model)
+        if checkpoint is not None:
+            checkpoint({"epoch": epoch + 1, "optimizer": opt.state_dict(), "history": history})
     return history
