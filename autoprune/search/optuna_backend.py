@@ -15,6 +15,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import random
 import time
 import warnings
 from pathlib import Path
@@ -109,12 +110,18 @@ def _storage_error(cfg: dict[str, Any], exc: Exception) -> UserError:
 
 
 def open_storage(cfg: dict[str, Any], run_dir: Path) -> optuna.storages.BaseStorage:
-    try:
-        return optuna.storages.get_storage(storage_url(cfg, run_dir))
-    except UserError:
-        raise
-    except Exception as exc:
-        raise _storage_error(cfg, exc) from None
+    for attempt in range(4):
+        try:
+            return optuna.storages.get_storage(storage_url(cfg, run_dir))
+        except UserError:
+            raise
+        except Exception as exc:
+            # Two workers creating Optuna's tables at once on a fresh database: one loses the race; retry.
+            if type(exc).__name__ in ("IntegrityError", "ProgrammingError") and attempt < 3:
+                time.sleep(0.5 + random.random())
+                continue
+            raise _storage_error(cfg, exc) from None
+    raise AssertionError("unreachable")
 
 
 def _existing_trials(storage: optuna.storages.BaseStorage, name: str) -> int:
@@ -273,13 +280,24 @@ class OptunaBackend:
         self._recover_interrupted()
         self._warm_start()
 
+        shared = self.env.cfg["search"]["storage"] is not None
+
+        def claimed(study: optuna.Study) -> int:
+            """Finished trials, plus those other workers are running now (so workers stop at n_trials)."""
+            if not shared:
+                return counted(study.get_trials(deepcopy=False))
+            if isinstance(self.storage, optuna.storages.RDBStorage):
+                optuna.storages.fail_stale_trials(study)  # a dead worker's trial, past the heartbeat grace period
+            trials = study.get_trials(deepcopy=False)
+            return counted(trials) + sum(t.state == TrialState.RUNNING for t in trials)
+
         def callback(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
             if self.on_trial:
                 self.on_trial(record_of(frozen))
-            if counted(study.get_trials(deepcopy=False)) >= n_trials or self._disk_full is not None:
+            if claimed(study) >= n_trials or self._disk_full is not None:
                 study.stop()
 
-        done = counted(self.study.get_trials(deepcopy=False))
+        done = claimed(self.study)
         if done < n_trials:
             # Optuna logs a failed trial with its traceback; for a stopped process that is noise around our line.
             optimize_log = logging.getLogger("optuna.study._optimize")

@@ -298,9 +298,13 @@ def finish(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, base: dict[str, A
                 log(f"final: fine-tuning the best policy (trial {best.number}) for {final_epochs} epochs")
                 result = env.run(best.values, counts=best.counts, epochs=final_epochs)
                 save_pruned(result.model, model_path, extra={"trial": best.number, "counts": best.counts})
-            else:
+            elif best.model and (run_dir / best.model).is_file():
                 model_dir.mkdir(exist_ok=True)
                 shutil.copyfile(run_dir / best.model, model_path)
+            else:
+                log(f"final: trial {best.number} ran in another worker; training its policy again for the model")
+                result = env.run(best.values, counts=best.counts)
+                save_pruned(result.model, model_path, extra={"trial": best.number, "counts": best.counts})
             write_json(marker, {"trial": best.number, "final_epochs": final_epochs})
         model = load_pruned(model_path)
         from autoprune.pruning.flops import count_macs
