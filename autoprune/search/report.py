@@ -107,16 +107,24 @@ def summary_table(report: dict[str, Any]) -> str:
     rows = [("", "MACs (M)", "params (M)", "target rank-1", "target mAP")]
     rows.append(("unpruned", f"{b['macs'] / 1e6:.1f}", f"{b['params'] / 1e6:.2f}",
                  f"{b['target']['rank1']:.3f}", f"{b['target']['mAP']:.3f}"))
+    final = bool(best and best.get("final_epochs"))
     if report.get("uniform"):
         u = report["uniform"]
-        rows.append(("uniform", f"{u['macs'] / 1e6:.1f}", f"{u['params'] / 1e6:.2f}", f"{u['target']['rank1']:.3f}",
-                     f"{u['target']['mAP']:.3f}"))
+        t = u.get("final_target") if final and u.get("final_target") else u["target"]
+        rows.append((f"uniform (#{u['trial']})", f"{u['macs'] / 1e6:.1f}", f"{u['params'] / 1e6:.2f}",
+                     f"{t['rank1']:.3f}", f"{t['mAP']:.3f}"))
     if best:
         rows.append((f"best (#{best['trial']})", f"{best['macs'] / 1e6:.1f}", f"{best['params'] / 1e6:.2f}",
                      f"{best['target']['rank1']:.3f}", f"{best['target']['mAP']:.3f}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
     lines.insert(1, "-" * len(lines[0]))
+    note = (f"unpruned: trial fine-tuning ({report['config'].get('finetune_epochs')} epochs) on the target"
+            if report.get("config") else "")
+    if final:
+        note += f"; uniform and best: {best['final_epochs']} final epochs"
+    if note:
+        lines.append(f"(target test split; {note})")
     return "\n".join(lines)
 
 

@@ -320,6 +320,9 @@ def finish(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, base: dict[str, A
                           "final_epochs": final_epochs}
         _export_torchscript(model, model_dir / "pruned.torchscript.pt", env.input_size)
         report["best"]["torchscript"] = "model/pruned.torchscript.pt"
+        if final_epochs and report["uniform"] is not None:
+            # The same final fine-tune for the uniform policy, so "best vs uniform" compares like with like.
+            report["uniform"]["final_target"] = _uniform_final(env, uniform, best, metrics, final_epochs, model_dir, log)
         # Trial models other than the best are not kept: they are reproducible from their policy.
         for r in records:
             if r.model and r.number != best.number and (run_dir / r.model).exists():
@@ -331,6 +334,22 @@ def finish(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, base: dict[str, A
     log(summary_table(report))
     log(f"\nrun directory: {run_dir}  (report.json, trials.csv, model/pruned.pt, plots)")
     return report
+
+
+def _uniform_final(env: SearchEnv, uniform: TrialRecord, best: TrialRecord, best_metrics: dict[str, Any],
+                   final_epochs: int, model_dir: Path, log: Callable[[str], None]) -> dict[str, float] | None:
+    if uniform.number == best.number:
+        return metrics_summary(best_metrics)
+    cache = model_dir / "uniform_final.json"
+    if cache.is_file():
+        cached = json.loads(cache.read_text())
+        if cached.get("final_epochs") == final_epochs and cached.get("trial") == uniform.number:
+            return cached["target"]
+    log(f"final: fine-tuning the uniform policy (trial {uniform.number}) for {final_epochs} epochs, for comparison")
+    result = env.run(uniform.values, counts=uniform.counts, epochs=final_epochs)
+    target = metrics_summary(result.metrics["target"])
+    write_json(cache, {"trial": uniform.number, "final_epochs": final_epochs, "target": target})
+    return target
 
 
 def _export_torchscript(model: torch.nn.Module, path: Path, input_size: tuple[int, int]) -> None:
