@@ -102,3 +102,30 @@ def test_arch_override_does_what_it_says(tmp_path):
     assert report["baseline"]["arch"] == "resnet34"
     assert len(report["trials"]) == 2
     assert "layer3.5.conv1" in report["best"]["policy"]  # ResNet-34 has six blocks in layer3
+
+
+def test_pareto_mode_gives_a_valid_front(smoke_run, capsys):
+    """rank1+macs: trials sample their own MACs target under the budget; the front is non-dominated."""
+    from autoprune.cli import main
+
+    _, root = smoke_run
+    out = root / "pareto"
+    rc = main(["search", "--preset", "smoke", "--quiet", "--out", str(out), "--set", f"data.root={root / 'data'}",
+               "--set", "search.objectives=rank1+macs", "--set", "search.n_trials=4"])
+    assert rc == 0
+    report = json.loads((out / "report.json").read_text())
+    done = [t for t in report["trials"] if t["state"] == "COMPLETE"]
+    assert len({round(t["macs_ratio"], 3) for t in done}) > 1  # the MACs target is searched too
+    assert all(t["macs_ratio"] <= 0.5 for t in done)
+    front = [t for t in done if t["number"] in report["pareto_front"]]
+    assert front
+    for f in front:
+        for o in done:
+            better = (o["target_val"]["rank1"] >= f["target_val"]["rank1"] and o["macs"] <= f["macs"]
+                      and (o["target_val"]["rank1"] > f["target_val"]["rank1"] or o["macs"] < f["macs"]))
+            assert not better, (f["number"], o["number"])
+    rc = main(["report", str(out), "--budget", "0.3"])
+    text = capsys.readouterr().out
+    cheap = [t for t in done if t["macs_ratio"] <= 0.3]
+    assert (rc == 0 and "best at <= 30% MACs" in text) if cheap else rc == 2
+    assert (out / "report.md").is_file() or not cheap
