@@ -23,6 +23,7 @@ from typing import Any, Callable
 import torch
 
 from autoprune.config import load_config
+from benchmarks.bench_pruning import latency
 from autoprune.search.run import run_search
 
 ROOT = Path(__file__).resolve().parent
@@ -180,20 +181,6 @@ def t6_sampler(suite: Suite, t2: dict) -> dict[str, Any]:
                 curve.append(best)
             out[name].append(curve)
     return out
-
-
-def latency(model: torch.nn.Module, size: tuple[int, int], batch: int, repeats: int = 20) -> float:
-    model.eval()
-    x = torch.randn(batch, 3, *size)
-    with torch.no_grad():
-        for _ in range(3):
-            model(x)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def t7_latency(suite: Suite, t2: dict) -> list[dict[str, Any]]:
