@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import pluggy
 
@@ -171,13 +171,3 @@ def reset_host() -> None:
     """Forget the process-wide host (tests that install plugins call this)."""
     global _host
     _host = None
-
-
-def call_plugin(plugin: str, hook: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Run plugin code; an exception is re-raised naming the plugin and the hook."""
-    try:
-        return fn(*args, **kwargs)
-    except UserError:
-        raise
-    except Exception as exc:
-        raise PluginError(f"{plugin} failed in {hook}: {type(exc).__name__}: {exc}") from exc

@@ -26,7 +26,7 @@ from optuna.trial import TrialState
 
 from autoprune.config import redact
 from autoprune.errors import UserError
-from autoprune.search.records import TrialRecord, metrics_summary
+from autoprune.search.records import TrialRecord, result_record
 from autoprune.search.trial import SearchEnv, TrialPruned, TrialResult, format_error, objective_rank1
 
 STUDY_NAME = "autoprune"
@@ -266,12 +266,7 @@ class OptunaBackend:
             trial.set_user_attr("record", {"error": f"{INTERRUPTED_ERROR} ({exc.strerror})"})
             self._disk_full = exc
             raise
-        record = {"policy": result.policy, "counts": result.counts, "macs": result.macs, "params": result.params,
-                  "macs_ratio": result.macs_ratio, "target": metrics_summary(result.metrics.get("target")),
-                  "target_val": metrics_summary(result.metrics["target"].get("val")),
-                  "source": metrics_summary(result.metrics.get("source")), "seconds": result.seconds,
-                  "train_seconds": result.train_seconds, "eval_seconds": result.eval_seconds,
-                  "model": model_path, "error": None}
+        record = result_record(result, model_path)
         trial.set_user_attr("record", record)
         rank1 = objective_rank1(result.metrics)
         return (rank1, float(result.macs)) if self.multi else rank1

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 from autoprune.config import config_hash
 from autoprune.errors import UserError
-from autoprune.search.records import TrialRecord, metrics_summary
+from autoprune.search.records import TrialRecord, result_record
 from autoprune.search.trial import SearchEnv, TrialResult, format_error, objective_rank1
 
 try:
@@ -101,12 +101,7 @@ def run_trial(config: dict[str, Any], *, cfg: dict[str, Any], baseline: Any, cwd
         raise TrialFailed(format_error(exc)) from exc
     model_path = save_model(number, result) if save_model else None
     # The same record the Optuna backend keeps in the trial's user attributes.
-    record = {"policy": result.policy, "counts": result.counts, "macs": result.macs, "params": result.params,
-              "macs_ratio": result.macs_ratio, "target": metrics_summary(result.metrics.get("target")),
-              "target_val": metrics_summary(result.metrics["target"].get("val")),
-              "source": metrics_summary(result.metrics.get("source")), "seconds": result.seconds,
-              "train_seconds": result.train_seconds, "eval_seconds": result.eval_seconds,
-              "model": model_path, "error": None}
+    record = result_record(result, model_path)
     with tempfile.TemporaryDirectory() as tmp:
         Path(tmp, RECORD).write_text(json.dumps(record))
         # report() copies the checkpoint into the experiment's storage before it returns.

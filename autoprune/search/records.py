@@ -45,3 +45,14 @@ def metrics_summary(metrics: dict[str, Any] | None) -> dict[str, float] | None:
     if not metrics:
         return None
     return {k: float(metrics[k]) for k in ("rank1", "rank5", "rank10", "mAP") if k in metrics}
+
+
+def result_record(result: Any, model_path: str | None) -> dict[str, Any]:
+    """The record of a finished trial (a ``TrialResult``), as every backend stores it."""
+    target = result.metrics.get("target") or {}
+    return {"policy": result.policy, "counts": result.counts, "macs": result.macs, "params": result.params,
+            "macs_ratio": result.macs_ratio, "target": metrics_summary(target),
+            "target_val": metrics_summary(target.get("val")),
+            "source": metrics_summary(result.metrics.get("source")), "seconds": result.seconds,
+            "train_seconds": result.train_seconds, "eval_seconds": result.eval_seconds,
+            "model": model_path, "error": None}

@@ -22,7 +22,6 @@ from autoprune.data.loading import IdentitySampler, augment, normalize
 from autoprune.engine.evaluate import evaluate_domain
 from autoprune.engine.losses import cross_entropy_ls
 from autoprune.engine.train import TrainSettings, fit
-from autoprune.errors import UserError
 from autoprune.pruning.budget import Budget, check_feasible, project
 from autoprune.pruning.flops import CostModel, count_macs
 from autoprune.pruning.groups import PruningGraph
