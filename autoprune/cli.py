@@ -66,15 +66,19 @@ def _load(args: argparse.Namespace) -> dict[str, Any]:
     return load_config(args.config, args.preset, args.overrides)
 
 
-def cmd_search(args: argparse.Namespace) -> int:
+def run_search_command(cfg: dict[str, Any], out: str | Path, quiet: bool) -> int:
+    """Run (or resume) a search; Ctrl-C exits 130 once the report of what finished is written."""
     from autoprune.search.run import run_search
 
-    cfg = _load(args)
     try:
-        run_search(cfg, _default_out(args), progress=not args.quiet and sys.stderr.isatty())
+        run_search(cfg, out, progress=not quiet and sys.stderr.isatty())
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    return run_search_command(_load(args), _default_out(args), args.quiet)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

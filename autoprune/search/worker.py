@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -64,11 +63,6 @@ def worker_config(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run trials of the shared study until it holds n_trials finished trials; then report as a search does."""
-    from autoprune.search.run import run_search
+    from autoprune.cli import run_search_command
 
-    cfg = worker_config(args)
-    try:
-        run_search(cfg, worker_out(args), progress=not args.quiet and sys.stderr.isatty())
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    return run_search_command(worker_config(args), worker_out(args), args.quiet)
