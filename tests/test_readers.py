@@ -282,3 +282,20 @@ def test_messages_are_one_line(tmp_path: Path) -> None:
         with pytest.raises(UserError) as err:
             call()
         assert "\n" not in str(err.value)
+
+
+def test_validation_split_one_query_per_camera_each_with_a_match() -> None:
+    from autoprune.data.domain import split_validation
+
+    # pid 1: 3 cameras x 2 images; pid 2: 2 cameras x 1 image (only one of its firsts can be a query);
+    # pid 3: single camera, so never held out.
+    train = ([(f"1_{c}_{i}.jpg", 1, c) for c in range(3) for i in range(2)]
+             + [(f"2_{c}.jpg", 2, c) for c in range(2)] + [(f"3_{i}.jpg", 3, 0) for i in range(3)])
+    new_train, query, gallery = split_validation(train, fraction=0.67, seed=0)
+    assert {q[1] for q in query} == {1, 2}
+    assert sorted(q[0] for q in query if q[1] == 1) == ["1_0_0.jpg", "1_1_0.jpg", "1_2_0.jpg"]
+    assert [q[0] for q in query if q[1] == 2] == ["2_1.jpg"]
+    assert not set(query) & set(gallery)
+    for q in query:  # every query has a gallery image of its identity from another camera
+        assert any(g[1] == q[1] and g[2] != q[2] for g in gallery)
+    assert len(query) + len(gallery) == 8 and [s[1] for s in new_train] == [0, 0, 0]
