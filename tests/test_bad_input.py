@@ -251,7 +251,8 @@ def test_pickled_code_checkpoint_is_never_executed(sandbox, capsys, payload):
     ckpt, marker = sandbox / "model.pth", sandbox / "pwned"
     torch.save(torch.nn.Linear(2, 2) if payload == "module" else {"state_dict": _Evil(marker)}, ckpt)
     line = refused(sandbox, capsys, search(sandbox, f"model.weights={ckpt}"))
-    assert f"{ckpt} cannot be loaded safely (UnpicklingError): only plain tensor checkpoints are accepted" in line
+    assert f"{ckpt} cannot be loaded safely (UnpicklingError): autoprune loads tensors only, never pickled code" in line
+    assert "save a plain state_dict" in line
     assert not marker.exists()
 
 

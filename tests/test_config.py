@@ -4,7 +4,7 @@ import pytest
 import yaml
 from hypothesis import given, settings, strategies as st
 
-from autoprune.config import DEFAULTS, load_config, parse_override
+from autoprune.config import DEFAULTS, load_config
 from autoprune.errors import UserError
 
 

@@ -13,6 +13,7 @@ from PIL import Image
 from autoprune.data import synth
 from autoprune.data.synth import DOMAINS, SPLITS, generate
 from autoprune.errors import UserError
+from benchmarks.bench_synth import stripes_grey_world
 
 NAME = re.compile(r"([-\d]+)_c(\d)")
 FULL_NAME = re.compile(r"^(-1|\d{4})_c(\d)s1_(\d{6})_00\.jpg$")
@@ -192,18 +193,6 @@ def test_colour_histogram_baseline_is_weak(data_b: Path) -> None:
     r1 = rank1(query, gallery, feats)
     # chance is about 1/12 here; the figure on 100 test identities is in docs/synthetic.md
     assert r1 < 0.25
-
-
-def stripes_grey_world(path: Path) -> np.ndarray:
-    """Colour-constant descriptor: grey-world white balance, centre crop, 6 stripes of 8x4x4 HSV bins."""
-    a = np.asarray(Image.open(path).convert("RGB"), np.float64)
-    a = a[:, a.shape[1] // 4 : 3 * a.shape[1] // 4]
-    a = np.clip(a / (a.reshape(-1, 3).mean(0) + 1.0) * 128.0, 0, 255).astype(np.uint8)
-    hsv = np.asarray(Image.fromarray(a).convert("HSV"), np.int64)
-    idx = (hsv[..., 0] * 8 // 256) * 16 + (hsv[..., 1] * 4 // 256) * 4 + hsv[..., 2] * 4 // 256
-    parts = [np.bincount(block.ravel(), minlength=128).astype(np.float64) for block in np.array_split(idx, 6)]
-    f = np.concatenate([p / np.linalg.norm(p) for p in parts])
-    return f / np.linalg.norm(f)
 
 
 def test_identity_survives_camera_cast(data_a: Path) -> None:

@@ -11,6 +11,7 @@ from torch import nn
 
 from autoprune.errors import UserError
 from autoprune.models.reid import ReIDNet
+from autoprune.pruning.serialize import load_tensors
 
 __all__ = ["ReIDNet", "build_model", "load_backbone_weights"]
 
@@ -81,11 +82,7 @@ def load_backbone_weights(backbone: nn.Module, arch: str, weights: str) -> None:
         path = Path(weights)
         if not path.is_file():
             raise UserError(f"model.weights: {weights} does not exist; give a checkpoint path, 'imagenet' or 'none'")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UserError(f"{path} cannot be loaded safely ({type(exc).__name__}): only plain tensor "
-                        f"checkpoints are accepted, never pickled code") from None
+    state = load_tensors(path, "save a plain state_dict (torch.save(model.state_dict(), path))")
     for key in ("state_dict", "model", "net"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -67,15 +67,20 @@ def _resized(module: nn.Module, widths: list[int]) -> nn.Module:
     raise UserError(f"saved model describes {type(module).__name__} as resizable; the file is not from autoprune")
 
 
+def load_tensors(path: Path, fix: str) -> Any:
+    """``torch.load`` restricted to tensors and plain containers: a checkpoint never runs pickled code."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(f"{path} cannot be loaded safely ({type(exc).__name__}): autoprune loads tensors only, "
+                        f"never pickled code; {fix}") from None
+
+
 def read_meta(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"model file {path} does not exist; give the path of a model autoprune saved")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UserError(f"{path} cannot be loaded safely ({type(exc).__name__}): autoprune loads tensors only, "
-                        f"never pickled code; re-export the model with autoprune") from None
+    blob = load_tensors(path, "re-export the model with autoprune")
     if not isinstance(blob, dict) or "meta" not in blob or "state_dict" not in blob:
         raise UserError(f"{path} is not an autoprune model file (no 'meta'/'state_dict'); save it with autoprune")
     meta = json.loads(blob["meta"])
