@@ -68,7 +68,7 @@ def make_pruner(name: str, multi: bool) -> optuna.pruners.BasePruner:
         return optuna.pruners.HyperbandPruner(min_resource=1)
     # Steps are fine-tuning epochs from 1; the first epoch after pruning says little about the last (the
     # demo stopped 14 of 20 trials there), so the median rule applies from epoch 2.
-    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2)  # prunes at step >= 2
 
 
 def storage_url(cfg: dict[str, Any], run_dir: Path) -> str | optuna.storages.BaseStorage:
