@@ -238,13 +238,42 @@ def test_search_whose_uniform_trial_failed_still_reports(data_root, tmp_path, ho
 
 # -- the process stopped mid-trial: a full disk, Ctrl-C, SIGKILL, then resumed --------------------------
 
+class SlowStrategy(BaseStrategy):
+    """``one_shot`` after a pause, so that a signal sent once a trial is seen RUNNING lands in that trial.
+
+    With prune-and-evaluate trials of a tenth of a second, a loaded machine let the whole search finish
+    between "a trial is running" and the signal (a flaky fixture)."""
+
+    name = "slow"
+
+    def run(self, model: nn.Module, ctx: StrategyContext) -> nn.Module:
+        time.sleep(1.5)  # interruptible: Ctrl-C lands here
+        prune_to_counts(ctx.graph, ctx.counts, score_groups(model, ctx.criterion, ctx.criterion_context()))
+        if ctx.epochs:
+            ctx.finetune(model, ctx.epochs)
+        return model
+
+
+class SlowPlugin:
+    @hookimpl
+    def autoprune_register_strategies(self, register):
+        register(SlowStrategy)
+
+
+# The subprocess's command line: the CLI with SlowPlugin registered first, as in-process runs do.
+CLI_WITH_SLOW = ("import sys; from autoprune import host; from test_faults import SlowPlugin; "
+                 "host.get_host().register_plugin(SlowPlugin(), name='test-slow'); "
+                 "from autoprune.cli import main; sys.exit(main(sys.argv[1:]))")
+
+
 class Search:
     """``autoprune search`` in a subprocess, its output lines collected as they come."""
 
     def __init__(self, args: list[str]) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1",
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))}
         # Python ignores SIGINT if it starts with it ignored (background jobs do): start with the default.
-        self.proc = subprocess.Popen([sys.executable, "-m", "autoprune.cli", *args], stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, "-c", CLI_WITH_SLOW, *args], stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, env=env,
                                      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         self.lines: queue.Queue[str | None] = queue.Queue()
@@ -334,9 +363,10 @@ def stopped_search(data_root, tmp_path_factory):
     from autoprune.search import run as run_mod
 
     out = tmp_path_factory.mktemp("stopped") / "run"
-    args = search_args(out, data_root, f"search.n_trials={N_STOPPED}")
+    args = search_args(out, data_root, f"search.n_trials={N_STOPPED}", "trial.strategy=slow")
     steps: dict[str, dict] = {}
     host_mod.reset_host()
+    host_mod.get_host().register_plugin(SlowPlugin(), name="test-slow")
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -355,6 +385,7 @@ def stopped_search(data_root, tmp_path_factory):
     steps["sigkill"] = {"rc": rc, "trial": running, "output": seen, "study": snapshot(out)}
 
     host_mod.reset_host()
+    host_mod.get_host().register_plugin(SlowPlugin(), name="test-slow")
     try:
         steps["rerun"] = {"rc": main(args), "study": snapshot(out), "report": report_trials(out)}
     finally:
