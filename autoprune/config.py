@@ -36,7 +36,7 @@ DEFAULTS: dict[str, Any] = {
     "budget": {"macs_ratio": 0.5, "gmacs": None, "round_to": 8, "min_keep": 0.1, "max_keep": 1.0},
     "search": {"backend": "optuna", "sampler": "tpe", "n_trials": 20, "space": "groupwise",
                "storage": None, "study_name": None, "objectives": "rank1", "pruner": "median",
-               "warm_start": [], "final_epochs": 0, "timeout": None,
+               "warm_start": [], "final_epochs": 0, "finalists": 2, "timeout": None,
                "screening": {"enabled": False, "batches": 8, "keep_fraction": 0.5, "candidates": 4},
                "ray": {"address": None, "cpus_per_trial": 1, "gpus_per_trial": 0.0,
                        "max_concurrent": 2}},
@@ -70,7 +70,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "budget.max_keep": (0.0, 1.0),
     "search.screening.keep_fraction": (0.0, 1.0),
 }
-POSITIVE = ("data.batch_size", "data.num_instances", "search.n_trials", "budget.round_to", "trial.steps",
+POSITIVE = ("data.batch_size", "data.num_instances", "search.n_trials", "search.finalists", "budget.round_to", "trial.steps",
             "train.lr", "trial.lr")
 NON_NEGATIVE = ("train.epochs", "trial.finetune_epochs", "train.warmup_epochs", "data.workers",
                 "trial.criterion_batches", "search.final_epochs", "train.max_batches_per_epoch")

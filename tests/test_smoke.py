@@ -129,3 +129,36 @@ def test_pareto_mode_gives_a_valid_front(smoke_run, capsys):
     cheap = [t for t in done if t["macs_ratio"] <= 0.3]
     assert (rc == 0 and "best at <= 30% MACs" in text) if cheap else rc == 2
     assert (out / "report.md").is_file() or not cheap
+
+
+def test_final_round_chooses_on_validation_after_the_final_fine_tune(smoke_run, tmp_path, capsys):
+    """The top ``search.finalists`` trials and the uniform policy get the final fine-tune; the best of them
+    on validation afterwards is the model; a rerun trains none of them again."""
+    from autoprune.cli import main
+
+    _, root = smoke_run
+    args = ["search", "--preset", "smoke", "--quiet", "--out", str(tmp_path / "run"), "--set",
+            f"data.root={root / 'data'}", "--set", "search.n_trials=4", "--set", "search.final_epochs=1",
+            "--set", "search.finalists=2"]
+    assert main(args) == 0
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    complete = [t for t in report["trials"] if t["state"] == "COMPLETE"]
+    ranked = sorted(complete, key=lambda t: (t["target_val"]["rank1"], t["target_val"]["mAP"], -t["number"]),
+                    reverse=True)
+    expected = [t["number"] for t in ranked[:2]]
+    expected += [] if 0 in expected else [0]
+    finals = report["finalists"]
+    assert [f["trial"] for f in finals] == expected
+    chosen = [f for f in finals if f["chosen"]]
+    assert len(chosen) == 1
+    assert chosen[0]["target_val"]["rank1"] == max(f["target_val"]["rank1"] for f in finals)
+    best = report["best"]
+    assert best["trial"] == chosen[0]["trial"] and best["final_epochs"] == 1
+    # the saved model is the chosen finalist's: re-evaluated, it scores what the final round measured
+    assert best["target"]["rank1"] == pytest.approx(chosen[0]["target"]["rank1"], abs=1e-6)
+    assert best["target_val"]["mAP"] == pytest.approx(chosen[0]["target_val"]["mAP"], abs=1e-6)
+    assert report["uniform"]["final_target"] == next(f["target"] for f in finals if f["trial"] == 0)
+    assert not list((tmp_path / "run" / "model").glob("final_*.pt"))  # only the chosen model is kept
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "final: fine-tuning" not in capsys.readouterr().out

@@ -35,10 +35,14 @@ class TrialRecord:
 
     @property
     def objective(self) -> float | None:
-        """Validation rank-1 if measured, else test rank-1."""
-        if self.target_val:
-            return self.target_val["rank1"]
-        return self.target["rank1"] if self.target else None
+        return objective(self.target_val, self.target)
+
+
+def objective(target_val: dict[str, float] | None, target: dict[str, float] | None) -> float | None:
+    """What selects trials: validation rank-1 if measured, else test rank-1."""
+    if target_val:
+        return target_val["rank1"]
+    return target["rank1"] if target else None
 
 
 def metrics_summary(metrics: dict[str, Any] | None) -> dict[str, float] | None:

@@ -19,7 +19,7 @@ from autoprune.engine.device import resolve_device, set_threads
 from autoprune.errors import UserError
 from autoprune.host import get_host
 from autoprune.pruning.serialize import load_pruned, save_pruned
-from autoprune.search.records import TrialRecord, metrics_summary
+from autoprune.search.records import TrialRecord, metrics_summary, objective
 from autoprune.search.report import pareto_front, summary_table, write_json, write_plots, write_trials_csv
 from autoprune.search.trial import SearchEnv, TrialResult
 
@@ -32,7 +32,8 @@ IDENTITY = ("model", "data", "budget", "trial", "seed")
 
 
 def study_identity(cfg: dict[str, Any]) -> str:
-    search = {k: v for k, v in cfg["search"].items() if k not in ("n_trials", "timeout", "final_epochs", "ray")}
+    search = {k: v for k, v in cfg["search"].items()
+              if k not in ("n_trials", "timeout", "final_epochs", "finalists", "ray")}
     return config_hash({**{k: cfg[k] for k in IDENTITY}, "search": search}, IDENTITY + ("search",))
 
 
@@ -293,12 +294,28 @@ def finish(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, base: dict[str, A
         final_epochs = cfg["search"]["final_epochs"]
         marker = model_dir / "final.json"
         done = json.loads(marker.read_text()) if marker.is_file() else {}
-        if done.get("trial") != best.number or done.get("final_epochs") != final_epochs or not model_path.is_file():
-            if final_epochs:
-                log(f"final: fine-tuning the best policy (trial {best.number}) for {final_epochs} epochs")
-                result = env.run(best.values, counts=best.counts, epochs=final_epochs)
-                save_pruned(result.model, model_path, extra={"trial": best.number, "counts": best.counts})
-            elif best.model and (run_dir / best.model).is_file():
+        if final_epochs:
+            finals = _final_round(env, records, best, uniform, cfg["search"]["finalists"], final_epochs, model_dir,
+                                  log, budget_ratio)
+            chosen = max(finals, key=lambda f: (objective(f["target_val"], f["target"]), f["target"]["mAP"], -f["trial"]))
+            best = next(r for r in records if r.number == chosen["trial"])
+            for f in finals:
+                f["chosen"] = f is chosen
+            report["finalists"] = finals
+            if done != {"trial": best.number, "final_epochs": final_epochs} or not model_path.is_file():
+                weights = model_dir / f"final_{best.number:04d}.pt"
+                if weights.is_file():
+                    shutil.copyfile(weights, model_path)
+                else:  # finalists' weights are dropped once one is chosen; a changed choice retrains it
+                    result = env.run(best.values, counts=best.counts, epochs=final_epochs)
+                    save_pruned(result.model, model_path, extra={"trial": best.number, "counts": best.counts})
+                write_json(marker, {"trial": best.number, "final_epochs": final_epochs})
+            for weights in model_dir.glob("final_*.pt"):
+                weights.unlink()
+            log(f"final: trial {best.number} is the best of {len(finals)} finalists on the validation split after "
+                f"the final fine-tune")
+        elif done.get("trial") != best.number or done.get("final_epochs") != final_epochs or not model_path.is_file():
+            if best.model and (run_dir / best.model).is_file():
                 model_dir.mkdir(exist_ok=True)
                 shutil.copyfile(run_dir / best.model, model_path)
             else:
@@ -321,8 +338,9 @@ def finish(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, base: dict[str, A
         _export_torchscript(model, model_dir / "pruned.torchscript.pt", env.input_size)
         report["best"]["torchscript"] = "model/pruned.torchscript.pt"
         if final_epochs and report["uniform"] is not None:
-            # The same final fine-tune for the uniform policy, so "best vs uniform" compares like with like.
-            report["uniform"]["final_target"] = _uniform_final(env, uniform, best, metrics, final_epochs, model_dir, log)
+            # The uniform policy is always a finalist: "best vs uniform" compares like with like.
+            report["uniform"]["final_target"] = next(f["target"] for f in report["finalists"]
+                                                     if f["trial"] == uniform.number)
         # Trial models other than the best are not kept: they are reproducible from their policy.
         for r in records:
             if r.model and r.number != best.number and (run_dir / r.model).exists():
@@ -336,20 +354,39 @@ def finish(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, base: dict[str, A
     return report
 
 
-def _uniform_final(env: SearchEnv, uniform: TrialRecord, best: TrialRecord, best_metrics: dict[str, Any],
-                   final_epochs: int, model_dir: Path, log: Callable[[str], None]) -> dict[str, float] | None:
-    if uniform.number == best.number:
-        return metrics_summary(best_metrics)
-    cache = model_dir / "uniform_final.json"
-    if cache.is_file():
-        cached = json.loads(cache.read_text())
-        if cached.get("final_epochs") == final_epochs and cached.get("trial") == uniform.number:
-            return cached["target"]
-    log(f"final: fine-tuning the uniform policy (trial {uniform.number}) for {final_epochs} epochs, for comparison")
-    result = env.run(uniform.values, counts=uniform.counts, epochs=final_epochs)
-    target = metrics_summary(result.metrics["target"])
-    write_json(cache, {"trial": uniform.number, "final_epochs": final_epochs, "target": target})
-    return target
+def _final_round(env: SearchEnv, records: list[TrialRecord], best: TrialRecord, uniform: TrialRecord | None,
+                 finalists: int, final_epochs: int, model_dir: Path, log: Callable[[str], None],
+                 budget_ratio: float) -> list[dict[str, Any]]:
+    """Give the top ``finalists`` trials (by the search objective) and the uniform policy the final fine-tune.
+
+    Why: a trial's few fine-tuning epochs favour policies that recover fast, not those that end best, so
+    the final choice is made after the final fine-tune, still on the validation split. The uniform policy
+    is fine-tuned anyway for the comparison, so it is a finalist for free: the result is never worse than
+    the paper's hand-picked policy on validation. Each finalist's metrics are cached in ``model_dir``
+    (its weights until the choice is made), so a resumed run does not train them again.
+    """
+    ranked = sorted((r for r in records if r.state == "COMPLETE" and r.target and r.macs_ratio is not None
+                     and r.macs_ratio <= budget_ratio + 1e-9),
+                    key=lambda r: (r.objective, r.target.get("mAP", 0.0), -r.number), reverse=True)
+    candidates = [best] + [r for r in ranked if r.number != best.number][: finalists - 1]
+    if uniform is not None and uniform.number not in {r.number for r in candidates}:
+        candidates.append(uniform)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    finals = []
+    for r in candidates:
+        meta, weights = model_dir / f"final_{r.number:04d}.json", model_dir / f"final_{r.number:04d}.pt"
+        cached = json.loads(meta.read_text()) if meta.is_file() else {}
+        if cached.get("final_epochs") != final_epochs:
+            what = "the uniform policy" if uniform is not None and r.number == uniform.number else "finalist"
+            log(f"final: fine-tuning {what} (trial {r.number}) for {final_epochs} epochs")
+            result = env.run(r.values, counts=r.counts, epochs=final_epochs)
+            save_pruned(result.model, weights, extra={"trial": r.number, "counts": r.counts})
+            target = result.metrics["target"]
+            cached = {"trial": r.number, "final_epochs": final_epochs, "target": metrics_summary(target),
+                      "target_val": metrics_summary(target.get("val"))}
+            write_json(meta, cached)
+        finals.append({"trial": r.number, "target": cached["target"], "target_val": cached["target_val"]})
+    return finals
 
 
 def _export_torchscript(model: torch.nn.Module, path: Path, input_size: tuple[int, int]) -> None:
