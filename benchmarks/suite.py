@@ -104,7 +104,7 @@ class Suite:
         if not mine.is_file() and key in index and Path(index[key]).is_file():
             out.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(index[key], mine)
-        elif key not in index:
+        elif key not in index or not Path(index[key]).is_file():
             index[key] = str(mine)
             self.cache.mkdir(parents=True, exist_ok=True)
             index_path.write_text(json.dumps(index, indent=1))
