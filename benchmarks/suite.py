@@ -56,6 +56,11 @@ class Suite:
         self.extra = extra
         self.started = time.perf_counter()
         self.cells_done = 0
+        self.cells_seen: set[str] = set()
+        s = self.s
+        # t2 (searched + global per budget and seed), t3, t4 (2), t5 screened searches, t6 random searches
+        self.cells_total = (2 * len(s["budgets"]) * len(s["seeds"]) + len(s["criteria"]) * len(s["scenarios"]) + 2
+                            + 2 * len(s["seeds"]))
 
     def log(self, msg: str) -> None:
         print(f"[{time.perf_counter() - self.started:7.0f}s] {msg}", flush=True)
@@ -68,10 +73,12 @@ class Suite:
         """One search, cached: a finished report with enough trials is read back, anything else resumes."""
         cfg = self.config(overrides)
         out = self.cache / name
+        self.cells_seen.add(name)
+        label = f"{name} ({len(self.cells_seen)}/{self.cells_total})"
         report_path = out / "report.json"
         identity = out / "identity.json"
         if identity.is_file() and json.loads(identity.read_text())["identity"] != study_identity(cfg):
-            self.log(f"cell {name}: computed with another config (the suite changed); starting it again")
+            self.log(f"cell {label}: computed with another config (the suite changed); starting it again")
             shutil.rmtree(out)
         if report_path.is_file():
             report = json.loads(report_path.read_text())
@@ -82,11 +89,12 @@ class Suite:
                 return self.cell(name, overrides)
             finished = [t for t in report["trials"] if t["state"] in ("COMPLETE", "PRUNED", "FAIL")]
             if len(finished) >= cfg["search"]["n_trials"]:
-                self.log(f"cell {name}: cached")
+                self.log(f"cell {label}: cached")
                 return report
         self._share_baseline(cfg, out)
-        self.log(f"cell {name}: running {cfg['search']['n_trials']} trial(s)")
-        report = run_search(cfg, out, progress=False, log=lambda m: self.log(f"  {name}: {m}") if m.startswith("trial") else None)
+        self.log(f"cell {label}: running {cfg['search']['n_trials']} trial(s)")
+        report = run_search(cfg, out, progress=False,
+                            log=lambda m: self.log(f"  {label}: {m}") if m.startswith(("trial", "final")) else None)
         self.cells_done += 1
         return report
 
