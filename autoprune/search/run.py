@@ -135,11 +135,12 @@ def _save_trial_model(run_dir: Path) -> Callable[[int, TrialResult], str]:
     return save
 
 
-def _pick_best(records: list[TrialRecord], budget_ratio: float) -> TrialRecord | None:
+def _ranked(records: list[TrialRecord], budget_ratio: float) -> list[TrialRecord]:
+    """Complete trials within the budget, best first on the objective (validation rank-1; the test split
+    only reports), then mAP, then the earlier trial."""
     done = [r for r in records if r.state == "COMPLETE" and r.target and r.macs_ratio is not None
             and r.macs_ratio <= budget_ratio + 1e-9]
-    # Selected on the objective (validation rank-1): the test split only reports.
-    return max(done, key=lambda r: (r.objective, r.target.get("mAP", 0.0), -r.number), default=None)
+    return sorted(done, key=lambda r: (r.objective, r.target.get("mAP", 0.0), -r.number), reverse=True)
 
 
 def trial_line(r: TrialRecord, best: float | None) -> str:
@@ -266,7 +267,8 @@ def finish(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, base: dict[str, A
            log: Callable[[str], None] = print) -> dict[str, Any]:
     """Pick the best policy, give it the final fine-tune, save the model and write the report files."""
     budget_ratio = env.budget.macs / env.base_macs
-    best = _pick_best(records, budget_ratio)
+    ranked = _ranked(records, budget_ratio)
+    best = ranked[0] if ranked else None
     uniform_values = env.space.uniform_values()
     uniform = next((r for r in records if r.state == "COMPLETE" and r.target and r.macs_ratio is not None
                     and {k: v for k, v in r.values.items() if k != "macs_ratio"} == uniform_values
@@ -295,8 +297,7 @@ def finish(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, base: dict[str, A
         marker = model_dir / "final.json"
         done = json.loads(marker.read_text()) if marker.is_file() else {}
         if final_epochs:
-            finals = _final_round(env, records, best, uniform, cfg["search"]["finalists"], final_epochs, model_dir,
-                                  log, budget_ratio)
+            finals = _final_round(env, ranked[: cfg["search"]["finalists"]], uniform, final_epochs, model_dir, log)
             chosen = max(finals, key=lambda f: (objective(f["target_val"], f["target"]), f["target"]["mAP"], -f["trial"]))
             best = next(r for r in records if r.number == chosen["trial"])
             for f in finals:
@@ -354,10 +355,9 @@ def finish(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, base: dict[str, A
     return report
 
 
-def _final_round(env: SearchEnv, records: list[TrialRecord], best: TrialRecord, uniform: TrialRecord | None,
-                 finalists: int, final_epochs: int, model_dir: Path, log: Callable[[str], None],
-                 budget_ratio: float) -> list[dict[str, Any]]:
-    """Give the top ``finalists`` trials (by the search objective) and the uniform policy the final fine-tune.
+def _final_round(env: SearchEnv, top: list[TrialRecord], uniform: TrialRecord | None, final_epochs: int,
+                 model_dir: Path, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Give the ``top`` trials (best first) and the uniform policy the final fine-tune; their final metrics.
 
     Why: a trial's few fine-tuning epochs favour policies that recover fast, not those that end best, so
     the final choice is made after the final fine-tune, still on the validation split. The uniform policy
@@ -365,10 +365,7 @@ def _final_round(env: SearchEnv, records: list[TrialRecord], best: TrialRecord, 
     the paper's hand-picked policy on validation. Each finalist's metrics are cached in ``model_dir``
     (its weights until the choice is made), so a resumed run does not train them again.
     """
-    ranked = sorted((r for r in records if r.state == "COMPLETE" and r.target and r.macs_ratio is not None
-                     and r.macs_ratio <= budget_ratio + 1e-9),
-                    key=lambda r: (r.objective, r.target.get("mAP", 0.0), -r.number), reverse=True)
-    candidates = [best] + [r for r in ranked if r.number != best.number][: finalists - 1]
+    candidates = list(top)
     if uniform is not None and uniform.number not in {r.number for r in candidates}:
         candidates.append(uniform)
     model_dir.mkdir(parents=True, exist_ok=True)
