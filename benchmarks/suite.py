@@ -360,7 +360,8 @@ def write_results(suite: Suite, t1, t2, t3, t4, t5, t6, t7, t8, command: str) ->
               "| budget | MACs ratio | latency ratio, batch 1 | latency ratio, batch 32 |", "| --- | --- | --- | --- |"]
     for r in t7:
         lines.append(f"| {r['budget']:.0%} | {r['macs_ratio']:.3f} | {r['ratio_b1']:.3f} | {r['ratio_b32']:.3f} |")
-    lines += ["", "### 8. Framework overhead per trial", "",
+    lines += ["", f"![sample efficiency and latency](plots/t6_t7_{suite.scale}.png)", "",
+              "### 8. Framework overhead per trial", "",
               f"Time outside training and evaluation (projection, surgery, MACs counting, storage, saving): "
               f"{t8['mean']:.1%} of trial time on average, {t8['max']:.1%} at most, over {t8['n']} trials.", ""]
     return "\n".join(lines)
@@ -392,6 +393,35 @@ def plot_t2(suite: Suite, t1: dict, t2: dict) -> None:
     plt.close(fig)
 
 
+def plot_t6_t7(suite: Suite, t6: dict, t7: list[dict[str, Any]]) -> None:
+    """Sample efficiency (best validation rank-1 after N trials) and latency vs MACs, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    for name in ("tpe", "random"):
+        curves = t6[name]
+        n = min(len(c) for c in curves)
+        a.plot(range(1, n + 1), [statistics.mean(c[i] for c in curves) for i in range(n)], marker="o", label=name)
+    a.set_xlabel("trials")
+    a.set_ylabel("best validation rank-1 so far (mean of seeds)")
+    a.set_title("sample efficiency, 30% MACs")
+    a.legend()
+    xs = [r["macs_ratio"] for r in t7]
+    for key, label in (("ratio_b1", "batch 1"), ("ratio_b32", "batch 32")):
+        b.plot(xs, [r[key] for r in t7], marker="o", label=label)
+    b.plot([0, 1], [0, 1], ls="--", c="gray", label="latency = MACs")
+    b.set_xlabel("MACs ratio (pruned / unpruned)")
+    b.set_ylabel("CPU latency ratio")
+    b.set_title("latency vs MACs, best policies")
+    b.legend()
+    fig.tight_layout()
+    fig.savefig(ROOT / "plots" / f"t6_t7_{suite.scale}.png", dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     group = parser.add_mutually_exclusive_group(required=True)
@@ -412,6 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     t6 = t6_sampler(suite, t2)
     t7 = t7_latency(suite, t2)
     t8 = t8_overhead(t2)
+    plot_t6_t7(suite, t6, t7)
     command = "make bench-quick" if args.quick else "make bench"
     section = write_results(suite, t1, t2, t3, t4, t5, t6, t7, t8, command)
     (ROOT / f"results_{suite.scale}.md").write_text(section)
