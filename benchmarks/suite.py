@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent
 SCALES: dict[str, dict[str, Any]] = {
     "quick": {"overrides": ["model.input_size=[96, 48]", "train.epochs=12", "trial.finetune_epochs=2",
                             "search.final_epochs=4"],
-              "n_trials": 6, "seeds": [0, 1, 2], "budgets": [0.5, 0.3, 0.15], "random_policies": 20,
+              "n_trials": 6, "seeds": [0, 1], "budgets": [0.5, 0.3, 0.15], "random_policies": 12,
               "criteria": ["l1", "taylor", "random"], "scenarios": ["prune_then_finetune", "finetune_then_prune"]},
     "full": {"overrides": ["model.input_size=[96, 48]", "train.epochs=12", "trial.finetune_epochs=4",
                            "search.final_epochs=8"],
