@@ -1,16 +1,21 @@
 """The benchmark suite behind benchmarks/RESULTS.md: reproduce the paper, then show what search adds.
 
-    python -m benchmarks.suite --quick      # make bench-quick (CPU, small input)
-    python -m benchmarks.suite --full       # make bench (CPU, the demo's input size)
+    python -m benchmarks.suite --quick      # make bench-quick: 96x48, 2 seeds, 6 trials (13-20 min on 2 cores)
+    python -m benchmarks.suite --full       # make bench: 96x48, 3 seeds, 20 trials (56 min on 2 cores)
 
 Every cell is an ordinary autoprune run directory under benchmarks/cache/<scale>/, so an interrupted
 suite resumes where it stopped (finished cells are read back, a half-done search resumes its study).
-The same script takes a real dataset and a GPU unchanged: --set data.source=market1501:/data/... etc.
+The same script takes a real dataset and a GPU unchanged, e.g. (extra --set options get their own
+cache folder and results_<scale>-<hash>.md):
+
+    python -m benchmarks.suite --full --set data.source=market1501:/data/Market-1501 \
+        --set data.target=dukemtmc:/data/DukeMTMC-reID --set model.input_size=[256,128] --set model.last_stride=1
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import platform
 import shutil
@@ -51,7 +56,10 @@ class Suite:
     def __init__(self, scale: str, extra: list[str]) -> None:
         self.scale = scale
         self.s = SCALES[scale]
-        self.cache = ROOT / "cache" / scale
+        # Extra overrides (a real dataset, another input size) get their own cache and result files: the
+        # stale-cell check would otherwise restart the default suite's cells under the new config.
+        self.tag = scale if not extra else f"{scale}-{hashlib.sha256(' '.join(extra).encode()).hexdigest()[:8]}"
+        self.cache = ROOT / "cache" / self.tag
         self.data_root = ROOT / "cache" / "data"
         self.extra = extra
         self.started = time.perf_counter()
@@ -195,8 +203,9 @@ def t4_larger_pruned(suite: Suite) -> dict[str, Any]:
     from autoprune.models import build_model
     from autoprune.pruning.flops import count_macs
 
-    size = tuple(suite.config([])["model"]["input_size"])
-    r18_macs = count_macs(build_model("resnet18", 2), size)[0]
+    cfg = suite.config([])
+    size = tuple(cfg["model"]["input_size"])
+    r18_macs = count_macs(build_model("resnet18", 2, last_stride=cfg["model"]["last_stride"]), size)[0]
     # Both get the trials' target fine-tuning and nothing more (no final epochs): trained the same way.
     r34 = suite.cell("t4_r34_at_r18", ["model.arch=resnet34", f"budget.gmacs={r18_macs / 1e9}", "search.space=uniform",
                                        "search.n_trials=1", "search.final_epochs=0"])
@@ -265,20 +274,28 @@ def t6_sampler(suite: Suite, t2: dict) -> dict[str, Any]:
 
 
 def t7_latency(suite: Suite, t2: dict) -> list[dict[str, Any]]:
+    """Pruned / unpruned CPU latency of seed 0's best policies; cached, since timings need a quiet machine."""
     import autoprune
+    from autoprune.models import build_model
 
+    path = suite.cache / "t7_latency.json"
+    cached = {r["key"]: r for r in json.loads(path.read_text())} if path.is_file() else {}
+    cfg = suite.config([])
+    size = tuple(cfg["model"]["input_size"])
+    # Latency does not depend on the weights: the unpruned architecture as the model was built.
+    base = build_model(cfg["model"]["arch"], 2, last_stride=cfg["model"]["last_stride"]).eval()
     rows = []
-    size = tuple(suite.config([])["model"]["input_size"])
     for budget in suite.s["budgets"]:
-        cell = suite.cache / f"t2_search_b{int(budget * 100)}_s0"
-        base = autoprune.load_pruned(str(suite.data_root / "baselines" / next(
-            p.name for p in (suite.data_root / "baselines").glob("resnet18-*.pt"))))
-        best = autoprune.load_pruned(str(cell / "model" / "pruned.pt"))
-        report = t2[(budget, 0)]["report"]
-        row = {"budget": budget, "macs_ratio": report["best"]["macs_ratio"]}
-        for b in (1, 32):
-            row[f"ratio_b{b}"] = latency(best, size, b, 20) / latency(base, size, b, 20)
-        rows.append(row)
+        best_report = t2[(budget, 0)]["report"]["best"]
+        key = f"b{int(budget * 100)}_s0_trial{best_report['trial']}_macs{best_report['macs']}"
+        if key not in cached:
+            best = autoprune.load_pruned(str(suite.cache / f"t2_search_b{int(budget * 100)}_s0" / best_report["model"]))
+            row = {"key": key, "budget": budget, "macs_ratio": best_report["macs_ratio"]}
+            for b in (1, 32):
+                row[f"ratio_b{b}"] = latency(best, size, b, 20) / latency(base, size, b, 20)
+            cached[key] = row
+            path.write_text(json.dumps(list(cached.values()), indent=1))
+        rows.append(cached[key])
     return rows
 
 
@@ -295,11 +312,11 @@ def t8_overhead(t2: dict) -> dict[str, float]:
 
 def write_results(suite: Suite, t1, t2, t3, t4, t5, t6, t7, t8, command: str) -> Path:
     s = suite.s
-    lines = [f"## Scale `{suite.scale}`", "",
+    lines = [f"## Scale `{suite.tag}`", "",
              f"Command: `{command}`  ",
              f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
              f"torch {torch.__version__}, CPU only. Date: {date.today().isoformat()}. Seeds: {s['seeds']}.  ",
-             f"Setup: demo preset (ResNet-18, synthetic source A -> target B) with {' '.join(s['overrides'])}; "
+             f"Setup: demo preset (ResNet-18, synthetic source A -> target B) with {' '.join(s['overrides'] + suite.extra)}; "
              f"searches run {s['n_trials']} Optuna trials (TPE, groupwise space; trial 0 is the uniform policy); "
              f"trials are selected on held-out target identities (validation) and every figure below is target "
              f"*test* rank-1.", ""]
@@ -332,7 +349,7 @@ def write_results(suite: Suite, t1, t2, t3, t4, t5, t6, t7, t8, command: str) ->
                      f"{mean_sd([r['uniform'] for r in rows])} | "
                      f"{mean_sd([r['global'] for r in rows])} | {statistics.mean(diff):+.1f} (per seed: "
                      f"{', '.join(f'{d:+.1f}' for d in diff)}) |")
-    lines += ["", "![search vs uniform](plots/" + f"t2_{suite.scale}.png)", "",
+    lines += ["", f"![search vs uniform](plots/t2_{suite.tag}.png)", "",
               "### 3. Criteria x scenarios at 50% MACs (uniform policy, seed 0)", "",
               "| criterion | " + " | ".join(s["scenarios"]) + " |", "| --- |" + " --- |" * len(s["scenarios"])]
     for c in s["criteria"]:
@@ -360,7 +377,7 @@ def write_results(suite: Suite, t1, t2, t3, t4, t5, t6, t7, t8, command: str) ->
               "| budget | MACs ratio | latency ratio, batch 1 | latency ratio, batch 32 |", "| --- | --- | --- | --- |"]
     for r in t7:
         lines.append(f"| {r['budget']:.0%} | {r['macs_ratio']:.3f} | {r['ratio_b1']:.3f} | {r['ratio_b32']:.3f} |")
-    lines += ["", f"![sample efficiency and latency](plots/t6_t7_{suite.scale}.png)", "",
+    lines += ["", f"![sample efficiency and latency](plots/t6_t7_{suite.tag}.png)", "",
               "### 8. Framework overhead per trial", "",
               f"Time outside training and evaluation (projection, surgery, MACs counting, storage, saving): "
               f"{t8['mean']:.1%} of trial time on average, {t8['max']:.1%} at most, over {t8['n']} trials.", ""]
@@ -389,7 +406,7 @@ def plot_t2(suite: Suite, t1: dict, t2: dict) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     (ROOT / "plots").mkdir(exist_ok=True)
-    fig.savefig(ROOT / "plots" / f"t2_{suite.scale}.png", dpi=110)
+    fig.savefig(ROOT / "plots" / f"t2_{suite.tag}.png", dpi=110)
     plt.close(fig)
 
 
@@ -418,7 +435,7 @@ def plot_t6_t7(suite: Suite, t6: dict, t7: list[dict[str, Any]]) -> None:
     b.set_title("latency vs MACs, best policies")
     b.legend()
     fig.tight_layout()
-    fig.savefig(ROOT / "plots" / f"t6_t7_{suite.scale}.png", dpi=110)
+    fig.savefig(ROOT / "plots" / f"t6_t7_{suite.tag}.png", dpi=110)
     plt.close(fig)
 
 
@@ -445,8 +462,8 @@ def main(argv: list[str] | None = None) -> int:
     plot_t6_t7(suite, t6, t7)
     command = "make bench-quick" if args.quick else "make bench"
     section = write_results(suite, t1, t2, t3, t4, t5, t6, t7, t8, command)
-    (ROOT / f"results_{suite.scale}.md").write_text(section)
-    suite.log(f"wrote benchmarks/results_{suite.scale}.md; {suite.cells_done} cells computed this time")
+    (ROOT / f"results_{suite.tag}.md").write_text(section)
+    suite.log(f"wrote benchmarks/results_{suite.tag}.md; {suite.cells_done} cells computed this time")
     return 0
 
 
