@@ -1,0 +1,52 @@
+"""The benchmark suite (`make bench`) end to end at a toy scale: every table is written, a rerun reads
+every cell back, and a changed config is never served from a stale cell."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks import suite
+
+pytestmark = pytest.mark.slow
+
+TOY = {"overrides": ["model.input_size=[64, 32]", "train.epochs=1", "train.max_batches_per_epoch=2",
+                     "trial.finetune_epochs=1", "search.final_epochs=1", "trial.criterion_batches=1",
+                     "data.synth.num_train_ids=24", "data.synth.num_test_ids=12", "data.synth.num_distractors=4"],
+       "n_trials": 2, "seeds": [0], "budgets": [0.5, 0.3], "random_policies": 3,
+       "criteria": ["l1"], "scenarios": ["prune_then_finetune"]}
+
+
+class Stop(Exception):
+    pass
+
+
+def _stop(*args: object) -> None:
+    raise Stop
+
+
+def test_suite_writes_every_table_and_resumes_from_its_cache(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(suite, "ROOT", tmp_path)
+    monkeypatch.setitem(suite.SCALES, "quick", TOY)
+    assert suite.main(["--quick"]) == 0
+    text = (tmp_path / "results_quick.md").read_text()
+    for n in range(1, 9):
+        assert f"### {n}." in text
+    assert "| 50% |" in text and "| 30% |" in text
+    assert (tmp_path / "plots" / "t2_quick.png").is_file() and (tmp_path / "plots" / "t6_t7_quick.png").is_file()
+    first = capsys.readouterr().out
+    assert "(9/9): running" in first  # t2: 2 budgets x 2, t3: 1, t4: 2, t5: 1, t6: 1 -> 9 cells
+
+    assert suite.main(["--quick"]) == 0  # everything cached: nothing trained again, same tables
+    second = capsys.readouterr().out
+    assert "0 cells computed this time" in second and "running" not in second
+    assert (tmp_path / "results_quick.md").read_text() == text
+
+    toy_changed = {**TOY, "overrides": [*TOY["overrides"][:-1], "data.synth.num_distractors=5"]}
+    monkeypatch.setitem(suite.SCALES, "quick", toy_changed)
+    # another config must not read the old cells back (the data changed, so every cell is redone);
+    # table 2's cells show it, so the run stops after them
+    monkeypatch.setattr(suite, "t1_unpruned_equal_epochs", _stop)
+    with pytest.raises(Stop):
+        suite.main(["--quick"])
+    third = capsys.readouterr().out
+    assert "computed with another config" in third
