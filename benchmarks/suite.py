@@ -127,7 +127,7 @@ class Suite:
 
     def env(self, overrides: list[str]) -> Any:
         """A SearchEnv for direct use (screening, equal-epoch references), the source baseline cached."""
-        from autoprune.data.domain import build_domain
+        from autoprune.data.domain import load_domains
         from autoprune.engine.baseline import get_baseline
         from autoprune.engine.device import resolve_device
         from autoprune.host import get_host
@@ -135,8 +135,7 @@ class Suite:
 
         cfg = self.config(overrides)
         device = resolve_device(cfg["train"]["device"])
-        source = build_domain(cfg["data"]["source"], cfg)
-        target = build_domain(cfg["data"]["target"], cfg, val_fraction=cfg["data"]["val_fraction"])
+        source, target = load_domains(cfg)
         baseline, _ = get_baseline(cfg, source, device, progress=False, log=lambda m: None)
         return SearchEnv(cfg, get_host(), device, source, target, baseline)
 

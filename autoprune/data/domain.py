@@ -87,3 +87,9 @@ def build_domain(spec: str, cfg: dict[str, Any], val_fraction: float = 0.0, prel
             if store is not None:
                 store.preload()
     return dom
+
+
+def load_domains(cfg: dict[str, Any]) -> tuple[Domain, Domain]:
+    """The source and the target of a search; the target holds out its validation split (``data.val_fraction``)."""
+    return (build_domain(cfg["data"]["source"], cfg),
+            build_domain(cfg["data"]["target"], cfg, val_fraction=cfg["data"]["val_fraction"]))

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import torch
 
 from autoprune.config import config_hash, dump
-from autoprune.data.domain import build_domain
+from autoprune.data.domain import load_domains
 from autoprune.engine.baseline import get_baseline
 from autoprune.engine.device import resolve_device, set_threads
 from autoprune.errors import UserError
@@ -186,8 +186,7 @@ def _search(cfg: dict[str, Any], run_dir: Path, started: float, progress: bool,
     host = get_host()
     preflight(cfg, host)
     log(f"data: source {cfg['data']['source']}, target {cfg['data']['target']}")
-    source = build_domain(cfg["data"]["source"], cfg)
-    target = build_domain(cfg["data"]["target"], cfg, val_fraction=cfg["data"]["val_fraction"])
+    source, target = load_domains(cfg)
     try:
         baseline, base_info = get_baseline(cfg, source, device, progress=progress, log=log)
     except NonFiniteLoss as exc:
