@@ -92,6 +92,7 @@ def test_ray_search_interrupted_then_resumed(smoke_run, local_ray, tmp_path, cap
     for t in complete:
         assert t["macs"] <= budget and t["macs_ratio"] <= report["budget"]["macs_ratio"] + 1e-9
         assert 0.0 <= t["target"]["rank1"] <= 1.0
+        assert t["target_val"] is not None  # chosen on the validation split, as with the Optuna backend
     for t in trials:
         if t["state"] == "PRUNED":
             assert "stopped early" in t["error"]

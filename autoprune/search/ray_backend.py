@@ -58,7 +58,7 @@ _ENV: dict[str, SearchEnv] = {}   # one SearchEnv per worker process, reused by 
 
 
 def _worker_env(cfg: dict[str, Any], baseline: Any) -> SearchEnv:
-    from autoprune.data.domain import build_domain
+    from autoprune.data.domain import load_domains
     from autoprune.engine.device import resolve_device
     from autoprune.host import get_host
 
@@ -66,8 +66,8 @@ def _worker_env(cfg: dict[str, Any], baseline: Any) -> SearchEnv:
     if key not in _ENV:
         _ENV.clear()
         device = resolve_device(cfg["train"]["device"])
-        source = build_domain(cfg["data"]["source"], cfg)
-        target = build_domain(cfg["data"]["target"], cfg)
+        # The driver's domains: the target's validation split held out, so Ray trials are chosen on it too.
+        source, target = load_domains(cfg)
         _ENV[key] = SearchEnv(cfg, get_host(), device, source, target, baseline, progress=False)
     return _ENV[key]
 
