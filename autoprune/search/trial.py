@@ -26,6 +26,7 @@ from autoprune.pruning.budget import Budget, check_feasible, project
 from autoprune.pruning.flops import CostModel, count_macs
 from autoprune.pruning.groups import PruningGraph
 from autoprune.scenarios import ScenarioContext
+from autoprune.search.records import objective
 from autoprune.search.space import SearchSpace, build_space
 from autoprune.strategies import StrategyContext
 
@@ -240,7 +241,7 @@ class SearchEnv:
 def objective_rank1(metrics: dict[str, Any]) -> float:
     """The number a search maximises: target validation rank-1 (test rank-1 without a validation split)."""
     target = metrics["target"]
-    return float(target["val"]["rank1"] if "val" in target else target["rank1"])
+    return float(objective(target.get("val"), target))
 
 
 def format_error(exc: BaseException) -> str:
