@@ -45,6 +45,13 @@ def objective(target_val: dict[str, float] | None, target: dict[str, float] | No
     return target["rank1"] if target else None
 
 
+def selection_key(target_val: dict[str, float] | None, target: dict[str, float], number: int) -> tuple:
+    """Order of trials and finalists, best last: the objective, then mAP of the same split, then the
+    earlier trial. Ties are broken on the split that selects, never on the test split it reports."""
+    split = target_val or target
+    return objective(target_val, target), split.get("mAP", 0.0), -number
+
+
 def metrics_summary(metrics: dict[str, Any] | None) -> dict[str, float] | None:
     if not metrics:
         return None

@@ -19,7 +19,7 @@ from autoprune.engine.device import resolve_device, set_threads
 from autoprune.errors import UserError
 from autoprune.host import get_host
 from autoprune.pruning.serialize import load_pruned, save_pruned
-from autoprune.search.records import TrialRecord, metrics_summary, objective
+from autoprune.search.records import TrialRecord, metrics_summary, selection_key
 from autoprune.search.report import pareto_front, summary_table, write_json, write_plots, write_trials_csv
 from autoprune.search.trial import SearchEnv, TrialResult
 
@@ -136,11 +136,10 @@ def _save_trial_model(run_dir: Path) -> Callable[[int, TrialResult], str]:
 
 
 def _ranked(records: list[TrialRecord], budget_ratio: float) -> list[TrialRecord]:
-    """Complete trials within the budget, best first on the objective (validation rank-1; the test split
-    only reports), then mAP, then the earlier trial."""
+    """Complete trials within the budget, best first (``selection_key``: the test split only reports)."""
     done = [r for r in records if r.state == "COMPLETE" and r.target and r.macs_ratio is not None
             and r.macs_ratio <= budget_ratio + 1e-9]
-    return sorted(done, key=lambda r: (r.objective, r.target.get("mAP", 0.0), -r.number), reverse=True)
+    return sorted(done, key=lambda r: selection_key(r.target_val, r.target, r.number), reverse=True)
 
 
 def trial_line(r: TrialRecord, best: float | None) -> str:
@@ -297,7 +296,7 @@ def finish(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, base: dict[str, A
         done = json.loads(marker.read_text()) if marker.is_file() else {}
         if final_epochs:
             finals = _final_round(env, ranked[: cfg["search"]["finalists"]], uniform, final_epochs, model_dir, log)
-            chosen = max(finals, key=lambda f: (objective(f["target_val"], f["target"]), f["target"]["mAP"], -f["trial"]))
+            chosen = max(finals, key=lambda f: selection_key(f["target_val"], f["target"], f["trial"]))
             best = next(r for r in records if r.number == chosen["trial"])
             for f in finals:
                 f["chosen"] = f is chosen
