@@ -161,14 +161,12 @@ def t2_search_vs_uniform(suite: Suite) -> dict[str, Any]:
             glob = suite.cell(f"t2_global_{tag}", [f"budget.macs_ratio={budget}", f"seed={seed}", "search.n_trials=1",
                                                    "search.space=uniform", "trial.strategy=global"])
             rows[(budget, seed)] = {"searched": searched["best"]["target"]["rank1"],
-                                    "searched_macs": searched["best"]["macs_ratio"],
                                     # what the search alone picked (best on validation after the trials' epochs)
                                     "top_trial": searched["finalists"][0]["target"]["rank1"],
                                     # the same final fine-tune as the searched best, when there is one
                                     "uniform": (searched["uniform"].get("final_target")
                                                 or searched["uniform"]["target"])["rank1"],
                                     "global": glob["best"]["target"]["rank1"] if glob["best"] else None,
-                                    "unpruned": searched["baseline"]["target"]["rank1"],
                                     "report": searched}
     return rows
 
