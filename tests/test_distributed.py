@@ -1,11 +1,14 @@
-"""Shared Optuna studies: two `autoprune worker` processes on one journal file, and on a real PostgreSQL."""
+"""Shared Optuna studies: two `autoprune worker` processes on one journal file, and on a real PostgreSQL;
+many workers racing for the last trials of a study (the count must be exact under any timing)."""
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -40,7 +43,9 @@ def _check_study(storage, outputs: list[str], tmp_path: Path) -> None:
     import optuna
 
     study = optuna.load_study(study_name="autoprune", storage=storage)
-    trials = study.get_trials(deepcopy=False)
+    every = study.get_trials(deepcopy=False)
+    trials = [t for t in every if not t.user_attrs.get("given_back")]
+    assert all(not t.params for t in every if t.user_attrs.get("given_back")), "a given-back trial ran"
     assert [t.number for t in trials] == list(range(N_TRIALS))
     assert all(t.state.is_finished() for t in trials)
     policies = [tuple(sorted(t.params.items())) for t in trials]
@@ -103,3 +108,97 @@ def test_worker_refuses_a_ray_config_and_hides_a_bad_password(tmp_path, capsys):
                  "--out", str(tmp_path / "w2"), "--set", f"data.root={tmp_path / 'data'}"]) == 2
     err = capsys.readouterr().err
     assert "hunter2" not in err and "127.0.0.1:9" in err
+
+
+# -- many workers racing for the last trials ---------------------------------------------------------
+
+# Six workers, 20 trials of 10 ms each: the workers spend their time in the storage, checking the count and
+# creating trials, so their checks interleave. A count checked before a trial is created (the bug this
+# guards against) ran 22-24 trials in 6 runs of 6 here; claiming in the storage runs 20 every time.
+RACE_WORKERS = 6
+RACE_TRIALS = 20
+TRIAL_SECONDS = 0.01
+
+
+class RaceEnv:
+    """What OptunaBackend needs of a SearchEnv, with a trial that only sleeps: the race is all there is."""
+
+    def __init__(self, cfg: dict) -> None:
+        from autoprune.search.space import Param, SearchSpace
+
+        self.cfg = cfg
+        self.device = None
+        names = ("layer1.out", "layer2.out", "layer3.out")  # continuous: no two sampled policies are equal
+        self.space = SearchSpace("race", "group", {n: Param(n, 0.1, 1.0, None, [n]) for n in names})
+
+    def run(self, values: dict, report=None, screen=None):
+        from autoprune.search.trial import TrialResult
+
+        time.sleep(TRIAL_SECONDS)
+        return TrialResult(counts={}, policy=dict(values), macs=1, params=1, macs_ratio=0.5,
+                           metrics={"target": {"rank1": sum(values.values()) / 3, "mAP": 0.1}}, seconds=TRIAL_SECONDS)
+
+
+def _race_config(storage: str, n_trials: int) -> dict:
+    from autoprune.config import load_config
+
+    cfg = load_config(preset="smoke", overrides=["search.sampler=random", "search.pruner=none",
+                                                 f"search.n_trials={n_trials}"])
+    cfg["search"]["storage"] = storage
+    return cfg
+
+
+def _race_worker(storage: str, run_dir: str, start, ran: str) -> None:
+    """One worker process: wait for the start signal, run the study to RACE_TRIALS, write what it ran."""
+    from autoprune.search.optuna_backend import OptunaBackend
+
+    numbers = []
+    backend = OptunaBackend(RaceEnv(_race_config(storage, RACE_TRIALS)), Path(run_dir),
+                            on_trial=lambda r: numbers.append(r.number))
+    start.wait()
+    backend.run(RACE_TRIALS)
+    Path(ran).write_text(json.dumps(numbers))
+
+
+def _race(storage: str, tmp_path: Path) -> list[list[int]]:
+    ctx = multiprocessing.get_context("fork")
+    start = ctx.Event()
+    procs = [ctx.Process(target=_race_worker, args=(storage, str(tmp_path), start, str(tmp_path / f"ran{i}.json")))
+             for i in range(RACE_WORKERS)]
+    for p in procs:
+        p.start()
+    time.sleep(1.0)  # every worker has opened the study; then they all start at once
+    start.set()
+    for p in procs:
+        p.join(timeout=180)
+        assert p.exitcode == 0
+    return [json.loads((tmp_path / f"ran{i}.json").read_text()) for i in range(RACE_WORKERS)]
+
+
+@pytest.mark.parametrize("kind", ["journal", "postgresql"])
+def test_racing_workers_finish_exactly_n_trials(kind, tmp_path, request):
+    """Workers racing for the last trials of a study run exactly n_trials, each once, the uniform policy
+    once (every worker queues it), and a resumed or extended study reads the given-back trials right."""
+    from autoprune.search.optuna_backend import OptunaBackend, counted, given_back
+
+    storage = f"journal:{tmp_path / 'study.log'}"
+    if kind == "postgresql":
+        storage = request.getfixturevalue("postgres").url
+    ran = _race(storage, tmp_path)
+    backend = OptunaBackend(RaceEnv(_race_config(storage, RACE_TRIALS)), tmp_path)
+    trials = backend.study.get_trials(deepcopy=False)
+    kept = [t for t in trials if not given_back(t)]
+    assert counted(trials) == RACE_TRIALS == len(kept)
+    assert all(t.state.name == "COMPLETE" for t in kept)
+    assert sorted(n for numbers in ran for n in numbers) == [t.number for t in kept]  # each run by one worker
+    assert len({tuple(sorted(t.params.items())) for t in kept}) == RACE_TRIALS  # no policy twice
+    uniform = backend.env.space.uniform_values()
+    assert sum(t.params == uniform for t in kept) == 1
+    for t in trials:
+        if given_back(t):
+            assert t.state.name == "FAIL" and not t.params and "record" not in t.user_attrs
+    assert [r.number for r in backend.records()] == [t.number for t in kept]
+    # Resumed: nothing to run. Extended by two: two more trials run, the count is exact again.
+    assert len(backend.run(RACE_TRIALS)) == RACE_TRIALS
+    assert len(backend.run(RACE_TRIALS + 2)) == RACE_TRIALS + 2
+    assert counted(backend.study.get_trials(deepcopy=False)) == RACE_TRIALS + 2

@@ -8,6 +8,9 @@
   "interrupted" error and its policy is queued again; it does not count toward ``search.n_trials``.
   A trial that failed on its own (an exception, NaN loss, out of memory) is FAIL and does count:
   retrying it would fail again.
+- Workers sharing a study claim trials in the storage: a worker creates its trial, then runs it only if
+  fewer than ``search.n_trials`` trials that hold a place come before it (see :meth:`OptunaBackend._claim`);
+  otherwise it gives the trial back (FAIL, ``given_back``: neither counted, retried nor reported) and stops.
 """
 
 from __future__ import annotations
@@ -34,11 +37,28 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 # User attribute of a trial the process stopped in (killed or Ctrl-C): FAIL, retried, not counted.
 INTERRUPTED = "interrupted"
 INTERRUPTED_ERROR = "interrupted: the process stopped during this trial; its policy is run again"
+# User attribute of a trial a worker created but did not run, because the study already held n_trials
+# trials before it: FAIL, and ignored by the count, the retries and the report.
+GIVEN_BACK = "given_back"
+
+
+class GivenBack(Exception):
+    """Raised by the objective for a trial the study has no room for; the worker then stops."""
+
+
+def given_back(t: optuna.trial.FrozenTrial) -> bool:
+    return bool(t.user_attrs.get(GIVEN_BACK))
 
 
 def counted(trials: list[optuna.trial.FrozenTrial]) -> int:
-    """Trials that count toward ``search.n_trials``: finished, except those the process was stopped in."""
-    return sum(t.state in FINISHED and not t.user_attrs.get(INTERRUPTED) for t in trials)
+    """Trials that count toward ``search.n_trials``: finished, except those the process was stopped in
+    and those a worker gave back."""
+    return sum(t.state in FINISHED and not t.user_attrs.get(INTERRUPTED) and not given_back(t) for t in trials)
+
+
+def holds_a_place(t: optuna.trial.FrozenTrial) -> bool:
+    """Counted, or going to be: running, or queued (WAITING) and run before any later trial."""
+    return t.state in (TrialState.RUNNING, TrialState.WAITING) or counted([t]) == 1
 
 
 def make_sampler(name: str, seed: int, multi: bool) -> optuna.samplers.BaseSampler:
@@ -177,6 +197,7 @@ class OptunaBackend:
         self.multi = env.cfg["search"]["objectives"] == "rank1+macs"
         self._disk_full: OSError | None = None
         self._failed = False
+        self._n_trials = env.cfg["search"]["n_trials"]
 
     def _recover_interrupted(self) -> None:
         """Fail the trials a killed process left RUNNING, and queue the policies of every interrupted trial again.
@@ -209,7 +230,30 @@ class OptunaBackend:
         for params in queued:
             self.study.enqueue_trial(params, skip_if_exists=True)
 
+    def _claim(self, trial: optuna.Trial) -> None:
+        """Run ``trial`` only if fewer than ``n_trials`` trials that hold a place come before it; else give it back.
+
+        Why this is exact under any timing: the storage numbers trials in the order it creates them (Optuna
+        locks the study row in a database; a journal is one ordered log), and every trial is created RUNNING
+        or WAITING before its worker reads the study. Of any n_trials + 1 trials, the one created last sees
+        the others before it and gives itself back. A queued policy (the warm start, a retry) given back is
+        queued again for a later run, unless it duplicates a policy before it (two workers queued it at once).
+        """
+        trials = self.storage.get_all_trials(self.study._study_id, deepcopy=False)
+        mine = next(t for t in trials if t._trial_id == trial._trial_id)
+        before = [t for t in trials if t.number < mine.number and holds_a_place(t)]
+        fixed = mine.system_attrs.get("fixed_params")
+        duplicate = fixed is not None and any(t.system_attrs.get("fixed_params") == fixed for t in before)
+        if len(before) < self._n_trials and not duplicate:
+            return
+        trial.set_user_attr(GIVEN_BACK, True)
+        if fixed is not None and not duplicate:
+            attrs = {k: v for k, v in mine.user_attrs.items() if k == "retry_of"}
+            self.study.enqueue_trial(fixed, user_attrs=attrs, skip_if_exists=False)
+        raise GivenBack(f"trial {trial.number}: the study already holds {len(before)} trials")
+
     def objective(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        self._claim(trial)
         if self._failed:  # the failed trial's frames are gone now: give its memory back (out of memory, most likely)
             self._failed = False
             _release_memory(self.env.device)
@@ -274,6 +318,7 @@ class OptunaBackend:
         return (rank1, float(result.macs)) if self.multi else rank1
 
     def run(self, n_trials: int, timeout: float | None = None) -> list[TrialRecord]:
+        self._n_trials = n_trials
         self._recover_interrupted()
         self._warm_start()
 
@@ -289,8 +334,12 @@ class OptunaBackend:
             return counted(trials) + sum(t.state == TrialState.RUNNING for t in trials)
 
         def callback(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
+            if given_back(frozen):  # the study is full: nothing to say, nothing more to run
+                study.stop()
+                return
             if self.on_trial:
                 self.on_trial(record_of(frozen))
+            # Only saves creating a trial to give back: _claim is what keeps the count exact.
             if claimed(study) >= n_trials or self._disk_full is not None:
                 study.stop()
 
@@ -298,19 +347,20 @@ class OptunaBackend:
         if done < n_trials:
             # Optuna logs a failed trial with its traceback; for a stopped process that is noise around our line.
             optimize_log = logging.getLogger("optuna.study._optimize")
-            optimize_log.addFilter(_not_a_stop)
+            quiet = _QuietStops()
+            optimize_log.addFilter(quiet)
             try:
                 # catch=(Exception,): a failing trial is recorded as FAIL and the search goes on.
                 self.study.optimize(self.objective, n_trials=n_trials - done, timeout=timeout,
                                     catch=(Exception,), callbacks=[callback])
             finally:
-                optimize_log.removeFilter(_not_a_stop)
+                optimize_log.removeFilter(quiet)
         if self._disk_full is not None:
             raise self._disk_full
         return self.records()
 
     def records(self) -> list[TrialRecord]:
-        return [record_of(t) for t in self.study.get_trials(deepcopy=False)]
+        return [record_of(t) for t in self.study.get_trials(deepcopy=False) if not given_back(t)]
 
 
 def check_warm_start(policies: Any, space: Any) -> None:
@@ -330,12 +380,23 @@ def check_warm_start(policies: Any, space: Any) -> None:
                         f"e.g. {example}; {problem}")
 
 
-def _not_a_stop(record: logging.LogRecord) -> bool:
-    """False for Optuna's "trial failed" record of a Ctrl-C or a full disk (reported in one line instead)."""
-    from autoprune.search.run import DISK_FULL
+class _QuietStops(logging.Filter):
+    """Drops Optuna's two "trial failed" records of a Ctrl-C, a full disk (each reported in one line of ours)
+    and a trial given back (not a failure); other failures keep their warning and traceback."""
 
-    exc = record.exc_info[1] if record.exc_info else None
-    return not (isinstance(exc, KeyboardInterrupt) or (isinstance(exc, OSError) and exc.errno in DISK_FULL))
+    def __init__(self) -> None:
+        super().__init__()
+        self.quiet: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from autoprune.search.run import DISK_FULL
+
+        message = str(record.msg)
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, (KeyboardInterrupt, GivenBack)) or (isinstance(exc, OSError) and exc.errno in DISK_FULL):
+            self.quiet.add(message.split(" failed with parameters", 1)[0])  # "Trial 12"
+            return False
+        return message.split(" failed with value", 1)[0] not in self.quiet
 
 
 def _release_memory(device: Any) -> None:
