@@ -12,7 +12,8 @@ from autoprune.errors import UserError
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML run configuration (default: the demo preset)")
+    p.add_argument("--config", help="YAML run configuration (default: the demo preset; the checkpoint preset "
+                                    "with a checkpoint)")
     p.add_argument("--preset", help="a named preset from configs/ (demo, smoke, ...)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key, e.g. --set search.n_trials=5 (repeatable)")
@@ -20,11 +21,41 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+# The common case of `autoprune search` in flags: each one sets a config key (before any --set).
+SHORTCUTS = {"checkpoint": "model.checkpoint", "target": "data.target", "budget": "budget.macs_ratio",
+             "arch": "model.arch", "input_size": "model.input_size", "source": "data.source"}
+
+
+def _shortcut_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", metavar="FILE",
+                   help="your trained model to prune: a torchreid or fast-reid checkpoint, an autoprune model or a "
+                        "state dict (model.checkpoint); nothing is trained on a source")
+    p.add_argument("--target", metavar="KIND:ROOT",
+                   help="the data where the model will run, e.g. market1501:/data/Market-1501 (data.target)")
+    p.add_argument("--budget", type=float, metavar="RATIO",
+                   help="MACs budget as a fraction of the unpruned model's, e.g. 0.5 (budget.macs_ratio)")
+    p.add_argument("--arch", help="backbone, e.g. resnet50; inferred from --checkpoint when left out (model.arch)")
+    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
+                   help="input height and width (model.input_size; 256 128 with --checkpoint)")
+    p.add_argument("--source", metavar="KIND:ROOT",
+                   help="source data, if you have it: source metrics, the direct_transfer scenario (data.source)")
+
+
+def _shortcut_overrides(args: argparse.Namespace) -> list[str]:
+    """The shortcut flags given, as --set items (JSON values: a path stays a string, whatever it looks like)."""
+    return [f"{key}={json.dumps(getattr(args, name))}" for name, key in SHORTCUTS.items()
+            if getattr(args, name, None) is not None]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autoprune", description="Prune re-ID CNNs for a target domain under a MACs budget.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("search", help="search per-layer pruning ratios under the budget (the main job)")
+    p = sub.add_parser("search", help="search per-layer pruning ratios under the budget (the main job)",
+                       description="Prune a re-ID model for a target domain under a MACs budget. Your own trained "
+                                   "model: autoprune search --checkpoint model.pth.tar-60 "
+                                   "--target market1501:/data/Market-1501 --budget 0.5")
+    _shortcut_args(p)
     _config_args(p)
     p = sub.add_parser("train", help="train (or reuse the cached) baseline on the source domain")
     _config_args(p)
@@ -56,14 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
 def _default_out(args: argparse.Namespace) -> str:
     if args.out:
         return args.out
-    name = args.preset or (Path(args.config).stem if args.config else "demo")
+    checkpoint = getattr(args, "checkpoint", None)
+    name = args.preset or (Path(args.config).stem if args.config else Path(checkpoint).name if checkpoint else "demo")
     return str(Path("runs") / name)
 
 
 def _load(args: argparse.Namespace) -> dict[str, Any]:
     from autoprune.config import load_config
 
-    return load_config(args.config, args.preset, args.overrides)
+    return load_config(args.config, args.preset, [*_shortcut_overrides(args), *args.overrides])
 
 
 def run_search_command(cfg: dict[str, Any], out: str | Path, quiet: bool) -> int:
@@ -89,6 +121,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from autoprune.pruning.serialize import save_pruned
 
     cfg = _load(args)
+    if cfg["data"]["source"] is None:
+        raise UserError("autoprune train trains and scores on data.source, which is null; give data.source, or "
+                        "prune model.checkpoint directly with autoprune search")
     out = Path(_default_out(args))
     out.mkdir(parents=True, exist_ok=True)
     set_threads(cfg["train"]["threads"])

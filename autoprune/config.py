@@ -21,7 +21,8 @@ import yaml
 from autoprune.errors import UserError
 
 DEFAULTS: dict[str, Any] = {
-    "model": {"arch": "resnet18", "last_stride": 1, "pooling": "avg", "weights": "none",
+    # arch and last_stride null: from model.checkpoint where it shows them, else resnet18 and 1
+    "model": {"arch": None, "last_stride": None, "pooling": "avg", "weights": "none", "checkpoint": None,
               "input_size": [128, 64]},
     "data": {"source": "synth:A", "target": "synth:B", "root": "data", "batch_size": 32,
              "num_instances": 4, "workers": 0, "random_erasing": 0.0, "check_images": True,
@@ -48,6 +49,11 @@ DEFAULTS: dict[str, Any] = {
 
 # Keys whose default is None (or a list) take these types; a tuple means "any of".
 TYPES: dict[str, tuple[type, ...]] = {
+    "model.arch": (str, type(None)),
+    "model.last_stride": (int, type(None)),
+    "model.checkpoint": (str, type(None)),
+    "data.source": (str, type(None)),
+    "data.target": (str, type(None)),
     "budget.gmacs": (float, type(None)),
     "search.storage": (str, type(None)),
     "search.study_name": (str, type(None)),
@@ -217,17 +223,29 @@ def _nest(key: str, value: Any) -> dict[str, Any]:
 
 def load_config(config: str | Path | None = None, preset: str | None = None,
                 overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
-    """Defaults <- preset (``demo`` when neither a file nor a preset is given) <- file <- ``--set``."""
+    """Defaults <- preset (``demo``, or ``checkpoint`` with model.checkpoint, when neither a file nor a preset
+    is given) <- file <- ``--set``."""
     cfg = copy.deepcopy(DEFAULTS)
     if preset is None and config is None:
-        preset = "demo"
+        # a trained model to prune (--checkpoint) starts from the real-data preset, anything else from the demo
+        given = dict(parse_override(item) for item in overrides)
+        preset = "checkpoint" if given.get("model.checkpoint") is not None else "demo"
     if preset is not None:
         _merge(cfg, read_preset(preset))
+    stated: set[str] = set()  # model keys set by the user (file, --set): a preset's are its own recipe's
     if config is not None:
-        _merge(cfg, read_yaml(config))
+        data = read_yaml(config)
+        _merge(cfg, data)
+        stated.update(f"model.{k}" for k in data.get("model") or {})
     for item in overrides:
         key, value = parse_override(item)
         _merge(cfg, _nest(key, value))
+        stated.add(key)
+    if cfg["model"]["checkpoint"] is not None:
+        # A preset's architecture is what it would train; a checkpoint's is read from the file.
+        for key in ("arch", "last_stride"):
+            if f"model.{key}" not in stated:
+                cfg["model"][key] = None
     validate(cfg)
     return cfg
 
@@ -245,10 +263,39 @@ def validate(cfg: dict[str, Any]) -> None:
     if cfg["data"]["batch_size"] % cfg["data"]["num_instances"]:
         raise UserError(f"data.batch_size ({cfg['data']['batch_size']}) must be a multiple of data.num_instances "
                         f"({cfg['data']['num_instances']}) for P x K identity batches")
+    m = cfg["model"]
+    if m["checkpoint"] is not None and not m["checkpoint"].strip():
+        raise UserError("model.checkpoint is empty; give the path of a trained model file, or null")
     for key in ("source", "target"):
         spec = cfg["data"][key]
+        if spec is None and key == "source" and m["checkpoint"] is not None:
+            continue  # a trained model needs no source: nothing is trained there
         if not isinstance(spec, str) or ":" not in spec:
-            raise UserError(f"data.{key} must look like KIND:ROOT (e.g. market1501:/data/market or synth:B), got {spec!r}")
+            hint = {"source": " (data.source: null needs model.checkpoint, a trained model)",
+                    "target": " (autoprune search --target KIND:ROOT sets it)"}[key] if spec is None else ""
+            raise UserError(f"data.{key} must look like KIND:ROOT (e.g. market1501:/data/market or synth:B), "
+                            f"got {spec!r}{hint}")
+    if m["checkpoint"] is None:
+        m["arch"] = m["arch"] or "resnet18"
+        m["last_stride"] = 1 if m["last_stride"] is None else m["last_stride"]
+    else:  # last: the checkpoint file is read only once the rest is known to be valid
+        from autoprune.models.checkpoint import resolve_model_config
+
+        resolve_model_config(m)
+
+
+# Keys added after runs and baselines were cached: left out of identities while unset, so those keep theirs.
+LATE_KEYS = ("model.checkpoint",)
+
+
+def without_unset_late_keys(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``cfg`` without the LATE_KEYS that are null, for run-directory and baseline identities."""
+    out = copy.deepcopy(cfg)
+    for key in LATE_KEYS:
+        section, leaf = key.split(".")
+        if out.get(section, {}).get(leaf, "set") is None:
+            del out[section][leaf]
+    return out
 
 
 def config_hash(cfg: dict[str, Any], keys: tuple[str, ...]) -> str:

@@ -22,7 +22,7 @@ class ScenarioContext:
     """
 
     model: nn.Module
-    source: Domain
+    source: Domain | None              # None when a trained model is pruned without source data
     target: Domain
     epochs: int
     prune: Callable[[nn.Module, Domain, int], nn.Module]
@@ -35,6 +35,7 @@ class BaseScenario(abc.ABC):
     """Orders pruning and fine-tuning; returns the final model and its measurements."""
 
     name: str = ""
+    needs_source: bool = False  # True: refused up front when data.source is null (a trained model, no source)
 
     @abc.abstractmethod
     def run(self, ctx: ScenarioContext) -> tuple[nn.Module, dict[str, Any]]:

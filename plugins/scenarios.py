@@ -16,7 +16,7 @@ from autoprune.scenarios import BaseScenario, ScenarioContext
 
 def _metrics(model: nn.Module, ctx: ScenarioContext) -> dict[str, Any]:
     """``{"target": ..., "source": ... or None}`` for the final model."""
-    source = ctx.evaluate(model, ctx.source) if len(ctx.source.query) > 0 else None
+    source = ctx.evaluate(model, ctx.source) if ctx.source is not None and len(ctx.source.query) > 0 else None
     return {"target": ctx.evaluate(model, ctx.target), "source": source}
 
 
@@ -59,6 +59,7 @@ class DirectTransferScenario(BaseScenario):
     """Prune and fine-tune on the source only, then score on the target: no target label is used."""
 
     name = "direct_transfer"
+    needs_source = True
 
     def run(self, ctx: ScenarioContext) -> tuple[nn.Module, dict[str, Any]]:
         model = ctx.prune(ctx.model, ctx.source, ctx.epochs)

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from autoprune.errors import UserError
-from autoprune.models import build_model, load_backbone_weights, map_reid_keys
+from autoprune.models import build_model, load_backbone_weights
+from autoprune.models.checkpoint import backbone_state
 
 SIZE = (64, 32)
 
@@ -73,9 +74,13 @@ def test_torchreid_fastreid_checkpoint_loads(tmp_path):
 
 
 def test_key_mapping():
-    mapped = map_reid_keys({"module.backbone.layer1.0.conv1.weight": torch.zeros(1), "base.conv1.weight": torch.zeros(1),
-                            "classifier.weight": torch.zeros(1), "heads.bnneck.weight": torch.zeros(1)})
+    z = torch.zeros(1)
+    mapped = backbone_state({"module.backbone.layer1.0.conv1.weight": z, "module.backbone.conv1.weight": z,
+                             "module.backbone.bn1.num_batches_tracked": z, "module.classifier.weight": z,
+                             "module.heads.bnneck.weight": z, "module.backbone.fc.weight": z}, "x.pth")
     assert set(mapped) == {"layer1.0.conv1.weight", "conv1.weight"}
+    assert set(backbone_state({"base.layer1.0.conv1.weight": z, "base.bn1.bias": z}, "x.pth")) == {
+        "layer1.0.conv1.weight", "bn1.bias"}
 
 
 def test_checkpoint_of_another_architecture_is_refused(tmp_path):

@@ -89,7 +89,9 @@ def build_domain(spec: str, cfg: dict[str, Any], val_fraction: float = 0.0, prel
     return dom
 
 
-def load_domains(cfg: dict[str, Any]) -> tuple[Domain, Domain]:
-    """The source and the target of a search; the target holds out its validation split (``data.val_fraction``)."""
-    return (build_domain(cfg["data"]["source"], cfg),
+def load_domains(cfg: dict[str, Any]) -> tuple[Domain | None, Domain]:
+    """The source (None when ``data.source`` is null: a trained model is pruned) and the target of a search;
+    the target holds out its validation split (``data.val_fraction``)."""
+    source = cfg["data"]["source"]
+    return (build_domain(source, cfg) if source is not None else None,
             build_domain(cfg["data"]["target"], cfg, val_fraction=cfg["data"]["val_fraction"]))

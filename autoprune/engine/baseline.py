@@ -8,17 +8,19 @@ from typing import Any
 
 import torch
 
-from autoprune.config import config_hash
+from autoprune.config import config_hash, without_unset_late_keys
 from autoprune.data.domain import Domain
 from autoprune.engine.evaluate import evaluate_domain
 from autoprune.engine.train import TrainSettings, fit
-from autoprune.models import ReIDNet, build_model
+from autoprune.errors import UserError
+from autoprune.models import ReIDNet, build_model, load_checkpoint_model
+from autoprune.models.checkpoint import checkpoint_record
 from autoprune.pruning.serialize import load_pruned, save_pruned
 
 
 def baseline_key(cfg: dict[str, Any]) -> str:
     """What determines the baseline: model, source data, training recipe and seed."""
-    part = {"model": cfg["model"], "source": cfg["data"]["source"], "synth": cfg["data"]["synth"],
+    part = {"model": without_unset_late_keys(cfg)["model"], "source": cfg["data"]["source"], "synth": cfg["data"]["synth"],
             "batch": [cfg["data"]["batch_size"], cfg["data"]["num_instances"], cfg["data"]["random_erasing"]],
             "train": {k: v for k, v in cfg["train"].items() if k not in ("device", "threads")},
             "seed": cfg["seed"]}
@@ -29,9 +31,28 @@ def baseline_path(cfg: dict[str, Any]) -> Path:
     return Path(cfg["data"]["root"]) / "baselines" / f"{cfg['model']['arch']}-{baseline_key(cfg)}.pt"
 
 
-def get_baseline(cfg: dict[str, Any], source: Domain, device: torch.device, progress: bool = True,
+def checkpoint_baseline(cfg: dict[str, Any], source: Domain | None, device: torch.device,
+                        log: Any = print) -> tuple[ReIDNet, dict[str, Any]]:
+    """The trained model of ``model.checkpoint``, as it is: nothing is trained; scored on the source if given."""
+    m = cfg["model"]
+    record = checkpoint_record(m)
+    log(f"baseline: {m['arch']} from {record['format']} checkpoint {record['path']} (sha256 {record['sha256'][:12]}); "
+        f"no source training")
+    model = load_checkpoint_model(m, source.num_classes if source is not None else 1)
+    source_metrics = evaluate_domain(model, source.query, source.gallery, device) if source is not None else None
+    return model, {"arch": m["arch"], "source": source.spec if source is not None else None,
+                   "source_metrics": source_metrics, "history": [], "checkpoint": record}
+
+
+def get_baseline(cfg: dict[str, Any], source: Domain | None, device: torch.device, progress: bool = True,
                  log: Any = print) -> tuple[ReIDNet, dict[str, Any]]:
-    """Load the cached source-trained model, or train it on the source domain and cache it."""
+    """The model to prune: ``model.checkpoint`` as it is, else the cached source-trained model, else train it
+    on the source domain and cache it."""
+    if cfg["model"]["checkpoint"] is not None:
+        return checkpoint_baseline(cfg, source, device, log)
+    if source is None:
+        raise UserError("data.source is null: without model.checkpoint there is no trained model to prune; "
+                        "give data.source to train one, or model.checkpoint")
     path = baseline_path(cfg)
     info_path = path.with_suffix(".json")
     if path.is_file() and info_path.is_file():

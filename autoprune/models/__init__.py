@@ -10,10 +10,16 @@ import torch
 from torch import nn
 
 from autoprune.errors import UserError
+from autoprune.models.checkpoint import (
+    backbone_state,
+    load_backbone,
+    read_checkpoint,
+    read_state,
+)
 from autoprune.models.reid import ReIDNet
-from autoprune.pruning.serialize import load_tensors
+from autoprune.pruning.serialize import build_from_meta
 
-__all__ = ["ReIDNet", "build_model", "load_backbone_weights"]
+__all__ = ["ReIDNet", "build_model", "load_backbone_weights", "load_checkpoint_model"]
 
 
 def build_model(arch: str, num_classes: int, last_stride: int = 1, pooling: str = "avg",
@@ -46,31 +52,8 @@ def _imagenet_file(arch: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
 
 
-# torchreid names the backbone's layers like torchvision; fast-reid prefixes them with "backbone." and
-# names the stem differently. Keys are mapped onto torchvision's names before loading.
-_PREFIXES = ("module.", "backbone.", "base.", "model.")
-_FASTREID_STEM = {"conv1.": "conv1.", "bn1.": "bn1."}
-
-
-def map_reid_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Map torchreid / fast-reid / bag-of-tricks checkpoint keys to torchvision ResNet keys."""
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        k = key
-        changed = True
-        while changed:
-            changed = False
-            for p in _PREFIXES:
-                if k.startswith(p):
-                    k, changed = k[len(p):], True
-        if k.startswith(("fc.", "classifier.", "heads.", "bottleneck.", "bnneck.")) or "num_batches_tracked" in k:
-            continue  # heads are re-initialised: the label set is not ours
-        out[k] = value
-    return out
-
-
 def load_backbone_weights(backbone: nn.Module, arch: str, weights: str) -> None:
-    """Load ImageNet weights from the local torch hub cache, or a torchreid/fast-reid checkpoint file."""
+    """Initialise from ImageNet weights (the local torch hub cache) or a torchreid/fast-reid checkpoint file."""
     if weights == "imagenet":
         path = _imagenet_file(arch)
         if not path.is_file():
@@ -82,20 +65,27 @@ def load_backbone_weights(backbone: nn.Module, arch: str, weights: str) -> None:
         path = Path(weights)
         if not path.is_file():
             raise UserError(f"model.weights: {weights} does not exist; give a checkpoint path, 'imagenet' or 'none'")
-    state = load_tensors(path, "save a plain state_dict (torch.save(model.state_dict(), path))")
-    for key in ("state_dict", "model", "net"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"{path} holds no state dict (a mapping of names to tensors); give a torchreid, fast-reid "
-                        f"or torchvision checkpoint")
-    state = map_reid_keys(state)
-    own = backbone.state_dict()
-    missing = [k for k in own if k not in state and "num_batches_tracked" not in k]
-    wrong = [k for k in state if k in own and own[k].shape != state[k].shape]
-    if wrong or len(missing) > len(own) // 2:
-        raise UserError(
-            f"{path} does not match backbone {arch}: {len(missing)} missing keys, {len(wrong)} with another shape "
-            f"(e.g. {(wrong or missing)[0]}); check model.arch"
-        )
-    backbone.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    state, _, _ = read_state(path)
+    load_backbone(backbone, backbone_state(state, path), arch, path, strict=False)
+
+
+def load_checkpoint_model(model_cfg: dict[str, Any], num_classes: int, host: Any = None) -> ReIDNet:
+    """The trained model of ``model.checkpoint`` (resolved config), its classifier fresh for ``num_classes``.
+
+    An autoprune model file comes back as saved (pruned widths and BNNeck included); from any other format
+    the backbone is imported exactly and the head (BNNeck, classifier) is new.
+    """
+    ck = read_checkpoint(model_cfg["checkpoint"])
+    if ck.meta is not None:
+        model = build_from_meta(ck.meta, host=host)
+        try:
+            model.load_state_dict(ck.state, strict=True)
+        except RuntimeError as exc:
+            raise UserError(f"{ck.path}: weights do not match the saved architecture ({str(exc).splitlines()[0]}); "
+                            f"the file is corrupt or was edited") from None
+        model.reset_classifier(num_classes)
+        return model
+    model = build_model(model_cfg["arch"], num_classes, last_stride=model_cfg["last_stride"],
+                        pooling=model_cfg["pooling"], host=host)
+    load_backbone(model.backbone, ck.backbone(), model_cfg["arch"], ck.path, strict=True)
+    return model

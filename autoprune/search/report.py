@@ -125,6 +125,9 @@ def summary_table(report: dict[str, Any]) -> str:
         note += f"; uniform and best: {best['final_epochs']} final epochs"
     if note:
         lines.append(f"(target test split; {note})")
+    ck = b.get("checkpoint")
+    if ck:
+        lines.append(f"model: {ck['arch']} from {ck['format']} checkpoint {ck['path']} (sha256 {ck['sha256'][:16]})")
     return "\n".join(lines)
 
 
@@ -144,7 +147,8 @@ def write_markdown(run_dir: Path, report: dict[str, Any]) -> Path:
              f"criterion `{cfg.get('criterion')}`, strategy `{cfg.get('strategy')}`, scenario `{cfg.get('scenario')}`, "
              f"space `{cfg.get('space')}`, sampler `{cfg.get('sampler')}`.", "",
              "```", summary_table(report), "```", "",
-             f"Direct transfer (source-trained, no target fine-tuning): target rank-1 "
+             f"Direct transfer ({'the checkpoint as given' if report['baseline'].get('checkpoint') else 'source-trained'}"
+             f", no target fine-tuning): target rank-1 "
              f"{report['baseline']['direct_transfer']['rank1']:.3f}.", ""]
     states: dict[str, int] = {}
     for t in report["trials"]:

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import torch
 
-from autoprune.config import config_hash, dump
+from autoprune.config import config_hash, dump, without_unset_late_keys
 from autoprune.data.domain import load_domains
 from autoprune.engine.baseline import get_baseline
 from autoprune.engine.device import resolve_device, set_threads
@@ -32,6 +32,7 @@ IDENTITY = ("model", "data", "budget", "trial", "seed")
 
 
 def study_identity(cfg: dict[str, Any]) -> str:
+    cfg = without_unset_late_keys(cfg)
     search = {k: v for k, v in cfg["search"].items()
               if k not in ("n_trials", "timeout", "final_epochs", "finalists", "ray")}
     return config_hash({**{k: cfg[k] for k in IDENTITY}, "search": search}, IDENTITY + ("search",))
@@ -76,16 +77,26 @@ def preflight(cfg: dict[str, Any], host: Any) -> None:
     from autoprune.pruning.groups import PruningGraph
     from autoprune.search.space import build_space
 
+    from autoprune.data import parse_spec
+    from autoprune.models import load_checkpoint_model
+
     for kind, key in (("criterion", "criterion"), ("strategy", "strategy"), ("scenario", "scenario")):
         host.get(kind, cfg["trial"][key])
     for key in ("source", "target"):
-        from autoprune.data import parse_spec
-
-        host.get("dataset", parse_spec(cfg["data"][key])[0])
+        if cfg["data"][key] is not None:
+            host.get("dataset", parse_spec(cfg["data"][key])[0])
+    scenario = host.get("scenario", cfg["trial"]["scenario"])
+    if cfg["data"]["source"] is None and getattr(scenario, "needs_source", False):
+        raise UserError(f"trial.scenario {cfg['trial']['scenario']!r} prunes on the source domain, but data.source "
+                        f"is null; give one (--source KIND:ROOT) or choose a target scenario such as "
+                        f"prune_then_finetune")
     m = cfg["model"]
-    # With model.weights: a missing file or a checkpoint of another architecture fails here, before any data.
-    graph = PruningGraph(build_model(m["arch"], 2, last_stride=m["last_stride"], pooling=m["pooling"],
-                                     weights=m["weights"], host=host), tuple(m["input_size"]))
+    # A missing file or a checkpoint of another architecture (model.weights, model.checkpoint) fails here,
+    # before any data is read.
+    model = (load_checkpoint_model(m, 2, host=host) if m["checkpoint"] is not None else
+             build_model(m["arch"], 2, last_stride=m["last_stride"], pooling=m["pooling"], weights=m["weights"],
+                         host=host))
+    graph = PruningGraph(model, tuple(m["input_size"]))
     cost = CostModel(graph)
     check_feasible(cost, Budget.from_config(cfg["budget"], cost.base_macs))
     space = build_space(cfg["search"]["space"], list(graph.groups), cfg["budget"]["min_keep"],
@@ -184,7 +195,8 @@ def _search(cfg: dict[str, Any], run_dir: Path, started: float, progress: bool,
     device = resolve_device(cfg["train"]["device"])
     host = get_host()
     preflight(cfg, host)
-    log(f"data: source {cfg['data']['source']}, target {cfg['data']['target']}")
+    source_spec = cfg["data"]["source"] or "none (the trained model.checkpoint is pruned as it is)"
+    log(f"data: source {source_spec}, target {cfg['data']['target']}")
     source, target = load_domains(cfg)
     try:
         baseline, base_info = get_baseline(cfg, source, device, progress=progress, log=log)
@@ -216,6 +228,8 @@ def _search(cfg: dict[str, Any], run_dir: Path, started: float, progress: bool,
                 "target_val": metrics_summary(unpruned.metrics["target"].get("val")),
                 "direct_transfer": metrics_summary(direct),
                 "source": metrics_summary(base_info.get("source_metrics")), "seconds": unpruned.seconds}
+        if base_info.get("checkpoint"):
+            base["checkpoint"] = base_info["checkpoint"]
         write_json(base_file, base)
     log(f"baseline: unpruned after target fine-tuning rank-1 {base['target']['rank1']:.3f}, mAP {base['target']['mAP']:.3f}")
 

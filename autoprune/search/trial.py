@@ -56,7 +56,7 @@ class TrialResult:
 class SearchEnv:
     """Everything trials share. Build with :meth:`create`."""
 
-    def __init__(self, cfg: dict[str, Any], host: Any, device: torch.device, source: Domain, target: Domain,
+    def __init__(self, cfg: dict[str, Any], host: Any, device: torch.device, source: Domain | None, target: Domain,
                  baseline: nn.Module, progress: bool = False) -> None:
         self.cfg, self.host, self.device = cfg, host, device
         self.source, self.target = source, target

@@ -262,10 +262,15 @@ class ScenarioRecorder:
         return metrics
 
 
-def scenario_context(epochs: int = 3, source_query: int = 2) -> tuple[ScenarioContext, ScenarioRecorder]:
-    """A ScenarioContext with fake services, and the recorder of what the scenario asked of them."""
+def scenario_context(epochs: int = 3, source_query: int = 2,
+                     with_source: bool = True) -> tuple[ScenarioContext, ScenarioRecorder]:
+    """A ScenarioContext with fake services, and the recorder of what the scenario asked of them.
+
+    ``with_source=False``: no source domain (``ctx.source`` is None), as when a user's trained model is pruned.
+    """
     rec = ScenarioRecorder()
-    ctx = ScenarioContext(model=nn.Identity(), source=fake_domain("source", num_query=source_query),
+    source = fake_domain("source", num_query=source_query) if with_source else None
+    ctx = ScenarioContext(model=nn.Identity(), source=source,
                           target=fake_domain("target"), epochs=epochs, prune=rec.prune, finetune=rec.finetune,
                           evaluate=rec.evaluate)
     return ctx, rec
@@ -433,6 +438,13 @@ class ScenarioContract:
         evaluated = [c for c in rec.of("evaluate") if c.domain == ctx.source.spec and c.model is model]
         assert evaluated and metrics["source"] == evaluated[-1].result
         _, metrics, _, _ = self.run_scenario(source_query=0)
+        assert metrics["source"] is None
+
+    def test_runs_without_a_source_unless_it_declares_it_needs_one(self) -> None:
+        if self.scenario_class.needs_source:
+            pytest.skip("needs_source: the host refuses it up front when data.source is null")
+        model, metrics, _, rec = self.run_scenario(with_source=False)
+        assert rec.of("prune") and model is rec.of("prune")[-1].result
         assert metrics["source"] is None
 
     def test_uses_only_its_epochs(self) -> None:
