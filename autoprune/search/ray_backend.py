@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import tempfile
 import time
 import warnings
@@ -25,6 +26,7 @@ from typing import Any, Callable
 
 from autoprune.config import config_hash
 from autoprune.errors import UserError
+from autoprune.search.ray_cluster import check_nodes, join
 from autoprune.search.records import TrialRecord, result_record
 from autoprune.search.trial import SearchEnv, TrialResult, format_error, objective_rank1
 
@@ -43,14 +45,11 @@ except ImportError as _exc:  # pragma: no cover - ray[tune] is a declared depend
 EXPERIMENT = "autoprune"          # <run_dir>/ray/autoprune holds the Tune experiment
 NUMBER = "autoprune_trial"        # config key carrying the Optuna trial number to the worker
 RECORD = "record.json"            # the checkpoint's one file
+RETRIES = 2                       # times a trial is run again after its worker process or node died
 
 # The backend whose run() is in progress in this (driver) process. Tune pickles its callbacks and searcher
 # into the experiment for Tuner.restore; they find the live backend here instead of holding it.
 _live: RayBackend | None = None
-
-
-class TrialFailed(Exception):
-    """A trial's exception, as the one line report.json shows; raised in the worker so Tune marks it ERROR."""
 
 
 # -- worker side ---------------------------------------------------------------------------------------------
@@ -98,15 +97,23 @@ def run_trial(config: dict[str, Any], *, cfg: dict[str, Any], baseline: Any, cwd
     try:
         result = _worker_env(cfg, baseline).run(values, report=None if multi else report)
     except Exception as exc:
-        raise TrialFailed(format_error(exc)) from exc
+        # The trial failed on its own (a plugin, the data, out of memory): a finished FAIL, not retried. Only a
+        # worker or node that dies is an ERROR to Tune, and Tune runs that trial again (FailureConfig).
+        tune.report({"final": True, "error": format_error(exc), "node_id": _node_id()})
+        return
     model_path = save_model(number, result) if save_model else None
-    # The same record the Optuna backend keeps in the trial's user attributes.
+    # The same record the Optuna backend keeps in the trial's user attributes, and where it ran.
     record = result_record(result, model_path)
+    record["worker"] = {"host": socket.gethostname(), "node_id": _node_id(), "pid": os.getpid()}
     with tempfile.TemporaryDirectory() as tmp:
         Path(tmp, RECORD).write_text(json.dumps(record))
         # report() copies the checkpoint into the experiment's storage before it returns.
         tune.report({"rank1": objective_rank1(result.metrics), "macs": float(result.macs), "final": True},
                     checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+def _node_id() -> str:
+    return ray.get_runtime_context().get_node_id()
 
 
 # -- driver side ---------------------------------------------------------------------------------------------
@@ -120,10 +127,17 @@ class NumberedOptunaSearch(OptunaSearch):
         return {**config, NUMBER: self._ot_trials[trial_id].number}
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        if "error" in result:
+            return  # a failed trial's last report carries no objective
         with warnings.catch_warnings():
             # A trial run again after an interruption reports its first epochs again; Optuna keeps the first.
             warnings.filterwarnings("ignore", message="The reported value is ignored")
             super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        if result and "error" in result:  # failed in the trial's code: FAIL in the Optuna study, as with Optuna
+            result, error = None, True
+        super().on_trial_complete(trial_id, result, error)
 
 
 class WarmStartASHA(ASHAScheduler):
@@ -155,14 +169,18 @@ class _Progress(Callback):
         if _live is not None:
             _live._finished(trials, trial)
 
+    def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        if _live is not None:
+            _live.log(f"ray: {trial_name(trial)} lost its worker ({_error_of(trial)}); running it again "
+                      f"(retry {trial.num_failures} of {RETRIES})")
+
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
         if _live is not None:
             _live._trials = trials
 
 
 def _error_of(trial: Trial) -> str:
-    """The one-line error of an ERROR trial (the worker's TrialFailed message); the full trace stays in the
-    trial's error.txt."""
+    """One line for an ERROR trial: its worker process or node died (Ray's error); the trace is in error.txt."""
     import ray.cloudpickle
 
     exc: BaseException | None = None
@@ -175,12 +193,8 @@ def _error_of(trial: Trial) -> str:
             exc = trial.get_pickled_error()
     except Exception:
         exc = None
-    cause = getattr(exc, "cause", None) or exc  # a RayTaskError wraps what the trainable raised
-    if isinstance(cause, TrialFailed) and cause.args:
-        return str(cause.args[0])
-    text = str(exc or "")
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1].split("TrialFailed: ", 1)[-1][:300] if lines else "the trial failed in Ray; see its error.txt"
+    lines = [line.strip() for line in str(exc or "").splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0][:200]}" if lines else "its Ray worker failed; see the trial's error.txt"
 
 
 def record_of(trial: Trial) -> TrialRecord | None:
@@ -192,12 +206,19 @@ def record_of(trial: Trial) -> TrialRecord | None:
     values = {k: v for k, v in config.items() if k != NUMBER}
     last = trial.last_result or {}
     seconds = last.get("time_total_s")
+    worker = {"host": last.get("hostname"), "node_id": last.get("node_id"), "pid": last.get("pid"),
+              "retries": trial.num_failures}
     if trial.status == Trial.ERROR:
-        return TrialRecord(number, "FAIL", error=_error_of(trial), seconds=seconds, values=values)
+        return TrialRecord(number, "FAIL", error=f"retried {RETRIES} times, its worker died each time: "
+                           f"{_error_of(trial)}", seconds=seconds, values=values, worker=worker)
+    if last.get("final") and "error" in last:
+        return TrialRecord(number, "FAIL", error=last["error"], seconds=seconds, values=values, worker=worker)
     if last.get("final") and trial.checkpoint is not None:
         with trial.checkpoint.as_directory() as d:
             data = json.loads(Path(d, RECORD).read_text())
-        return TrialRecord.from_json({**data, "number": number, "state": "COMPLETE", "values": values})
+        worker = {**(data.get("worker") or {}), "retries": trial.num_failures}
+        return TrialRecord.from_json({**data, "number": number, "state": "COMPLETE", "values": values,
+                                      "worker": worker})
     if trial.status == Trial.TERMINATED and last.get("done"):
         error = (f"stopped early by ASHA at epoch {last.get('step')} (target rank-1 {last['rank1']:.3f})"
                  if "rank1" in last else "stopped early by the scheduler")
@@ -285,6 +306,8 @@ class RayBackend:
     def _tuner(self, n_trials: int, timeout: float | None, resume: bool) -> tune.Tuner:
         # Tune's newer console output prints a header and paths even at verbose=0; our per-trial lines suffice.
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        # A failed trial's last report is its error, without the objective: Tune must not refuse it.
+        os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
         trainable = self._trainable()
         if resume:
             self.log(f"ray: resuming the experiment in {self.exp_dir}")
@@ -304,38 +327,60 @@ class RayBackend:
                                         trial_name_creator=trial_name, trial_dirname_creator=trial_name),
             run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(self.exp_dir.parent), verbose=0,
                                       callbacks=[_Progress()],
-                                      failure_config=tune.FailureConfig(max_failures=0),
+                                      failure_config=tune.FailureConfig(max_failures=RETRIES),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=None)))
 
     # -- running ----------------------------------------------------------------------------------------------
     def _init_ray(self) -> bool:
-        """Join search.ray.address, or start a local Ray; True when this call started it (and must stop it)."""
-        if ray.is_initialized():
-            return False
+        """Join search.ray.address, or start a local Ray; True when this call started it (and must stop it).
+
+        Joining a cluster (or a Ray this process already joined) first runs a small check on every node, so a
+        node without autoprune or without the shared paths is one clear error, not a failed trial per node."""
         res = self.env.cfg["search"]["ray"]
         address = res["address"]
-        try:
-            if address:
-                ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
-                         log_to_driver=False)
-            else:
-                cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        joined = ray.is_initialized()
+        if joined:
+            how = "already joined"
+        elif address:
+            how = join(address)
+        else:
+            cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            try:
                 ray.init(num_cpus=cpus, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            where = f"the Ray cluster at {address}" if address else "a local Ray instance"
-            raise UserError(f"cannot start or join {where}: {str(exc).splitlines()[0] if str(exc) else exc}; "
-                            f"check search.ray.address (null starts a local Ray)") from None
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise UserError(f"cannot start a local Ray instance: {str(exc).splitlines()[0] if str(exc) else exc};"
+                                f" set search.ray.address to join a running cluster") from None
+            how = ""
+        started = not joined
         total = ray.cluster_resources()
         for key, want in (("CPU", res["cpus_per_trial"]), ("GPU", res["gpus_per_trial"])):
-            if want and total.get(key, 0) < want and not address:
-                ray.shutdown()
+            if want and total.get(key, 0) < want and not address:  # a cluster's autoscaler may add nodes
+                if started:
+                    ray.shutdown()
                 raise UserError(f"search.ray.{key.lower()}s_per_trial is {want} but this machine gives Ray "
                                 f"{total.get(key, 0):g} {key}s; lower it")
-        where = f"cluster at {address}" if address else "local instance"
+        where = f"cluster at {address} ({how})" if address else ("the Ray this process joined" if joined
+                                                                  else "local instance")
         self.log(f"ray: {where} with {total.get('CPU', 0):g} CPUs, {total.get('GPU', 0):g} GPUs; "
                  f"up to {res['max_concurrent']} trials at a time, {res['cpus_per_trial']:g} CPU / "
                  f"{res['gpus_per_trial']:g} GPU each")
-        return True
+        if address or joined:
+            try:
+                check_nodes(self._shared_paths(), self.log)
+            except BaseException:
+                if started:
+                    ray.shutdown()
+                raise
+        return started
+
+    def _shared_paths(self) -> dict[str, tuple[str, bool]]:
+        """What every node's trials read (data.root) and write (the run directory), as the driver resolves them."""
+        root = self.env.cfg["data"]["root"]
+        paths = {"data.root": (str(Path(root).resolve()), False),
+                 "the run directory (--out)": (str(Path(self.run_dir).resolve()), True)}
+        if not Path(root).is_absolute():  # trials chdir to the driver's working directory to resolve it
+            paths["the driver's working directory"] = (os.getcwd(), False)
+        return paths
 
     def _record(self, trial: Trial) -> TrialRecord | None:
         record = self._done.get(trial.trial_id)

@@ -24,6 +24,7 @@ class TrialRecord:
     error: str | None = None
     model: str | None = None          # run-directory-relative path of the trial's model, if kept
     values: dict[str, float] = field(default_factory=dict)  # the sampled search-space values
+    worker: dict[str, Any] | None = None  # Ray backend: where it ran (host, node_id, pid) and its retries
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

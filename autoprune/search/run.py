@@ -108,6 +108,10 @@ def preflight(cfg: dict[str, Any], host: Any) -> None:
     optuna_backend.make_sampler(cfg["search"]["sampler"], cfg["seed"], cfg["search"]["objectives"] == "rank1+macs")
     if cfg["search"]["backend"] == "optuna" and cfg["search"]["storage"] is not None:
         optuna_backend.open_storage(cfg, Path("."))  # reachable, driver installed, credentials accepted
+    if cfg["search"]["backend"] == "ray" and cfg["search"]["ray"]["address"]:
+        from autoprune.search.ray_cluster import check_cluster
+
+        check_cluster(cfg["search"]["ray"]["address"])  # reachable, token accepted, autoprune on every node
 
 
 def lock_run_dir(cfg: dict[str, Any], run_dir: Path) -> Any:
