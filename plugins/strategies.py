@@ -10,7 +10,7 @@ from torch import nn
 
 from autoprune import hookimpl
 from autoprune.errors import UserError
-from autoprune.pruning.budget import Budget
+from autoprune.pruning.budget import Budget, group_step
 from autoprune.pruning.flops import CostModel
 from autoprune.pruning.groups import PruningGraph
 from autoprune.pruning.surgery import lowest, prune_to_counts, score_groups
@@ -19,13 +19,14 @@ from autoprune.strategies import BaseStrategy, StrategyContext
 SCHEDULES = ("linear", "exponential")
 
 
-def step_widths(start: dict[str, int], target: dict[str, int], steps: int,
-                schedule: str = "linear") -> list[dict[str, int]]:
+def step_widths(start: dict[str, int], target: dict[str, int], steps: int, schedule: str = "linear",
+                channel_groups: dict[str, int] | None = None) -> list[dict[str, int]]:
     """Widths after each of ``steps`` steps from ``start`` to ``target``; the last one is ``target``.
 
     ``linear``: each step removes an equal part of the channels to remove. ``exponential``: the kept
     fraction falls geometrically (every step removes the same share of what is left), so the removed
-    fraction rises fast and then levels off, the ``a * exp(-k t) + b`` shape of PSFP.
+    fraction rises fast and then levels off, the ``a * exp(-k t) + b`` shape of PSFP. A group with
+    ``channel_groups`` blocks (it feeds a grouped conv) gets multiples of them at every step.
     """
     if schedule not in SCHEDULES:
         raise UserError(f"unknown pruning schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
@@ -37,7 +38,8 @@ def step_widths(start: dict[str, int], target: dict[str, int], steps: int,
         for name, s in start.items():
             e = target.get(name, s)
             v = s - (s - e) * t if schedule == "linear" else s * (e / s) ** t
-            widths[name] = min(s, max(e, int(round(v))))
+            unit = (channel_groups or {}).get(name, 1)
+            widths[name] = min(s, max(e, int(round(v / unit)) * unit))
         out.append(widths)
     out[-1] = {name: target.get(name, s) for name, s in start.items()}
     return out
@@ -60,7 +62,8 @@ def _score_and_zero(model: nn.Module, ctx: StrategyContext, widths: dict[str, in
     """Score every group and zero its lowest channels down to ``widths``; returns the scores."""
     scores = score_groups(model, ctx.criterion, ctx.criterion_context())
     for name, keep in widths.items():
-        zero_channels(ctx.graph, name, lowest(scores[name], ctx.graph.groups[name].channels - keep))
+        group = ctx.graph.groups[name]
+        zero_channels(ctx.graph, name, lowest(scores[name], group.channels - keep, group.channel_groups))
     return scores
 
 
@@ -87,7 +90,7 @@ class IterativeStrategy(BaseStrategy):
     name = "iterative"
 
     def run(self, model: nn.Module, ctx: StrategyContext) -> nn.Module:
-        stages = step_widths(ctx.graph.widths(), ctx.counts, ctx.steps, ctx.schedule)
+        stages = step_widths(ctx.graph.widths(), ctx.counts, ctx.steps, ctx.schedule, ctx.graph.channel_groups())
         per_step, remainder = divmod(ctx.epochs, len(stages))
         for k, widths in enumerate(stages):
             scores = score_groups(model, ctx.criterion, ctx.criterion_context())
@@ -137,7 +140,7 @@ class ProgressiveSoftStrategy(SoftStrategy):
     name = "progressive_soft"
 
     def stages(self, start: dict[str, int], ctx: StrategyContext) -> list[dict[str, int]]:
-        return step_widths(start, ctx.counts, max(1, ctx.epochs), "exponential")
+        return step_widths(start, ctx.counts, max(1, ctx.epochs), "exponential", ctx.graph.channel_groups())
 
 
 def global_widths(scores: dict[str, torch.Tensor], widths: dict[str, int], cost: CostModel,
@@ -145,7 +148,8 @@ def global_widths(scores: dict[str, torch.Tensor], widths: dict[str, int], cost:
     """Widths from one global ranking of channels, removed a rounding step at a time until MACs fit the budget.
 
     Scores are divided by their group's mean so groups compare; the group holding the globally lowest
-    remaining channel loses one step (``budget.round_to`` channels, 1 for groups of at most that many).
+    remaining channel loses one step (:func:`group_step`: ``budget.round_to`` channels, 1 for groups of at
+    most that many, a multiple of the conv groups for a group feeding a grouped conv).
     No group goes below one step (or 1 channel) nor below ``budget.min_keep`` of its original width.
     """
     widths = dict(widths)
@@ -156,15 +160,13 @@ def global_widths(scores: dict[str, torch.Tensor], widths: dict[str, int], cost:
         mean = float(finite.mean()) if finite.numel() else 0.0
         ranked[name] = sorted((s / mean if mean > 0 else s).tolist())
     removed = dict.fromkeys(widths, 0)
-    r = budget.round_to
 
     def step(name: str) -> int:
-        w = widths[name]
-        return 1 if cost.base_widths[name] <= r or r <= 1 else (w % r or r)
+        r = group_step(cost, name, budget)
+        return widths[name] % r or r
 
     def floor(name: str) -> int:
-        base = cost.base_widths[name]
-        return max(1 if base <= r or r <= 1 else r, math.ceil(budget.min_keep * base - 1e-9))
+        return max(group_step(cost, name, budget), math.ceil(budget.min_keep * cost.base_widths[name] - 1e-9))
 
     while cost.macs(widths) > budget.macs:
         candidates = [n for n in widths if widths[n] - step(n) >= floor(n)]

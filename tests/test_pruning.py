@@ -5,14 +5,18 @@ import copy
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
+from torchvision.models.resnet import Bottleneck, ResNet
 
 from autoprune.errors import UserError
+from autoprune.hookspecs import hookimpl
 from autoprune.models import build_model
+from autoprune.models.builtin import TORCHVISION_RESNETS
 from autoprune.pruning.budget import Budget, project, round_channels, uniform_ratios
 from autoprune.pruning.flops import CostModel, count_macs
 from autoprune.pruning.groups import PruningGraph
 from autoprune.pruning.serialize import load_pruned, save_pruned
-from autoprune.pruning.surgery import prune_to_counts
+from autoprune.pruning.surgery import lowest, prune_to_counts
+from autoprune.testing import strategy_context, tiny_model
 
 SIZE = (64, 32)
 
@@ -171,3 +175,115 @@ def test_loading_refuses_pickled_code(tmp_path):
         pickle.dump({"meta": Evil(), "state_dict": {}}, f)
     with pytest.raises(UserError, match="cannot be loaded safely"):
         load_pruned(path)
+
+
+
+# -- every architecture model.arch accepts, with every built-in criterion and strategy -----------------------
+# Per architecture: both budgets with a strategy that follows the policy and one that picks its own widths
+# (the structural part: groups, legal widths, surgery, saving). Criteria x strategies on one model of each
+# block family: basic (resnet10) and ResNeXt's grouped bottleneck (one block per stage, same groups).
+
+TINY = (32, 16)
+_BIG = {"resnet101", "resnet152", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet101_2", "wide_resnet50_2"}
+
+
+class _TinyResNeXt:
+    @hookimpl
+    def autoprune_register_backbones(self, register):
+        def build(last_stride=1):
+            model = ResNet(Bottleneck, [1, 1, 1, 1], groups=32, width_per_group=4)
+            model.fc = torch.nn.Identity()
+            return model
+        register("tiny_resnext", build)
+
+
+def _prune_and_check(model, criterion_cls, strategy_cls, ratio, **options):
+    """Prune ``model`` as a trial would; check widths, real MACs and a forward pass."""
+    feat_dim = model.feat_dim
+    ctx = strategy_context(model, criterion=criterion_cls(), budget_ratio=ratio, input_size=TINY, **options)
+    out = strategy_cls().run(model, ctx)
+    widths = ctx.graph.widths()
+    if strategy_cls.follows_policy:
+        assert widths == ctx.counts
+    for name, w in widths.items():
+        assert w % ctx.graph.groups[name].channel_groups == 0, name
+    assert count_macs(out, TINY)[0] <= ctx.budget.macs
+    out.eval()
+    assert out(torch.randn(2, 3, *TINY)).shape == (2, feat_dim)
+    return out
+
+
+@pytest.mark.parametrize("arch", [pytest.param(a, marks=pytest.mark.slow) if a in _BIG else a
+                                  for a in ("resnet10", *TORCHVISION_RESNETS)])
+def test_every_architecture_prunes_at_half_and_30_percent_and_saves(arch, host, tmp_path):
+    torch.manual_seed(0)
+    proto = build_model(arch, 4)
+    for ratio in (0.5, 0.3):
+        for strategy in ("one_shot", "global"):
+            model = _prune_and_check(copy.deepcopy(proto).train(), host.get("criterion", "l1"),
+                                     host.get("strategy", strategy), ratio)
+    loaded = load_pruned(save_pruned(model, tmp_path / "m.pt"))  # the last one: saved and loaded exactly
+    x = torch.randn(2, 3, *TINY)
+    assert torch.equal(loaded(x), model(x))
+
+
+@pytest.mark.parametrize("arch", [pytest.param("resnet10", marks=pytest.mark.slow), "tiny_resnext"])
+@pytest.mark.parametrize("criterion", ["l1", "l2", "fpgm", "bn_scale", "taylor", "taylor_activation", "gradient",
+                                       "random"])
+def test_every_criterion_with_every_strategy_at_both_budgets(arch, criterion, host):
+    host.register_plugin(_TinyResNeXt(), name="tiny-resnext")
+    assert {criterion} <= set(host.names("criterion"))
+    for ratio in (0.5, 0.3):
+        for strategy in host.names("strategy"):
+            _prune_and_check(tiny_model(arch=arch), host.get("criterion", criterion), host.get("strategy", strategy),
+                             ratio, epochs=2, steps=2)
+
+
+def test_grouped_conv_channels_are_pruned_blockwise_and_outputs_keep_their_meaning():
+    """Zeroed channels in a grouped bottleneck are exactly the ones removed: the output does not change."""
+    torch.manual_seed(3)
+    model = build_model("resnext50_32x4d", 4).eval()
+    block = model.backbone.layer1[0]
+    with torch.no_grad():  # zero offset 1 of each of the 32 blocks of 4, before and after the grouped conv2
+        for conv, bn in ((block.conv1, block.bn1), (block.conv2, block.bn2)):
+            conv.weight[1::4] = 0
+            bn.weight[1::4] = 0
+            bn.bias[1::4] = 0
+    x = torch.randn(2, 3, *TINY)
+    before = model(x)
+    g = PruningGraph(model, TINY)
+    assert g.groups["layer1.0.conv1"].channel_groups == g.groups["layer1.0.conv2"].channel_groups == 32
+    assert g.groups["layer1.out"].channel_groups == 1
+    counts = dict(g.widths())
+    for name, conv in (("layer1.0.conv1", block.conv1), ("layer1.0.conv2", block.conv2)):
+        counts[name] = 96
+    scores = {n: torch.rand(pg.channels) + 1 for n, pg in g.groups.items()}
+    scores["layer1.0.conv1"][1::4] = 0
+    scores["layer1.0.conv2"][1::4] = 0
+    prune_to_counts(g, counts, scores)
+    assert (block.conv2.in_channels, block.conv2.out_channels, block.conv2.groups) == (96, 96, 32)
+    assert torch.allclose(model(x), before, atol=1e-5)
+
+
+def test_lowest_takes_the_same_offsets_from_every_block():
+    scores = torch.tensor([5.0, 1.0, 3.0, 9.0, 6.0, 2.0, 0.0, 9.0])  # two blocks of 4; offset sums 11, 3, 3, 18
+    assert lowest(scores, 4, channel_groups=2) == [1, 2, 5, 6]
+    assert lowest(scores, 2) == [6, 1]
+    with pytest.raises(ValueError, match="multiple of 2"):
+        lowest(scores, 3, channel_groups=2)
+
+
+def test_a_removal_that_breaks_conv_groups_is_refused():
+    model = build_model("resnext50_32x4d", 4)
+    g = PruningGraph(model, TINY)
+    with pytest.raises(ValueError, match="grouped conv with 32 groups"):
+        g.prune("layer1.0.conv1", list(range(32)))  # 32 channels, but all from the first 8 blocks
+
+
+def test_widths_feeding_grouped_convs_are_multiples_of_the_groups_at_every_budget():
+    cost = CostModel(PruningGraph(build_model("resnext50_32x4d", 3), TINY))
+    for ratio in (0.7, 0.5, 0.3, 0.15):
+        b = Budget(int(ratio * cost.base_macs), min_keep=0.05)
+        counts = project(cost, uniform_ratios(cost), b)
+        assert 0.95 * b.macs <= cost.macs(counts) <= b.macs
+        assert all(c % cost.channel_groups[n] == 0 and c > 0 for n, c in counts.items())

@@ -9,6 +9,7 @@ min/max ratios prevent it, within 1% below it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from autoprune.errors import UserError
@@ -36,34 +37,59 @@ class Budget:
         return cls(macs, budget_cfg["min_keep"], budget_cfg["max_keep"], budget_cfg["round_to"])
 
 
-def round_channels(channels: int, ratio: float, round_to: int) -> int:
-    """Kept channels for ``ratio`` of ``channels``, a multiple of ``round_to`` (hardware-friendly widths)."""
+def width_step(channels: int, round_to: int, channel_groups: int = 1) -> int:
+    """The granularity of a group's width: ``round_to`` (1 for groups of at most that many channels).
+
+    A group feeding a grouped conv keeps a multiple of its ``channel_groups`` blocks, rounded to
+    ``round_to`` too where the full width allows it.
+    """
+    step = 1 if channels <= round_to or round_to <= 1 else round_to
+    if channel_groups > 1:
+        both = math.lcm(step, channel_groups)
+        step = both if channels % both == 0 else channel_groups
+    return step
+
+
+def round_channels(channels: int, ratio: float, round_to: int, channel_groups: int = 1) -> int:
+    """Kept channels for ``ratio`` of ``channels``, a multiple of the group's :func:`width_step`."""
     if ratio >= 1.0:
         return channels
-    if channels <= round_to or round_to <= 1:
+    step = width_step(channels, round_to, channel_groups)
+    if step == 1:
         return max(1, min(channels, int(round(ratio * channels))))
-    kept = int(round(ratio * channels / round_to)) * round_to
-    return max(round_to, min(channels, kept))
+    kept = int(round(ratio * channels / step)) * step
+    return max(step, min(channels, kept))
+
+
+def group_step(cost: CostModel, name: str, b: Budget) -> int:
+    """:func:`width_step` of group ``name`` of ``cost``'s model under ``b``."""
+    return width_step(cost.base_widths[name], b.round_to, cost.channel_groups.get(name, 1))
 
 
 def _counts(cost: CostModel, ratios: dict[str, float], scale: float, b: Budget) -> dict[str, int]:
     out = {}
     for name, base in cost.base_widths.items():
         r = min(b.max_keep, max(b.min_keep, scale * ratios.get(name, 1.0)))
-        out[name] = round_channels(base, r, b.round_to)
+        out[name] = round_channels(base, r, b.round_to, cost.channel_groups.get(name, 1))
     return out
 
 
-def _ceil_min(base: int, b: Budget) -> int:
-    """The smallest width allowed by min_keep after rounding up to the multiple."""
-    if b.round_to <= 1 or base <= b.round_to:
+def _ceil_min(base: int, b: Budget, channel_groups: int = 1) -> int:
+    """The smallest width allowed by min_keep after rounding up to the group's step."""
+    step = width_step(base, b.round_to, channel_groups)
+    if step == 1:
         return max(1, -(-int(b.min_keep * base * 1000) // 1000))
-    return min(base, max(b.round_to, -(-int(b.min_keep * base) // b.round_to) * b.round_to))
+    return min(base, max(step, -(-int(b.min_keep * base) // step) * step))
+
+
+def min_widths(cost: CostModel, b: Budget) -> dict[str, int]:
+    """The narrowest every group may become under ``b``: the smallest model the budget could ask for."""
+    return {n: _ceil_min(c, b, cost.channel_groups.get(n, 1)) for n, c in cost.base_widths.items()}
 
 
 def check_feasible(cost: CostModel, b: Budget) -> None:
     """An impossible budget is a UserError up front, not a failed trial."""
-    floor = cost.macs({n: _ceil_min(c, b) for n, c in cost.base_widths.items()})
+    floor = cost.macs(min_widths(cost, b))
     if floor > b.macs:
         raise UserError(
             f"the budget of {b.macs / 1e6:.1f} MMACs ({b.macs / cost.base_macs:.1%} of the model) is below what "
@@ -90,11 +116,13 @@ def project(cost: CostModel, ratios: dict[str, float], b: Budget) -> dict[str, i
         else:
             hi = mid
     counts = _counts(cost, ratios, lo, b)
-    counts = {n: max(c, _ceil_min(cost.base_widths[n], b)) for n, c in counts.items()}
+    floor = min_widths(cost, b)
+    counts = {n: max(c, floor[n]) for n, c in counts.items()}
     if cost.macs(counts) > b.macs:  # min widths pushed it over; shrink the largest relative groups
         for name in sorted(counts, key=lambda n: -counts[n] / cost.base_widths[n]):
-            while cost.macs(counts) > b.macs and counts[name] - b.round_to >= _ceil_min(cost.base_widths[name], b):
-                counts[name] -= b.round_to
+            step = group_step(cost, name, b)
+            while cost.macs(counts) > b.macs and counts[name] - step >= floor[name]:
+                counts[name] -= step
     # Greedy fill: give back rounding steps to the groups furthest below their preferred width.
     frozen: set[str] = set()
     total = cost.macs(counts)
@@ -110,7 +138,7 @@ def project(cost: CostModel, ratios: dict[str, float], b: Budget) -> dict[str, i
                 best, best_gap = name, gap
         if best is None:
             break
-        step = b.round_to if cost.base_widths[best] > b.round_to else 1
+        step = group_step(cost, best, b)
         trial = dict(counts)
         trial[best] = min(cost.base_widths[best], counts[best] + step)
         new_total = cost.macs(trial)

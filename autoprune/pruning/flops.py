@@ -59,6 +59,7 @@ class CostModel:
 
         model = graph.model
         self.base_widths = graph.widths()
+        self.channel_groups = graph.channel_groups()  # widths must stay multiples of these (grouped convs)
         owner_out: dict[str, str] = {}
         owner_in: dict[str, str] = {}
         for gname, g in graph.groups.items():

@@ -4,6 +4,10 @@ A group is a set of channels that must be removed together: the output channels 
 block width, named after the conv, e.g. ``layer3.1.conv1``) or a stage's residual-coupled width (every
 conv adding into the same residual stream, named ``layer3.out``). The group feeding the BNNeck (the
 embedding width) is never pruned, nor are the BNNeck and the classifier.
+
+Grouped convolutions (ResNeXt) split their channels into ``channel_groups`` equal blocks, and each
+block must keep the same channels: a group touching one is pruned as Torch-Pruning's own pruners
+do it, by removing the same offsets from every block (so its width stays a multiple of the blocks).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ class PrunableGroup:
     channels: int                  # current number of channels
     out_modules: list[str] = field(default_factory=list)  # modules whose output channels are these
     in_modules: list[str] = field(default_factory=list)   # modules whose input channels are these
+    channel_groups: int = 1        # blocks of a grouped conv these channels feed or leave; width is a multiple
 
     @property
     def stage(self) -> str:
@@ -62,8 +67,11 @@ class PruningGraph:
         self.groups: dict[str, PrunableGroup] = {}
         for group in self.dg.get_all_groups(ignored_layers=head, root_module_types=[nn.Conv2d]):
             outs, ins, convs = [], [], []
+            blocks = 1
             for dep, _ in group:
                 module = dep.target.module
+                if isinstance(module, nn.Conv2d) and 1 < module.groups < module.out_channels:
+                    blocks = max(blocks, module.groups)  # grouped, not depthwise (TP couples depthwise itself)
                 name = self.names.get(module)
                 if name is None:
                     continue
@@ -75,7 +83,7 @@ class PruningGraph:
                     ins.append(name)
             root_module = group[0].dep.target.module
             pg = PrunableGroup(_group_name(convs), self.names[root_module],
-                               self.dg.get_out_channels(root_module), sorted(set(outs)), sorted(set(ins)))
+                               self.dg.get_out_channels(root_module), sorted(set(outs)), sorted(set(ins)), blocks)
             self.groups[pg.name] = pg
         order = {name: i for i, name in enumerate(self.modules)}
         self.groups = dict(sorted(self.groups.items(), key=lambda kv: order[kv[1].root]))
@@ -93,12 +101,28 @@ class PruningGraph:
         g = self.groups[name]
         if len(remove) >= g.channels:
             raise ValueError(f"cannot remove all {g.channels} channels of group {name}")
+        check_blockwise(name, g.channels, g.channel_groups, remove)
         root = self.modules[g.root]
         self.dg.get_pruning_group(root, tp.prune_conv_out_channels, sorted(int(i) for i in remove)).prune()
         g.channels = self.dg.get_out_channels(root)
 
     def widths(self) -> dict[str, int]:
         return {name: g.channels for name, g in self.groups.items()}
+
+    def channel_groups(self) -> dict[str, int]:
+        """Each group's number of equal channel blocks (1 unless it touches a grouped conv)."""
+        return {name: g.channel_groups for name, g in self.groups.items()}
+
+
+def check_blockwise(name: str, channels: int, blocks: int, remove: list[int]) -> None:
+    """Refuse a removal that does not take the same offsets from each of ``blocks`` equal blocks."""
+    if blocks <= 1:
+        return
+    size = channels // blocks
+    offsets = {i for i in remove if i < size}
+    if set(remove) != {o + k * size for o in offsets for k in range(blocks)}:
+        raise ValueError(f"group {name} feeds a grouped conv with {blocks} groups: remove the same channels "
+                         f"from each of its {blocks} blocks (a multiple of {blocks} channels)")
 
 
 def discover_groups(model: nn.Module, input_size: tuple[int, int]) -> dict[str, PrunableGroup]:

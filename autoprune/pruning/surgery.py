@@ -27,10 +27,22 @@ def score_groups(model: nn.Module, criterion: BaseCriterion, ctx: CriterionConte
     return out
 
 
-def lowest(scores: torch.Tensor, remove: int) -> list[int]:
-    """Indices of the ``remove`` lowest scores (ties broken by index, so pruning is deterministic)."""
+def lowest(scores: torch.Tensor, remove: int, channel_groups: int = 1) -> list[int]:
+    """Indices of the ``remove`` lowest scores (ties broken by index, so pruning is deterministic).
+
+    With ``channel_groups`` > 1 (channels feeding a grouped conv) every block loses the same offsets, the
+    ones whose scores summed over the blocks are lowest, as Torch-Pruning's pruners do for group convs.
+    """
     if remove <= 0:
         return []
+    if channel_groups > 1:
+        if remove % channel_groups or scores.numel() % channel_groups:
+            raise ValueError(f"{remove} of {scores.numel()} channels cannot be removed evenly from "
+                             f"{channel_groups} conv groups; use a multiple of {channel_groups}")
+        size = scores.numel() // channel_groups
+        summed = torch.nan_to_num(scores.reshape(channel_groups, size).sum(dim=0), nan=float("-inf"))
+        offsets = lowest(summed, remove // channel_groups)
+        return sorted(o + k * size for k in range(channel_groups) for o in offsets)
     order = sorted(range(scores.numel()), key=lambda i: (float(scores[i]), i))
     return order[:remove]
 
@@ -38,6 +50,6 @@ def lowest(scores: torch.Tensor, remove: int) -> list[int]:
 def prune_to_counts(graph: PruningGraph, counts: dict[str, int], scores: dict[str, torch.Tensor]) -> None:
     """Shrink each group to ``counts[name]`` channels, removing its lowest-scored channels."""
     for name, keep in counts.items():
-        current = graph.groups[name].channels
-        if keep < current:
-            graph.prune(name, lowest(scores[name], current - keep))
+        group = graph.groups[name]
+        if keep < group.channels:
+            graph.prune(name, lowest(scores[name], group.channels - keep, group.channel_groups))

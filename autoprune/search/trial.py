@@ -22,7 +22,7 @@ from autoprune.data.loading import IdentitySampler, augment, normalize
 from autoprune.engine.evaluate import evaluate_domain
 from autoprune.engine.losses import cross_entropy_ls
 from autoprune.engine.train import TrainSettings, fit
-from autoprune.pruning.budget import Budget, check_feasible, project
+from autoprune.pruning.budget import Budget, check_feasible, min_widths, project
 from autoprune.pruning.flops import CostModel, count_macs
 from autoprune.pruning.groups import PruningGraph
 from autoprune.scenarios import ScenarioContext
@@ -126,9 +126,7 @@ class SearchEnv:
 
     def macs_ratio_range(self) -> tuple[float, float]:
         """What Pareto mode samples: from just above the smallest feasible model up to the budget."""
-        from autoprune.pruning.budget import _ceil_min
-
-        floor = self.cost.macs({n: _ceil_min(c, self.budget) for n, c in self.cost.base_widths.items()})
+        floor = self.cost.macs(min_widths(self.cost, self.budget))
         hi = self.budget.macs / self.base_macs
         return min(hi, max(floor / self.base_macs * 1.05, hi / 4)), hi
 

@@ -28,7 +28,7 @@ from autoprune.criteria import Batch, BaseCriterion, CriterionContext
 from autoprune.data.base import ReIDDataset
 from autoprune.data.domain import Domain
 from autoprune.data.loading import ImageStore
-from autoprune.pruning.budget import Budget, project, uniform_ratios
+from autoprune.pruning.budget import Budget, project, uniform_ratios, width_step
 from autoprune.pruning.flops import CostModel
 from autoprune.pruning.groups import PruningGraph
 from autoprune.pruning.surgery import prune_to_counts
@@ -71,9 +71,9 @@ def tiny_model(seed: int = 0, num_classes: int = NUM_CLASSES, arch: str = "resne
     return copy.deepcopy(_prototype(arch, num_classes, seed)).train()
 
 
-def tiny_graph(model: nn.Module) -> PruningGraph:
-    """The pruning graph of ``model`` at :data:`SIZE`."""
-    return PruningGraph(model, SIZE)
+def tiny_graph(model: nn.Module, input_size: tuple[int, int] = SIZE) -> PruningGraph:
+    """The pruning graph of ``model`` at :data:`SIZE` (or ``input_size``)."""
+    return PruningGraph(model, input_size)
 
 
 def random_batches(seed: int = 0, batch_size: int = 2,
@@ -189,7 +189,7 @@ class RecordingFinetune:
 def strategy_context(model: nn.Module, criterion: BaseCriterion | None = None, budget_ratio: float = 0.5,
                      counts: dict[str, int] | None = None, epochs: int = 3, steps: int = 3,
                      schedule: str = "linear", noise: float = 0.0, min_keep: float = 0.1,
-                     round_to: int = 8) -> StrategyContext:
+                     round_to: int = 8, input_size: tuple[int, int] = SIZE) -> StrategyContext:
     """A StrategyContext on ``model`` with a :class:`RecordingFinetune` as ``ctx.finetune``.
 
     The target ``counts`` default to the uniform policy projected onto ``budget_ratio`` of the model's
@@ -199,7 +199,7 @@ def strategy_context(model: nn.Module, criterion: BaseCriterion | None = None, b
         from autoprune_plugins.criteria import L1Criterion
 
         criterion = L1Criterion()
-    graph = tiny_graph(model)
+    graph = tiny_graph(model, input_size)
     cost = CostModel(graph)
     budget = Budget(int(cost.base_macs * budget_ratio), min_keep=min_keep, round_to=round_to)
     if counts is None:
@@ -210,10 +210,9 @@ def strategy_context(model: nn.Module, criterion: BaseCriterion | None = None, b
                            schedule=schedule, cost=cost, budget=budget)
 
 
-def min_width(base: int, budget: Budget) -> int:
+def min_width(base: int, budget: Budget, channel_groups: int = 1) -> int:
     """The narrowest a group may become under ``budget``: one rounding step (or 1 channel) and min_keep."""
-    step = 1 if base <= budget.round_to or budget.round_to <= 1 else budget.round_to
-    return max(step, math.ceil(budget.min_keep * base - 1e-9))
+    return max(width_step(base, budget.round_to, channel_groups), math.ceil(budget.min_keep * base - 1e-9))
 
 
 # -- scenarios -------------------------------------------------------------------------------------------------
@@ -371,7 +370,8 @@ class StrategyContract:
             assert ctx.cost is not None and ctx.budget is not None
             assert ctx.cost.macs(widths) <= ctx.budget.macs
             for name, w in widths.items():
-                assert w >= min(ctx.cost.base_widths[name], min_width(ctx.cost.base_widths[name], ctx.budget)), name
+                base = ctx.cost.base_widths[name]
+                assert w >= min(base, min_width(base, ctx.budget, ctx.cost.channel_groups.get(name, 1))), name
 
     def run_strategy(self, **options: Any) -> tuple[nn.Module, StrategyContext]:
         model = tiny_model()
