@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     from autoprune.search.worker import add_worker_parser
 
     add_worker_parser(sub)
+    from autoprune.latency_cli import add_latency_parser
+
+    add_latency_parser(sub)
     sub.add_parser("plugins", help="list loaded criteria, strategies, scenarios, datasets and backbones")
     p = sub.add_parser("report", help="print a run's summary and write report.md with its plots")
     p.add_argument("run", help="run directory (the --out of search)")
@@ -196,13 +199,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_latency(args: argparse.Namespace) -> int:
+    from autoprune.latency_cli import cmd_latency as run_latency
+
+    return run_latency(args)
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from autoprune.search.worker import cmd_worker as run_worker
 
     return run_worker(args)
 
 
-COMMANDS = {"worker": cmd_worker, "report": cmd_report, "export": cmd_export, "search": cmd_search, "train": cmd_train, "plugins": cmd_plugins, "config": cmd_config,
+COMMANDS = {"latency": cmd_latency, "worker": cmd_worker, "report": cmd_report, "export": cmd_export, "search": cmd_search, "train": cmd_train, "plugins": cmd_plugins, "config": cmd_config,
             "data": cmd_data}
 
 

@@ -34,7 +34,8 @@ DEFAULTS: dict[str, Any] = {
               "label_smoothing": 0.1, "triplet_weight": 1.0, "margin": 0.3, "center_weight": 0.0,
               "device": "auto", "threads": 0, "amp": True, "channels_last": True,
               "max_batches_per_epoch": 0},
-    "budget": {"macs_ratio": 0.5, "gmacs": None, "round_to": 8, "min_keep": 0.1, "max_keep": 1.0},
+    "budget": {"macs_ratio": None, "gmacs": None, "round_to": 8, "min_keep": 0.1, "max_keep": 1.0,
+               "latency_ms": None, "latency_batch": 1, "latency_table": None},
     "search": {"backend": "optuna", "sampler": "tpe", "n_trials": 20, "space": "groupwise",
                "storage": None, "study_name": None, "objectives": "rank1", "pruner": "median",
                "warm_start": [], "final_epochs": 0, "finalists": 2, "timeout": None,
@@ -55,6 +56,9 @@ TYPES: dict[str, tuple[type, ...]] = {
     "data.source": (str, type(None)),
     "data.target": (str, type(None)),
     "budget.gmacs": (float, type(None)),
+    "budget.macs_ratio": (float, type(None)),
+    "budget.latency_ms": (float, type(None)),
+    "budget.latency_table": (str, type(None)),
     "search.storage": (str, type(None)),
     "search.study_name": (str, type(None)),
     "search.timeout": (float, type(None)),
@@ -76,7 +80,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "budget.max_keep": (0.0, 1.0),
     "search.screening.keep_fraction": (0.0, 1.0),
 }
-POSITIVE = ("data.batch_size", "data.num_instances", "search.n_trials", "search.finalists", "budget.round_to", "trial.steps",
+POSITIVE = ("budget.latency_ms", "budget.latency_batch", "data.batch_size", "data.num_instances", "search.n_trials", "search.finalists", "budget.round_to", "trial.steps",
             "train.lr", "trial.lr")
 NON_NEGATIVE = ("train.epochs", "trial.finetune_epochs", "train.warmup_epochs", "data.workers",
                 "trial.criterion_batches", "search.final_epochs", "train.max_batches_per_epoch")
@@ -253,6 +257,11 @@ def load_config(config: str | Path | None = None, preset: str | None = None,
 def validate(cfg: dict[str, Any]) -> None:
     """Checks across keys, after every layer is merged."""
     b = cfg["budget"]
+    if b["macs_ratio"] is None and b["gmacs"] is None and b["latency_ms"] is None:
+        b["macs_ratio"] = 0.5  # the default budget: half the MACs
+    if b["latency_table"] is not None and b["latency_ms"] is None:
+        raise UserError("budget.latency_table is set but budget.latency_ms is not; give the latency budget "
+                        "(milliseconds per image), e.g. --set budget.latency_ms=12")
     if b["min_keep"] > b["max_keep"]:
         raise UserError(f"budget.min_keep ({b['min_keep']}) is above budget.max_keep ({b['max_keep']}); lower min_keep")
     if not 0 <= cfg["data"]["val_fraction"] < 0.9:

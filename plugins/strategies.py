@@ -168,7 +168,7 @@ def global_widths(scores: dict[str, torch.Tensor], widths: dict[str, int], cost:
     def floor(name: str) -> int:
         return max(group_step(cost, name, budget), math.ceil(budget.min_keep * cost.base_widths[name] - 1e-9))
 
-    while cost.macs(widths) > budget.macs:
+    while not budget.fits(cost, widths):  # MACs, and the latency table when the budget has one
         candidates = [n for n in widths if widths[n] - step(n) >= floor(n)]
         if not candidates:
             raise UserError(

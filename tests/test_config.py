@@ -35,7 +35,7 @@ def test_int_accepted_for_float_and_null_for_optional():
     ("budget.macs_ratio=0", "'budget.macs_ratio' must be in (0.0, 1.0], got 0"),
     ("budget.macs_ratio=1.5", "must be in (0.0, 1.0], got 1.5"),
     ("budget.macs_ratio=-0.2", "must be in (0.0, 1.0], got -0.2"),
-    ("budget.macs_ratio=half", "'budget.macs_ratio' must be float or int, got str 'half'"),
+    ("budget.macs_ratio=half", "'budget.macs_ratio' must be float or null, got str 'half'"),
     ("search.n_trials=0", "'search.n_trials' must be > 0"),
     ("search.sampler=tpee", "(did you mean 'tpe'?)"),
     ("model.input_size=[128]", "model.input_size must be [height, width]"),

@@ -1,5 +1,8 @@
 """Budget projection: any sampled per-group keep ratios -> channel counts whose MACs meet the budget.
 
+With a latency budget (``Budget.latency``, a table bound to the model: see ``pruning/latency.py``) the
+same projection keeps the predicted milliseconds per image under ``latency_ms`` as well; both must hold.
+
 Every trial's policy meets the budget by construction, so no trial is wasted on an infeasible policy.
 The sampled ratios are read as relative preferences: they are scaled by one common factor (binary
 search) until the rounded widths fit, then single rounding steps are added back greedily, most
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from autoprune.errors import UserError
 from autoprune.pruning.flops import CostModel
@@ -18,23 +22,34 @@ from autoprune.pruning.flops import CostModel
 
 @dataclass
 class Budget:
-    """The MACs limit and the per-group constraints of a search."""
+    """The MACs limit (and optional latency limit) and the per-group constraints of a search."""
 
     macs: int
     min_keep: float = 0.1
     max_keep: float = 1.0
     round_to: int = 8
+    latency_ms: float | None = None   # per image; needs ``latency``
+    latency: Any = None               # a LatencyModel: ``predict_ms(widths)``
 
     @classmethod
     def from_config(cls, budget_cfg: dict, base_macs: int) -> "Budget":
+        """The MACs side of ``budget``; a latency-only budget (no macs_ratio, no gmacs) caps MACs at the model's."""
         if budget_cfg.get("gmacs") is not None:
             macs = int(budget_cfg["gmacs"] * 1e9)
             if macs > base_macs:
                 raise UserError(f"budget.gmacs {budget_cfg['gmacs']} is above the unpruned model's "
                                 f"{base_macs / 1e9:.3f} GMACs; give a smaller budget")
-        else:
+        elif budget_cfg.get("macs_ratio") is not None:
             macs = int(budget_cfg["macs_ratio"] * base_macs)
+        else:
+            macs = base_macs
         return cls(macs, budget_cfg["min_keep"], budget_cfg["max_keep"], budget_cfg["round_to"])
+
+    def fits(self, cost: CostModel, counts: dict[str, int]) -> bool:
+        """Whether ``counts`` meets every limit of this budget."""
+        if cost.macs(counts) > self.macs:
+            return False
+        return self.latency is None or self.latency_ms is None or self.latency.predict_ms(counts) <= self.latency_ms
 
 
 def width_step(channels: int, round_to: int, channel_groups: int = 1) -> int:
@@ -96,6 +111,13 @@ def check_feasible(cost: CostModel, b: Budget) -> None:
             f"budget.min_keep={b.min_keep} allows ({floor / 1e6:.1f} MMACs, {floor / cost.base_macs:.1%}); "
             f"lower budget.min_keep or raise the budget"
         )
+    if b.latency is not None and b.latency_ms is not None:
+        floor_ms = b.latency.predict_ms(min_widths(cost, b))
+        if floor_ms > b.latency_ms:
+            raise UserError(
+                f"budget.latency_ms={b.latency_ms:g} is below the smallest model's latency ({floor_ms:.3f} ms per "
+                f"image with budget.min_keep={b.min_keep}, {b.latency.table.key.device}); raise budget.latency_ms "
+                f"or lower budget.min_keep")
 
 
 def project(cost: CostModel, ratios: dict[str, float], b: Budget) -> dict[str, int]:
@@ -104,29 +126,28 @@ def project(cost: CostModel, ratios: dict[str, float], b: Budget) -> dict[str, i
     if unknown:
         raise UserError(f"policy names groups the model does not have: {sorted(unknown)[:3]}")
     check_feasible(cost, b)
-    if cost.macs(_counts(cost, ratios, 1e9, b)) <= b.macs:
+    if b.fits(cost, _counts(cost, ratios, 1e9, b)):
         return _counts(cost, ratios, 1e9, b)  # everything at max_keep already fits
     lo, hi = 0.0, 1.0 / max(1e-6, min(ratios.values(), default=1.0))
-    while cost.macs(_counts(cost, ratios, hi, b)) <= b.macs:
+    while b.fits(cost, _counts(cost, ratios, hi, b)):
         hi *= 2
     for _ in range(40):
         mid = (lo + hi) / 2
-        if cost.macs(_counts(cost, ratios, mid, b)) <= b.macs:
+        if b.fits(cost, _counts(cost, ratios, mid, b)):
             lo = mid
         else:
             hi = mid
     counts = _counts(cost, ratios, lo, b)
     floor = min_widths(cost, b)
     counts = {n: max(c, floor[n]) for n, c in counts.items()}
-    if cost.macs(counts) > b.macs:  # min widths pushed it over; shrink the largest relative groups
+    if not b.fits(cost, counts):  # min widths pushed it over; shrink the largest relative groups
         for name in sorted(counts, key=lambda n: -counts[n] / cost.base_widths[n]):
             step = group_step(cost, name, b)
-            while cost.macs(counts) > b.macs and counts[name] - step >= floor[name]:
+            while not b.fits(cost, counts) and counts[name] - step >= floor[name]:
                 counts[name] -= step
     # Greedy fill: give back rounding steps to the groups furthest below their preferred width.
     frozen: set[str] = set()
-    total = cost.macs(counts)
-    while total < b.macs:
+    while True:
         best, best_gap = None, None
         for name, c in counts.items():
             base = cost.base_widths[name]
@@ -141,9 +162,8 @@ def project(cost: CostModel, ratios: dict[str, float], b: Budget) -> dict[str, i
         step = group_step(cost, best, b)
         trial = dict(counts)
         trial[best] = min(cost.base_widths[best], counts[best] + step)
-        new_total = cost.macs(trial)
-        if new_total <= b.macs:
-            counts, total = trial, new_total
+        if b.fits(cost, trial):
+            counts = trial
         else:
             frozen.add(best)
     return counts

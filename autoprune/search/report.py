@@ -116,6 +116,9 @@ def summary_table(report: dict[str, Any]) -> str:
     if best:
         rows.append((f"best (#{best['trial']})", f"{best['macs'] / 1e6:.1f}", f"{best['params'] / 1e6:.2f}",
                      f"{best['target']['rank1']:.3f}", f"{best['target']['mAP']:.3f}"))
+    if "latency_ms" in b:
+        rows = _with_latency(rows, [b, report.get("uniform") or {}, best or {}] if report.get("uniform")
+                             else [b, best or {}])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
     lines.insert(1, "-" * len(lines[0]))
@@ -128,7 +131,26 @@ def summary_table(report: dict[str, Any]) -> str:
     ck = b.get("checkpoint")
     if ck:
         lines.append(f"model: {ck['arch']} from {ck['format']} checkpoint {ck['path']} (sha256 {ck['sha256'][:16]})")
+    if "latency_ms" in b:
+        bud = report["budget"]
+        lines.append(f"(latency: ms per image at batch {bud.get('latency_batch')} on {bud.get('latency_device')}, "
+                     f"budget {bud.get('latency_ms')} ms; median ± half the inter-quartile range, ~ predicted by the table)")
     return "\n".join(lines)
+
+
+def _with_latency(rows: list[tuple[str, ...]], entries: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    """The summary rows with a latency column (header row first, then one row per entry)."""
+    out = [rows[0] + ("latency (ms)",)]
+    for row, e in zip(rows[1:], entries):
+        if e.get("latency_ms") is None:
+            cell = "-"
+        elif e.get("latency_measured") and e.get("latency_spread_ms"):
+            q1, q3 = e["latency_spread_ms"]
+            cell = f"{e['latency_ms']:.2f} ±{(q3 - q1) / 2:.2f}"
+        else:
+            cell = f"~{e['latency_ms']:.2f}"
+        out.append(row + (cell,))
+    return out
 
 
 def pick_from_front(report: dict[str, Any], macs_ratio: float) -> dict[str, Any] | None:

@@ -35,7 +35,10 @@ def study_identity(cfg: dict[str, Any]) -> str:
     cfg = without_unset_late_keys(cfg)
     search = {k: v for k, v in cfg["search"].items()
               if k not in ("n_trials", "timeout", "final_epochs", "finalists", "ray")}
-    return config_hash({**{k: cfg[k] for k in IDENTITY}, "search": search}, IDENTITY + ("search",))
+    part = {**{k: cfg[k] for k in IDENTITY}, "search": search}
+    if cfg["budget"].get("latency_ms") is None:  # run directories from before latency budgets keep their identity
+        part["budget"] = {k: v for k, v in cfg["budget"].items() if not k.startswith("latency_")}
+    return config_hash(part, IDENTITY + ("search",))
 
 
 def prepare_run_dir(cfg: dict[str, Any], out: str | Path) -> Path:
@@ -98,7 +101,13 @@ def preflight(cfg: dict[str, Any], host: Any) -> None:
                          host=host))
     graph = PruningGraph(model, tuple(m["input_size"]))
     cost = CostModel(graph)
-    check_feasible(cost, Budget.from_config(cfg["budget"], cost.base_macs))
+    budget = Budget.from_config(cfg["budget"], cost.base_macs)
+    if cfg["budget"]["latency_ms"] is not None:  # a bad table or an impossible latency costs seconds too
+        from autoprune.engine.device import resolve_device
+        from autoprune.pruning.latency import latency_budget
+
+        budget = latency_budget(cfg, graph, budget, resolve_device(cfg["train"]["device"]).type, log=print)[0]
+    check_feasible(cost, budget)
     space = build_space(cfg["search"]["space"], list(graph.groups), cfg["budget"]["min_keep"],
                         cfg["budget"]["max_keep"])
     from autoprune.search import optuna_backend
@@ -216,6 +225,12 @@ def _search(cfg: dict[str, Any], run_dir: Path, started: float, progress: bool,
     log(f"model: {cfg['model']['arch']} {env.base_macs / 1e6:.1f} MMACs at {tuple(cfg['model']['input_size'])}, "
         f"{len(env.group_names)} prunable groups; budget {env.budget.macs / 1e6:.1f} MMACs "
         f"({env.budget.macs / env.base_macs:.0%}); space {env.space.name} ({len(env.space.params)} parameters)")
+    if env.budget.latency is not None:
+        key = env.budget.latency.table.key
+        log(f"latency budget: {env.budget.latency_ms} ms per image at batch {key.batch} on {key.device} "
+            f"({key.runtime}, {key.threads} threads); unpruned predicted "
+            f"{env.budget.latency.predict_ms(env.cost.base_widths):.3f} ms; "
+            + ("each policy is also timed here" if env.end_to_end else "not this machine: the table is trusted"))
 
     base_file = run_dir / "baseline.json"
     if base_file.is_file():
@@ -352,6 +367,8 @@ def finish(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, base: dict[str, A
                           "target": metrics_summary(metrics), "target_val": metrics_summary(metrics.get("val")),
                           "model": os.path.relpath(model_path, run_dir),
                           "final_epochs": final_epochs}
+        if env.budget.latency is not None:
+            _report_latency(report, env, model, best.counts, cfg, log)
         _export_torchscript(model, model_dir / "pruned.torchscript.pt", env.input_size)
         report["best"]["torchscript"] = "model/pruned.torchscript.pt"
         if final_epochs and report["uniform"] is not None:
@@ -369,6 +386,21 @@ def finish(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, base: dict[str, A
     log(summary_table(report))
     log(f"\nrun directory: {run_dir}  (report.json, trials.csv, model/pruned.pt, plots)")
     return report
+
+
+def _report_latency(report: dict[str, Any], env: SearchEnv, model: torch.nn.Module, counts: dict[str, int],
+                    cfg: dict[str, Any], log: Callable[[str], None]) -> None:
+    """Latency of the unpruned model and the best next to their MACs (timed here when this is the device)."""
+    from autoprune.pruning.latency import budget_entry, latency_entry
+
+    report["budget"].update(budget_entry(env.budget, cfg))
+    report["baseline"] = {**report["baseline"],
+                          **latency_entry(env.budget, env.end_to_end, env.baseline, env.cost.base_widths)}
+    entry = latency_entry(env.budget, env.end_to_end, model, counts)
+    report["best"].update(entry)
+    if entry["latency_measured"] and entry["latency_ms"] > env.budget.latency_ms:
+        log(f"warning: the best model measured {entry['latency_ms']:.3f} ms per image (median of "
+            f"{entry['latency_runs']}), over the budget of {env.budget.latency_ms} ms; the machine may be busy")
 
 
 def _final_round(env: SearchEnv, top: list[TrialRecord], uniform: TrialRecord | None, final_epochs: int,

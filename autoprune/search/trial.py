@@ -7,6 +7,7 @@ plugins); it is built once per process, so a backend only hands it ratios.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 import traceback
@@ -68,6 +69,11 @@ class SearchEnv:
         self.cost = CostModel(graph)
         self.base_macs, self.base_params = count_macs(self.baseline, self.input_size)
         self.budget = Budget.from_config(cfg["budget"], self.base_macs)
+        self.end_to_end = None  # times projected models on this machine under a latency budget
+        if cfg["budget"]["latency_ms"] is not None:
+            from autoprune.pruning.latency import latency_budget
+
+            self.budget, self.end_to_end = latency_budget(cfg, graph, self.budget, device.type, progress)
         check_feasible(self.cost, self.budget)
         self.space: SearchSpace = build_space(cfg["search"]["space"], self.group_names,
                                               cfg["budget"]["min_keep"], cfg["budget"]["max_keep"])
@@ -120,9 +126,14 @@ class SearchEnv:
         """Channel counts for sampled values; a ``macs_ratio`` value (Pareto mode) sets a lower budget."""
         budget = self.budget
         if "macs_ratio" in values:
-            budget = Budget(min(self.budget.macs, int(values["macs_ratio"] * self.base_macs)), self.budget.min_keep,
-                            self.budget.max_keep, self.budget.round_to)
-        return project(self.cost, self.space.ratios(values), budget)
+            budget = dataclasses.replace(budget, macs=min(budget.macs, int(values["macs_ratio"] * self.base_macs)))
+        ratios = self.space.ratios(values)
+        counts = project(self.cost, ratios, budget)
+        if self.end_to_end is not None and budget.latency_ms is not None:  # measured, not only predicted
+            counts = self.end_to_end.tighten(
+                counts, lambda ms: project(self.cost, ratios, dataclasses.replace(budget, latency_ms=ms)),
+                budget.latency_ms)
+        return counts
 
     def macs_ratio_range(self) -> tuple[float, float]:
         """What Pareto mode samples: from just above the smallest feasible model up to the budget."""
@@ -227,6 +238,10 @@ class SearchEnv:
         macs, params = count_macs(model, self.input_size)
         if macs > self.budget.macs and any(c < self.cost.base_widths[n] for n, c in counts.items()):
             raise RuntimeError(f"pruned model has {macs} MACs, above the budget {self.budget.macs}")
+        if (self.budget.latency is not None and any(c < self.cost.base_widths[n] for n, c in counts.items())
+                and self.budget.latency.predict_ms(counts) > self.budget.latency_ms * (1 + 1e-9)):
+            raise RuntimeError(f"pruned model is predicted at {self.budget.latency.predict_ms(counts):.3f} ms, "
+                               f"above the budget {self.budget.latency_ms} ms")
         policy = {n: round(c / self.cost.base_widths[n], 4) for n, c in counts.items()}
         return TrialResult(counts, policy, macs, params, macs / self.base_macs, metrics,
                            time.perf_counter() - start, model, history, timers["train"], timers["eval"])

@@ -1,0 +1,629 @@
+"""Latency budgets: a per-layer latency table measured on the deployment device (NetAdapt's idea).
+
+A table holds, for every distinct convolution of the architecture (with its BatchNorm), the measured time
+of that layer alone on a coarse grid of its input and output widths, taken from the widths the budget
+projection can choose (multiples of ``round_to`` from ``min_keep`` up). Between grid points the time is
+interpolated bilinearly: a convolution's work is bilinear in (in, out) channels, so the grid only has to
+catch the device's departures from that. What the layers leave out (ReLU, residual additions, pooling,
+the framework's own overhead) is fitted once against end-to-end timings of whole models pruned uniformly
+to a few widths: ``model = scale * sum(layers) + offset``. Predictions are milliseconds per image at the
+table's batch size.
+
+Tables record what they were measured with (device, threads, runtime and its version, architecture, input,
+batch) and are refused for another architecture, input or batch. A table is cached by those keys, so a
+search that profiles its own machine does it once.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import json
+import math
+import platform
+import statistics
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from autoprune.errors import UserError
+from autoprune.pruning.groups import PruningGraph
+
+FORMAT = "autoprune-latency/1"
+RUNTIMES = ("torch", "onnxruntime")
+CALIBRATION_KEEP = (1.0, 0.7, 0.45, 0.25)   # uniform keep fractions timed end to end to fit scale/offset
+
+# (module, input shape) -> seconds of each timed run; the real one uses a wall clock, tests a fake one.
+Measure = Callable[[nn.Module, tuple[int, ...]], list[float]]
+
+
+# -- what a table is valid for ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TableKey:
+    """Everything a measurement depends on; a table is only used where its key says it applies."""
+
+    arch: str
+    last_stride: int
+    pooling: str
+    input_size: tuple[int, int]
+    batch: int
+    runtime: str
+    device: str
+    threads: int
+    torch: str
+    onnxruntime: str | None
+    round_to: int
+    min_keep: float
+    clock: str = "wall"
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def device_name(device: str = "cpu") -> str:
+    """A readable name of the device kind a table was measured on, e.g. ``cpu: Intel(R) Xeon(R) ...``."""
+    if device.startswith("cuda"):
+        return f"cuda: {torch.cuda.get_device_name(torch.device(device))}"
+    name = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"cpu: {name or platform.processor() or platform.machine()}"
+
+
+def make_key(arch: str, input_size: tuple[int, int], batch: int, runtime: str = "torch", device: str = "cpu",
+             threads: int | None = None, last_stride: int = 1, pooling: str = "avg", round_to: int = 8,
+             min_keep: float = 0.1, clock: str = "wall") -> TableKey:
+    """The key of a table measured on this machine with these settings."""
+    ort_version = None
+    if runtime == "onnxruntime":
+        ort_version = _onnxruntime().__version__
+    return TableKey(arch, int(last_stride), pooling, (int(input_size[0]), int(input_size[1])), int(batch), runtime,
+                    device_name(device), int(threads or torch.get_num_threads()), torch.__version__.split("+")[0],
+                    ort_version, int(round_to), float(min_keep), clock)
+
+
+def _onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise UserError("runtime onnxruntime is not installed; pip install onnx onnxruntime, or use --runtime torch") from None
+    return onnxruntime
+
+
+# -- the layers of a model, and the widths they can take ----------------------------------------------
+@dataclass
+class ConvSite:
+    """One convolution of the model, where its widths come from, and the input it sees."""
+
+    name: str
+    cin: int
+    cout: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    groups: int
+    in_hw: tuple[int, int]
+    bn: bool                      # followed directly by its BatchNorm (timed together, as the model runs them)
+    relu: bool = False            # and the BatchNorm by a ReLU
+    in_group: str | None = None
+    out_group: str | None = None
+
+    def shape_key(self) -> tuple:
+        return (self.cin, self.cout, self.kernel, self.stride, self.padding, self.dilation, self.groups,
+                self.in_hw, self.bn, self.relu, self.in_group is None, self.out_group is None)
+
+
+def conv_sites(graph: PruningGraph) -> list[ConvSite]:
+    """Every Conv2d in forward order, with the prunable groups that set its input and output widths."""
+    model = graph.model
+    order: list[tuple[str, nn.Module, tuple[int, ...]]] = []
+    hooks = [m.register_forward_hook(lambda mod, inp, out, _n=n: order.append((_n, mod, tuple(inp[0].shape))))
+             for n, m in model.named_modules() if len(list(m.children())) == 0]
+    was = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, *graph.input_size, device=device))
+    finally:
+        model.train(was)
+        for h in hooks:
+            h.remove()
+    owner_in, owner_out = {}, {}
+    for gname, g in graph.groups.items():
+        owner_out.update({m: gname for m in g.out_modules})
+        owner_in.update({m: gname for m in g.in_modules})
+    sites = []
+    for i, (name, mod, shape) in enumerate(order):
+        if not isinstance(mod, nn.Conv2d):
+            continue
+        nxt = order[i + 1][1] if i + 1 < len(order) else None
+        bn = isinstance(nxt, nn.BatchNorm2d) and nxt.num_features == mod.out_channels
+        relu = bn and i + 2 < len(order) and isinstance(order[i + 2][1], nn.ReLU)
+        sites.append(ConvSite(name, mod.in_channels, mod.out_channels, _pair(mod.kernel_size), _pair(mod.stride),
+                              _pair(mod.padding), _pair(mod.dilation), mod.groups, (shape[2], shape[3]), bn, relu,
+                              owner_in.get(name), owner_out.get(name)))
+    return sites
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    return (int(v[0]), int(v[1])) if isinstance(v, tuple) else (int(v), int(v))
+
+
+def width_choices(base: int, round_to: int, min_keep: float) -> list[int]:
+    """Every width the budget projection can give a group of ``base`` channels (see budget.project)."""
+    from autoprune.pruning.budget import Budget, _ceil_min
+
+    lo = _ceil_min(base, Budget(0, min_keep=min_keep, round_to=round_to))
+    step = round_to if base > round_to and round_to > 1 else 1
+    return sorted(set(range(lo, base, step)) | {base})
+
+
+def grid(choices: list[int], points: int) -> list[int]:
+    """``points`` widths spread evenly over ``choices`` (by index), always with both ends."""
+    if len(choices) <= points:
+        return list(choices)
+    idx = {round(i * (len(choices) - 1) / (points - 1)) for i in range(points)}
+    return [choices[i] for i in sorted(idx)]
+
+
+# -- the table ------------------------------------------------------------------------------------
+@dataclass
+class Kind:
+    """One distinct convolution shape and its measured grid: ``ms[i][j]`` at ``cin[i]`` in, ``cout[j]`` out."""
+
+    cin: list[int]
+    cout: list[int]
+    ms: list[list[float]] = field(default_factory=list)
+
+    def at(self, cin: int, cout: int) -> float:
+        i0, i1, u = _bracket(self.cin, cin)
+        j0, j1, v = _bracket(self.cout, cout)
+        m = self.ms
+        return ((1 - u) * (1 - v) * m[i0][j0] + u * (1 - v) * m[i1][j0]
+                + (1 - u) * v * m[i0][j1] + u * v * m[i1][j1])
+
+
+def _bracket(xs: list[int], x: int) -> tuple[int, int, float]:
+    """Indices around ``x`` in sorted ``xs`` and the interpolation weight (linear extrapolation at the ends)."""
+    if len(xs) == 1:
+        return 0, 0, 0.0
+    hi = next((i for i, v in enumerate(xs) if v >= x), len(xs) - 1)
+    hi = max(1, hi)
+    lo = hi - 1
+    return lo, hi, (x - xs[lo]) / (xs[hi] - xs[lo])
+
+
+@dataclass
+class LatencyTable:
+    """A measured table: its key, the layers (name -> kind index), the kinds' grids and the calibration."""
+
+    key: TableKey
+    layers: dict[str, dict[str, Any]]    # conv name -> {"kind": i, "cin": base in, "cout": base out}
+    kinds: list[Kind]
+    scale: float = 1.0
+    offset_ms: float = 0.0
+    calibration: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": FORMAT, "key": asdict(self.key), "layers": self.layers,
+                "kinds": [asdict(k) for k in self.kinds], "scale": self.scale, "offset_ms": self.offset_ms,
+                "calibration": self.calibration, "seconds": self.seconds}
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=1))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LatencyTable":
+        """Read a table; anything unreadable or malformed is one UserError naming the file."""
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"latency table {p} does not exist; make one with `autoprune latency profile ... --out {p}`")
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+            if data.get("format") != FORMAT:
+                raise ValueError(f"format is {data.get('format')!r}, not {FORMAT!r}")
+            key = data["key"]
+            key = TableKey(**{**key, "input_size": tuple(key["input_size"])})
+            kinds = [Kind(list(map(int, k["cin"])), list(map(int, k["cout"])),
+                          [[float(v) for v in row] for row in k["ms"]]) for k in data["kinds"]]
+            table = cls(key, dict(data["layers"]), kinds, float(data["scale"]), float(data["offset_ms"]),
+                        list(data.get("calibration", [])), float(data.get("seconds", 0.0)))
+            table._check()
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+            raise UserError(f"latency table {p} is corrupt ({type(exc).__name__}: {exc}); profile it again with "
+                            f"`autoprune latency profile`") from None
+        return table
+
+    def _check(self) -> None:
+        for i, k in enumerate(self.kinds):
+            if not k.cin or not k.cout or len(k.ms) != len(k.cin) or any(len(r) != len(k.cout) for r in k.ms):
+                raise ValueError(f"kind {i}: grid and times disagree in size")
+            if k.cin != sorted(set(k.cin)) or k.cout != sorted(set(k.cout)):
+                raise ValueError(f"kind {i}: widths not increasing")
+            if not all(math.isfinite(v) and v >= 0 for r in k.ms for v in r):
+                raise ValueError(f"kind {i}: a time is negative or not finite")
+        for name, layer in self.layers.items():
+            if not 0 <= int(layer["kind"]) < len(self.kinds):
+                raise ValueError(f"layer {name} names kind {layer['kind']}")
+        if not (math.isfinite(self.scale) and self.scale > 0 and math.isfinite(self.offset_ms)):
+            raise ValueError("calibration scale/offset not finite")
+
+
+# -- measuring ------------------------------------------------------------------------------------
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def wall_measure(runtime: str = "torch", device: str = "cpu", threads: int | None = None, repeats: int = 7,
+                 warmup: int = 2, clock: str = "wall") -> Measure:
+    """The real clock: ``repeats`` timed runs of a module (after ``warmup``) in the given runtime.
+
+    ``clock="cpu"`` times the process's CPU time instead of wall time: on a machine shared with other jobs
+    and one thread it measures what the model would take alone, where wall time measures the queue.
+    """
+    now = CLOCKS[clock]
+
+    def measure(module: nn.Module, shape: tuple[int, ...]) -> list[float]:
+        with _threads(threads):
+            run = _runner(module, shape, runtime, device, threads)
+            for _ in range(warmup):
+                run()
+            times = []
+            for _ in range(repeats):
+                t0 = now()
+                run()
+                times.append(now() - t0)
+        return times
+    return measure
+
+
+class _threads:
+    """Run with ``n`` intra-op threads, then restore (a search trains with its own thread count)."""
+
+    def __init__(self, n: int | None) -> None:
+        self.n = n
+
+    def __enter__(self) -> None:
+        self.old = torch.get_num_threads()
+        if self.n:
+            torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc: Any) -> None:
+        torch.set_num_threads(self.old)
+
+
+def _runner(module: nn.Module, shape: tuple[int, ...], runtime: str, device: str,
+            threads: int | None) -> Callable[[], Any]:
+    module = module.eval()
+    if runtime == "onnxruntime":
+        ort = _onnxruntime()
+        buf = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module.cpu(), (torch.zeros(shape),), buf, input_names=["x"], dynamo=False)
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        sess = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+        feed = {"x": torch.randn(shape).numpy()}
+        return lambda: sess.run(None, feed)
+    dev = torch.device(device)
+    module = module.to(dev)
+    x = torch.randn(shape, device=dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+
+    def run() -> None:
+        with torch.inference_mode():
+            module(x)
+        sync()
+    return run
+
+
+def median_ms(times: list[float]) -> float:
+    return 1000.0 * statistics.median(times)
+
+
+# -- building a table ------------------------------------------------------------------------------
+def _unit(site: ConvSite, cin: int, cout: int) -> nn.Module:
+    g = site.groups if cin % site.groups == 0 and cout % site.groups == 0 else 1  # grouped convs keep their groups
+    conv = nn.Conv2d(cin, cout, site.kernel, site.stride, site.padding, site.dilation, groups=g, bias=False)
+    if not site.bn:
+        return conv
+    return nn.Sequential(conv, nn.BatchNorm2d(cout), nn.ReLU(inplace=True)) if site.relu else nn.Sequential(conv, nn.BatchNorm2d(cout))
+
+
+def plan(sites: list[ConvSite], widths: dict[str, int], round_to: int, min_keep: float,
+         points: int) -> tuple[dict[str, dict[str, Any]], list[tuple[ConvSite, Kind]]]:
+    """The layers -> kinds map and, per distinct kind, its grid of widths to measure."""
+    layers: dict[str, dict[str, Any]] = {}
+    kinds: list[tuple[ConvSite, Kind]] = []
+    seen: dict[tuple, int] = {}
+    for s in sites:
+        k = s.shape_key()
+        if k not in seen:
+            cin = grid(width_choices(widths[s.in_group], round_to, min_keep), points) if s.in_group else [s.cin]
+            cout = grid(width_choices(widths[s.out_group], round_to, min_keep), points) if s.out_group else [s.cout]
+            seen[k] = len(kinds)
+            kinds.append((s, Kind(cin, cout)))
+        layers[s.name] = {"kind": seen[k], "cin": s.cin, "cout": s.cout}
+    return layers, kinds
+
+
+def profile(model: nn.Module, key: TableKey, measure: Measure, points: int = 6, progress: bool = True,
+            calibration_keep: tuple[float, ...] = CALIBRATION_KEEP) -> LatencyTable:
+    """Measure every layer kind of ``model`` on its grid, then fit the rest against whole pruned models."""
+    from tqdm.auto import tqdm
+
+    start = time.perf_counter()
+    model = copy.deepcopy(model).cpu().eval()
+    graph = PruningGraph(model, key.input_size)
+    sites = conv_sites(graph)
+    layers, kinds = plan(sites, graph.widths(), key.round_to, key.min_keep, points)
+    total = sum(len(k.cin) * len(k.cout) for _, k in kinds) + 2 * len(calibration_keep)
+    bar = tqdm(total=total, desc="latency profile", unit="pt", disable=not progress, leave=False)
+    b = key.batch
+    for site, kind in kinds:
+        kind.ms = [[median_ms(measure(_unit(site, ci, co), (b, ci, *site.in_hw)))
+                    for co in kind.cout if not bar.update(1)] for ci in kind.cin]
+    for _, kind in kinds:
+        kind.ms = monotone(kind.ms)
+    table = LatencyTable(key, layers, [k for _, k in kinds])
+    bound = LatencyModel(table, graph)
+    points_ = []
+    for keep, widths in calibration_policies(graph.widths(), key, calibration_keep):
+        whole = skeleton(model, key.input_size, widths)
+        measured = median_ms(measure(whole, (b, 3, *key.input_size)) + measure(whole, (b, 3, *key.input_size)))
+        points_.append({"keep": keep, "layers_ms": bound.layers_ms(widths), "measured_ms": measured})
+        bar.update(1)
+    bar.close()
+    table.scale, table.offset_ms = fit_calibration(points_)
+    table.calibration = points_
+    table.seconds = time.perf_counter() - start
+    return table
+
+
+def monotone(ms: list[list[float]]) -> list[list[float]]:
+    """The grid made non-decreasing along both axes (running maximum): more channels never predict less
+    time, so the projection's search over one common scale stays well posed despite timing noise."""
+    out = [list(r) for r in ms]
+    for i, row in enumerate(out):
+        for j in range(len(row)):
+            row[j] = max(row[j], row[j - 1] if j else row[j], out[i - 1][j] if i else row[j])
+    return out
+
+
+def fit_calibration(points: list[dict[str, float]]) -> tuple[float, float]:
+    """``measured = scale * layers + offset`` by Theil-Sen (median of pairwise slopes): one run slowed by
+    another job on the machine does not bend the fit. A slope outside [0.5, 2] keeps scale 1."""
+    xs = [p["layers_ms"] for p in points]
+    ys = [p["measured_ms"] for p in points]
+    if not points:
+        return 1.0, 0.0
+    slopes = [(ys[j] - ys[i]) / (xs[j] - xs[i]) for i in range(len(xs)) for j in range(i + 1, len(xs))
+              if abs(xs[j] - xs[i]) > 1e-9 * max(xs)]
+    scale = statistics.median(slopes) if slopes else 1.0
+    if not 0.5 <= scale <= 2.0:
+        scale = 1.0
+    return scale, statistics.median(y - scale * x for x, y in zip(xs, ys))
+
+
+def calibration_policies(widths: dict[str, int], key: TableKey,
+                         keeps: tuple[float, ...]) -> list[tuple[float, dict[str, int]]]:
+    """Uniform policies at ``keeps``, then as many random ones (seeded): the fit must not see only uniform shapes."""
+    import random
+
+    rng = random.Random(0)
+    out = [(k, uniform_widths(widths, k, key.round_to, key.min_keep)) for k in keeps]
+    for _ in keeps:
+        per = {n: uniform_widths({n: b}, rng.uniform(key.min_keep, 1.0), key.round_to, key.min_keep)[n]
+               for n, b in widths.items()}
+        out.append((-1.0, per))
+    return out
+
+
+def uniform_widths(widths: dict[str, int], keep: float, round_to: int, min_keep: float) -> dict[str, int]:
+    """Each group at the allowed width nearest to ``keep`` of its channels."""
+    out = {}
+    for name, base in widths.items():
+        choices = width_choices(base, round_to, min_keep)
+        out[name] = min(choices, key=lambda c: (abs(c - keep * base), c))
+    return out
+
+
+def skeleton(model: nn.Module, input_size: tuple[int, int], widths: dict[str, int]) -> nn.Module:
+    """A copy of ``model`` cut to ``widths`` (which channels go does not matter for timing)."""
+    m = copy.deepcopy(model).cpu().eval()
+    graph = PruningGraph(m, input_size)
+    for name, keep in widths.items():
+        current = graph.groups[name].channels
+        if keep < current:
+            graph.prune(name, list(range(keep, current)))
+    return m
+
+
+# -- using a table -------------------------------------------------------------------------------
+class LatencyModel:
+    """A table bound to a model's prunable groups: predicted milliseconds per image for any widths."""
+
+    def __init__(self, table: LatencyTable, graph: PruningGraph) -> None:
+        self.table = table
+        self.sites = conv_sites(graph)
+        self.base_widths = graph.widths()
+        names = {s.name for s in self.sites}
+        if names != set(table.layers) or any(
+                (table.layers[s.name]["cin"], table.layers[s.name]["cout"]) != (s.cin, s.cout) for s in self.sites):
+            raise UserError(f"the latency table was profiled for another architecture ({table.key.arch}, "
+                            f"{len(table.layers)} convolutions) than this model ({len(self.sites)}); "
+                            f"profile this one with `autoprune latency profile`")
+        self._terms = [(table.kinds[table.layers[s.name]["kind"]], s) for s in self.sites]
+
+    def layers_ms(self, widths: dict[str, int]) -> float:
+        """Sum of the table's layer times for the whole batch (uncalibrated)."""
+        total = 0.0
+        for kind, s in self._terms:
+            cin = widths[s.in_group] if s.in_group else s.cin
+            cout = widths[s.out_group] if s.out_group else s.cout
+            total += kind.at(cin, cout)
+        return total
+
+    def predict_ms(self, widths: dict[str, int]) -> float:
+        """Predicted milliseconds per image at the table's batch size."""
+        t = self.table
+        return (t.scale * self.layers_ms(widths) + t.offset_ms) / t.key.batch
+
+
+def check_table(table: LatencyTable, expected: TableKey, source: str) -> None:
+    """Refuse a table measured for another architecture, input, batch or width rounding (one line each)."""
+    k = table.key
+    for attr, what in (("arch", "architecture"), ("last_stride", "last stride"), ("input_size", "input size"),
+                       ("batch", "batch size")):
+        have, want = getattr(k, attr), getattr(expected, attr)
+        if have != want:
+            hint = {"batch": "budget.latency_batch"}.get(attr, "model." + attr)
+            raise UserError(f"latency table {source} was profiled for {what} {_fmt(have)}, but this search uses "
+                            f"{_fmt(want)} ({hint}); profile it again with matching settings")
+    if k.min_keep > expected.min_keep + 1e-9 or expected.round_to % k.round_to:
+        raise UserError(f"latency table {source} covers widths from budget.min_keep={k.min_keep} in steps of "
+                        f"{k.round_to}, but the search uses min_keep={expected.min_keep}, round_to="
+                        f"{expected.round_to}; profile it with --min-keep/--round-to matching the budget")
+
+
+def _fmt(v: Any) -> str:
+    return "x".join(map(str, v)) if isinstance(v, tuple) else str(v)
+
+
+def same_device(key: TableKey, device: str = "cpu") -> bool:
+    """Whether this machine is the one the table was measured on (so models can be timed here)."""
+    if key.device != device_name(device):
+        return False
+    if key.runtime == "onnxruntime":
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            return False
+    return True
+
+
+def measure_model(model: nn.Module, key: TableKey, measure: Measure) -> dict[str, float]:
+    """Median and inter-quartile spread of one model's end-to-end time, milliseconds per image."""
+    times = sorted(1000.0 * t / key.batch for t in measure(model, (key.batch, 3, *key.input_size)))
+    q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
+    return {"median_ms": statistics.median(times), "q1_ms": q[0], "q3_ms": q[2], "runs": len(times)}
+
+
+
+# -- in a search -----------------------------------------------------------------------------------
+class EndToEnd:
+    """Times whole pruned models on this machine (the table's device), so a projection can be tightened."""
+
+    def __init__(self, latency: LatencyModel, baseline: nn.Module, measure: Measure, rounds: int = 3) -> None:
+        self.latency, self.baseline, self.measure, self.rounds = latency, baseline, measure, rounds
+        self.key = latency.table.key
+        self._memo: dict[tuple, dict[str, float]] = {}
+
+    def time_widths(self, widths: dict[str, int]) -> dict[str, float]:
+        """Median and spread of the model cut to ``widths`` (memoised: timing is the slow part)."""
+        k = tuple(sorted(widths.items()))
+        if k not in self._memo:
+            self._memo[k] = measure_model(skeleton(self.baseline, self.key.input_size, widths), self.key, self.measure)
+        return self._memo[k]
+
+    def tighten(self, counts: dict[str, int], reproject: Callable[[float], dict[str, int]],
+                limit_ms: float) -> dict[str, int]:
+        """Counts whose measured median meets ``limit_ms``: while over, project again under the predicted
+        limit scaled down by the overshoot. Gives up (keeping the last counts) when nothing smaller is allowed."""
+        target = limit_ms
+        for _ in range(self.rounds):
+            got = self.time_widths(counts)["median_ms"]
+            if got <= limit_ms:
+                break
+            target *= limit_ms / got
+            try:
+                counts = reproject(target)
+            except UserError:
+                break
+        return counts
+
+
+def expected_key(cfg: dict[str, Any], device: str = "cpu") -> TableKey:
+    """The key a table must have for this search (runtime torch, this machine's threads)."""
+    m, b = cfg["model"], cfg["budget"]
+    return make_key(m["arch"], tuple(m["input_size"]), b["latency_batch"], "torch", device, None,
+                    m["last_stride"], m["pooling"], b["round_to"], b["min_keep"])
+
+
+def load_or_profile(cfg: dict[str, Any], model: nn.Module, device: str = "cpu", progress: bool = False,
+                    log: Callable[[str], None] = print) -> LatencyTable:
+    """``budget.latency_table`` (checked against this search), or this machine's table from the cache
+    (``data.root/latency/``), profiled now if it is not there yet."""
+    want = expected_key(cfg, device)
+    path = cfg["budget"]["latency_table"]
+    if path is not None:
+        table = LatencyTable.load(path)
+        check_table(table, want, str(path))
+        return table
+    cache = Path(cfg["data"]["root"]) / "latency" / f"{want.arch}-{want.digest()}.json"
+    if cache.is_file():
+        return LatencyTable.load(cache)
+    log(f"latency: profiling {want.arch} at {_fmt(want.input_size)}, batch {want.batch}, on this machine "
+        f"({want.device}, {want.threads} threads); cached in {cache}")
+    table = profile(model, want, wall_measure(want.runtime, device, want.threads, clock=want.clock), progress=progress)
+    table.save(cache)
+    return table
+
+
+def latency_budget(cfg: dict[str, Any], graph: PruningGraph, budget: Any, device: str = "cpu",
+                   progress: bool = False, log: Callable[[str], None] = print) -> tuple[Any, EndToEnd | None]:
+    """``budget`` with the latency limit attached, and an end-to-end checker when this machine is the
+    table's device (None elsewhere: the table is then trusted as measured)."""
+    from dataclasses import replace
+
+    table = load_or_profile(cfg, graph.model, device, progress, log)
+    latency = LatencyModel(table, graph)
+    budget = replace(budget, latency_ms=float(cfg["budget"]["latency_ms"]), latency=latency)
+    checker = None
+    if same_device(table.key, device):
+        measure = wall_measure(table.key.runtime, device, table.key.threads, repeats=20, clock=table.key.clock)
+        checker = EndToEnd(latency, graph.model, measure)
+    return budget, checker
+
+
+def latency_entry(budget: Any, checker: EndToEnd | None, model: nn.Module, widths: dict[str, int],
+                  runs: int = 50) -> dict[str, Any]:
+    """A model's latency for report.json: the median of ``runs`` timed runs on this machine when it is the
+    table's device (with the inter-quartile spread), else the table's prediction."""
+    predicted = budget.latency.predict_ms(widths)
+    out: dict[str, Any] = {"latency_ms": round(predicted, 4), "latency_spread_ms": None,
+                           "latency_predicted_ms": round(predicted, 4), "latency_measured": False}
+    if checker is not None:
+        key = checker.key
+        t = measure_model(model, key, wall_measure(key.runtime, "cuda" if key.device.startswith("cuda") else "cpu",
+                                                   key.threads, repeats=runs, clock=key.clock))
+        out.update(latency_ms=round(t["median_ms"], 4), latency_spread_ms=[round(t["q1_ms"], 4), round(t["q3_ms"], 4)],
+                   latency_measured=True, latency_runs=runs)
+    return out
+
+
+def budget_entry(budget: Any, cfg: dict[str, Any]) -> dict[str, Any]:
+    """The latency side of report.json's ``budget``."""
+    k = budget.latency.table.key
+    return {"latency_ms": budget.latency_ms, "latency_batch": k.batch, "latency_unit": "ms per image",
+            "latency_device": k.device, "latency_threads": k.threads, "latency_runtime": k.runtime,
+            "latency_table": cfg["budget"]["latency_table"] or "profiled on this machine"}

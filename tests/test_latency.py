@@ -1,0 +1,255 @@
+"""Latency tables and latency budgets: the logic on a fake clock, one real profile on a tiny model."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import replace
+
+import pytest
+import torch
+from torch import nn
+
+from autoprune.cli import main
+from autoprune.errors import UserError
+from autoprune.models import build_model
+from autoprune.pruning.budget import Budget, check_feasible, project
+from autoprune.pruning.flops import CostModel
+from autoprune.pruning.groups import PruningGraph
+from autoprune.pruning.latency import (EndToEnd, LatencyModel, LatencyTable, check_table, make_key, monotone,
+                                       profile, skeleton, uniform_widths, width_choices)
+
+SIZE = (32, 16)
+
+
+def fake_seconds(module: nn.Module, shape: tuple[int, ...]) -> float:
+    """A deterministic clock: 1 us per leaf module called, plus 1 ns per conv multiply-add."""
+    calls = [0]
+    macs = [0]
+
+    def hook(mod, inp, out):
+        calls[0] += 1
+        if isinstance(mod, nn.Conv2d):
+            k = mod.kernel_size[0] * mod.kernel_size[1]
+            macs[0] += out.numel() * mod.in_channels // mod.groups * k
+
+    hooks = [m.register_forward_hook(hook) for m in module.modules() if len(list(m.children())) == 0]
+    with torch.no_grad():
+        module.eval()(torch.zeros(shape))
+    for h in hooks:
+        h.remove()
+    return 1e-6 * calls[0] + 1e-9 * macs[0]
+
+
+def fake_measure(module: nn.Module, shape: tuple[int, ...]) -> list[float]:
+    return [fake_seconds(module, shape)] * 3
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    model = build_model("resnet10", 2).eval()
+    key = make_key("resnet10", SIZE, 1, threads=1, round_to=4)
+    table = profile(model, key, fake_measure, points=3, progress=False, calibration_keep=(1.0, 0.5))
+    graph = PruningGraph(model, SIZE)
+    return model, key, table, graph
+
+
+def _random_widths(graph: PruningGraph, seed: int) -> dict[str, int]:
+    rng = random.Random(seed)
+    return {n: rng.choice(width_choices(b, 4, 0.1)) for n, b in graph.widths().items()}
+
+
+def test_table_predicts_the_fake_clock_exactly(tiny):
+    # conv time is bilinear in (in, out) widths and the rest is a constant: interpolation plus the fitted
+    # offset must reproduce the clock for widths never profiled, so a wrong layer->group mapping fails here
+    model, key, table, graph = tiny
+    lat = LatencyModel(table, graph)
+    assert table.scale == pytest.approx(1.0)
+    for seed in range(5):
+        widths = _random_widths(graph, seed)
+        measured = 1000 * fake_seconds(skeleton(model, SIZE, widths), (1, 3, *SIZE))
+        assert lat.predict_ms(widths) == pytest.approx(measured, rel=1e-6)
+    assert lat.predict_ms(graph.widths()) > lat.predict_ms(uniform_widths(graph.widths(), 0.5, 4, 0.1))
+
+
+def test_grid_is_the_projections_widths(tiny):
+    _, _, table, graph = tiny
+    choices = width_choices(64, 4, 0.1)
+    assert choices[0] == 8 and choices[-1] == 64 and all(c % 4 == 0 for c in choices)
+    layer = table.layers["backbone.layer1.0.conv1"]
+    kind = table.kinds[layer["kind"]]
+    assert kind.cin[0] == 8 and kind.cin[-1] == 64 and len(kind.cin) == 3
+
+
+def test_projection_meets_latency_and_macs(tiny):
+    _, _, table, graph = tiny
+    lat = LatencyModel(table, graph)
+    cost = CostModel(graph)
+    full = lat.predict_ms(cost.base_widths)
+    for share, macs_ratio in ((0.6, 1.0), (0.6, 0.3), (0.4, 1.0)):
+        b = Budget(int(macs_ratio * cost.base_macs), 0.1, 1.0, 4, latency_ms=share * full, latency=lat)
+        for seed in range(3):
+            rng = random.Random(seed)
+            counts = project(cost, {n: rng.uniform(0.2, 1.0) for n in cost.base_widths}, b)
+            assert lat.predict_ms(counts) <= b.latency_ms
+            assert cost.macs(counts) <= b.macs
+            # tight: no group can take one more rounding step without breaking a limit
+            grow = [n for n, c in counts.items() if c < cost.base_widths[n]
+                    and b.fits(cost, {**counts, n: c + 4})]
+            assert grow == []
+
+
+def test_budget_below_the_smallest_model_is_refused(tiny):
+    _, _, table, graph = tiny
+    lat = LatencyModel(table, graph)
+    cost = CostModel(graph)
+    floor = lat.predict_ms({n: width_choices(b, 4, 0.1)[0] for n, b in cost.base_widths.items()})
+    with pytest.raises(UserError, match="below the smallest model's latency"):
+        check_feasible(cost, Budget(cost.base_macs, 0.1, 1.0, 4, latency_ms=0.9 * floor, latency=lat))
+    check_feasible(cost, Budget(cost.base_macs, 0.1, 1.0, 4, latency_ms=1.01 * floor, latency=lat))
+
+
+def test_end_to_end_check_tightens_until_measured_under(tiny):
+    # the device turns out 30% slower than the table says: the projection must tighten until it measures under
+    model, _, table, graph = tiny
+    lat = LatencyModel(table, graph)
+    cost = CostModel(graph)
+    slow = lambda m, shape: [1.3 * t for t in fake_measure(m, shape)]  # noqa: E731
+    checker = EndToEnd(lat, model, slow, rounds=4)
+    limit = 0.6 * lat.predict_ms(cost.base_widths)
+    b = Budget(cost.base_macs, 0.1, 1.0, 4, latency_ms=limit, latency=lat)
+    ratios = dict.fromkeys(cost.base_widths, 1.0)
+    first = project(cost, ratios, b)
+    assert checker.time_widths(first)["median_ms"] > limit
+    counts = checker.tighten(first, lambda ms: project(cost, ratios, replace(b, latency_ms=ms)), limit)
+    assert checker.time_widths(counts)["median_ms"] <= limit
+    assert cost.macs(counts) < cost.macs(first)
+    # an honest device is left alone
+    honest = EndToEnd(lat, model, fake_measure)
+    assert honest.tighten(first, lambda ms: pytest.fail("tightened a model already under"), limit) == first
+
+
+def test_table_round_trip_and_monotone(tiny, tmp_path):
+    _, key, table, graph = tiny
+    table.save(tmp_path / "t.json")
+    back = LatencyTable.load(tmp_path / "t.json")
+    assert back.key == key and back.kinds == table.kinds and back.scale == table.scale
+    assert monotone([[1.0, 0.5], [0.8, 2.0]]) == [[1.0, 1.0], [1.0, 2.0]]
+
+
+@pytest.mark.parametrize("corrupt", [
+    lambda d: "not json {",
+    lambda d: json.dumps({**d, "format": "something-else"}),
+    lambda d: json.dumps({**d, "kinds": [{**d["kinds"][0], "ms": d["kinds"][0]["ms"][:-1]}] + d["kinds"][1:]}),
+    lambda d: json.dumps({**d, "kinds": [{**d["kinds"][0], "ms": [[-1.0] * len(r) for r in d["kinds"][0]["ms"]]}]
+                          + d["kinds"][1:]}),
+    lambda d: json.dumps({k: v for k, v in d.items() if k != "layers"}),
+    lambda d: json.dumps({**d, "layers": {"x": {"kind": 999, "cin": 1, "cout": 1}}}),
+])
+def test_corrupt_table_is_one_user_error(tiny, tmp_path, corrupt):
+    _, _, table, _ = tiny
+    path = tmp_path / "bad.json"
+    path.write_text(corrupt(table.to_json()))
+    with pytest.raises(UserError, match="is corrupt") as exc:
+        LatencyTable.load(path)
+    assert "\n" not in str(exc.value)
+
+
+def test_table_for_other_arch_input_or_batch_is_refused(tiny):
+    _, key, table, graph = tiny
+    check_table(table, key, "t.json")
+    for change, words in (({"arch": "resnet18"}, "architecture resnet10"), ({"input_size": (128, 64)}, "input size 32x16"),
+                          ({"batch": 8}, "batch size 1"), ({"min_keep": 0.05}, "min_keep")):
+        with pytest.raises(UserError, match=words):
+            check_table(table, replace(key, **change), "t.json")
+    other = PruningGraph(build_model("resnet18", 2), SIZE)
+    with pytest.raises(UserError, match="another architecture"):
+        LatencyModel(table, other)
+
+
+def _search_args(tmp_path, *sets: str) -> list[str]:
+    return ["search", "--preset", "smoke", "--out", str(tmp_path / "run"), "--quiet",
+            "--set", f"data.root={tmp_path / 'data'}", *[a for s in sets for a in ("--set", s)]]
+
+
+def test_search_refuses_bad_tables_with_exit_2(tiny, tmp_path, capsys):
+    _, key, table, _ = tiny
+    corrupt = tmp_path / "corrupt.json"
+    corrupt.write_text("{")
+    other = tmp_path / "other.json"
+    replace(table, key=replace(key, arch="resnet18")).save(other)
+    small = tmp_path / "small.json"
+    replace(table, key=replace(key, round_to=4)).save(small)
+    cases = [(corrupt, "1", "is corrupt"), (other, "1", "architecture resnet18"),
+             (tmp_path / "missing.json", "1", "does not exist"), (small, "0.0001", "below the smallest model")]
+    for path, ms, words in cases:
+        code = main(_search_args(tmp_path, f"budget.latency_table={path}", f"budget.latency_ms={ms}",
+                                 "budget.round_to=4", "model.input_size=[32,16]"))
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and words in err and len(err.splitlines()) == 1, err
+
+
+def test_config_latency_keys(tmp_path):
+    from autoprune.config import load_config
+
+    cfg = load_config(preset="smoke")
+    assert cfg["budget"]["macs_ratio"] == 0.5 and cfg["budget"]["latency_ms"] is None
+    cfg = load_config(preset="smoke", overrides=["budget.latency_ms=12"])
+    assert cfg["budget"]["macs_ratio"] is None and cfg["budget"]["latency_batch"] == 1
+    both = load_config(preset="smoke", overrides=["budget.latency_ms=12", "budget.macs_ratio=0.3"])
+    assert both["budget"]["macs_ratio"] == 0.3
+    for bad, words in (("budget.latency_ms=0", "must be > 0"), ("budget.latency_batch=0", "must be > 0"),
+                       ("budget.latency_ms=fast", "must be float")):
+        with pytest.raises(UserError, match=words):
+            load_config(preset="smoke", overrides=[bad])
+    with pytest.raises(UserError, match="budget.latency_ms is not"):
+        load_config(preset="smoke", overrides=[f"budget.latency_table={tmp_path / 't.json'}"])
+
+
+def test_profile_command_real_clock(tmp_path, capsys):
+    # real timing, tiny: the table is written with this machine's key, then reused rather than profiled again
+    out = tmp_path / "lut.json"
+    args = ["latency", "profile", "--arch", "resnet10", "--input-size", "32", "16", "--out", str(out),
+            "--threads", "1", "--points", "2", "--repeats", "2", "--quiet"]
+    assert main(args) == 0
+    table = LatencyTable.load(out)
+    assert table.key.arch == "resnet10" and table.key.input_size == (32, 16) and table.key.threads == 1
+    assert table.key.runtime == "torch" and table.key.device.startswith("cpu")
+    assert all(v > 0 for k in table.kinds for r in k.ms for v in r)
+    assert "wrote" in capsys.readouterr().out
+    assert main(args) == 0
+    assert "already holds this table" in capsys.readouterr().out
+    assert main(args[:-1] + ["--min-keep", "0"]) == 2
+    assert "--min-keep" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_search_under_a_latency_budget(tmp_path, capsys):
+    # real timing end to end: profile this machine, search the smoke preset at 70% of the unpruned model's
+    # predicted latency, and find the budget in the policies, the report and the summary
+    lut = tmp_path / "lut.json"
+    assert main(["latency", "profile", "--arch", "resnet10", "--input-size", "32", "16", "--out", str(lut),
+                 "--threads", "1", "--points", "2", "--repeats", "3", "--round-to", "4", "--quiet"]) == 0
+    table = LatencyTable.load(lut)
+    graph = PruningGraph(build_model("resnet10", 2), (32, 16))
+    lat = LatencyModel(table, graph)
+    limit = round(0.7 * lat.predict_ms(graph.widths()), 4)
+    capsys.readouterr()
+    assert main(_search_args(tmp_path, f"budget.latency_table={lut}", f"budget.latency_ms={limit}",
+                             "model.input_size=[32,16]", "search.n_trials=2")) == 0
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    budget, best, base = report["budget"], report["best"], report["baseline"]
+    assert budget["latency_ms"] == limit and budget["latency_batch"] == 1 and budget["latency_table"] == str(lut)
+    assert budget["macs_ratio"] == 1.0  # latency only: MACs not limited
+    assert best["latency_predicted_ms"] <= limit < base["latency_predicted_ms"]
+    assert lat.predict_ms(best["counts"]) == pytest.approx(best["latency_predicted_ms"], abs=1e-3)
+    for entry in (best, base):
+        assert entry["latency_measured"] is True and entry["latency_runs"] == 50
+        q1, q3 = entry["latency_spread_ms"]
+        assert 0 < q1 <= entry["latency_ms"] <= q3
+    for t in report["trials"]:
+        if t["state"] == "COMPLETE":
+            assert lat.predict_ms(t["counts"]) <= limit + 1e-9
+    assert "latency (ms)" in out and f"budget {limit} ms" in out
