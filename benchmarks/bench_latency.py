@@ -21,8 +21,16 @@ import torch
 from autoprune.engine.device import set_threads
 from autoprune.models import build_model
 from autoprune.pruning.groups import PruningGraph
-from autoprune.pruning.latency import (LatencyModel, make_key, measure_model, profile, skeleton, uniform_widths,
-                                       wall_measure, width_choices)
+from autoprune.pruning.latency import (
+    LatencyModel,
+    make_key,
+    measure_model,
+    profile,
+    skeleton,
+    uniform_widths,
+    wall_measure,
+    width_choices,
+)
 
 
 def policies(widths: dict[str, int], n_random: int, seed: int = 1) -> list[tuple[str, dict[str, int]]]:

@@ -16,8 +16,18 @@ from autoprune.models import build_model
 from autoprune.pruning.budget import Budget, check_feasible, project
 from autoprune.pruning.flops import CostModel
 from autoprune.pruning.groups import PruningGraph
-from autoprune.pruning.latency import (EndToEnd, LatencyModel, LatencyTable, check_table, make_key, monotone,
-                                       profile, skeleton, uniform_widths, width_choices)
+from autoprune.pruning.latency import (
+    EndToEnd,
+    LatencyModel,
+    LatencyTable,
+    check_table,
+    make_key,
+    monotone,
+    profile,
+    skeleton,
+    uniform_widths,
+    width_choices,
+)
 
 SIZE = (32, 16)
 
@@ -115,7 +125,7 @@ def test_end_to_end_check_tightens_until_measured_under(tiny):
     model, _, table, graph = tiny
     lat = LatencyModel(table, graph)
     cost = CostModel(graph)
-    slow = lambda m, shape: [1.3 * t for t in fake_measure(m, shape)]  # noqa: E731
+    slow = lambda m, shape: [1.3 * t for t in fake_measure(m, shape)]
     checker = EndToEnd(lat, model, slow, rounds=4)
     limit = 0.6 * lat.predict_ms(cost.base_widths)
     b = Budget(cost.base_macs, 0.1, 1.0, 4, latency_ms=limit, latency=lat)

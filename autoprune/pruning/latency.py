@@ -167,7 +167,7 @@ def width_choices(base: int, round_to: int, min_keep: float) -> list[int]:
     from autoprune.pruning.budget import Budget, _ceil_min
 
     lo = _ceil_min(base, Budget(0, min_keep=min_keep, round_to=round_to))
-    step = round_to if base > round_to and round_to > 1 else 1
+    step = round_to if base > round_to > 1 else 1
     return sorted(set(range(lo, base, step)) | {base})
 
 
@@ -515,7 +515,7 @@ def same_device(key: TableKey, device: str = "cpu") -> bool:
         return False
     if key.runtime == "onnxruntime":
         try:
-            import onnxruntime  # noqa: F401
+            import onnxruntime
         except ImportError:
             return False
     return True

@@ -168,6 +168,9 @@ def write_markdown(run_dir: Path, report: dict[str, Any]) -> Path:
              f"({report['budget']['macs'] / 1e6:.1f} MMACs at input {report['budget'].get('input_size')}), "
              f"criterion `{cfg.get('criterion')}`, strategy `{cfg.get('strategy')}`, scenario `{cfg.get('scenario')}`, "
              f"space `{cfg.get('space')}`, sampler `{cfg.get('sampler')}`.", "",
+             *([f"Latency budget: {report['budget']['latency_ms']} ms per image at batch "
+                f"{report['budget']['latency_batch']} on {report['budget']['latency_device']}.", ""]
+               if report["budget"].get("latency_ms") else []),
              "```", summary_table(report), "```", "",
              f"Direct transfer ({'the checkpoint as given' if report['baseline'].get('checkpoint') else 'source-trained'}"
              f", no target fine-tuning): target rank-1 "
