@@ -145,21 +145,27 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from autoprune.host import KINDS, get_host
+    from autoprune.host import CONFIGURABLE_KINDS, KINDS, get_host
 
     host = get_host()
     for kind in KINDS:
         print(f"{kind}:")
         for name in host.names(kind):
             r = host.registry[kind][name]
-            print(f"  {name:24s} {r.distribution}  ({r.plugin})")
+            version = f" {r.version}" if r.version else ""
+            print(f"  {name:24s} {r.distribution}{version}  ({r.plugin})")
+            if r.options and kind in CONFIGURABLE_KINDS:
+                print("      options: " + ", ".join(f"{k}={v!r}" for k, v in r.options.items()))
     return 0
 
 
 def cmd_config(args: argparse.Namespace) -> int:
+    """The effective configuration, with every configurable plugin's effective options."""
     from autoprune.config import dump
+    from autoprune.host import get_host
 
-    print(dump(_load(args)), end="")
+    cfg = _load(args)
+    print(dump({**cfg, "plugins": get_host().effective_plugins_section(cfg["plugins"])}), end="")
     return 0
 
 

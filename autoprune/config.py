@@ -43,10 +43,14 @@ DEFAULTS: dict[str, Any] = {
                "ray": {"address": None, "cpus_per_trial": 1, "gpus_per_trial": 0.0,
                        "max_concurrent": 2}},
     "trial": {"scenario": "prune_then_finetune", "criterion": "l1", "strategy": "one_shot",
-              "finetune_epochs": 2, "lr": 3.5e-4, "criterion_batches": 4, "steps": 3,
-              "schedule": "linear", "eval_every_epoch": True},
+              "finetune_epochs": 2, "lr": 3.5e-4, "criterion_batches": 4, "eval_every_epoch": True},
+    # Per-plugin options, {<registered name>: {<option>: value}}: checked against the plugins' own
+    # declarations (the plugin host), not against this tree.
+    "plugins": {},
     "seed": 0,
 }
+# Keys that became plugin options: an old config naming them is told where they went.
+MOVED = {"trial.steps": "plugins.iterative.steps", "trial.schedule": "plugins.iterative.schedule"}
 
 # Keys whose default is None (or a list) take these types; a tuple means "any of".
 TYPES: dict[str, tuple[type, ...]] = {
@@ -72,7 +76,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "search.sampler": ("tpe", "random", "cmaes", "gp", "nsga2"),
     "search.objectives": ("rank1", "rank1+macs"),
     "search.pruner": ("median", "hyperband", "none"),
-    "trial.schedule": ("linear", "exponential"),
 }
 RANGES: dict[str, tuple[float, float]] = {
     "budget.macs_ratio": (0.0, 1.0),
@@ -80,7 +83,8 @@ RANGES: dict[str, tuple[float, float]] = {
     "budget.max_keep": (0.0, 1.0),
     "search.screening.keep_fraction": (0.0, 1.0),
 }
-POSITIVE = ("budget.latency_ms", "budget.latency_batch", "data.batch_size", "data.num_instances", "search.n_trials", "search.finalists", "budget.round_to", "trial.steps",
+POSITIVE = ("budget.latency_ms", "budget.latency_batch", "data.batch_size", "data.num_instances", "search.n_trials",
+            "search.finalists", "budget.round_to",
             "train.lr", "trial.lr")
 NON_NEGATIVE = ("train.epochs", "trial.finetune_epochs", "train.warmup_epochs", "data.workers",
                 "trial.criterion_batches", "search.final_epochs", "train.max_batches_per_epoch")
@@ -143,9 +147,12 @@ def _check_value(key: str, value: Any) -> Any:
 
 
 def _unknown(key: str) -> UserError:
+    if key in MOVED:
+        return UserError(f"config key {key!r} is now {MOVED[key]!r}; write --set {MOVED[key]}=... "
+                         f"(or a plugins: section in the YAML file)")
     close = difflib.get_close_matches(key, list(_LEAVES), n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return UserError(f"unknown config key {key!r}{hint}; `autoprune config --show` prints every key")
+    return UserError(f"unknown config key {key!r}{hint}; `autoprune config` prints every key with its value")
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any], prefix: str = "") -> None:
@@ -153,12 +160,25 @@ def _merge(base: dict[str, Any], override: dict[str, Any], prefix: str = "") -> 
         path = f"{prefix}{key}"
         if key not in base:
             raise _unknown(path)
-        if isinstance(base[key], dict):
+        if path == "plugins":
+            _merge_plugins(base[key], value)
+        elif isinstance(base[key], dict):
             if not isinstance(value, dict):
                 raise UserError(f"config key {path!r} is a section; write it as a mapping of keys, not {value!r}")
             _merge(base[key], value, path + ".")
         else:
             base[key] = _check_value(path, value)
+
+
+def _merge_plugins(base: dict[str, Any], override: Any) -> None:
+    """The ``plugins:`` section's shape; its names, options and types are checked in :func:`validate`."""
+    if not isinstance(override, dict):
+        raise UserError(f"config key 'plugins' is a section of {{plugin name: {{option: value}}}}, not {override!r}")
+    for name, options in override.items():
+        if not isinstance(options, dict):
+            raise UserError(f"config key 'plugins.{name}' must be a mapping of option names to values, "
+                            f"e.g. plugins: {{{name}: {{option: value}}}}; got {options!r}")
+        base.setdefault(str(name), {}).update({str(k): v for k, v in options.items()})
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -208,6 +228,10 @@ def parse_override(item: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    if key == "plugins" or key.startswith("plugins."):
+        if len(key.split(".")) != 3 or not all(key.split(".")):
+            raise UserError(f"--set {key}: plugin options are set one at a time, as --set plugins.NAME.OPTION=value")
+        return key, value
     if key not in _LEAVES:
         if any(leaf.startswith(key + ".") for leaf in _LEAVES):
             raise UserError(f"--set {key}: {key!r} is a section; set one of its keys, e.g. {next(l for l in _LEAVES if l.startswith(key + '.'))}")
@@ -284,6 +308,10 @@ def validate(cfg: dict[str, Any]) -> None:
                     "target": " (autoprune search --target KIND:ROOT sets it)"}[key] if spec is None else ""
             raise UserError(f"data.{key} must look like KIND:ROOT (e.g. market1501:/data/market or synth:B), "
                             f"got {spec!r}{hint}")
+    if cfg["plugins"]:
+        from autoprune.host import get_host  # loads the plugins: only they know their options
+
+        cfg["plugins"] = get_host().check_plugins_section(cfg["plugins"])
     if m["checkpoint"] is None:
         m["arch"] = m["arch"] or "resnet18"
         m["last_stride"] = 1 if m["last_stride"] is None else m["last_stride"]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Callable, Iterator
 
 import torch
@@ -35,6 +37,9 @@ class BaseCriterion(abc.ABC):
     """
 
     name: str = ""
+    # Option name -> default, configured under ``plugins.<name>.<option>``; the instance the host creates
+    # sees the merged values as a read-only ``self.options``.
+    options: Mapping[str, Any] = MappingProxyType({})
     data_driven: bool = False
 
     def prepare(self, model: nn.Module, ctx: CriterionContext) -> None:

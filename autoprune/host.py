@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib.metadata
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import pluggy
@@ -19,6 +22,8 @@ ALLOW_ENV = "AUTOPRUNE_LOAD_PLUGINS"
 DEFAULT_PLUGINS = ("autoprune.data.builtin", "autoprune.models.builtin")
 
 KINDS = ("criterion", "strategy", "scenario", "dataset", "backbone")
+# The kinds the host instantiates, so the kinds that take options (``plugins.<name>.<option>``).
+CONFIGURABLE_KINDS = ("criterion", "strategy", "scenario")
 _HOOKS = {
     "criterion": "autoprune_register_criteria",
     "strategy": "autoprune_register_strategies",
@@ -37,6 +42,69 @@ class Registered:
     obj: Any
     plugin: str
     distribution: str
+    version: str | None = None
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The options the object declares, with their defaults."""
+        return declared_options(self.obj, f"{self.kind} {self.name!r}")
+
+
+def declared_options(obj: Any, who: str = "plugin") -> dict[str, Any]:
+    """A plugin's ``options`` class attribute (option name -> default; the default's type is the option's)."""
+    opts = getattr(obj, "options", None)
+    if opts is None:
+        return {}
+    if not isinstance(opts, Mapping) or not all(isinstance(k, str) and k.isidentifier() for k in opts):
+        raise PluginError(f"{who}: 'options' must be a mapping of option names to defaults, got {opts!r}")
+    return dict(opts)
+
+
+def _option_error(where: str, option: str, default: Any, value: Any) -> UserError | None:
+    """Why ``value`` cannot be ``option`` (whose default is ``default``), or None when it can."""
+    if default is None:
+        return None  # no default type: anything YAML can hold
+    kind = float if isinstance(default, float) else type(default)
+    ok = isinstance(value, kind) and not (isinstance(value, bool) and kind is not bool)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        ok = True
+    if ok:
+        return None
+    return UserError(f"{where}.{option} must be {kind.__name__} (the type of its default {default!r}), "
+                     f"got {type(value).__name__} {value!r}")
+
+
+def merge_options(obj: Any, given: Mapping[str, Any] | None, where: str) -> MappingProxyType:
+    """``obj``'s declared defaults overridden by ``given``, checked: unknown options and wrong types are
+    UserErrors naming ``where`` (``plugins.<name>``) and the option. Read-only."""
+    defaults = declared_options(obj, where)
+    merged = dict(defaults)
+    for option, value in (given or {}).items():
+        if option not in defaults:
+            close = difflib.get_close_matches(option, list(defaults), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            known = ", ".join(defaults) if defaults else "none"
+            plugin = where.split(".", 1)[-1]
+            raise UserError(f"{where}.{option}: {plugin!r} has no option {option!r}{hint}; its options: {known}")
+        error = _option_error(where, option, defaults[option], value)
+        if error is not None:
+            raise error
+        merged[option] = float(value) if isinstance(defaults[option], float) else value
+    check = getattr(obj, "validate_options", None)
+    if callable(check):
+        try:
+            check(MappingProxyType(merged))
+        except (ValueError, TypeError) as exc:
+            raise UserError(f"{where}: {exc}") from None
+    return MappingProxyType(merged)
+
+
+def instantiate(cls: Any, given: Mapping[str, Any] | None = None, where: str | None = None) -> Any:
+    """An instance of plugin class ``cls`` whose ``options`` are its defaults merged with ``given``."""
+    options = merge_options(cls, given, where or f"plugins.{getattr(cls, 'name', cls.__name__)}")
+    obj = cls()
+    obj.options = options
+    return obj
 
 
 class PluginHost:
@@ -45,12 +113,12 @@ class PluginHost:
     def __init__(self, load_entry_points: bool = True) -> None:
         self.pm = pluggy.PluginManager("autoprune")
         self.pm.add_hookspecs(hookspecs)
-        self._dists: dict[str, str] = {}
+        self._dists: dict[str, tuple[str, str | None]] = {}
         self._registry: dict[str, dict[str, Registered]] | None = None
         for modname in DEFAULT_PLUGINS:
             module = importlib.import_module(modname)
             self.pm.register(module, name=modname)
-            self._dists[modname] = "autoprune"
+            self._dists[modname] = ("autoprune", _version("autoprune"))
         if load_entry_points:
             self._load_entry_points()
         self.pm.check_pending()
@@ -72,12 +140,14 @@ class PluginHost:
                     f"plugin {label!r} (entry point {ep.value}) failed to import: {type(exc).__name__}: {exc}; "
                     f"fix or uninstall {dist!r}, or leave it out with {ALLOW_ENV}=<names to load>"
                 ) from exc
-            self.register_plugin(module, name=label, distribution=dist)
+            version = ep.dist.version if ep.dist is not None else None
+            self.register_plugin(module, name=label, distribution=dist, version=version)
 
-    def register_plugin(self, plugin: object, name: str, distribution: str = "<inline>") -> None:
+    def register_plugin(self, plugin: object, name: str, distribution: str = "<inline>",
+                        version: str | None = None) -> None:
         """Register a plugin module or object (tests and notebooks use this for inline plugins)."""
         self.pm.register(plugin, name=name)
-        self._dists[name] = distribution
+        self._dists[name] = (distribution, version)
         self.pm.check_pending()
         self._registry = None
 
@@ -92,9 +162,10 @@ class PluginHost:
             hook = getattr(self.pm.hook, hook_name)
             for impl in hook.get_hookimpls():
                 plugin_name = impl.plugin_name
-                dist = self._dists.get(plugin_name, "?")
+                dist, version = self._dists.get(plugin_name, ("?", None))
 
-                def register(*args: Any, _kind: str = kind, _plugin: str = plugin_name, _dist: str = dist) -> None:
+                def register(*args: Any, _kind: str = kind, _plugin: str = plugin_name, _dist: str = dist,
+                             _version: str | None = version) -> None:
                     if len(args) == 1:  # a class carrying its own ``name``
                         obj = args[0]
                         name = getattr(obj, "name", None)
@@ -114,7 +185,7 @@ class PluginHost:
                             f"({existing.distribution}) and by {_plugin!r} ({_dist}); uninstall one, "
                             f"rename one, or restrict loading with {ALLOW_ENV}"
                         )
-                    registry[_kind][name] = Registered(_kind, name, obj, _plugin, _dist)
+                    registry[_kind][name] = Registered(_kind, name, obj, _plugin, _dist, _version)
 
                 try:
                     impl.function(**{arg: register for arg in impl.argnames})
@@ -138,11 +209,13 @@ class PluginHost:
 
     def get(self, kind: str, name: str) -> Any:
         """The registered object called ``name``; an unknown name is a UserError listing the known ones."""
-        try:
-            return self.registry[kind][name].obj
-        except KeyError:
-            import difflib
+        return self.entry(kind, name).obj
 
+    def entry(self, kind: str, name: str) -> Registered:
+        """The registry entry of ``name``; an unknown name is a UserError listing the known ones."""
+        try:
+            return self.registry[kind][name]
+        except KeyError:
             known = self.names(kind)
             close = difflib.get_close_matches(name, known, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -151,9 +224,68 @@ class PluginHost:
                 f"(`autoprune plugins` lists them, with the package that provides each)"
             ) from None
 
-    def create(self, kind: str, name: str, **options: Any) -> Any:
-        """Instantiate a registered plugin class."""
-        return self.get(kind, name)(**options)
+    def create(self, kind: str, name: str, plugins: Mapping[str, Any] | None = None) -> Any:
+        """An instance of the registered class ``name`` with its options taken from the ``plugins`` config
+        section (``{name: {option: value}}``) over its defaults, as read-only ``instance.options``."""
+        return instantiate(self.get(kind, name), (plugins or {}).get(name), f"plugins.{name}")
+
+    def options(self, kind: str, name: str, plugins: Mapping[str, Any] | None = None) -> MappingProxyType:
+        """The effective options of ``name``: its defaults, overridden by the ``plugins`` config section."""
+        return merge_options(self.get(kind, name), (plugins or {}).get(name), f"plugins.{name}")
+
+    def configurable(self) -> dict[str, Registered]:
+        """Every registered class that declares options, by name."""
+        out: dict[str, Registered] = {}
+        for kind in CONFIGURABLE_KINDS:
+            for name, reg in self.registry[kind].items():
+                if reg.options:
+                    if name in out:
+                        raise PluginError(
+                            f"plugins.{name} would configure both {out[name].kind} {name!r} ({out[name].distribution}) "
+                            f"and {kind} {name!r} ({reg.distribution}); rename one of them")
+                    out[name] = reg
+        return out
+
+    def check_plugins_section(self, plugins: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        """The ``plugins:`` config section checked against what is registered, values coerced (int -> float).
+
+        An unknown plugin name, an unknown option or a wrong type is a UserError naming
+        ``plugins.<name>.<option>``.
+        """
+        configurable = self.configurable()
+        out: dict[str, dict[str, Any]] = {}
+        for name, given in plugins.items():
+            if name not in configurable:
+                known = sorted(n for kind in KINDS for n in self.registry[kind])
+                if name in known:
+                    raise UserError(f"plugins.{name}: {name!r} takes no options; remove plugins.{name} "
+                                    f"(`autoprune plugins` shows which plugins take options)")
+                close = difflib.get_close_matches(name, list(configurable) or known, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise UserError(f"plugins.{name}: no plugin is called {name!r}{hint}; plugins with options: "
+                                f"{', '.join(sorted(configurable)) or 'none'} (`autoprune plugins` lists them)")
+            merged = merge_options(configurable[name].obj, given, f"plugins.{name}")
+            out[name] = {k: merged[k] for k in given}
+        return out
+
+    def effective_plugins_section(self, plugins: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        """Every configurable plugin's effective options (defaults overridden by ``plugins``), by name."""
+        return {name: dict(merge_options(reg.obj, plugins.get(name), f"plugins.{name}"))
+                for name, reg in sorted(self.configurable().items())}
+
+    def provenance(self, kind: str, name: str, plugins: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """What report.json records of a plugin a run used: who provides it, which version, which options."""
+        reg = self.entry(kind, name)
+        options = dict(merge_options(reg.obj, (plugins or {}).get(name), f"plugins.{name}"))
+        return {"name": name, "kind": kind, "distribution": reg.distribution, "version": reg.version,
+                "options": options}
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 _host: PluginHost | None = None

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Callable
 
 from torch import nn
@@ -19,6 +21,8 @@ class ScenarioContext:
       trial's widths, fine-tuning ``epochs`` on ``domain`` (data-driven criteria also use ``domain``);
     - ``finetune(model, domain, epochs)``: plain fine-tuning, no pruning;
     - ``evaluate(model, domain)``: ``{"rank1", "mAP", ...}`` on the domain's query/gallery.
+
+    ``options`` are the scenario's own options (the same read-only mapping as ``self.options``).
     """
 
     model: nn.Module
@@ -28,7 +32,7 @@ class ScenarioContext:
     prune: Callable[[nn.Module, Domain, int], nn.Module]
     finetune: Callable[[nn.Module, Domain, int], None]
     evaluate: Callable[[nn.Module, Domain], dict[str, Any]]
-    options: dict[str, Any] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 class BaseScenario(abc.ABC):
@@ -36,6 +40,9 @@ class BaseScenario(abc.ABC):
 
     name: str = ""
     needs_source: bool = False  # True: refused up front when data.source is null (a trained model, no source)
+    # Option name -> default, configured under ``plugins.<name>.<option>``; the instance the host creates
+    # sees the merged values as a read-only ``self.options``.
+    options: Mapping[str, Any] = MappingProxyType({})
 
     @abc.abstractmethod
     def run(self, ctx: ScenarioContext) -> tuple[nn.Module, dict[str, Any]]:

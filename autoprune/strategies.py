@@ -6,8 +6,10 @@ A strategy never writes its own training loop: it gets fine-tuning from the host
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Callable
+from types import MappingProxyType
+from typing import Any, Callable
 
 from torch import nn
 
@@ -33,8 +35,6 @@ class StrategyContext:
     criterion_context: Callable[[], CriterionContext]
     finetune: FinetuneFn
     epochs: int                       # fine-tuning epochs the strategy may spend in total
-    steps: int = 3                    # for iterative / progressive strategies
-    schedule: str = "linear"          # "linear" or "exponential" step schedule
     cost: CostModel | None = None     # MACs of any widths (for strategies that set widths themselves)
     budget: Budget | None = None
 
@@ -43,6 +43,9 @@ class BaseStrategy(abc.ABC):
     """Prunes ``model`` (in place, through ``ctx.graph``) to ``ctx.counts`` and fine-tunes it."""
 
     name: str = ""
+    # Option name -> default, configured under ``plugins.<name>.<option>``; the instance the host creates
+    # sees the merged values as a read-only ``self.options``.
+    options: Mapping[str, Any] = MappingProxyType({})
     # False for strategies that choose the widths themselves (global ranking against the budget):
     # the host then checks the budget instead of the per-group widths.
     follows_policy: bool = True

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Mapping
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -81,16 +82,25 @@ class OneShotStrategy(BaseStrategy):
 
 
 class IterativeStrategy(BaseStrategy):
-    """Prune in ``ctx.steps`` steps on the ``ctx.schedule`` schedule, re-scoring and fine-tuning after each.
+    """Prune in ``steps`` steps on a linear or exponential schedule, re-scoring and fine-tuning after each.
 
-    Each step fine-tunes ``ctx.epochs // ctx.steps`` epochs, the last step also the remainder
-    (iterative pruning, Han et al. 2015; Molchanov et al. 2017).
+    Each step fine-tunes ``ctx.epochs // steps`` epochs, the last step also the remainder
+    (iterative pruning, Han et al. 2015; Molchanov et al. 2017). Options: ``steps`` and ``schedule``.
     """
 
     name = "iterative"
+    options = {"steps": 3, "schedule": "linear"}
+
+    @staticmethod
+    def validate_options(options: Mapping[str, Any]) -> None:
+        if options["steps"] < 1:
+            raise ValueError(f"steps must be >= 1, got {options['steps']}")
+        if options["schedule"] not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {options['schedule']!r}")
 
     def run(self, model: nn.Module, ctx: StrategyContext) -> nn.Module:
-        stages = step_widths(ctx.graph.widths(), ctx.counts, ctx.steps, ctx.schedule, ctx.graph.channel_groups())
+        stages = step_widths(ctx.graph.widths(), ctx.counts, self.options["steps"], self.options["schedule"],
+                             ctx.graph.channel_groups())
         per_step, remainder = divmod(ctx.epochs, len(stages))
         for k, widths in enumerate(stages):
             scores = score_groups(model, ctx.criterion, ctx.criterion_context())

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -30,3 +32,30 @@ def smoke_run(tmp_path_factory):
     rc = main(["search", "--preset", "smoke", "--quiet", "--out", str(out), "--set", f"data.root={root / 'data'}"])
     assert rc == 0
     return out, root
+
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "autoprune-example-plugin"
+
+
+def install_entry_points(package: Path, site: Path) -> None:
+    """What ``pip install`` does for discovery, without building anything: a dist-info folder with the
+    package's name, version and entry points on ``site``, next to its importable source."""
+    project = tomllib.loads((package / "pyproject.toml").read_text())["project"]
+    info = site / f"{project['name'].replace('-', '_')}-{project['version']}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n")
+    (info / "entry_points.txt").write_text(
+        "[autoprune]\n" + "".join(f"{k} = {v}\n" for k, v in project["entry-points"]["autoprune"].items()))
+
+
+@pytest.fixture
+def example_installed(tmp_path, monkeypatch):
+    """The examples/ package installed (entry points and all) for this test; a fresh process-wide host."""
+    from autoprune import host as host_mod
+
+    install_entry_points(EXAMPLE, tmp_path / "site")
+    monkeypatch.syspath_prepend(str(EXAMPLE))
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    host_mod.reset_host()
+    yield host_mod.get_host()
+    host_mod.reset_host()

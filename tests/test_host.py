@@ -1,15 +1,22 @@
 from __future__ import annotations
 
+import importlib.metadata
 import subprocess
 import sys
 
 import pytest
 import torch
+import yaml
 
 from autoprune import hookimpl
 from autoprune.criteria import BaseCriterion
 from autoprune.errors import PluginError, UserError
+from autoprune.cli import main
+from autoprune.config import load_config
+from autoprune.criteria import CriterionContext
 from autoprune.host import PluginHost
+from autoprune.models import build_model
+from autoprune.pruning.groups import PruningGraph
 
 
 def test_builtins_load_through_entry_points(host):
@@ -88,24 +95,100 @@ def test_allow_list_restricts_entry_points(monkeypatch):
     assert h.names("strategy") == []  # the strategies entry point was not loaded
 
 
-def test_example_package_installs_and_is_used(tmp_path, monkeypatch):
-    """The examples/ third-party package, installed with pip, is discovered through its entry point."""
-    target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), "examples/autoprune-example-plugin"], check=True)
-    monkeypatch.syspath_prepend(str(target))
-    h = PluginHost()
-    reg = h.registry["criterion"]["example_mean_abs"]
-    assert reg.distribution == "autoprune-example-plugin"
-    from autoprune.models import build_model
-    from autoprune.pruning.groups import PruningGraph
-    from autoprune.criteria import CriterionContext
-
+def test_example_package_is_discovered_with_its_distribution_and_version(example_installed, capsys):
+    h = example_installed
+    for kind, name in (("criterion", "example_mean_abs"), ("strategy", "example_gradual"),
+                       ("scenario", "example_warmup_then_prune")):
+        reg = h.registry[kind][name]
+        assert (reg.distribution, reg.version, reg.plugin) == ("autoprune-example-plugin", "0.1.0",
+                                                             "autoprune-example-plugin:example")
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert "example_gradual          autoprune-example-plugin 0.1.0" in out
+    assert "options: rounds=2" in out
     model = build_model("resnet10", 4, host=h)
     graph = PruningGraph(model, (64, 32))
-    crit = h.create("criterion", "example_mean_abs")
+    crit = h.create("criterion", "example_mean_abs", {"example_mean_abs": {"bn_weight": 1}})
+    assert crit.options == {"bn_weight": 1.0} and isinstance(crit.options["bn_weight"], float)
     s = crit.score(model, "layer2.out", CriterionContext(graph=graph, device=torch.device("cpu")))
     assert s.shape == (graph.groups["layer2.out"].channels,)
+
+
+def test_example_options_through_config_and_cli(example_installed, capsys):
+    cfg = load_config(preset="smoke", overrides=["plugins.example_gradual.rounds=3"])
+    assert cfg["plugins"] == {"example_gradual": {"rounds": 3}}
+    assert main(["config", "--preset", "smoke", "--set", "plugins.example_gradual.rounds=3"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)["plugins"]
+    assert shown["example_gradual"] == {"rounds": 3}              # set
+    assert shown["example_mean_abs"] == {"bn_weight": 0.0}        # default
+    assert shown["iterative"] == {"steps": 3, "schedule": "linear"}
+    assert main(["config", "--set", "plugins.example_gradual.round=3"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == ("autoprune: error: plugins.example_gradual.round: 'example_gradual' has no option "
+                           "'round' (did you mean 'rounds'?); its options: rounds")
+
+
+class OptionsPlugin:
+    class WeightedCriterion(BaseCriterion):
+        """Scores every channel ``weight``."""
+
+        name = "weighted"
+        options = {"weight": 1.0, "mode": "sum", "flag": False, "anything": None}
+
+        def score(self, model, group, ctx):
+            return torch.full((ctx.graph.groups[group].channels,), self.options["weight"])
+
+    @hookimpl
+    def autoprune_register_criteria(self, register):
+        register(self.WeightedCriterion)
+
+
+def test_options_merge_over_defaults_and_are_read_only(host):
+    host.register_plugin(OptionsPlugin(), name="opts")
+    crit = host.create("criterion", "weighted", {"weighted": {"weight": 2, "anything": [1, 2]}})
+    assert dict(crit.options) == {"weight": 2.0, "mode": "sum", "flag": False, "anything": [1, 2]}
+    with pytest.raises(TypeError):
+        crit.options["weight"] = 3.0
+    assert OptionsPlugin.WeightedCriterion.options["weight"] == 1.0  # the class's defaults are untouched
+    assert dict(host.create("criterion", "weighted").options)["weight"] == 1.0
+
+
+@pytest.mark.parametrize("override, message", [
+    ("plugins.weighted.wieght=2", "plugins.weighted.wieght: 'weighted' has no option 'wieght' (did you mean 'weight'?); "
+                                  "its options: weight, mode, flag, anything"),
+    ("plugins.weighted.weight=heavy", "plugins.weighted.weight must be float (the type of its default 1.0), got str 'heavy'"),
+    ("plugins.weighted.flag=1", "plugins.weighted.flag must be bool (the type of its default False), got int 1"),
+    ("plugins.weighted.mode=3", "plugins.weighted.mode must be str (the type of its default 'sum'), got int 3"),
+    ("plugins.weigted.weight=2", "plugins.weigted: no plugin is called 'weigted' (did you mean 'weighted'?)"),
+    ("plugins.l1.weight=2", "plugins.l1: 'l1' takes no options"),
+    ("plugins.weighted=2", "plugin options are set one at a time, as --set plugins.NAME.OPTION=value"),
+    ("plugins.iterative.steps=0", "plugins.iterative: steps must be >= 1, got 0"),
+])
+def test_bad_plugin_options_are_user_errors_naming_plugin_and_option(host, override, message):
+    host.register_plugin(OptionsPlugin(), name="opts")
+    with pytest.raises(UserError) as info:
+        load_config(preset="smoke", overrides=[override])
+    assert message in str(info.value)
+
+
+def test_plugins_section_in_a_file(host, tmp_path):
+    host.register_plugin(OptionsPlugin(), name="opts")
+    f = tmp_path / "c.yaml"
+    f.write_text("plugins:\n  weighted: {weight: 3}\n  iterative: {schedule: exponential}\n")
+    cfg = load_config(f, overrides=["plugins.weighted.mode=max"])
+    assert cfg["plugins"] == {"weighted": {"weight": 3.0, "mode": "max"}, "iterative": {"schedule": "exponential"}}
+    f.write_text("plugins:\n  weighted: 3\n")
+    with pytest.raises(UserError, match="'plugins.weighted' must be a mapping of option names to values"):
+        load_config(f)
+
+
+def test_provenance_names_distribution_version_and_effective_options(host):
+    host.register_plugin(OptionsPlugin(), name="opts", distribution="opts-dist", version="1.2.3")
+    assert host.provenance("criterion", "weighted", {"weighted": {"mode": "max"}}) == {
+        "name": "weighted", "kind": "criterion", "distribution": "opts-dist", "version": "1.2.3",
+        "options": {"weight": 1.0, "mode": "max", "flag": False, "anything": None}}
+    l1 = host.provenance("criterion", "l1")
+    assert l1["distribution"] == "autoprune" and l1["version"] == importlib.metadata.version("autoprune")
 
 
 def test_import_does_not_import_ray():

@@ -9,6 +9,7 @@ from torchvision.models.resnet import Bottleneck, ResNet
 
 from autoprune.errors import UserError
 from autoprune.hookspecs import hookimpl
+from autoprune.host import declared_options, instantiate
 from autoprune.models import build_model
 from autoprune.models.builtin import TORCHVISION_RESNETS
 from autoprune.pruning.budget import Budget, project, round_channels, uniform_ratios
@@ -197,11 +198,13 @@ class _TinyResNeXt:
         register("tiny_resnext", build)
 
 
-def _prune_and_check(model, criterion_cls, strategy_cls, ratio, **options):
-    """Prune ``model`` as a trial would; check widths, real MACs and a forward pass."""
+def _prune_and_check(model, criterion_cls, strategy_cls, ratio, steps=None, **settings):
+    """Prune ``model`` as a trial would (``steps``: the option of strategies that take it); check widths,
+    real MACs and a forward pass."""
     feat_dim = model.feat_dim
-    ctx = strategy_context(model, criterion=criterion_cls(), budget_ratio=ratio, input_size=TINY, **options)
-    out = strategy_cls().run(model, ctx)
+    ctx = strategy_context(model, criterion=criterion_cls(), budget_ratio=ratio, input_size=TINY, **settings)
+    options = {"steps": steps} if steps is not None and "steps" in declared_options(strategy_cls) else {}
+    out = instantiate(strategy_cls, options).run(model, ctx)
     widths = ctx.graph.widths()
     if strategy_cls.follows_policy:
         assert widths == ctx.counts

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import platform
+from collections.abc import Mapping
 
 import pytest
 import torch
@@ -162,3 +165,49 @@ def test_final_round_chooses_on_validation_after_the_final_fine_tune(smoke_run, 
     capsys.readouterr()
     assert main(args) == 0
     assert "final: fine-tuning" not in capsys.readouterr().out
+
+
+def test_report_records_plugin_provenance_and_versions(smoke_run):
+    out, _ = smoke_run
+    report = json.loads((out / "report.json").read_text())
+    used = {(p["kind"], p["name"]): p for p in report["plugins"]}
+    assert set(used) == {("criterion", "l1"), ("strategy", "one_shot"), ("scenario", "prune_then_finetune"),
+                         ("dataset", "synth"), ("backbone", "resnet10")}
+    version = importlib.metadata.version("autoprune")
+    assert all(p["distribution"] == "autoprune" and p["version"] == version for p in used.values())
+    env = report["environment"]
+    assert env["torch"] == importlib.metadata.version("torch") and env["optuna"] == importlib.metadata.version("optuna")
+    assert env["torch-pruning"] == importlib.metadata.version("torch-pruning") and env["device"] == "cpu"
+    assert env["python"] == platform.python_version()
+
+
+def test_a_third_party_plugin_runs_in_a_search_with_its_options(smoke_run, example_installed, tmp_path, monkeypatch):
+    """The example package, installed, is searched with: its options reach the instances and the report."""
+    import autoprune_example
+    from autoprune.cli import main
+
+    seen: dict[str, object] = {}
+    for cls in (autoprune_example.GradualStrategy, autoprune_example.WarmupThenPruneScenario):
+        def run(self, *args, _run=cls.run, _name=cls.name):  # (model, ctx) for a strategy, (ctx) for a scenario
+            seen[_name] = dict(self.options)
+            if isinstance(getattr(args[-1], "options", None), Mapping):
+                seen[_name + " ctx"] = dict(args[-1].options)
+            return _run(self, *args)
+        monkeypatch.setattr(cls, "run", run)
+    _, root = smoke_run
+    out = tmp_path / "run"
+    rc = main(["search", "--preset", "smoke", "--quiet", "--out", str(out), "--set", f"data.root={root / 'data'}",
+               "--set", "search.n_trials=2", "--set", "trial.criterion=example_mean_abs",
+               "--set", "trial.strategy=example_gradual", "--set", "trial.scenario=example_warmup_then_prune",
+               "--set", "plugins.example_gradual.rounds=1", "--set", "plugins.example_warmup_then_prune.warmup=0"])
+    assert rc == 0
+    assert seen == {"example_gradual": {"rounds": 1}, "example_warmup_then_prune": {"warmup": 0.0},
+                    "example_warmup_then_prune ctx": {"warmup": 0.0}}
+    report = json.loads((out / "report.json").read_text())
+    assert report["best"] is not None
+    used = {p["name"]: p for p in report["plugins"]}
+    assert used["example_gradual"] == {"name": "example_gradual", "kind": "strategy",
+                                       "distribution": "autoprune-example-plugin", "version": "0.1.0",
+                                       "options": {"rounds": 1}}
+    assert used["example_mean_abs"]["options"] == {"bn_weight": 0.0}
+    assert used["example_warmup_then_prune"]["options"] == {"warmup": 0.0}

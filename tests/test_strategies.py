@@ -7,6 +7,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from autoprune.errors import UserError
+from autoprune.host import instantiate
 from autoprune.testing import StrategyContract, strategy_context, tiny_model, zeroed_channels
 from autoprune_plugins.strategies import (
     GlobalStrategy,
@@ -24,6 +25,7 @@ class TestOneShotStrategy(StrategyContract):
 
 class TestIterativeStrategy(StrategyContract):
     strategy_class = IterativeStrategy
+    strategy_options = {"steps": 2}
 
 
 class TestSoftStrategy(StrategyContract):
@@ -72,9 +74,9 @@ def test_unknown_schedule_is_a_user_error():
 @pytest.mark.parametrize("schedule", ["linear", "exponential"])
 def test_iterative_finetunes_each_step_on_narrower_widths(schedule):
     model = tiny_model()
-    ctx = strategy_context(model, epochs=7, steps=3, schedule=schedule)
+    ctx = strategy_context(model, epochs=7)
     base = ctx.graph.widths()
-    IterativeStrategy().run(model, ctx)
+    instantiate(IterativeStrategy, {"steps": 3, "schedule": schedule}).run(model, ctx)
     calls = ctx.finetune.calls
     assert [c.epochs for c in calls] == [2, 2, 3]  # the remainder goes to the last step
     totals = [sum(c.widths.values()) for c in calls]

@@ -22,6 +22,24 @@ def pareto_front(records: list[TrialRecord]) -> list[int]:
     return sorted(front)
 
 
+def environment(device: Any) -> dict[str, Any]:
+    """The versions a result depends on, and where it ran (report.json's ``environment``)."""
+    import importlib.metadata
+    import platform
+
+    import torch
+
+    versions: dict[str, Any] = {}
+    for dist in ("autoprune", "torch", "torch-pruning", "optuna"):
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            versions[dist] = None
+    dev = torch.device(device)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine()
+    return {**versions, "python": platform.python_version(), "device": str(dev), "device_name": name}
+
+
 def write_json(path: Path, data: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=False))

@@ -20,7 +20,14 @@ from autoprune.errors import UserError
 from autoprune.host import get_host
 from autoprune.pruning.serialize import load_pruned, save_pruned
 from autoprune.search.records import TrialRecord, metrics_summary, selection_key
-from autoprune.search.report import pareto_front, summary_table, write_json, write_plots, write_trials_csv
+from autoprune.search.report import (
+    environment,
+    pareto_front,
+    summary_table,
+    write_json,
+    write_plots,
+    write_trials_csv,
+)
 from autoprune.search.trial import SearchEnv, TrialResult
 
 # errno values that mean "the disk is full", not "this trial failed"
@@ -35,10 +42,17 @@ def study_identity(cfg: dict[str, Any]) -> str:
     cfg = without_unset_late_keys(cfg)
     search = {k: v for k, v in cfg["search"].items()
               if k not in ("n_trials", "timeout", "final_epochs", "finalists", "ray")}
-    part = {**{k: cfg[k] for k in IDENTITY}, "search": search}
+    parts = {**{k: cfg[k] for k in IDENTITY}, "search": search}
     if cfg["budget"].get("latency_ms") is None:  # run directories from before latency budgets keep their identity
-        part["budget"] = {k: v for k, v in cfg["budget"].items() if not k.startswith("latency_")}
-    return config_hash(part, IDENTITY + ("search",))
+        parts["budget"] = {k: v for k, v in cfg["budget"].items() if not k.startswith("latency_")}
+    # steps and schedule were trial keys before they became the iterative strategy's options: hashing their
+    # old defaults keeps the run directories of earlier versions resumable.
+    parts["trial"] = {**cfg["trial"], "steps": 3, "schedule": "linear"}
+    keys = IDENTITY + ("search",)
+    if cfg.get("plugins"):
+        parts["plugins"] = cfg["plugins"]
+        keys += ("plugins",)
+    return config_hash(parts, keys)
 
 
 def prepare_run_dir(cfg: dict[str, Any], out: str | Path) -> Path:
@@ -311,6 +325,8 @@ def finish(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, base: dict[str, A
         "config": {"criterion": cfg["trial"]["criterion"], "strategy": cfg["trial"]["strategy"],
                    "scenario": cfg["trial"]["scenario"], "space": env.space.name, "sampler": cfg["search"]["sampler"],
                    "backend": cfg["search"]["backend"], "finetune_epochs": cfg["trial"]["finetune_epochs"]},
+        "plugins": env.plugins_used(),
+        "environment": environment(env.device),
         "best": None,
         "uniform": None,
         "trials": [r.to_json() for r in sorted(records, key=lambda r: r.number)],

@@ -78,10 +78,27 @@ class SearchEnv:
         self.space: SearchSpace = build_space(cfg["search"]["space"], self.group_names,
                                               cfg["budget"]["min_keep"], cfg["budget"]["max_keep"])
         t = cfg["trial"]
-        # Resolve plugin names now: a typo is a config error before any training, not a failed trial.
+        # Resolve plugin names and options now: a typo is a config error before any training, not a failed trial.
         self.criterion_cls = host.get("criterion", t["criterion"])
         self.strategy_cls = host.get("strategy", t["strategy"])
         self.scenario_cls = host.get("scenario", t["scenario"])
+        for kind in ("criterion", "strategy", "scenario"):
+            host.options(kind, t[kind], cfg["plugins"])
+
+    def new(self, kind: str) -> Any:
+        """A fresh instance of the configured criterion, strategy or scenario, with its options."""
+        return self.host.create(kind, self.cfg["trial"][kind], self.cfg["plugins"])
+
+    def plugins_used(self) -> list[dict[str, Any]]:
+        """Provenance of every plugin this search runs: name, kind, distribution, version, options."""
+        from autoprune.data import parse_spec
+
+        used = [(kind, self.cfg["trial"][kind]) for kind in ("criterion", "strategy", "scenario")]
+        used += [("dataset", parse_spec(self.cfg["data"][key])[0]) for key in ("source", "target")
+                 if self.cfg["data"][key] is not None]
+        used.append(("backbone", self.cfg["model"]["arch"]))
+        unique = list(dict.fromkeys(used))
+        return [self.host.provenance(kind, name, self.cfg["plugins"]) for kind, name in unique]
 
     # -- services handed to plugins ------------------------------------------------------------
     def settings(self, epochs: int) -> TrainSettings:
@@ -148,7 +165,7 @@ class SearchEnv:
 
         model = copy.deepcopy(self.baseline).to(self.device)
         graph = PruningGraph(model, self.input_size)
-        scores = score_groups(model, self.criterion_cls(), self.criterion_context(graph, self.target))
+        scores = score_groups(model, self.new("criterion"), self.criterion_context(graph, self.target))
         prune_to_counts(graph, counts, scores)
         s = self.settings(1)
         adaptive_bn(model, self.target.train, self.device, batches=self.cfg["search"]["screening"]["batches"],
@@ -206,13 +223,11 @@ class SearchEnv:
                 finetune_plain(m, domain, n_epochs)
                 return m
             graph = PruningGraph(m, self.input_size)
-            criterion = self.criterion_cls()
+            criterion = self.new("criterion")
             sctx = StrategyContext(graph=graph, counts=counts, criterion=criterion,
                                    criterion_context=lambda: self.criterion_context(graph, domain),
-                                   finetune=finetune_on(domain), epochs=n_epochs,
-                                   steps=self.cfg["trial"]["steps"], schedule=self.cfg["trial"]["schedule"],
-                                   cost=self.cost, budget=self.budget)
-            out = self.strategy_cls().run(m, sctx)
+                                   finetune=finetune_on(domain), epochs=n_epochs, cost=self.cost, budget=self.budget)
+            out = self.new("strategy").run(m, sctx)
             widths = graph.widths()
             if not self.strategy_cls.follows_policy:
                 counts.clear()
@@ -227,10 +242,11 @@ class SearchEnv:
             if n_epochs:
                 finetune_on(domain)(m, n_epochs)
 
+        scenario = self.new("scenario")
         ctx = ScenarioContext(model=model, source=self.source, target=self.target, epochs=epochs, prune=prune,
-                              finetune=finetune_plain, evaluate=timed_evaluate)
+                              finetune=finetune_plain, evaluate=timed_evaluate, options=scenario.options)
         with torch.enable_grad():  # restores the grad mode on exit, whatever plugin code set it to
-            model, metrics = self.scenario_cls().run(ctx)
+            model, metrics = scenario.run(ctx)
         rank1 = objective_rank1(metrics)
         if not math.isfinite(rank1):
             raise RuntimeError("target rank-1 is not finite")

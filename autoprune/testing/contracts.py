@@ -17,6 +17,7 @@ import copy
 import functools
 import math
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any, Callable, ClassVar, Iterator
 
 import pytest
@@ -41,13 +42,22 @@ NUM_CLASSES = 4     # identities of the random batches
 # -- models, graphs and criterion contexts ------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1)
+def _builtin_host() -> Any:
+    """A host with only autoprune's own readers and backbones: another installed plugin, broken or not,
+    cannot change (or fail) the model a plugin's contract tests run on."""
+    from autoprune.host import PluginHost
+
+    return PluginHost(load_entry_points=False)
+
+
 @functools.lru_cache(maxsize=4)
 def _prototype(arch: str, num_classes: int, seed: int) -> nn.Module:
     from autoprune.models import build_model
 
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = build_model(arch, num_classes)
+        model = build_model(arch, num_classes, host=_builtin_host())
         # Make it look trained: BN affine parameters that differ per channel, running statistics
         # measured on data, so eval-mode BN (used by data-driven criteria) is well scaled.
         with torch.no_grad():
@@ -187,9 +197,8 @@ class RecordingFinetune:
 
 
 def strategy_context(model: nn.Module, criterion: BaseCriterion | None = None, budget_ratio: float = 0.5,
-                     counts: dict[str, int] | None = None, epochs: int = 3, steps: int = 3,
-                     schedule: str = "linear", noise: float = 0.0, min_keep: float = 0.1,
-                     round_to: int = 8, input_size: tuple[int, int] = SIZE) -> StrategyContext:
+                     counts: dict[str, int] | None = None, epochs: int = 3, noise: float = 0.0,
+                     min_keep: float = 0.1, round_to: int = 8, input_size: tuple[int, int] = SIZE) -> StrategyContext:
     """A StrategyContext on ``model`` with a :class:`RecordingFinetune` as ``ctx.finetune``.
 
     The target ``counts`` default to the uniform policy projected onto ``budget_ratio`` of the model's
@@ -206,8 +215,8 @@ def strategy_context(model: nn.Module, criterion: BaseCriterion | None = None, b
         counts = project(cost, uniform_ratios(cost), budget)
     return StrategyContext(graph=graph, counts=dict(counts), criterion=criterion,
                            criterion_context=lambda: criterion_context(graph),
-                           finetune=RecordingFinetune(graph, noise=noise), epochs=epochs, steps=steps,
-                           schedule=schedule, cost=cost, budget=budget)
+                           finetune=RecordingFinetune(graph, noise=noise), epochs=epochs, cost=cost,
+                           budget=budget)
 
 
 def min_width(base: int, budget: Budget, channel_groups: int = 1) -> int:
@@ -262,49 +271,102 @@ class ScenarioRecorder:
 
 
 def scenario_context(epochs: int = 3, source_query: int = 2,
-                     with_source: bool = True) -> tuple[ScenarioContext, ScenarioRecorder]:
+                     with_source: bool = True,
+                     options: Mapping[str, Any] | None = None) -> tuple[ScenarioContext, ScenarioRecorder]:
     """A ScenarioContext with fake services, and the recorder of what the scenario asked of them.
 
     ``with_source=False``: no source domain (``ctx.source`` is None), as when a user's trained model is pruned.
+    ``options`` is what the host puts in ``ctx.options``: the scenario instance's ``options``.
     """
     rec = ScenarioRecorder()
     source = fake_domain("source", num_query=source_query) if with_source else None
     ctx = ScenarioContext(model=nn.Identity(), source=source,
                           target=fake_domain("target"), epochs=epochs, prune=rec.prune, finetune=rec.finetune,
-                          evaluate=rec.evaluate)
+                          evaluate=rec.evaluate, options=options if options is not None else {})
     return ctx, rec
 
 
 # -- the contracts ---------------------------------------------------------------------------------------------
+# Failures say what was expected and what came: pytest does not rewrite the asserts of an installed package,
+# so a bare ``assert`` would report nothing but its line.
 
 
-class CriterionContract:
-    """What every criterion must do; subclass and set ``criterion_class``.
+def _shape(t: torch.Tensor) -> str:
+    return str(t.shape[0]) if t.dim() == 1 else f"a tensor of shape {list(t.shape)}"
+
+
+def check_scores(scores: dict[str, torch.Tensor], graph: PruningGraph, who: str) -> None:
+    """Every group scored, one finite score per channel, as a 1-D tensor (what the host accepts)."""
+    missing = sorted(set(graph.groups) - set(scores))
+    assert not missing, f"{who} scored no channel of {', '.join(missing)}"
+    for name, s in scores.items():
+        channels = graph.groups[name].channels
+        assert tuple(s.shape) == (channels,), f"{who}: expected {channels} scores for {name}, got {_shape(s)}"
+        bad = int((~torch.isfinite(s)).sum())
+        assert bad == 0, f"{who}: {bad} of the {channels} scores for {name} are not finite"
+
+
+def check_options(cls: type, given: Mapping[str, Any]) -> Any:
+    """``cls`` declares its options properly and accepts ``given``; returns an instance with them."""
+    from autoprune.host import declared_options, instantiate
+
+    defaults = declared_options(cls, cls.__name__)
+    obj = instantiate(cls, given)
+    expected = {**defaults, **given}
+    assert dict(obj.options) == expected, f"{cls.__name__}.options: expected {expected}, got {dict(obj.options)}"
+    for key in defaults:
+        try:
+            obj.options[key] = defaults[key]  # type: ignore[index]
+        except TypeError:
+            continue
+        raise AssertionError(f"{cls.__name__}: the instance's options must be read-only")
+    return obj
+
+
+class _PluginContract:
+    """What every criterion, strategy and scenario shares: a name, a docstring, options."""
+
+    plugin_attr: ClassVar[str]
+    options_attr: ClassVar[str]
+
+    @property
+    def _cls(self) -> type:
+        return getattr(self, self.plugin_attr)
+
+    def test_has_a_name_and_a_docstring(self) -> None:
+        name = getattr(self._cls, "name", None)
+        assert isinstance(name, str) and name, f"{self._cls.__name__} needs a class attribute name = '...'"
+        assert (self._cls.__doc__ or "").strip(), f"{self._cls.__name__} needs a docstring (`autoprune plugins` shows it)"
+
+    def test_declares_options_with_defaults(self) -> None:
+        check_options(self._cls, getattr(self, self.options_attr))
+
+
+class CriterionContract(_PluginContract):
+    """What every criterion must do; subclass and set ``criterion_class`` (``criterion_options`` to test
+    with other option values than the defaults).
 
     Set ``ranks_planted = False`` for a criterion that is not meant to find weak channels (``random``).
     """
 
+    plugin_attr = "criterion_class"
+    options_attr = "criterion_options"
     criterion_class: ClassVar[type[BaseCriterion]]
+    criterion_options: ClassVar[dict[str, Any]] = {}
     ranks_planted: ClassVar[bool] = True
     # the stem+layer1 residual width, an inner width, a residual width with a downsample, the widest inner width
     planted_groups: ClassVar[tuple[str, ...]] = ("layer1.out", "layer2.0.conv1", "layer3.out", "layer4.0.conv1")
     planted_channel: ClassVar[int] = 3
 
     def make_criterion(self) -> BaseCriterion:
-        return self.criterion_class()
+        from autoprune.host import instantiate
 
-    def test_has_a_name_and_a_docstring(self) -> None:
-        assert isinstance(self.criterion_class.name, str) and self.criterion_class.name
-        assert (self.criterion_class.__doc__ or "").strip()
+        return instantiate(self.criterion_class, self.criterion_options)
 
     def test_one_finite_score_per_channel_of_every_group(self) -> None:
         model = tiny_model()
         graph = tiny_graph(model)
-        scores = score_all(self.make_criterion(), model, graph)
-        assert set(scores) == set(graph.groups)
-        for name, s in scores.items():
-            assert s.shape == (graph.groups[name].channels,), name
-            assert torch.isfinite(s).all(), name
+        check_scores(score_all(self.make_criterion(), model, graph), graph, self.criterion_class.__name__)
 
     def test_scores_a_pruned_model(self) -> None:
         model = tiny_model()
@@ -312,16 +374,16 @@ class CriterionContract:
         gen = torch.Generator().manual_seed(1)
         prune_to_counts(graph, {n: c - c // 3 for n, c in graph.widths().items()},
                         {n: torch.rand(c, generator=gen) for n, c in graph.widths().items()})
-        scores = score_all(self.make_criterion(), model, graph)
-        for name, s in scores.items():
-            assert s.shape == (graph.groups[name].channels,), name
+        check_scores(score_all(self.make_criterion(), model, graph), graph,
+                     f"{self.criterion_class.__name__} (on a model pruned by a third)")
 
     def test_deterministic_for_a_fixed_seed(self) -> None:
         a, b = tiny_model(), tiny_model()
         first = score_all(self.make_criterion(), a, tiny_graph(a), seed=5)
         second = score_all(self.make_criterion(), b, tiny_graph(b), seed=5)
         for name in first:
-            torch.testing.assert_close(first[name], second[name], rtol=1e-5, atol=0.0, msg=name)
+            torch.testing.assert_close(first[name], second[name], rtol=1e-5, atol=0.0,
+                                       msg=f"{self.criterion_class.__name__}: two runs with seed 5 differ for {name}")
 
     @pytest.mark.parametrize("training", [True, False])
     def test_leaves_the_model_unchanged(self, training: bool) -> None:
@@ -331,10 +393,12 @@ class CriterionContract:
         modes = {n: m.training for n, m in model.named_modules()}
         score_all(self.make_criterion(), model, graph)
         after = model.state_dict()
-        for k, v in before.items():
-            assert torch.equal(v, after[k]), f"scoring changed {k}"
-        assert all(p.grad is None for p in model.parameters()), "scoring left gradients on the model"
-        assert {n: m.training for n, m in model.named_modules()} == modes, "scoring changed train/eval mode"
+        changed = [k for k, v in before.items() if not torch.equal(v, after[k])]
+        assert not changed, f"scoring changed {', '.join(changed[:5])}"
+        with_grad = [n for n, p in model.named_parameters() if p.grad is not None]
+        assert not with_grad, f"scoring left gradients on {', '.join(with_grad[:5])}; clear them (set_to_none)"
+        flipped = [n or "<model>" for n, m in model.named_modules() if m.training != modes[n]]
+        assert not flipped, f"scoring changed train/eval mode of {', '.join(flipped[:5])}"
 
     def test_ranks_a_planted_weak_channel_last(self) -> None:
         if not self.ranks_planted:
@@ -345,100 +409,124 @@ class CriterionContract:
             plant_weak_channel(graph, group, self.planted_channel)
         scores = score_all(self.make_criterion(), model, graph)
         for group in self.planted_groups:
-            assert int(scores[group].argmin()) == self.planted_channel, group
+            lowest = int(scores[group].argmin())
+            assert lowest == self.planted_channel, (
+                f"{group}: channel {self.planted_channel} (filters, gamma and beta scaled by 1e-3) should score "
+                f"lowest, but channel {lowest} does")
 
 
-class StrategyContract:
-    """What every strategy must do; subclass and set ``strategy_class`` (and ``criterion_class`` to score with).
+class StrategyContract(_PluginContract):
+    """What every strategy must do; subclass and set ``strategy_class`` (``criterion_class`` to score with,
+    ``strategy_options`` to test with other option values than the defaults).
 
     A strategy with ``follows_policy = True`` must end at exactly ``ctx.counts``; one that chooses its
     own widths must end within ``ctx.budget``.
     """
 
+    plugin_attr = "strategy_class"
+    options_attr = "strategy_options"
     strategy_class: ClassVar[type[BaseStrategy]]
+    strategy_options: ClassVar[dict[str, Any]] = {}
     criterion_class: ClassVar[type[BaseCriterion] | None] = None  # None: the built-in l1
 
-    def make_context(self, model: nn.Module, **options: Any) -> StrategyContext:
+    def make_context(self, model: nn.Module, **settings: Any) -> StrategyContext:
         criterion = self.criterion_class() if self.criterion_class is not None else None
-        return strategy_context(model, criterion=criterion, **options)
+        return strategy_context(model, criterion=criterion, **settings)
+
+    def make_strategy(self) -> BaseStrategy:
+        from autoprune.host import instantiate
+
+        return instantiate(self.strategy_class, self.strategy_options)
 
     def check_target(self, ctx: StrategyContext) -> None:
         widths = ctx.graph.widths()
+        who = self.strategy_class.__name__
         if self.strategy_class.follows_policy:
-            assert widths == ctx.counts
+            wrong = {n: (widths[n], c) for n, c in ctx.counts.items() if widths.get(n) != c}
+            assert not wrong, f"{who} must end at ctx.counts; (width, target) of the groups that differ: " + \
+                ", ".join(f"{n} {w} != {c}" for n, (w, c) in list(wrong.items())[:5])
         else:
             assert ctx.cost is not None and ctx.budget is not None
-            assert ctx.cost.macs(widths) <= ctx.budget.macs
+            macs = ctx.cost.macs(widths)
+            assert macs <= ctx.budget.macs, f"{who} ended at {macs} MACs, above the budget of {ctx.budget.macs}"
             for name, w in widths.items():
                 base = ctx.cost.base_widths[name]
-                assert w >= min(base, min_width(base, ctx.budget, ctx.cost.channel_groups.get(name, 1))), name
+                floor = min(base, min_width(base, ctx.budget, ctx.cost.channel_groups.get(name, 1)))
+                assert w >= floor, f"{who} left {name} at {w} channels, under the floor of {floor}"
 
-    def run_strategy(self, **options: Any) -> tuple[nn.Module, StrategyContext]:
+    def run_strategy(self, **settings: Any) -> tuple[nn.Module, StrategyContext]:
         model = tiny_model()
-        ctx = self.make_context(model, **options)
-        out = self.strategy_class().run(model, ctx)
+        ctx = self.make_context(model, **settings)
+        out = self.make_strategy().run(model, ctx)
         return out, ctx
 
-    def test_has_a_name(self) -> None:
-        assert isinstance(self.strategy_class.name, str) and self.strategy_class.name
-
     def test_reaches_its_target_within_its_epochs(self) -> None:
-        out, ctx = self.run_strategy(epochs=4, steps=2, noise=1e-3)
+        out, ctx = self.run_strategy(epochs=4, noise=1e-3)
         self.check_target(ctx)
-        assert ctx.finetune.epochs <= ctx.epochs  # type: ignore[attr-defined]
+        spent = ctx.finetune.epochs  # type: ignore[attr-defined]
+        assert spent <= ctx.epochs, f"fine-tuned {spent} epochs, more than ctx.epochs = {ctx.epochs}"
         out.eval()
         with torch.no_grad():
-            assert out(torch.randn(2, 3, *SIZE)).shape[0] == 2
+            shape = tuple(out(torch.randn(2, 3, *SIZE)).shape)
+        assert shape[0] == 2, f"the pruned model maps a batch of 2 to shape {shape}"
 
     def test_reaches_its_target_without_finetuning(self) -> None:
         _, ctx = self.run_strategy(epochs=0)
         self.check_target(ctx)
-        assert ctx.finetune.epochs == 0  # type: ignore[attr-defined]
+        spent = ctx.finetune.epochs  # type: ignore[attr-defined]
+        assert spent == 0, f"fine-tuned {spent} epochs with ctx.epochs = 0"
 
     def test_nothing_to_prune_keeps_every_channel(self) -> None:
         model = tiny_model()
         ctx = self.make_context(model, budget_ratio=1.0, epochs=1)
         base = ctx.graph.widths()
-        self.strategy_class().run(model, ctx)
-        assert ctx.graph.widths() == base
+        self.make_strategy().run(model, ctx)
+        changed = {n: w for n, w in ctx.graph.widths().items() if w != base[n]}
+        assert not changed, f"at a 100% budget every channel stays; pruned {changed}"
 
     def test_deterministic(self) -> None:
         a, ctx_a = self.run_strategy(epochs=2, noise=1e-3)
         b, ctx_b = self.run_strategy(epochs=2, noise=1e-3)
-        assert ctx_a.graph.widths() == ctx_b.graph.widths()
+        assert ctx_a.graph.widths() == ctx_b.graph.widths(), "two identical runs end at other widths"
         sb = b.state_dict()
-        for k, v in a.state_dict().items():
-            assert torch.equal(v, sb[k]), k
+        differ = [k for k, v in a.state_dict().items() if not torch.equal(v, sb[k])]
+        assert not differ, f"two identical runs end with other weights: {', '.join(differ[:5])}"
 
 
-class ScenarioContract:
-    """What every scenario must do; subclass and set ``scenario_class``. Runs on fake host services."""
+class ScenarioContract(_PluginContract):
+    """What every scenario must do; subclass and set ``scenario_class`` (``scenario_options`` to test with
+    other option values than the defaults). Runs on fake host services."""
 
+    plugin_attr = "scenario_class"
+    options_attr = "scenario_options"
     scenario_class: ClassVar[type[BaseScenario]]
+    scenario_options: ClassVar[dict[str, Any]] = {}
 
-    def run_scenario(self, **options: Any) -> tuple[nn.Module, dict[str, Any], ScenarioContext, ScenarioRecorder]:
-        ctx, rec = scenario_context(**options)
-        model, metrics = self.scenario_class().run(ctx)
+    def run_scenario(self, **settings: Any) -> tuple[nn.Module, dict[str, Any], ScenarioContext, ScenarioRecorder]:
+        from autoprune.host import instantiate
+
+        scenario = instantiate(self.scenario_class, self.scenario_options)
+        ctx, rec = scenario_context(options=scenario.options, **settings)
+        model, metrics = scenario.run(ctx)
         return model, metrics, ctx, rec
-
-    def test_has_a_name(self) -> None:
-        assert isinstance(self.scenario_class.name, str) and self.scenario_class.name
 
     def test_returns_the_pruned_model_and_its_target_metrics(self) -> None:
         model, metrics, ctx, rec = self.run_scenario()
         prunes = rec.of("prune")
-        assert prunes, "the scenario never pruned"
-        assert model is prunes[-1].result, "the scenario must return the model its last prune returned"
-        assert set(metrics) >= {"target", "source"}
+        assert prunes, "the scenario never called ctx.prune"
+        assert model is prunes[-1].result, "the scenario must return the model its last ctx.prune returned"
+        assert set(metrics) >= {"target", "source"}, f"expected keys 'target' and 'source', got {sorted(metrics)}"
         evaluated = [c for c in rec.of("evaluate") if c.domain == ctx.target.spec and c.model is model]
-        assert evaluated and metrics["target"] == evaluated[-1].result
+        assert evaluated, "the scenario never called ctx.evaluate(model, ctx.target) on the model it returns"
+        assert metrics["target"] == evaluated[-1].result, "metrics['target'] must be what ctx.evaluate returned"
 
     def test_reports_source_metrics_when_the_source_has_queries(self) -> None:
         model, metrics, ctx, rec = self.run_scenario(source_query=2)
         evaluated = [c for c in rec.of("evaluate") if c.domain == ctx.source.spec and c.model is model]
-        assert evaluated and metrics["source"] == evaluated[-1].result
+        assert evaluated and metrics["source"] == evaluated[-1].result, (
+            "with source queries, metrics['source'] must be ctx.evaluate(model, ctx.source) of the returned model")
         _, metrics, _, _ = self.run_scenario(source_query=0)
-        assert metrics["source"] is None
+        assert metrics["source"] is None, f"without source queries metrics['source'] must be None, got {metrics['source']}"
 
     def test_runs_without_a_source_unless_it_declares_it_needs_one(self) -> None:
         if self.scenario_class.needs_source:
@@ -450,4 +538,5 @@ class ScenarioContract:
     def test_uses_only_its_epochs(self) -> None:
         _, _, ctx, rec = self.run_scenario(epochs=3)
         for call in rec.of("prune") + rec.of("finetune"):
-            assert call.epochs is not None and 0 <= call.epochs <= ctx.epochs
+            assert call.epochs is not None and 0 <= call.epochs <= ctx.epochs, (
+                f"ctx.{call.kind} was asked for {call.epochs} epochs; each call may use 0..ctx.epochs = {ctx.epochs}")
