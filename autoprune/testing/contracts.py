@@ -57,7 +57,9 @@ def _prototype(arch: str, num_classes: int, seed: int) -> nn.Module:
 
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = build_model(arch, num_classes, host=_builtin_host())
+        # A backbone of another plugin (a backbone's own contract tests) comes from the process-wide host.
+        builtin = _builtin_host()
+        model = build_model(arch, num_classes, host=builtin if arch in builtin.names("backbone") else None)
         # Make it look trained: BN affine parameters that differ per channel, running statistics
         # measured on data, so eval-mode BN (used by data-driven criteria) is well scaled.
         with torch.no_grad():
