@@ -102,13 +102,17 @@ def _load(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_search_command(cfg: dict[str, Any], out: str | Path, quiet: bool) -> int:
-    """Run (or resume) a search; Ctrl-C exits 130 once the report of what finished is written."""
-    from autoprune.search.run import run_search
+    """Run (or resume) a search; Ctrl-C exits 130 once the report of what finished is written, a search in
+    which no trial completed exits 1 (its report says why each trial failed)."""
+    from autoprune.search.run import no_trial_completed, run_search
 
     try:
-        run_search(cfg, out, progress=not quiet and sys.stderr.isatty())
+        report = run_search(cfg, out, progress=not quiet and sys.stderr.isatty())
     except KeyboardInterrupt:
         return 130
+    if report["best"] is None:
+        print(f"autoprune: error: {no_trial_completed(Path(out), report)}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -88,6 +88,7 @@ POSITIVE = ("budget.latency_ms", "budget.latency_batch", "data.batch_size", "dat
             "train.lr", "trial.lr")
 NON_NEGATIVE = ("train.epochs", "trial.finetune_epochs", "train.warmup_epochs", "data.workers",
                 "trial.criterion_batches", "search.final_epochs", "train.max_batches_per_epoch")
+MAX_SEED = 2**32 - 1  # seeds NumPy (and so Optuna's samplers) accept
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -143,6 +144,8 @@ def _check_value(key: str, value: Any) -> Any:
         raise UserError(f"config key {key!r} must be > 0, got {value}")
     if key in NON_NEGATIVE and value < 0:
         raise UserError(f"config key {key!r} must be >= 0, got {value}")
+    if key == "seed" and not 0 <= value <= MAX_SEED:
+        raise UserError(f"config key 'seed' must be an integer in [0, {MAX_SEED}] (2**32 - 1), got {value}")
     return value
 
 

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import queue
+import shlex
 import signal
 import subprocess
 import sys
@@ -236,6 +237,30 @@ def test_search_whose_uniform_trial_failed_still_reports(data_root, tmp_path, ho
     assert report["uniform"] is None and report["best"]["trial"] == 1
 
 
+@pytest.mark.slow
+def test_search_in_which_every_trial_failed_exits_1_and_says_where_the_errors_are(data_root, tmp_path, host,
+                                                                                   capsys):
+    host.register_plugin(FaultPlugin(), name="test-faults")
+    Injector.start({0: "criterion", 1: "memory"})
+    out = tmp_path / "run"
+    rc = main(search_args(out, data_root, "search.n_trials=2", "trial.criterion=faulty_l1", "trial.strategy=faulty"))
+    captured = capsys.readouterr()
+    assert rc == 1
+    errors = [line for line in captured.err.splitlines() if line.startswith("autoprune: error:")]
+    assert errors == [f"autoprune: error: no trial completed (2 FAIL), so there is no model; each trial's error "
+                      f"is in {out / 'report.json'} (trials[].error) and {out / 'trials.csv'} (column error)"]
+    assert "Traceback" not in captured.err
+    report = json.loads((out / "report.json").read_text())
+    assert report["best"] is None and report["plots"] == []
+    assert [t["error"].split(":")[0] for t in report["trials"]] == ["ValueError", "MemoryError"]
+    csv_errors = [line.split(",")[8] for line in (out / "trials.csv").read_text().splitlines()[1:]]
+    assert [e.split(":")[0] for e in csv_errors] == ["ValueError", "MemoryError"]
+    # The last line names only files this run wrote.
+    last = captured.out.strip().splitlines()[-1]
+    assert last == f"run directory: {out}  (report.json, trials.csv)"
+    assert not (out / "model" / "pruned.pt").exists() and not list(out.glob("*.png"))
+
+
 # -- the process stopped mid-trial: a full disk, Ctrl-C, SIGKILL, then resumed --------------------------
 
 class SlowStrategy(BaseStrategy):
@@ -456,6 +481,226 @@ def test_resumed_search_retries_each_interrupted_trial_once(stopped_search):
     assert sum(t["state"] == "COMPLETE" for t in trials) == N_STOPPED  # interruptions did not eat the budget
     assert len(trials) == N_STOPPED + len(interrupted)
     assert "RUNNING" not in {state for state, _, _ in study.values()}
+
+
+# -- a really full disk: a small tmpfs in a private mount namespace ------------------------------------
+
+class FillDiskStrategy(BaseStrategy):
+    """``one_shot``; in the second trial it first fills the disk at ``$AUTOPRUNE_TEST_FILL`` for real."""
+
+    name = "fill_disk"
+    trials = 0
+
+    def run(self, model: nn.Module, ctx: StrategyContext) -> nn.Module:
+        if ctx.counts != ctx.graph.widths():  # a trial, not the unpruned baseline run
+            FillDiskStrategy.trials += 1
+            if FillDiskStrategy.trials == 2 and os.environ.get("AUTOPRUNE_TEST_FILL"):
+                fill_disk(Path(os.environ["AUTOPRUNE_TEST_FILL"]))
+        prune_to_counts(ctx.graph, ctx.counts, score_groups(model, ctx.criterion, ctx.criterion_context()))
+        if ctx.epochs:
+            ctx.finetune(model, ctx.epochs)
+        return model
+
+
+def fill_disk(path: Path) -> None:
+    """Write ``path`` until the file system has no byte left (ENOSPC), then keep it."""
+    import errno
+
+    with open(path, "wb", buffering=0) as f:
+        for chunk in (2**20, 4096, 1):
+            try:
+                while True:
+                    f.write(b"\0" * chunk)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+
+
+class FillDiskPlugin:
+    @hookimpl
+    def autoprune_register_strategies(self, register):
+        register(FillDiskStrategy)
+
+
+CLI_WITH_FILL = CLI_WITH_SLOW.replace("SlowPlugin", "FillDiskPlugin").replace("test-slow", "test-fill")
+
+
+def private_mount_prefix(tmp_path: Path) -> list[str] | None:
+    """``unshare`` arguments that give a command its own mount namespace where it may mount a tmpfs
+    (as root, or as a user through a user namespace), or None where neither works."""
+    import shutil
+
+    if shutil.which("unshare") is None:
+        return None
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    for prefix in (["unshare", "--mount"], ["unshare", "--map-root-user", "--mount"]):
+        ok = subprocess.run([*prefix, "sh", "-c", f"mount -t tmpfs -o size=1m autoprune-probe {probe}"],
+                            capture_output=True, timeout=30).returncode == 0
+        if ok:
+            return prefix
+    return None
+
+
+@pytest.mark.slow
+def test_really_full_disk_where_sqlite_fails_first_stops_with_one_line_and_resumes(data_root, tmp_path):
+    """The run directory on a 256 MiB tmpfs; the second trial fills it to the last byte. The next write is the
+    study's (SQLite storing the epoch's score): the search stops with the documented disk-full line, exit 2;
+    once space is freed, the same command retries that trial and finishes."""
+    prefix = private_mount_prefix(tmp_path)
+    if prefix is None:
+        pytest.skip("cannot mount a tmpfs here (needs root or user namespaces, and unshare)")
+    disk, keep = tmp_path / "disk", tmp_path / "keep"
+    disk.mkdir()
+    keep.mkdir()
+    out = disk / "run"
+    args = search_args(out, data_root, "search.n_trials=2", "trial.strategy=fill_disk", "trial.finetune_epochs=1",
+                       "search.pruner=median", "trial.eval_every_epoch=true")
+    cli = shlex.join([sys.executable, "-c", CLI_WITH_FILL, *args])
+    script = f"""
+        mount -t tmpfs -o size=256m autoprune-full {disk} || exit 99
+        AUTOPRUNE_TEST_FILL={out}/filler {cli} > {keep}/out1 2> {keep}/err1; echo $? > {keep}/rc1
+        cp {out}/study.db {keep}/study1.db; ls {out}/trials > {keep}/trials1
+        rm {out}/filler
+        {cli} > {keep}/out2 2> {keep}/err2; echo $? > {keep}/rc2
+        cp {out}/study.db {keep}/study2.db
+    """
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent),
+                                                                      os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([*prefix, "bash", "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    err1 = (keep / "err1").read_text()
+    assert (keep / "rc1").read_text().strip() == "2", err1
+    assert "Traceback" not in err1 and "Should not reach" not in err1
+    lines = [line for line in err1.splitlines() if line.strip()]
+    assert lines == [f"autoprune: error: the disk under {out} is full (No space left on device); free some space, "
+                     f"then rerun the same command to resume (the interrupted trial is run again)"]
+    assert (keep / "trials1").read_text().split() == ["trial_0000.pt"]  # SQLite failed before the model save
+    first = optuna.load_study(study_name="autoprune", storage=f"sqlite:///{keep / 'study1.db'}").get_trials()
+    assert [t.state.name for t in first][0] == "COMPLETE"
+    assert first[1].state.name in ("RUNNING", "FAIL") and first[1].state.name != "COMPLETE"
+    if first[1].state.name == "FAIL":
+        assert first[1].user_attrs.get("interrupted")  # never a counted failure
+    # Space freed: the same command retries trial 1's policy and finishes with two counted trials.
+    assert (keep / "rc2").read_text().strip() == "0", (keep / "err2").read_text()
+    trials = optuna.load_study(study_name="autoprune", storage=f"sqlite:///{keep / 'study2.db'}").get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE"]
+    assert trials[1].user_attrs["interrupted"] and trials[2].user_attrs["retry_of"] == 1
+    assert trials[2].params == first[1].params
+
+
+# -- Ctrl-C in the final round and while the report is written; a seed at the top of its range -----------
+
+MAX_SEED = 2**32 - 1
+
+
+@pytest.fixture(scope="module")
+def final_round_stops(data_root, tmp_path_factory):
+    """One search (seed 2**32 - 1, two trials, a one-epoch final round) stopped and rerun four times:
+
+    0. a subprocess gets Ctrl-C (SIGINT) while the final round fine-tunes a finalist;
+    1. in-process, the same command finishes the final round and gets Ctrl-C while writing the plots;
+    2. in-process, the same command again: it must train nothing;
+    3. in-process, with one more trial: the seed must still be accepted (it resumes)."""
+    from autoprune import host as host_mod
+    from autoprune.search import run as run_mod
+    from autoprune.search.trial import SearchEnv
+
+    out = tmp_path_factory.mktemp("final") / "run"
+    sets = ["trial.strategy=slow", f"seed={MAX_SEED}", "search.final_epochs=1", "search.finalists=1"]
+    args = search_args(out, data_root, "search.n_trials=2", *sets)
+    steps: dict[str, dict] = {}
+    search = Search(args)
+    try:
+        search.wait_for_line("final: fine-tuning", timeout=300)
+        rc = search.stop(signal.SIGINT)
+    finally:
+        search.close()
+    steps["final_round"] = {"rc": rc, "output": search.seen, "report": json.loads((out / "report.json").read_text())}
+
+    host_mod.reset_host()
+    host_mod.get_host().register_plugin(SlowPlugin(), name="test-slow")
+    runs: list[int] = []
+    real_run, real_plots = SearchEnv.run, run_mod.write_plots
+
+    def counting_run(self, *a, **k):
+        runs.append(1)
+        return real_run(self, *a, **k)
+
+    ctrl_c: list[int] = []
+
+    def plots_then_ctrl_c(*a, **k):  # Ctrl-C lands while the report is written, once
+        if not ctrl_c:
+            ctrl_c.append(1)
+            raise KeyboardInterrupt
+        return real_plots(*a, **k)
+
+    try:
+        for name, step_args, patch_plots in (("writing", args, True), ("rerun", args, False),
+                                             ("more_trials", search_args(out, data_root, "search.n_trials=3", *sets),
+                                              False)):
+            runs.clear()
+            printed = io.StringIO()
+            with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
+                mp.setattr(SearchEnv, "run", counting_run)
+                if patch_plots:
+                    mp.setattr(run_mod, "write_plots", plots_then_ctrl_c)
+                rc = main(step_args)
+            steps[name] = {"rc": rc, "output": printed.getvalue(), "runs": len(runs),
+                           "report": json.loads((out / "report.json").read_text())}
+    finally:
+        host_mod.reset_host()
+    return steps
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_the_final_round_reports_the_finished_trials_and_exits_130(final_round_stops):
+    step = final_round_stops["final_round"]
+    output = "\n".join(step["output"])
+    assert step["rc"] == 130, output
+    assert "interrupted: writing the report for the finished trials; rerun the same command to resume" in output
+    assert "Traceback" not in output
+    report = step["report"]
+    assert [t["state"] for t in report["trials"]] == ["COMPLETE", "COMPLETE"]
+    assert report["best"] is not None and report["best"]["final_epochs"] == 0  # the final round is the rerun's
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_the_report_is_written_still_writes_it_and_costs_no_retraining(final_round_stops):
+    step = final_round_stops["writing"]
+    assert step["rc"] == 130
+    assert step["runs"] >= 1  # this run did the final round's fine-tuning before the Ctrl-C
+    assert "interrupted: writing the report for the finished trials" in step["output"]
+    assert len(step["report"]["trials"]) == 2 and step["report"]["best"] is not None
+    rerun = final_round_stops["rerun"]
+    assert rerun["rc"] == 0
+    assert rerun["runs"] == 0  # the finalists' results and weights were kept: nothing trained again
+    assert rerun["report"]["best"]["final_epochs"] == 1 and rerun["report"]["finalists"]
+
+
+@pytest.mark.slow
+def test_a_seed_at_the_top_of_its_range_resumes_with_more_trials(final_round_stops):
+    step = final_round_stops["more_trials"]
+    assert step["rc"] == 0, step["output"]
+    assert [t["number"] for t in step["report"]["trials"]] == [0, 1, 2]
+
+
+def test_sampler_seeds_are_in_range_for_every_accepted_seed():
+    from autoprune.search.optuna_backend import make_sampler, sampler_seed
+
+    assert sampler_seed(7, 0, None) == 7  # a new single-process study samples as it always did
+    seeds = {sampler_seed(seed, n, pid) for seed in (0, 1, MAX_SEED) for n in (0, 1, 5000) for pid in (None, 4242)}
+    assert all(0 <= s <= MAX_SEED for s in seeds) and len(seeds) == 18
+    for s in (sampler_seed(MAX_SEED, 3, None), sampler_seed(MAX_SEED, 0, 2**22)):
+        make_sampler("random", s, False)
+        make_sampler("tpe", s, False)
+
+
+@pytest.mark.parametrize("seed", ["-1", str(MAX_SEED + 1)])
+def test_seed_out_of_range_is_refused_up_front(seed, tmp_path, capsys):
+    rc = main(search_args(tmp_path / "run", tmp_path / "data", f"seed={seed}"))
+    assert rc == 2
+    assert f"config key 'seed' must be an integer in [0, {MAX_SEED}] (2**32 - 1), got {seed}" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()
 
 
 # -- the run directory: full, unwritable, in use ----------------------------------------------------

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import gc
+import hashlib
 import logging
 import os
 import random
@@ -28,7 +29,7 @@ import optuna
 from optuna.trial import TrialState
 
 from autoprune.config import redact
-from autoprune.errors import UserError
+from autoprune.errors import UserError, disk_full
 from autoprune.search.records import TrialRecord, result_record
 from autoprune.search.trial import SearchEnv, TrialPruned, TrialResult, format_error, objective_rank1
 
@@ -153,14 +154,22 @@ def _existing_trials(storage: optuna.storages.BaseStorage, name: str) -> int:
         return 0
 
 
+def sampler_seed(seed: int, existing_trials: int, pid: int | None) -> int:
+    """The sampler's seed: ``seed`` for a new study in one process; otherwise one derived from it, so that a
+    resumed process does not replay the first one's draws and workers started together on a shared study
+    (``pid``) sample differently. Hashed into [0, 2**32), the range every sampler accepts, whatever the seed."""
+    if existing_trials == 0 and pid is None:
+        return seed
+    digest = hashlib.sha256(f"{seed}:{existing_trials}:{pid}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
 def open_study(cfg: dict[str, Any], storage: optuna.storages.BaseStorage) -> optuna.Study:
     multi = cfg["search"]["objectives"] == "rank1+macs"
     directions = ["maximize", "minimize"] if multi else ["maximize"]
     name = cfg["search"]["study_name"] or STUDY_NAME
-    # A resumed (or second) process must not replay the first one's random draws: offset the seed.
-    seed = cfg["seed"] + 7919 * _existing_trials(storage, name)
-    if cfg["search"]["storage"] is not None:
-        seed += os.getpid()  # workers started together on a shared study must sample differently
+    seed = sampler_seed(cfg["seed"], _existing_trials(storage, name),
+                        os.getpid() if cfg["search"]["storage"] is not None else None)
     try:
         return optuna.create_study(storage=storage, study_name=name,
                                    sampler=make_sampler(cfg["search"]["sampler"], seed, multi),
@@ -297,25 +306,34 @@ class OptunaBackend:
             trial.set_user_attr("record", {"error": INTERRUPTED_ERROR, "seconds": time.perf_counter() - start})
             raise
         except Exception as exc:
+            if (full := disk_full(exc)) is not None:  # e.g. SQLite could not store an epoch's score
+                self._stop_for_full_disk(trial, full)
+                raise
             trial.set_user_attr("record", {"error": format_error(exc), "seconds": time.perf_counter() - start})
             self._failed = True
             raise
         try:
             model_path = self.save_model(trial.number, result) if self.save_model else None
         except OSError as exc:
-            from autoprune.search.run import DISK_FULL
-
-            if exc.errno not in DISK_FULL:
+            if (full := disk_full(exc)) is None:
                 raise
-            # The disk, not the policy: stop the search (run() re-raises) and run this policy again on resume.
-            trial.set_user_attr(INTERRUPTED, True)
-            trial.set_user_attr("record", {"error": f"{INTERRUPTED_ERROR} ({exc.strerror})"})
-            self._disk_full = exc
+            self._stop_for_full_disk(trial, full)
             raise
         record = result_record(result, model_path)
         trial.set_user_attr("record", record)
         rank1 = objective_rank1(result.metrics)
         return (rank1, float(result.macs)) if self.multi else rank1
+
+    def _stop_for_full_disk(self, trial: optuna.Trial, exc: OSError) -> None:
+        """The disk, not the policy: stop the search (run() raises ``exc``) and run this policy again on resume."""
+        self._disk_full = exc
+        try:
+            trial.set_user_attr(INTERRUPTED, True)
+            trial.set_user_attr("record", {"error": f"{INTERRUPTED_ERROR} ({exc.strerror})"})
+        except Exception as err:
+            if disk_full(err) is None:
+                raise
+            # The study's own file is on the full disk: the trial stays RUNNING, which the next run retries too.
 
     def run(self, n_trials: int, timeout: float | None = None) -> list[TrialRecord]:
         self._n_trials = n_trials
@@ -353,6 +371,11 @@ class OptunaBackend:
                 # catch=(Exception,): a failing trial is recorded as FAIL and the search goes on.
                 self.study.optimize(self.objective, n_trials=n_trials - done, timeout=timeout,
                                     catch=(Exception,), callbacks=[callback])
+            except Exception as exc:
+                # Optuna could not store the trial's end (SQLite on the full disk) and raised an error of its own.
+                if (full := self._disk_full or disk_full(exc)) is None:
+                    raise
+                raise full from None
             finally:
                 optimize_log.removeFilter(quiet)
         if self._disk_full is not None:
@@ -389,11 +412,9 @@ class _QuietStops(logging.Filter):
         self.quiet: set[str] = set()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from autoprune.search.run import DISK_FULL
-
         message = str(record.msg)
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, (KeyboardInterrupt, GivenBack)) or (isinstance(exc, OSError) and exc.errno in DISK_FULL):
+        if isinstance(exc, (KeyboardInterrupt, GivenBack)) or (exc is not None and disk_full(exc) is not None):
             self.quiet.add(message.split(" failed with parameters", 1)[0])  # "Trial 12"
             return False
         return message.split(" failed with value", 1)[0] not in self.quiet

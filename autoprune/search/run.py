@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
@@ -16,7 +15,7 @@ from autoprune.config import config_hash, dump, without_unset_late_keys
 from autoprune.data.domain import load_domains
 from autoprune.engine.baseline import get_baseline
 from autoprune.engine.device import resolve_device, set_threads
-from autoprune.errors import UserError
+from autoprune.errors import UserError, disk_full
 from autoprune.host import get_host
 from autoprune.pruning.serialize import load_pruned, save_pruned
 from autoprune.search.records import TrialRecord, metrics_summary, selection_key
@@ -29,9 +28,6 @@ from autoprune.search.report import (
     write_trials_csv,
 )
 from autoprune.search.trial import SearchEnv, TrialResult
-
-# errno values that mean "the disk is full", not "this trial failed"
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 # What a study depends on: a run directory holds one study, so these must not change between runs
 # (n_trials, timeout and final_epochs may: raising n_trials continues the search).
@@ -205,6 +201,13 @@ def run_search(cfg: dict[str, Any], out: str | Path, progress: bool = True,
     lock = lock_run_dir(cfg, run_dir)
     try:
         return _search(cfg, run_dir, started, progress, log)
+    except UserError:
+        raise
+    except Exception as exc:
+        # A full disk anywhere (a model, the study's SQLite file, the report): one line, not a traceback.
+        if (full := disk_full(exc)) is None:
+            raise
+        raise _disk_full(run_dir, full) from None
     finally:
         if lock is not None:
             lock.close()
@@ -282,24 +285,19 @@ def _search(cfg: dict[str, Any], run_dir: Path, started: float, progress: bool,
         from autoprune.search.optuna_backend import OptunaBackend
 
         backend = OptunaBackend(env, run_dir, on_trial=on_trial, save_model=_save_trial_model(run_dir))
-    interrupted = False
     try:
         records = backend.run(cfg["search"]["n_trials"], timeout=cfg["search"]["timeout"])
-    except KeyboardInterrupt:
-        interrupted = True
-        records = backend.records()
+        report = finish(cfg, run_dir, env, base, records, log=log)
+    except KeyboardInterrupt:  # in a trial, in the final round or while the report was written
         log("interrupted: writing the report for the finished trials; rerun the same command to resume")
-    except OSError as exc:
-        if exc.errno in DISK_FULL:
-            raise _disk_full(run_dir, exc) from None
+        # Stop now: no final fine-tune (the resumed run does it). A second Ctrl-C stops this too.
+        report = finish({**cfg, "search": {**cfg["search"], "final_epochs": 0}}, run_dir, env, base,
+                        backend.records(), log=log)
+        report["seconds"] = time.perf_counter() - started
+        write_json(run_dir / "report.json", report)
         raise
-    if interrupted:  # stop now: no final fine-tune, the resumed run does it
-        cfg = {**cfg, "search": {**cfg["search"], "final_epochs": 0}}
-    report = finish(cfg, run_dir, env, base, records, log=log)
     report["seconds"] = time.perf_counter() - started
     write_json(run_dir / "report.json", report)
-    if interrupted:
-        raise KeyboardInterrupt
     return report
 
 
@@ -358,8 +356,6 @@ def finish(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, base: dict[str, A
                     result = env.run(best.values, counts=best.counts, epochs=final_epochs)
                     save_pruned(result.model, model_path, extra={"trial": best.number, "counts": best.counts})
                 write_json(marker, {"trial": best.number, "final_epochs": final_epochs})
-            for weights in model_dir.glob("final_*.pt"):
-                weights.unlink()
             log(f"final: trial {best.number} is the best of {len(finals)} finalists on the validation split after "
                 f"the final fine-tune")
         elif done.get("trial") != best.number or done.get("final_epochs") != final_epochs or not model_path.is_file():
@@ -398,9 +394,13 @@ def finish(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, base: dict[str, A
     write_trials_csv(run_dir / "trials.csv", records)
     report["plots"] = write_plots(run_dir, report, records)
     write_json(run_dir / "report.json", report)
+    if report.get("finalists"):  # kept until now, so that a Ctrl-C before the report costs no retraining
+        for weights in (run_dir / "model").glob("final_*.pt"):
+            weights.unlink()
     log("")
     log(summary_table(report))
-    log(f"\nrun directory: {run_dir}  (report.json, trials.csv, model/pruned.pt, plots)")
+    written = ["report.json", "trials.csv"] + (["model/pruned.pt"] if report["best"] else []) + report["plots"]
+    log(f"\nrun directory: {run_dir}  ({', '.join(written)})")  # only what this run wrote
     return report
 
 
@@ -419,6 +419,16 @@ def _report_latency(report: dict[str, Any], env: SearchEnv, model: torch.nn.Modu
             f"{entry['latency_runs']}), over the budget of {env.budget.latency_ms} ms; the machine may be busy")
 
 
+def no_trial_completed(run_dir: Path, report: dict[str, Any]) -> str:
+    """The one line that ends a search in which no trial completed (so there is no model)."""
+    states: dict[str, int] = {}
+    for t in report["trials"]:
+        states[t["state"]] = states.get(t["state"], 0) + 1
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(states.items())) or "none ran"
+    return (f"no trial completed ({counts}), so there is no model; each trial's error is in "
+            f"{run_dir / 'report.json'} (trials[].error) and {run_dir / 'trials.csv'} (column error)")
+
+
 def _final_round(env: SearchEnv, top: list[TrialRecord], uniform: TrialRecord | None, final_epochs: int,
                  model_dir: Path, log: Callable[[str], None]) -> list[dict[str, Any]]:
     """Give the ``top`` trials (best first) and the uniform policy the final fine-tune; their final metrics.
@@ -427,7 +437,7 @@ def _final_round(env: SearchEnv, top: list[TrialRecord], uniform: TrialRecord | 
     the final choice is made after the final fine-tune, still on the validation split. The uniform policy
     is fine-tuned anyway for the comparison, so it is a finalist for free: the result is never worse than
     the paper's hand-picked policy on validation. Each finalist's metrics are cached in ``model_dir``
-    (its weights until the choice is made), so a resumed run does not train them again.
+    (its weights until the report is written), so a resumed run does not train them again.
     """
     candidates = list(top)
     if uniform is not None and uniform.number not in {r.number for r in candidates}:
