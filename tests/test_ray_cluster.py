@@ -245,3 +245,22 @@ def test_join_errors_name_the_cause():
     msg = str(join_error("h:1", version, "token", "~/t"))
     assert "runs Ray: 2.60.0 Python: 3.11.7 but this machine has Ray: 2.59.0" in msg and "ray[tune]==2.60.0" in msg
     assert "\n" not in msg
+
+
+def test_unreachable_addresses_fail_at_once(monkeypatch):
+    from ray._private import services
+
+    from autoprune.errors import UserError
+    from autoprune.search import ray_cluster
+
+    # Ray on Linux swaps a loopback host for the machine's address; a head on loopback does not answer there.
+    monkeypatch.setattr(services, "canonicalize_bootstrap_address", lambda addr, temp_dir=None: "192.0.2.99:6379")
+    refused = ConnectionRefusedError(111, "Connection refused")
+    monkeypatch.setattr(ray_cluster, "_answers", lambda hp: None if hp[0] == "127.0.0.1" else refused)
+    with pytest.raises(UserError, match="replaces the loopback address .* RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0"):
+        ray_cluster._check_reachable("127.0.0.1:6379")
+    monkeypatch.setattr(ray_cluster, "_answers", lambda hp: refused)
+    with pytest.raises(UserError, match=r"nothing answers at search.ray.address 127.0.0.1:6379 \(Connection refused\)"):
+        ray_cluster._check_reachable("127.0.0.1:6379")
+    with pytest.raises(UserError, match="is not HOST:PORT"):
+        ray_cluster._check_reachable("head-without-port")

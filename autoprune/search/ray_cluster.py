@@ -48,15 +48,34 @@ def _host_port(address: str) -> tuple[str, int] | None:
     return host.strip("[]"), int(port)
 
 
-def _check_reachable(address: str) -> None:
-    hp = _host_port(address)
-    if hp is None:
-        return
+def _answers(host_port: tuple[str, int]) -> OSError | None:
     try:
-        socket.create_connection(hp, timeout=CONNECT_SECONDS).close()
+        socket.create_connection(host_port, timeout=CONNECT_SECONDS).close()
     except OSError as exc:
-        raise UserError(f"nothing answers at search.ray.address {address} ({exc.strerror or exc}): start the head "
-                        f"there with `ray start --head --port={hp[1]}`, or fix the address (the head prints it)") from None
+        return exc
+    return None
+
+
+def _check_reachable(address: str) -> None:
+    """Fail in a second, not after Ray's minutes of retries, when nothing listens where Ray will connect."""
+    given = _host_port(address)
+    if given is None:
+        return
+    target = given
+    if "://" not in address:  # Ray swaps a loopback host for this machine's network address (unless told not to)
+        from ray._private.services import canonicalize_bootstrap_address
+
+        target = _host_port(canonicalize_bootstrap_address(address) or address) or given
+    refused = _answers(target)
+    if refused is None:
+        return
+    if target != given and _answers(given) is None:
+        raise UserError(f"Ray here replaces the loopback address in search.ray.address {address} with this machine's "
+                        f"address {target[0]}, where nothing answers: the head listens on loopback only, so run the "
+                        f"search with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 too, as the head was started "
+                        f"(docs/cluster.md), or start the head on the network address")
+    raise UserError(f"nothing answers at search.ray.address {address} ({refused.strerror or refused}): start the "
+                    f"head there with `ray start --head --port={given[1]}`, or fix the address (the head prints it)")
 
 
 def _auth_mode() -> str:
@@ -172,8 +191,8 @@ def node_problem(found: dict[str, Any], ip: str) -> str | None:
     where = f"Ray node {ip} ({found['host']}, {found['python']})"
     if "import_error" in found:
         return (f"autoprune is not importable on {where}: {found['import_error']}; install autoprune in the Python "
-                f"environment that runs Ray there (pip install -e . from the same checkout), then restart that "
-                f"node's Ray (ray stop; ray start --address=HEAD:PORT)")
+                f"environment that runs Ray there (the `ray` that started the node must be that environment's), "
+                f"then restart Ray on that node")
     if found["autoprune"] != autoprune.__version__:
         return (f"{where} has autoprune {found['autoprune']} but this machine has {autoprune.__version__}: install "
                 f"the same version on every node")
@@ -214,7 +233,7 @@ def check_nodes(paths: dict[str, tuple[str, bool]], log: Callable[[str], None] =
         if problem:
             raise UserError(problem)
         results.append({**found, "ip": ip})
-    shared = f", {' and '.join(paths)} reachable" if paths else ""
+    shared = f"; {', '.join(paths)} reachable" if paths else ""
     log(f"ray: checked {len(results)} node(s): autoprune {autoprune.__version__} importable{shared}")
     return results
 
