@@ -74,16 +74,17 @@ class LoopbackCluster:
         self.token.write_text(secrets.token_hex(32))  # what `ray get-auth-token --generate` writes
         self.token.chmod(0o600)
         # Token mode for every process of the cluster, the token read from our own file (never ~/.ray).
-        self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token),
+        inherited = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        self.env = {**inherited, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token),
                     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
         self.procs: list[subprocess.Popen] = []
         self.head: subprocess.Popen | None = None
 
     def _ray_start(self, name: str, *args: str) -> subprocess.Popen:
-        log = (self.root / f"{name}.log").open("w")
-        proc = subprocess.Popen([*RAY, "start", "--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats",
-                                 f"--temp-dir={self.root / 'ray'}", *args], env=self.env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        with (self.root / f"{name}.log").open("w") as log:
+            proc = subprocess.Popen([*RAY, "start", "--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats",
+                                     f"--temp-dir={self.root / 'ray'}", *args], env=self.env, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append(proc)
         return proc
 
