@@ -65,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     from autoprune.latency_cli import add_latency_parser
 
     add_latency_parser(sub)
-    sub.add_parser("plugins", help="list loaded criteria, strategies, scenarios, datasets and backbones")
+    p = sub.add_parser("plugins", help="list loaded criteria, strategies, scenarios, datasets and backbones")
+    p.add_argument("--markdown", action="store_true",
+                   help="print the built-ins as the Markdown tables of docs/plugins.md")
     p = sub.add_parser("report", help="print a run's summary and write report.md with its plots")
     p.add_argument("run", help="run directory (the --out of search)")
     p.add_argument("--budget", type=float, help="pick the best trial at or under this MACs ratio (Pareto mode)")
@@ -149,9 +151,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from autoprune.host import CONFIGURABLE_KINDS, KINDS, get_host
+    from autoprune.host import CONFIGURABLE_KINDS, KINDS, catalog_markdown, get_host
 
     host = get_host()
+    if args.markdown:
+        print(catalog_markdown(host), end="")
+        return 0
     for kind in KINDS:
         print(f"{kind}:")
         for name in host.names(kind):

@@ -288,6 +288,33 @@ def _version(distribution: str) -> str | None:
         return None
 
 
+def describe(obj: Any) -> str:
+    """The first line of a registered object's docstring (a ``functools.partial``'s own, else its function's)."""
+    doc = obj.__dict__.get("__doc__") if hasattr(obj, "__dict__") else None
+    doc = doc or getattr(obj, "__doc__", None) or ""
+    if not doc.strip() or doc == type(obj).__doc__:
+        doc = getattr(getattr(obj, "func", None), "__doc__", None) or ""
+    return " ".join(doc.strip().split("\n\n")[0].split())
+
+
+def catalog_markdown(host: PluginHost, distribution: str = "autoprune") -> str:
+    """One table per kind of what ``distribution`` registers: name, options, one line each (docs/plugins.md)."""
+    titles = {"criterion": "Criteria", "strategy": "Strategies", "scenario": "Scenarios",
+              "dataset": "Dataset readers", "backbone": "Backbones"}
+    lines: list[str] = []
+    for kind in KINDS:
+        lines += [f"**{titles[kind]}**", "", "| name | options | what it is |", "| --- | --- | --- |"]
+        for name in host.names(kind):
+            reg = host.registry[kind][name]
+            if reg.distribution != distribution:
+                continue
+            options = ", ".join(f"`{k}={v!r}`" for k, v in reg.options.items()) if kind in CONFIGURABLE_KINDS else ""
+            what = describe(reg.obj).replace("``", "`").replace("|", "\\|")
+            lines.append(f"| `{name}` | {options or '-'} | {what} |")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
 _host: PluginHost | None = None
 
 

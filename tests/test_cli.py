@@ -58,3 +58,33 @@ def test_unwritable_run_dir_is_refused_up_front(tmp_path, capsys):
     rc = main(["search", "--preset", "smoke", "--out", str(blocker / "run"), "--set", f"data.root={tmp_path / 'd'}"])
     assert rc == 2
     assert "is not writable" in capsys.readouterr().err
+
+
+def _suggested_commands() -> set[str]:
+    """Every `autoprune ...` command an error message or hint in the package tells a user to run."""
+    import re
+    from pathlib import Path
+
+    import autoprune
+
+    found = set()
+    for path in Path(autoprune.__file__).parent.rglob("*.py"):
+        found |= set(re.findall(r"`(autoprune [^`]+)`", path.read_text()))
+    return found
+
+
+def test_every_command_a_message_suggests_exists(capsys):
+    from autoprune.cli import build_parser
+
+    commands = _suggested_commands()
+    assert {"autoprune plugins", "autoprune config"} <= commands
+    for command in sorted(commands):
+        argv = [w if "{" not in w else "x" for w in command.split()[1:] if w != "..."]
+        try:
+            _, extra = build_parser().parse_known_args(argv)
+        except SystemExit as exc:  # only a placeholder's missing argument is acceptable
+            assert exc.code == 2 and "are required" in capsys.readouterr().err, command
+            continue
+        assert extra == [], f"{command!r}: autoprune has no {' '.join(extra)}"
+    for command in ("autoprune plugins", "autoprune config"):  # the cheap ones, run for real
+        assert main(command.split()[1:]) == 0, command

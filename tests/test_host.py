@@ -3,20 +3,22 @@ from __future__ import annotations
 import importlib.metadata
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
 from autoprune import hookimpl
-from autoprune.criteria import BaseCriterion
-from autoprune.errors import PluginError, UserError
 from autoprune.cli import main
 from autoprune.config import load_config
-from autoprune.criteria import CriterionContext
-from autoprune.host import PluginHost
+from autoprune.criteria import BaseCriterion, CriterionContext
+from autoprune.errors import PluginError, UserError
+from autoprune.host import KINDS, PluginHost, catalog_markdown
 from autoprune.models import build_model
 from autoprune.pruning.groups import PruningGraph
+from autoprune.pruning.surgery import score_groups
+from autoprune.testing import CriterionContract
 
 
 def test_builtins_load_through_entry_points(host):
@@ -195,3 +197,47 @@ def test_import_does_not_import_ray():
     code = "import sys, autoprune, autoprune.cli, autoprune.search.run; print('ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_docs_list_every_builtin_as_the_registry_does(host):
+    """docs/plugins.md's tables are `autoprune plugins --markdown`: regenerate them when this fails."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "plugins.md").read_text()
+    section = text.split("<!-- builtins:start -->\n")[1].split("<!-- builtins:end -->")[0]
+    assert section == catalog_markdown(host)
+    for kind in KINDS:  # every built-in name is in it, each with a line of its own
+        for name in host.names(kind):
+            if host.registry[kind][name].distribution == "autoprune":
+                assert f"| `{name}` |" in section
+
+
+def test_a_criterion_returning_channels_by_1_is_refused_by_the_host():
+    class Column(BaseCriterion):
+        name = "column"
+
+        def score(self, model, group, ctx):
+            return torch.ones(ctx.graph.groups[group].channels, 1)
+
+    model = build_model("resnet10", 4)
+    graph = PruningGraph(model, (64, 32))
+    channels = graph.groups["layer1.out"].channels
+    with pytest.raises(ValueError, match=rf"'column': expected {channels} scores for layer1.out, "
+                                         rf"got a tensor of shape \[{channels}, 1\]"):
+        score_groups(model, Column(), CriterionContext(graph=graph, device=torch.device("cpu")))
+
+
+def test_contract_failures_name_the_group_and_the_counts():
+    """Installed packages get no assert rewriting: the kit's messages carry the shapes themselves."""
+    class DropsOne(BaseCriterion):
+        """One score short in layer1.out."""
+
+        name = "drops_one"
+
+        def score(self, model, group, ctx):
+            n = ctx.graph.groups[group].channels
+            return torch.ones(n - 1 if group == "layer1.out" else n)
+
+    class TestDropsOne(CriterionContract):
+        criterion_class = DropsOne
+
+    with pytest.raises(AssertionError, match=r"^DropsOne: expected 64 scores for layer1.out, got 63$"):
+        TestDropsOne().test_one_finite_score_per_channel_of_every_group()

@@ -184,6 +184,7 @@ def test_report_records_plugin_provenance_and_versions(smoke_run):
 def test_a_third_party_plugin_runs_in_a_search_with_its_options(smoke_run, example_installed, tmp_path, monkeypatch):
     """The example package, installed, is searched with: its options reach the instances and the report."""
     import autoprune_example
+
     from autoprune.cli import main
 
     seen: dict[str, object] = {}

@@ -12,7 +12,7 @@ from autoprune.hookspecs import hookimpl
 
 
 def read_synth(name: str, data_root: str | Path = "data", **options: Any) -> ReIDDataset:
-    """Generate synthetic domain ``name`` (once, cached on disk) and read it back as Market-1501."""
+    """The synthetic re-ID domain ``name`` (A, B, C), generated once under data.root and read back as Market-1501."""
     from autoprune.data import readers, synth
 
     key = hashlib.sha256(json.dumps({"domain": name, **options}, sort_keys=True).encode()).hexdigest()[:8]
@@ -23,7 +23,7 @@ def read_synth(name: str, data_root: str | Path = "data", **options: Any) -> ReI
     return ds
 
 
-def _lazy(function: str) -> Callable[..., ReIDDataset]:
+def _lazy(function: str, doc: str) -> Callable[..., ReIDDataset]:
     """A reader imported on first call, so start-up does not import scipy and friends."""
 
     def reader(*args: Any, **kwargs: Any) -> ReIDDataset:
@@ -32,16 +32,24 @@ def _lazy(function: str) -> Callable[..., ReIDDataset]:
         return getattr(readers, function)(*args, **kwargs)
 
     reader.__name__ = function
+    reader.__doc__ = doc
     return reader
 
 
-BUILTIN_READERS = ("market1501", "dukemtmc", "msmt17", "cuhk03", "folder")
+# name -> one line for `autoprune plugins` and docs/plugins.md (the readers' own docstrings, without importing them)
+BUILTIN_READERS = {
+    "market1501": "Market-1501 (bounding_box_train / query / bounding_box_test), torchreid semantics.",
+    "dukemtmc": "DukeMTMC-reID: Market-1501 naming with 8 cameras.",
+    "msmt17": "MSMT17 V1 or V2 from its list files; train is list_train + list_val as torchreid does.",
+    "cuhk03": "CUHK03 767/700 new protocol from torchreid's split .mat and extracted images (detected boxes).",
+    "folder": "Your own cameras: ROOT/{train,query,gallery} with <pid>_c<cam>_<anything>.jpg names.",
+}
 
 
 @hookimpl
 def autoprune_register_datasets(register: Callable[..., None]) -> None:
-    for name in BUILTIN_READERS:
-        register(name, _lazy(f"read_{name}"))
+    for name, doc in BUILTIN_READERS.items():
+        register(name, _lazy(f"read_{name}", doc))
     register("cuhk03_labeled", _cuhk03_labeled)
     register("synth", read_synth)
 

@@ -25,6 +25,7 @@ def _torchvision(name: str, last_stride: int = 1) -> nn.Module:
 
 
 def _resnet10(last_stride: int = 1) -> nn.Module:
+    """A tiny ResNet (one BasicBlock per stage) for smoke runs and tests."""
     model = ResNet(BasicBlock, [1, 1, 1, 1])
     _set_last_stride(model, last_stride)
     model.fc = nn.Identity()
@@ -45,4 +46,6 @@ def _set_last_stride(model: nn.Module, stride: int) -> None:
 def autoprune_register_backbones(register: Callable[..., None]) -> None:
     register("resnet10", _resnet10)
     for name in TORCHVISION_RESNETS:
-        register(name, partial(_torchvision, name))
+        factory = partial(_torchvision, name)
+        factory.__doc__ = f"torchvision's {name}, built without weights (model.weights loads them)."
+        register(name, factory)

@@ -16,11 +16,11 @@ def score_groups(model: nn.Module, criterion: BaseCriterion, ctx: CriterionConte
     out = {}
     for name in groups if groups is not None else list(ctx.graph.groups):
         s = criterion.score(model, name, ctx)
-        s = torch.as_tensor(s).detach().float().flatten().cpu()
+        s = torch.as_tensor(s).detach().float().cpu()
         expected = ctx.graph.groups[name].channels
-        if s.numel() != expected:
-            raise ValueError(f"criterion {criterion.name!r} gave {s.numel()} scores for group {name} "
-                             f"with {expected} channels")
+        if tuple(s.shape) != (expected,):  # [channels, 1] too: a score per channel is a 1-D tensor, as the kit checks
+            got = s.shape[0] if s.dim() == 1 else f"a tensor of shape {list(s.shape)}"
+            raise ValueError(f"criterion {criterion.name!r}: expected {expected} scores for {name}, got {got}")
         if not torch.isfinite(s).all():
             s = torch.nan_to_num(s, nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
         out[name] = s

@@ -16,8 +16,8 @@ from __future__ import annotations
 import copy
 import functools
 import math
-from dataclasses import dataclass, field
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterator
 
 import pytest
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoprune.criteria import Batch, BaseCriterion, CriterionContext
+from autoprune.criteria import BaseCriterion, Batch, CriterionContext
 from autoprune.data.base import ReIDDataset
 from autoprune.data.domain import Domain
 from autoprune.data.loading import ImageStore

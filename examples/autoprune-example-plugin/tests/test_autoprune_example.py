@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from autoprune_example import GradualStrategy, MeanAbsCriterion, WarmupThenPruneScenario
 
 from autoprune.errors import UserError
 from autoprune.host import instantiate
@@ -16,7 +17,6 @@ from autoprune.testing import (
     tiny_graph,
     tiny_model,
 )
-from autoprune_example import GradualStrategy, MeanAbsCriterion, WarmupThenPruneScenario
 
 
 class TestMeanAbsCriterion(CriterionContract):
