@@ -68,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plugins", help="list loaded criteria, strategies, scenarios, datasets and backbones")
     p.add_argument("--markdown", action="store_true",
                    help="print the built-ins as the Markdown tables of docs/plugins.md")
+    p = sub.add_parser("plugin", help="plugin authors' tools")
+    psub = p.add_subparsers(dest="plugin_command", required=True)
+    n = psub.add_parser("new", help="write a plugin package skeleton (pyproject, class, contract test)")
+    n.add_argument("kind", metavar="KIND", help="criterion, strategy or scenario")
+    n.add_argument("name", metavar="NAME", help="the registered name users configure (e.g. my_criterion)")
+    n.add_argument("--out", required=True, help="a new folder to write the package into")
     p = sub.add_parser("report", help="print a run's summary and write report.md with its plots")
     p.add_argument("run", help="run directory (the --out of search)")
     p.add_argument("--budget", type=float, help="pick the best trial at or under this MACs ratio (Pareto mode)")
@@ -168,6 +174,14 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plugin(args: argparse.Namespace) -> int:
+    from autoprune.scaffold import new_plugin
+
+    files = new_plugin(args.kind, args.name, args.out)
+    print(f"wrote {len(files)} files under {args.out}: pip install -e {args.out}, then python -m pytest there")
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     """The effective configuration, with every configurable plugin's effective options."""
     from autoprune.config import dump
@@ -226,7 +240,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return run_worker(args)
 
 
-COMMANDS = {"latency": cmd_latency, "worker": cmd_worker, "report": cmd_report, "export": cmd_export, "search": cmd_search, "train": cmd_train, "plugins": cmd_plugins, "config": cmd_config,
+COMMANDS = {"plugin": cmd_plugin, "latency": cmd_latency, "worker": cmd_worker, "report": cmd_report, "export": cmd_export, "search": cmd_search, "train": cmd_train, "plugins": cmd_plugins, "config": cmd_config,
             "data": cmd_data}
 
 

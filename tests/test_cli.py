@@ -88,3 +88,30 @@ def test_every_command_a_message_suggests_exists(capsys):
         assert extra == [], f"{command!r}: autoprune has no {' '.join(extra)}"
     for command in ("autoprune plugins", "autoprune config"):  # the cheap ones, run for real
         assert main(command.split()[1:]) == 0, command
+
+
+@pytest.mark.parametrize("kind", ["criterion", "strategy", "scenario"])
+def test_plugin_new_writes_a_package_whose_tests_pass(kind, tmp_path, monkeypatch):
+    import tomllib
+
+    out = tmp_path / "pkg"
+    assert main(["plugin", "new", kind, f"my_{kind}", "--out", str(out)]) == 0
+    project = tomllib.loads((out / "pyproject.toml").read_text())["project"]
+    assert project["entry-points"]["autoprune"] == {f"my_{kind}": f"autoprune_my_{kind}"}
+    monkeypatch.syspath_prepend(str(out))
+    # its own tests, as written, in this process: the contract suite for its kind
+    assert pytest.main(["-q", "-p", "no:cacheprovider", "--rootdir", str(out), str(out / "tests")]) == 0
+    from autoprune.host import PluginHost
+
+    h = PluginHost(load_entry_points=False)
+    h.register_plugin(__import__(f"autoprune_my_{kind}"), name="skeleton")
+    assert f"my_{kind}" in h.names(kind) and h.registry[kind][f"my_{kind}"].options
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["plugin", "new", "sampler", "x"], "KIND must be one of criterion, strategy, scenario"),
+    (["plugin", "new", "criterion", "My-Crit"], "NAME 'My-Crit' must be lower-case"),
+])
+def test_plugin_new_refuses_bad_kinds_and_names(argv, message, tmp_path, capsys):
+    assert main([*argv, "--out", str(tmp_path / "p")]) == 2
+    assert message in capsys.readouterr().err

@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 
 from autoprune.errors import UserError
 from autoprune.models import build_model, load_backbone_weights
+from autoprune.models.builtin import _resnet10, _torchvision
 from autoprune.models.checkpoint import backbone_state
+from autoprune.testing import BackboneContract
 
 SIZE = (64, 32)
 
@@ -129,3 +133,11 @@ def test_malicious_pickle_checkpoint_is_refused(tmp_path):
 def test_unknown_backbone(host):
     with pytest.raises(UserError, match=r"unknown backbone 'resnet19' \(did you mean"):
         build_model("resnet19", 2, host=host)
+
+
+class TestResNet10BackboneContract(BackboneContract):
+    factory = staticmethod(_resnet10)
+
+
+class TestResNet18BackboneContract(BackboneContract):
+    factory = staticmethod(partial(_torchvision, "resnet18"))

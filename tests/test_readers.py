@@ -10,6 +10,7 @@ from PIL import Image
 from autoprune.data.readers import (READERS, check_images, read_cuhk03, read_dukemtmc, read_folder,
                                     read_market1501, read_msmt17)
 from autoprune.errors import UserError
+from autoprune.testing import DatasetReaderContract
 
 
 def _jpg(path: Path) -> None:
@@ -299,3 +300,19 @@ def test_validation_split_one_query_per_camera_each_with_a_match() -> None:
     for q in query:  # every query has a gallery image of its identity from another camera
         assert any(g[1] == q[1] and g[2] != q[2] for g in gallery)
     assert len(query) + len(gallery) == 8 and [s[1] for s in new_train] == [0, 0, 0]
+
+
+class TestMarket1501ReaderContract(DatasetReaderContract):
+    reader = staticmethod(read_market1501)
+
+
+class TestFolderReaderContract(DatasetReaderContract):
+    reader = staticmethod(read_folder)
+
+    def write_sample(self, root: Path) -> None:
+        """The folder layout: ROOT/{train,query,gallery} with <pid>_c<cam>_<anything>.jpg names."""
+        for split, names in (("train", ["0001_c1_a", "0001_c2_b", "0002_c1_a", "0002_c2_b"]),
+                             ("query", ["0003_c1_a"]), ("gallery", ["0003_c2_a", "0004_c2_a"])):
+            (root / split).mkdir(parents=True)
+            for name in names:
+                Image.new("RGB", (16, 32), (10, 20, 30)).save(root / split / f"{name}.jpg")

@@ -1,4 +1,5 @@
-"""Test suites a plugin author subclasses to prove a criterion, strategy or scenario (needs pytest).
+"""Test suites a plugin author subclasses to prove a criterion, strategy, scenario, dataset reader or
+backbone (needs pytest).
 
 ::
 
@@ -36,8 +37,11 @@ from autoprune.testing.contracts import (
     tiny_model,
     zeroed_channels,
 )
+from autoprune.testing.data_contracts import BackboneContract, DatasetReaderContract
 
 __all__ = [
+    "BackboneContract",
+    "DatasetReaderContract",
     "NUM_CLASSES",
     "SIZE",
     "CriterionContract",
