@@ -316,7 +316,7 @@ def validate(cfg: dict[str, Any]) -> None:
 
         cfg["plugins"] = get_host().check_plugins_section(cfg["plugins"])
     if m["checkpoint"] is None:
-        m["arch"] = m["arch"] or "resnet18"
+        m["arch"] = "resnet18" if m["arch"] is None else m["arch"]
         m["last_stride"] = 1 if m["last_stride"] is None else m["last_stride"]
     else:  # last: the checkpoint file is read only once the rest is known to be valid
         from autoprune.models.checkpoint import resolve_model_config

@@ -96,6 +96,17 @@ def test_checkpoint_gives_the_source_networks_features(tmp_path, fmt, arch, last
     assert torch.nn.functional.cosine_similarity(embedding, expected).min() > 0.9999
     assert model.classifier.out_features == 7
     assert read_checkpoint(path).format == fmt
+    assert read_checkpoint(path).normalisation_note() is None  # fast-reid's default pixel statistics: ImageNet's
+
+
+def test_fastreid_pixel_statistics_other_than_imagenets_are_noted(tmp_path):
+    src = tvm.resnet18(weights=None)
+    path = _fastreid_file(tmp_path / "model_final.pth", src)
+    blob = torch.load(path, weights_only=True)
+    blob["model"]["pixel_mean"] = torch.tensor([127.5, 127.5, 127.5]).view(1, 3, 1, 1)
+    torch.save(blob, path)
+    note = read_checkpoint(path).normalisation_note()
+    assert note is not None and "mean [127.5, 127.5, 127.5]" in note and "autoprune uses ImageNet's" in note
 
 
 def test_autoprune_model_file_comes_back_as_saved(tmp_path):
@@ -133,6 +144,15 @@ def test_arch_disagreeing_with_the_checkpoint_is_refused(tmp_path):
     with pytest.raises(UserError, match=r"model.arch is resnet34 but .*r18.pth holds a resnet18 \(basic blocks 2-2-2-2"):
         _cfg(path, "model.arch=resnet34")
     assert _cfg(path, "model.arch=resnet18")["model"]["arch"] == "resnet18"
+
+
+def test_arch_in_a_config_file_is_stated_but_a_presets_is_not(tmp_path):
+    path = _save_resnet18(tmp_path)
+    (tmp_path / "my.yaml").write_text(f"model: {{arch: resnet34, checkpoint: {json.dumps(str(path))}}}\n")
+    with pytest.raises(UserError, match="model.arch is resnet34 but"):
+        load_config(tmp_path / "my.yaml")
+    cfg = load_config(preset="demo", overrides=[f"model.checkpoint={path}"])  # the demo trains a resnet18, stride 2
+    assert (cfg["model"]["arch"], cfg["model"]["last_stride"]) == ("resnet18", 1)
 
 
 def test_two_networks_in_one_file_are_ambiguous(tmp_path):
@@ -196,6 +216,18 @@ def test_direct_transfer_without_a_source_is_refused_up_front(tmp_path, capsys):
     assert rc == 2
     assert "trial.scenario 'direct_transfer' prunes on the source domain, but data.source is null" in capsys.readouterr().err
     assert not (tmp_path / "synth").exists()  # refused before any data was read
+
+
+def test_a_retrained_checkpoint_under_the_same_name_is_another_study(tmp_path):
+    from autoprune.search.run import claim_run_dir, prepare_run_dir
+
+    path = _save_resnet18(tmp_path)
+    cfg = _cfg(path)
+    claim_run_dir(cfg, prepare_run_dir(cfg, tmp_path / "run"))
+    prepare_run_dir(cfg, tmp_path / "run")  # the same file: the same study, resumed
+    torch.save({"state_dict": {k: v + 1 for k, v in read_checkpoint(path).state.items()}}, path)
+    with pytest.raises(UserError, match="holds a search with another config"):
+        prepare_run_dir(_cfg(path), tmp_path / "run")
 
 
 def _readme_example() -> str:

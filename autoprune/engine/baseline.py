@@ -14,7 +14,7 @@ from autoprune.engine.evaluate import evaluate_domain
 from autoprune.engine.train import TrainSettings, fit
 from autoprune.errors import UserError
 from autoprune.models import ReIDNet, build_model, load_checkpoint_model
-from autoprune.models.checkpoint import checkpoint_record
+from autoprune.models.checkpoint import checkpoint_record, read_checkpoint
 from autoprune.pruning.serialize import load_pruned, save_pruned
 
 
@@ -38,6 +38,9 @@ def checkpoint_baseline(cfg: dict[str, Any], source: Domain | None, device: torc
     record = checkpoint_record(m)
     log(f"baseline: {m['arch']} from {record['format']} checkpoint {record['path']} (sha256 {record['sha256'][:12]}); "
         f"no source training")
+    note = read_checkpoint(m["checkpoint"]).normalisation_note()
+    if note:
+        log(note)
     model = load_checkpoint_model(m, source.num_classes if source is not None else 1)
     source_metrics = evaluate_domain(model, source.query, source.gallery, device) if source is not None else None
     return model, {"arch": m["arch"], "source": source.spec if source is not None else None,

@@ -29,6 +29,8 @@ _ANCHOR = "layer1.0.conv1.weight"  # every ResNet-family backbone has it, once p
 _DEPTHS = {("basic", (1, 1, 1, 1)): 10, ("basic", (2, 2, 2, 2)): 18, ("basic", (3, 4, 6, 3)): 34,
            ("bottleneck", (3, 4, 6, 3)): 50, ("bottleneck", (3, 4, 23, 3)): 101,
            ("bottleneck", (3, 8, 36, 3)): 152}
+_IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406])  # what autoprune.data.loading.normalize uses
+_IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225])
 # Wrapper keys that hold the state dict, outermost first, and the format each one means.
 _WRAPPERS = (("state_dict", "torchreid"), ("model", "fast-reid"), ("net", "state_dict"))
 
@@ -51,6 +53,19 @@ class Checkpoint:
         if self.meta is not None:
             return self.meta["arch"]["arch"], "recorded in the autoprune model file"
         return infer_arch(self.backbone())
+
+    def normalisation_note(self) -> str | None:
+        """fast-reid normalises inside the model (``pixel_mean``/``pixel_std``, on 0-255 pixels); autoprune feeds
+        ImageNet-normalised images, the same thing only with fast-reid's default statistics."""
+        mean, std = self.state.get("pixel_mean"), self.state.get("pixel_std")
+        if mean is None or std is None or mean.numel() != 3 or std.numel() != 3:
+            return None
+        mean, std = mean.flatten().float(), std.flatten().float()
+        if torch.allclose(mean, _IMAGENET_MEAN * 255, atol=0.5) and torch.allclose(std, _IMAGENET_STD * 255, atol=0.5):
+            return None
+        return (f"note: {self.path} was trained on pixels normalised with mean {mean.tolist()} and std {std.tolist()} "
+                f"(0-255); autoprune uses ImageNet's, so its features start off the trained ones until target "
+                f"fine-tuning adapts them")
 
     def last_stride(self) -> int | None:
         """Only an autoprune model file records it: a stride is not a weight."""
@@ -82,7 +97,8 @@ def read_state(path: Path) -> tuple[dict[str, torch.Tensor], str, dict[str, Any]
             meta = json.loads(blob["meta"])
         except ValueError:
             meta = None
-        if isinstance(meta, dict) and meta.get("format") == FORMAT and isinstance(meta.get("arch"), dict):
+        if (isinstance(meta, dict) and meta.get("format") == FORMAT and isinstance(meta.get("arch"), dict)
+                and isinstance(meta["arch"].get("arch"), str) and isinstance(meta.get("spec"), dict)):
             return blob["state_dict"], "autoprune", meta
     fmt = "state_dict"
     for key, name in _WRAPPERS:

@@ -36,6 +36,10 @@ IDENTITY = ("model", "data", "budget", "trial", "seed")
 
 def study_identity(cfg: dict[str, Any]) -> str:
     cfg = without_unset_late_keys(cfg)
+    if cfg["model"].get("checkpoint") is not None:  # its content, not its name: a retrained file is another study
+        from autoprune.models.checkpoint import read_checkpoint
+
+        cfg["model"]["checkpoint_sha256"] = read_checkpoint(cfg["model"]["checkpoint"]).sha256
     search = {k: v for k, v in cfg["search"].items()
               if k not in ("n_trials", "timeout", "final_epochs", "finalists", "ray")}
     parts = {**{k: cfg[k] for k in IDENTITY}, "search": search}
