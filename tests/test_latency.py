@@ -33,12 +33,14 @@ SIZE = (32, 16)
 
 
 def fake_seconds(module: nn.Module, shape: tuple[int, ...]) -> float:
-    """A deterministic clock: 1 us per leaf module called, plus 1 ns per conv multiply-add."""
+    """A deterministic clock: 1 us per leaf module called, 1 ns per conv multiply-add, 0.1 ns per input element
+    of any module (so pooling and ReLUs cost in proportion to their channels, as on a device)."""
     calls = [0]
-    macs = [0]
+    macs = [0.0]
 
     def hook(mod, inp, out):
         calls[0] += 1
+        macs[0] += 0.1 * inp[0].numel()
         if isinstance(mod, nn.Conv2d):
             k = mod.kernel_size[0] * mod.kernel_size[1]
             macs[0] += out.numel() * mod.in_channels // mod.groups * k

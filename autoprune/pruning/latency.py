@@ -1,12 +1,13 @@
 """Latency budgets: a per-layer latency table measured on the deployment device (NetAdapt's idea).
 
-A table holds, for every distinct convolution of the architecture (with its BatchNorm), the measured time
+A table holds, for every distinct convolution of the architecture (with its BatchNorm and ReLU, and for
+the parameter-free ops whose channels a group sets: max pooling, residual additions), the measured time
 of that layer alone on a coarse grid of its input and output widths, taken from the widths the budget
 projection can choose (multiples of ``round_to`` from ``min_keep`` up). Between grid points the time is
 interpolated bilinearly: a convolution's work is bilinear in (in, out) channels, so the grid only has to
-catch the device's departures from that. What the layers leave out (ReLU, residual additions, pooling,
-the framework's own overhead) is fitted once against end-to-end timings of whole models pruned uniformly
-to a few widths: ``model = scale * sum(layers) + offset``. Predictions are milliseconds per image at the
+catch the device's departures from that. What the layers leave out (fixed-width ops, the framework's
+per-call overhead) is fitted once against end-to-end timings of whole models pruned to a few uniform
+and random widths: ``model = scale * sum(layers) + offset``. Predictions are milliseconds per image at the
 table's batch size.
 
 Tables record what they were measured with (device, threads, runtime and its version, architecture, input,
@@ -119,17 +120,26 @@ class ConvSite:
     relu: bool = False            # and the BatchNorm by a ReLU
     in_group: str | None = None
     out_group: str | None = None
+    op: str = "conv"              # or "addrelu" (a ReLU after a residual addition), or "op" (pooling and the like)
+    module: str = ""              # the module an "op" site copies
 
     def shape_key(self) -> tuple:
-        return (self.cin, self.cout, self.kernel, self.stride, self.padding, self.dilation, self.groups,
-                self.in_hw, self.bn, self.relu, self.in_group is None, self.out_group is None)
+        return (self.op, self.module.rsplit(".", 1)[-1] if self.op == "op" else "", self.cin, self.cout,
+                self.kernel, self.stride, self.padding, self.dilation, self.groups, self.in_hw, self.bn, self.relu,
+                self.in_group is None, self.out_group is None)
 
 
 def conv_sites(graph: PruningGraph) -> list[ConvSite]:
     """Every Conv2d in forward order, with the prunable groups that set its input and output widths."""
     model = graph.model
     order: list[tuple[str, nn.Module, tuple[int, ...]]] = []
-    hooks = [m.register_forward_hook(lambda mod, inp, out, _n=n: order.append((_n, mod, tuple(inp[0].shape))))
+    ptrs: list[tuple[int, int]] = []  # input and output storage: which op reads which one's result
+
+    def record(name: str, mod: nn.Module, inp: tuple, out: Any) -> None:
+        order.append((name, mod, tuple(inp[0].shape)))
+        ptrs.append((inp[0].data_ptr(), out.data_ptr() if isinstance(out, torch.Tensor) else -1))
+
+    hooks = [m.register_forward_hook(lambda mod, inp, out, _n=n: record(_n, mod, inp, out))
              for n, m in model.named_modules() if len(list(m.children())) == 0]
     was = model.training
     model.eval()
@@ -145,17 +155,48 @@ def conv_sites(graph: PruningGraph) -> list[ConvSite]:
     for gname, g in graph.groups.items():
         owner_out.update({m: gname for m in g.out_modules})
         owner_in.update({m: gname for m in g.in_modules})
-    sites = []
+    sites: list[ConvSite] = []
+    used: set[int] = set()
     for i, (name, mod, shape) in enumerate(order):
         if not isinstance(mod, nn.Conv2d):
             continue
         nxt = order[i + 1][1] if i + 1 < len(order) else None
         bn = isinstance(nxt, nn.BatchNorm2d) and nxt.num_features == mod.out_channels
-        relu = bn and i + 2 < len(order) and isinstance(order[i + 2][1], nn.ReLU)
+        # the ReLU belongs to the unit when it reads the BatchNorm's result (not a residual sum elsewhere)
+        relu = bn and i + 2 < len(order) and isinstance(order[i + 2][1], nn.ReLU) and ptrs[i + 2][0] == ptrs[i + 1][1]
+        used.update(range(i, i + 1 + bn + relu))
         sites.append(ConvSite(name, mod.in_channels, mod.out_channels, _pair(mod.kernel_size), _pair(mod.stride),
                               _pair(mod.padding), _pair(mod.dilation), mod.groups, (shape[2], shape[3]), bn, relu,
                               owner_in.get(name), owner_out.get(name)))
-    return sites
+    return sites + _op_sites(order, used, sites)
+
+
+def _op_sites(order: list[tuple[str, nn.Module, tuple[int, ...]]], used: set[int],
+              convs: list[ConvSite]) -> list[ConvSite]:
+    """Parameter-free ops outside the conv units (max pooling, the ReLU after a residual addition) whose
+    channels are a prunable group's: their time follows that group's width too."""
+    by_name = {c.name: c for c in convs}
+    out = []
+    last: dict[int, ConvSite] = {}   # channels -> the latest conv producing that many
+    for i, (name, mod, shape) in enumerate(order):
+        if name in by_name:
+            last[by_name[name].cout] = by_name[name]
+        if i in used or len(shape) != 4 or any(True for _ in mod.parameters()):
+            continue
+        src = last.get(shape[1])
+        if src is None or src.out_group is None:
+            continue  # fixed width: part of the fitted offset
+        op = "addrelu" if isinstance(mod, nn.ReLU) else "op"
+        out.append(ConvSite(f"{name}@{i}", shape[1], shape[1], (1, 1), (1, 1), (0, 0), (1, 1), 1,
+                            (shape[2], shape[3]), False, False, None, src.out_group, op, name))
+    return out
+
+
+class _AddReLU(nn.Module):
+    """A residual addition and its ReLU (the addition is functional, so no module of the model shows it)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu_(x + x)
 
 
 def _pair(v: Any) -> tuple[int, int]:
@@ -341,7 +382,11 @@ def median_ms(times: list[float]) -> float:
 
 
 # -- building a table ------------------------------------------------------------------------------
-def _unit(site: ConvSite, cin: int, cout: int) -> nn.Module:
+def _unit(site: ConvSite, cin: int, cout: int, model: nn.Module) -> nn.Module:
+    if site.op == "addrelu":
+        return _AddReLU()
+    if site.op == "op":
+        return copy.deepcopy(model.get_submodule(site.module))
     g = site.groups if cin % site.groups == 0 and cout % site.groups == 0 else 1  # grouped convs keep their groups
     conv = nn.Conv2d(cin, cout, site.kernel, site.stride, site.padding, site.dilation, groups=g, bias=False)
     if not site.bn:
@@ -380,7 +425,7 @@ def profile(model: nn.Module, key: TableKey, measure: Measure, points: int = 6, 
     bar = tqdm(total=total, desc="latency profile", unit="pt", disable=not progress, leave=False)
     b = key.batch
     for site, kind in kinds:
-        kind.ms = [[median_ms(measure(_unit(site, ci, co), (b, ci, *site.in_hw)))
+        kind.ms = [[median_ms(measure(_unit(site, ci, co, model), (b, ci if site.op == "conv" else co, *site.in_hw)))
                     for co in kind.cout if not bar.update(1)] for ci in kind.cin]
     for _, kind in kinds:
         kind.ms = monotone(kind.ms)
