@@ -144,9 +144,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     set_threads(cfg["train"]["threads"])
     device = resolve_device(cfg["train"]["device"])
     source = build_domain(cfg["data"]["source"], cfg)
-    target = build_domain(cfg["data"]["target"], cfg)
+    target = build_domain(cfg["data"]["target"], cfg, role="target")
     model, info = get_baseline(cfg, source, device, progress=not args.quiet and sys.stderr.isatty())
-    tgt = evaluate_domain(model, target.query, target.gallery, device)
+    tgt = evaluate_domain(model, target.query, target.gallery, device, precision=cfg["train"]["precision"])
+    tgt = {k: v for k, v in tgt.items() if k not in ("hits", "aps")}
     save_pruned(model, out / "baseline.pt")
     report = {"arch": cfg["model"]["arch"], "source": info["source_metrics"], "target_direct_transfer": tgt,
               "checkpoint": "baseline.pt"}

@@ -28,17 +28,19 @@ DEFAULTS: dict[str, Any] = {
              "num_instances": 4, "workers": 0, "random_erasing": 0.0, "check_images": True,
              "val_fraction": 0.2,
              "synth": {"num_train_ids": 100, "num_test_ids": 100, "images_per_id_per_cam": 2,
-                       "num_distractors": 50, "seed": 0}},
+                       "num_distractors": 50, "seed": 0, "target_num_train_ids": None,
+                       "target_num_test_ids": None}},
     "train": {"epochs": 12, "optimizer": "adam", "lr": 3.5e-4, "weight_decay": 5e-4, "momentum": 0.9,
               "warmup_epochs": 1, "schedule": "cosine", "milestones": [], "gamma": 0.1,
               "label_smoothing": 0.1, "triplet_weight": 1.0, "margin": 0.3, "center_weight": 0.0,
-              "device": "auto", "threads": 0, "amp": True, "channels_last": True,
+              "device": "auto", "threads": 0, "amp": True, "channels_last": True, "precision": "auto",
               "max_batches_per_epoch": 0},
     "budget": {"macs_ratio": None, "gmacs": None, "round_to": 8, "min_keep": 0.1, "max_keep": 1.0,
                "latency_ms": None, "latency_batch": 1, "latency_table": None},
     "search": {"backend": "optuna", "sampler": "tpe", "n_trials": 20, "space": "groupwise",
                "storage": None, "study_name": None, "objectives": "rank1", "pruner": "median",
-               "warm_start": [], "final_epochs": 0, "finalists": 2, "timeout": None,
+               "warm_start": [], "warm_start_global": False, "objective": "rank1", "final_epochs": 0,
+               "finalists": 2, "finalists_se": 0.0, "reduction_factor": 2, "timeout": None,
                "screening": {"enabled": False, "batches": 8, "keep_fraction": 0.5, "candidates": 4},
                "ray": {"address": None, "cpus_per_trial": 1, "gpus_per_trial": 0.0,
                        "max_concurrent": 2}},
@@ -67,15 +69,19 @@ TYPES: dict[str, tuple[type, ...]] = {
     "search.study_name": (str, type(None)),
     "search.timeout": (float, type(None)),
     "search.ray.address": (str, type(None)),
+    "data.synth.target_num_train_ids": (int, type(None)),
+    "data.synth.target_num_test_ids": (int, type(None)),
 }
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.pooling": ("avg", "gem"),
     "train.optimizer": ("adam", "sgd"),
     "train.schedule": ("cosine", "step", "constant"),
+    "train.precision": ("auto", "bf16", "fp32"),
     "search.backend": ("optuna", "ray"),
     "search.sampler": ("tpe", "random", "cmaes", "gp", "nsga2"),
     "search.objectives": ("rank1", "rank1+macs"),
-    "search.pruner": ("median", "hyperband", "none"),
+    "search.pruner": ("median", "hyperband", "successive_halving", "none"),
+    "search.objective": ("rank1", "mAP", "mix"),
 }
 RANGES: dict[str, tuple[float, float]] = {
     "budget.macs_ratio": (0.0, 1.0),
@@ -83,10 +89,11 @@ RANGES: dict[str, tuple[float, float]] = {
     "budget.max_keep": (0.0, 1.0),
     "search.screening.keep_fraction": (0.0, 1.0),
 }
-POSITIVE = ("budget.latency_ms", "budget.latency_batch", "data.batch_size", "data.num_instances", "search.n_trials",
+POSITIVE = ("data.synth.target_num_train_ids", "data.synth.target_num_test_ids",
+            "budget.latency_ms", "budget.latency_batch", "data.batch_size", "data.num_instances", "search.n_trials",
             "search.finalists", "budget.round_to",
             "train.lr", "trial.lr")
-NON_NEGATIVE = ("train.epochs", "trial.finetune_epochs", "train.warmup_epochs", "data.workers",
+NON_NEGATIVE = ("search.finalists_se", "train.epochs", "trial.finetune_epochs", "train.warmup_epochs", "data.workers",
                 "trial.criterion_batches", "search.final_epochs", "train.max_batches_per_epoch")
 MAX_SEED = 2**32 - 1  # seeds NumPy (and so Optuna's samplers) accept
 
@@ -294,6 +301,9 @@ def validate(cfg: dict[str, Any]) -> None:
     if not 0 <= cfg["data"]["val_fraction"] < 0.9:
         raise UserError(f"data.val_fraction must be in [0, 0.9), got {cfg['data']['val_fraction']}; "
                         f"0 searches on the test split itself")
+    if cfg["search"]["reduction_factor"] < 2:
+        raise UserError(f"search.reduction_factor must be an integer >= 2 (each rung keeps 1 in that many trials), "
+                        f"got {cfg['search']['reduction_factor']}")
     if b["gmacs"] is not None and b["gmacs"] <= 0:
         raise UserError(f"budget.gmacs must be > 0 GMACs, got {b['gmacs']}")
     if cfg["data"]["batch_size"] % cfg["data"]["num_instances"]:

@@ -74,12 +74,15 @@ class _Accumulator:
     def __init__(self, max_rank: int) -> None:
         self.pdf = np.zeros(max_rank)  # pdf[k]: (fraction of) valid queries whose first match is at rank k
         self.aps: list[float] = []
+        self.firsts: list[int] = []  # first-match rank per valid query (single-shot adds only)
 
     def add(self, first: int | np.ndarray, ap: float, weight: float = 1.0) -> None:
         firsts = np.atleast_1d(first)
         firsts = firsts[firsts < len(self.pdf)]
         np.add.at(self.pdf, firsts, weight)
         self.aps.append(ap)
+        if np.ndim(first) == 0:
+            self.firsts.append(int(first))
 
     def result(self) -> tuple[np.ndarray, float]:
         if not self.aps:
@@ -223,14 +226,17 @@ def _rank_rows(dist: np.ndarray, q_pids: np.ndarray, q_camids: np.ndarray, group
 
 @torch.no_grad()
 def evaluate_features(qf: torch.Tensor, gf: torch.Tensor, q_pids: Any, g_pids: Any, q_camids: Any, g_camids: Any,
-                      metric: str = "cosine", max_rank: int = 50, chunk_size: int = 4096) -> dict[str, float]:
+                      metric: str = "cosine", max_rank: int = 50, chunk_size: int = 4096,
+                      per_query: bool = False) -> dict[str, Any]:
     """rank1/rank5/rank10/mAP (python floats in [0, 1]) of query vs gallery features, Market-1501 protocol.
 
     Distances are computed ``chunk_size`` queries at a time and ranked at once, so memory stays at one
     (chunk x num_gallery) float32 block: a 20k x 20k evaluation never holds the full matrix. Equal to
     ``evaluate_rank(pairwise_distance(qf, gf, metric, chunk_size), ...)``. ``max_rank`` bounds the CMC
     computed internally (at least 10, at most the gallery size). Rows are ranked on CPU threads (numpy
-    releases the GIL in the comparisons); results do not depend on the thread count.
+    releases the GIL in the comparisons); results do not depend on the thread count. ``per_query`` adds
+    ``hits`` (rank-1 hit, 0/1 per valid query, in query order) and ``aps`` (numpy arrays): what a paired
+    comparison of two models on the same queries needs.
     """
     qf, gf = _prepare(qf, gf, metric)
     q_pids, g_pids, q_camids, g_camids = map(_labels, (q_pids, g_pids, q_camids, g_camids))
@@ -257,7 +263,11 @@ def evaluate_features(qf: torch.Tensor, gf: torch.Tensor, q_pids: Any, g_pids: A
                 acc.add(first, ap)
             del dist  # free this chunk before the next one is computed
     cmc, mAP = acc.result()
-    return {**ranks_at(cmc), "mAP": mAP}
+    out: dict[str, Any] = {**ranks_at(cmc), "mAP": mAP}
+    if per_query:
+        out["hits"] = (np.asarray(acc.firsts) == 0).astype(np.int8)
+        out["aps"] = np.asarray(acc.aps, dtype=np.float32)
+    return out
 
 
 def _reciprocal(ranks: np.ndarray, k: int) -> list[np.ndarray]:

@@ -36,20 +36,35 @@ ROOT = Path(__file__).resolve().parent
 # Both scales use 96x48 inputs: at 64x32 ResNet-18 barely learns the synthetic target in a few epochs
 # (unpruned rank-1 0.05, so every table was noise), and 128x64 (the demo's) makes `make bench` ~1.8x
 # longer than its 2-hour allowance on 2 cores.
+# The target of the full scale resolves 2 points: 1,500 test queries (standard error of a rank-1 near 0.4:
+# sqrt(0.4 * 0.6 / 1500) = 1.3 points for one model, less for a paired difference) and 150 validation
+# identities (about 500 validation queries) to rank policies on; the source and the 100 fine-tuning
+# identities stay the size they were, so a trial costs what it did apart from evaluation.
+TARGET_2PT = ["data.synth.target_num_test_ids=1500", "data.synth.target_num_train_ids=250", "data.val_fraction=0.6"]
+# The search: multi-fidelity (successive halving over the trials' epochs, decided on validation), warm-started
+# with the uniform and the global-ranking policies (both kept in the final round), a final round of the
+# trials within 2 standard errors of the best on validation.
+SEARCH = ["search.pruner=successive_halving", "search.warm_start_global=true", "search.finalists_se=2",
+          "search.finalists=3"]
 SCALES: dict[str, dict[str, Any]] = {
     "quick": {"overrides": ["model.input_size=[96, 48]", "train.epochs=12", "trial.finetune_epochs=2",
                             "search.final_epochs=4"],
               "n_trials": 6, "seeds": [0, 1], "budgets": [0.5, 0.3, 0.15], "random_policies": 12,
               "criteria": ["l1", "taylor", "random"], "scenarios": ["prune_then_finetune", "finetune_then_prune"]},
     "full": {"overrides": ["model.input_size=[96, 48]", "train.epochs=12", "trial.finetune_epochs=4",
-                           "search.final_epochs=8"],
+                           "search.final_epochs=8", *TARGET_2PT, *SEARCH],
              "n_trials": 20, "seeds": [0, 1, 2], "budgets": [0.5, 0.3, 0.15], "random_policies": 24,
+             "global_from_search": True,
              "criteria": ["l1", "l2", "fpgm", "bn_scale", "taylor", "random"],
              "scenarios": ["prune_then_finetune", "finetune_then_prune", "direct_transfer"]},
 }
 # What the unpruned reference of a run (its baseline.json) depends on; runs that agree on these share it.
 BASELINE_KEYS = ("model", "data", "train", "seed")
 BASELINE_TRIAL_KEYS = ("scenario", "finetune_epochs", "lr")
+
+
+class NotCached(Exception):
+    """A cell that ``--cached-only`` would have had to run."""
 
 
 class Suite:
@@ -65,6 +80,7 @@ class Suite:
         self.started = time.perf_counter()
         self.cells_done = 0
         self.cells_seen: set[str] = set()
+        self.cached_only = False  # --cached-only: write the tables from finished cells, run nothing
         s = self.s
         # t2 (searched + global per budget and seed), t3, t4 (2), t5 screened searches, t6 random searches
         self.cells_total = (2 * len(s["budgets"]) * len(s["seeds"]) + len(s["criteria"]) * len(s["scenarios"]) + 2
@@ -99,6 +115,8 @@ class Suite:
             if len(finished) >= cfg["search"]["n_trials"]:
                 self.log(f"cell {label}: cached")
                 return report
+        if self.cached_only:
+            raise NotCached(name)
         self._share_baseline(cfg, out)
         self.log(f"cell {label}: running {cfg['search']['n_trials']} trial(s)")
         report = run_search(cfg, out, progress=False,
@@ -151,24 +169,176 @@ def mean_sd(xs: list[float]) -> str:
     return f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs):.3f}"
 
 
-def t2_search_vs_uniform(suite: Suite) -> dict[str, Any]:
+def t2_search_vs_uniform(suite: Suite, budgets: list[float] | None = None,
+                         seeds: list[int] | None = None) -> dict[Any, Any]:
+    """Searched vs uniform vs global per (budget, seed), with the per-query test hits of each model.
+
+    The global ranking comes from its own cell (the ``global`` strategy, one trial and the same final
+    fine-tune); with ``global_from_search`` in the scale, from the search's global-ranking warm start, which
+    gets the same final fine-tune in the search's final round.
+    """
     rows = {}
-    for budget in suite.s["budgets"]:
-        for seed in suite.s["seeds"]:
+    for budget in budgets or suite.s["budgets"]:
+        for seed in seeds or suite.s["seeds"]:
             tag = f"b{int(budget * 100)}_s{seed}"
-            searched = suite.cell(f"t2_search_{tag}", [f"budget.macs_ratio={budget}", f"seed={seed}",
-                                                       f"search.n_trials={suite.s['n_trials']}"])
-            glob = suite.cell(f"t2_global_{tag}", [f"budget.macs_ratio={budget}", f"seed={seed}", "search.n_trials=1",
-                                                   "search.space=uniform", "trial.strategy=global"])
+            try:
+                searched = suite.cell(f"t2_search_{tag}", [f"budget.macs_ratio={budget}", f"seed={seed}",
+                                                           f"search.n_trials={suite.s['n_trials']}"])
+            except NotCached:
+                suite.log(f"cell t2_search_{tag}: not finished, left out (--cached-only)")
+                continue
+            uniform = searched["uniform"] or {}
+            trial_hits = {t["number"]: t.get("hits") for t in searched["trials"]}
+            if suite.s.get("global_from_search"):
+                g = searched.get("global") or {}
+                glob_rank1 = (g.get("final_target") or g.get("target") or {}).get("rank1")
+                glob_hits = g.get("final_hits") or trial_hits.get(g.get("trial"))
+            else:
+                glob = suite.cell(f"t2_global_{tag}", [f"budget.macs_ratio={budget}", f"seed={seed}",
+                                                       "search.n_trials=1", "search.space=uniform",
+                                                       "trial.strategy=global"])
+                glob_rank1 = glob["best"]["target"]["rank1"] if glob["best"] else None
+                glob_hits = glob["best"].get("hits") if glob["best"] else None
             rows[(budget, seed)] = {"searched": searched["best"]["target"]["rank1"],
                                     # what the search alone picked (best on validation after the trials' epochs)
-                                    "top_trial": searched["finalists"][0]["target"]["rank1"],
+                                    "top_trial": (searched.get("finalists") or [searched["best"]])[0]["target"]["rank1"],
                                     # the same final fine-tune as the searched best, when there is one
-                                    "uniform": (searched["uniform"].get("final_target")
-                                                or searched["uniform"]["target"])["rank1"],
-                                    "global": glob["best"]["target"]["rank1"] if glob["best"] else None,
+                                    "uniform": (uniform.get("final_target") or uniform["target"])["rank1"],
+                                    "global": glob_rank1,
+                                    "hits": {"searched": searched["best"].get("hits"),
+                                             "uniform": uniform.get("final_hits") or trial_hits.get(uniform.get("trial")),
+                                             "global": glob_hits},
                                     "report": searched}
     return rows
+
+
+def paired_diff(a: list[str | None], b: list[str | None], n_boot: int = 4000, seed: int = 0) -> dict[str, Any] | None:
+    """Mean of a - b (fractions) over the queries and seeds, with a 95% bootstrap interval.
+
+    ``a[i]``/``b[i]``: seed i's per-query rank-1 hits ("0"/"1" strings, the same queries in the same order)
+    of the two models. Each bootstrap sample redraws the seeds and, within them, the queries (the same
+    query indices for every drawn seed: the test split is shared), so the interval covers both the
+    query sampling and the seed-to-seed (training) variation. None when a vector is missing.
+    """
+    import numpy as np
+
+    pairs = [(x, y) for x, y in zip(a, b) if x and y]
+    if not pairs or len(pairs) < len(a) or len({len(x) for x, y in pairs} | {len(y) for x, y in pairs}) != 1:
+        return None
+    d = np.array([[int(c) for c in x] for x, _ in pairs], dtype=np.float64) - \
+        np.array([[int(c) for c in y] for _, y in pairs], dtype=np.float64)  # seeds x queries
+    rng = np.random.default_rng(seed)
+    n_seeds, n_q = d.shape
+    means = np.empty(n_boot)
+    for i in range(n_boot):
+        rows = rng.integers(0, n_seeds, n_seeds) if n_seeds > 1 else np.zeros(1, dtype=int)
+        cols = rng.integers(0, n_q, n_q)
+        means[i] = d[np.ix_(rows, cols)].mean()
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return {"mean": float(d.mean()), "ci95": [float(lo), float(hi)], "queries": n_q, "seeds": n_seeds}
+
+
+def search_taus(report: dict[str, Any]) -> dict[str, float | None]:
+    """Kendall tau between each candidate validation objective and test rank-1 over a search's complete trials."""
+    from scipy.stats import kendalltau
+
+    from autoprune.search.records import OBJECTIVES, score
+
+    done = [t for t in report["trials"] if t["state"] == "COMPLETE" and t.get("target") and t.get("target_val")]
+    out: dict[str, float | None] = {"n": len(done)}
+    for kind in OBJECTIVES:
+        tau = kendalltau([score(t["target_val"], kind) for t in done], [t["target"]["rank1"] for t in done])
+        out[kind] = None if len(done) < 3 or tau.statistic != tau.statistic else float(tau.statistic)
+    return out
+
+
+def t2_summary(suite: Suite, t2: dict[Any, Any]) -> dict[str, Any]:
+    """Table 2 as data: per budget the three rank-1 means, the paired searched - uniform difference and
+    its interval, the taus; the scale's query counts and standard error."""
+    budgets = sorted({b for b, _ in t2}, reverse=True)
+    rows = []
+    for budget in budgets:
+        cells = [(seed, t2[(b, seed)]) for b, seed in sorted(t2) if b == budget]
+        mean = lambda key: statistics.mean(r[key] for _, r in cells if r[key] is not None) \
+            if any(r[key] is not None for _, r in cells) else None  # noqa: E731
+        diff = paired_diff([r["hits"]["searched"] for _, r in cells], [r["hits"]["uniform"] for _, r in cells])
+        diff_g = paired_diff([r["hits"]["searched"] for _, r in cells], [r["hits"]["global"] for _, r in cells])
+        rep = cells[0][1]["report"]
+        rows.append({"macs_ratio": budget, "seeds": [seed for seed, _ in cells],
+                     "achieved_macs_ratio": statistics.mean(r["report"]["best"]["macs_ratio"] for _, r in cells),
+                     "searched_rank1": mean("searched"), "uniform_rank1": mean("uniform"),
+                     "global_rank1": mean("global"), "top_trial_rank1": mean("top_trial"),
+                     "per_seed": [{"seed": seed, "searched": r["searched"], "uniform": r["uniform"], "global": r["global"],
+                                   "chosen_trial": r["report"]["best"]["trial"],
+                                   "uniform_trial": (r["report"]["uniform"] or {}).get("trial"),
+                                   "global_trial": (r["report"].get("global") or {}).get("trial"),
+                                   "trials": len(r["report"]["trials"]),
+                                   "complete": sum(t["state"] == "COMPLETE" for t in r["report"]["trials"]),
+                                   "search_seconds": trial_seconds(r["report"]),
+                                   "tau": search_taus(r["report"])} for seed, r in cells],
+                     "diff": diff["mean"] if diff else None, "diff_ci95": diff["ci95"] if diff else None,
+                     "diff_global": diff_g["mean"] if diff_g else None,
+                     "diff_global_ci95": diff_g["ci95"] if diff_g else None,
+                     "uniform_trial_epochs": rep["config"]["finetune_epochs"]})
+    any_hits = next((r["hits"]["uniform"] for r in t2.values() if r["hits"]["uniform"]), None)
+    any_val = next((f.get("val_hits") for r in t2.values() for f in r["report"].get("finalists", [])
+                    if f.get("val_hits")), None)
+    n_q = len(any_hits) if any_hits else None
+    p = statistics.mean(r["uniform"] for r in t2.values())
+    return {"scale": {"target_test_queries": n_q, "target_val_queries": len(any_val) if any_val else None,
+                      "rank1_standard_error": (p * (1 - p) / n_q) ** 0.5 if n_q else None,
+                      "at_rank1": p, "n_trials": suite.s["n_trials"], "overrides": suite.s["overrides"] + suite.extra},
+            "table2": rows}
+
+
+def t2_markdown(summary: dict[str, Any]) -> list[str]:
+    """Table 2 with the paired difference and its interval, and the validation/test taus."""
+    sc = summary["scale"]
+    lines = [f"Target test split: {sc['target_test_queries']} queries (standard error of one model's rank-1 near "
+             f"{sc['at_rank1']:.2f}: {100 * (sc['rank1_standard_error'] or 0):.1f} points); validation: "
+             f"{sc['target_val_queries']} queries. *searched - uniform*: paired on the same test queries and "
+             f"seeds, mean and 95% bootstrap interval over queries and seeds.", "",
+             "| MACs budget | seeds | searched | top trial | uniform (paper) | global ranking | searched - uniform (points, 95% CI) | searched - global |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    ci = lambda m, c: "-" if m is None else f"{100 * m:+.1f} [{100 * c[0]:+.1f}, {100 * c[1]:+.1f}]"  # noqa: E731
+    for r in summary["table2"]:
+        lines.append(f"| {r['macs_ratio']:.0%} | {len(r['seeds'])} | {f(r['searched_rank1'])} | {f(r['top_trial_rank1'])} | "
+                     f"{f(r['uniform_rank1'])} | {f(r['global_rank1'])} | {ci(r['diff'], r['diff_ci95'])} | "
+                     f"{ci(r['diff_global'], r['diff_global_ci95'])} |")
+    lines += ["", "Per search: trials (complete), the final choice, and Kendall tau between the validation objective "
+              "(rank-1 / mAP / mix) and test rank-1 over its complete trials:", "",
+              "| budget | seed | searched | uniform | global | trials (complete) | chosen trial | tau rank-1 | tau mAP | tau mix |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    t = lambda v: "-" if v is None else f"{v:+.2f}"  # noqa: E731
+    for r in summary["table2"]:
+        for p in r["per_seed"]:
+            lines.append(f"| {r['macs_ratio']:.0%} | {p['seed']} | {f(p['searched'])} | {f(p['uniform'])} | "
+                         f"{f(p['global'])} | {p['trials']} ({p['complete']}) | {p['chosen_trial']} | "
+                         f"{t(p['tau']['rank1'])} | {t(p['tau']['mAP'])} | {t(p['tau']['mix'])} |")
+    return lines
+
+
+def write_json_results(suite: Suite, t2: dict[Any, Any], command: str, full: bool) -> dict[str, Any]:
+    """benchmarks/results_<tag>.json: table 2 as data, the command and the wall time of this run."""
+    path = ROOT / f"results_{suite.tag}.json"
+    out = t2_summary(suite, t2)
+    out.update(command=command, seconds_total=time.perf_counter() - suite.started, complete_suite=full,
+               cells_computed=suite.cells_done, date=date.today().isoformat())
+    path.write_text(json.dumps(out, indent=1))
+    return out
+
+
+def table2_only(suite: Suite, budgets: list[float] | None, seeds: list[int] | None, command: str) -> int:
+    """``--table 2 [--budget B] [--seed S]``: those cells only, then results_<tag>_t2.md/.json from them."""
+    t2 = t2_search_vs_uniform(suite, budgets, seeds)
+    out = write_json_results(suite, t2, command, full=False)
+    lines = [f"## Table 2 only, scale `{suite.tag}`", "", f"Command: `{command}`  ",
+             f"Wall time of this run: {out['seconds_total']:.0f} s ({out['cells_computed']} cells computed, the rest "
+             f"read from the cache); {suite.s['n_trials']} trials per search.", "", *t2_markdown(out), ""]
+    (ROOT / f"results_{suite.tag}_t2.md").write_text("\n".join(lines))
+    suite.log(f"wrote benchmarks/results_{suite.tag}_t2.md and results_{suite.tag}.json")
+    return 0
 
 
 def t1_unpruned_equal_epochs(suite: Suite) -> dict[int, float]:
@@ -352,7 +522,7 @@ def write_results(suite: Suite, t1, t2, t3, t4, t5, t6, t7, t8, command: str) ->
                      f"{mean_sd([r['uniform'] for r in rows])} | "
                      f"{mean_sd([r['global'] for r in rows])} | {statistics.mean(diff):+.1f} (per seed: "
                      f"{', '.join(f'{d:+.1f}' for d in diff)}) |")
-    lines += ["", f"![search vs uniform](plots/t2_{suite.tag}.png)", "",
+    lines += ["", *t2_markdown(t2_summary(suite, t2)), "", f"![search vs uniform](plots/t2_{suite.tag}.png)", "",
               "### 3. Criteria x scenarios at 50% MACs (uniform policy, seed 0)", "",
               "| criterion | " + " | ".join(s["scenarios"]) + " |", "| --- |" + " --- |" * len(s["scenarios"])]
     for c in s["criteria"]:
@@ -448,11 +618,30 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--quick", action="store_true")
     group.add_argument("--full", action="store_true")
     parser.add_argument("--set", dest="extra", action="append", default=[], help="extra config overrides")
+    parser.add_argument("--table", type=int, choices=[2], help="run only this table (its cells resume from the cache)")
+    parser.add_argument("--budget", type=float, action="append", help="with --table 2: only this MACs budget")
+    parser.add_argument("--seed", type=int, action="append", help="with --table 2: only this seed")
+    # A reduced run: these change no cell's identity, so the full run later continues the same cells.
+    parser.add_argument("--trials", type=int, help="trials per search (default: the scale's)")
+    parser.add_argument("--final-epochs", type=int, help="final-round epochs (default: the scale's)")
+    parser.add_argument("--finalists", type=int, help="most top trials in the final round (default: the scale's)")
+    parser.add_argument("--threads", type=int, help="CPU threads per process (train.threads)")
+    parser.add_argument("--cached-only", action="store_true",
+                        help="with --table 2: tables from the finished cells only (e.g. while other processes run)")
     args = parser.parse_args(argv)
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     suite = Suite("quick" if args.quick else "full", args.extra)
+    if args.trials:
+        suite.s = {**suite.s, "n_trials": args.trials}
+    for flag, key in ((args.final_epochs, "search.final_epochs"), (args.finalists, "search.finalists"),
+                      (args.threads, "train.threads")):
+        if flag is not None:
+            suite.s = {**suite.s, "overrides": [*suite.s["overrides"], f"{key}={flag}"]}
+    suite.cached_only = args.cached_only
+    if args.table == 2:
+        return table2_only(suite, args.budget, args.seed, command=" ".join(["python -m benchmarks.suite", *(argv or sys.argv[1:])]))
     t2 = t2_search_vs_uniform(suite)
     t1 = t1_unpruned_equal_epochs(suite)
     plot_t2(suite, t1, t2)
@@ -466,6 +655,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "make bench-quick" if args.quick else "make bench"
     section = write_results(suite, t1, t2, t3, t4, t5, t6, t7, t8, command)
     (ROOT / f"results_{suite.tag}.md").write_text(section)
+    write_json_results(suite, t2, command, full=True)
     suite.log(f"wrote benchmarks/results_{suite.tag}.md; {suite.cells_done} cells computed this time")
     return 0
 

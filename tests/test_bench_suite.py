@@ -50,3 +50,21 @@ def test_suite_writes_every_table_and_resumes_from_its_cache(tmp_path, monkeypat
         suite.main(["--quick"])
     third = capsys.readouterr().out
     assert "computed with another config" in third
+
+
+def test_paired_difference_and_its_interval_over_queries_and_seeds():
+    same = ["1010" * 50, "1100" * 50]
+    d = suite.paired_diff(same, same)
+    assert d["mean"] == 0 and d["ci95"] == [0.0, 0.0] and d["queries"] == 200 and d["seeds"] == 2
+    better = ["1110" * 50, "1101" * 50]  # +1 query in 4, on both seeds
+    d = suite.paired_diff(better, same)
+    assert d["mean"] == pytest.approx(0.25) and 0 < d["ci95"][0] < 0.25 < d["ci95"][1] < 0.5
+    assert suite.paired_diff(better, [same[0], None]) is None  # a seed without hits: no paired figure
+    assert suite.paired_diff(["11"], ["101"]) is None  # not the same queries
+
+
+def test_taus_compare_each_validation_objective_with_test_rank1():
+    trials = [{"state": "COMPLETE", "target": {"rank1": r}, "target_val": {"rank1": v, "mAP": m}}
+              for r, v, m in [(0.1, 0.3, 0.4), (0.2, 0.2, 0.5), (0.3, 0.1, 0.6)]]
+    taus = suite.search_taus({"trials": trials + [{"state": "PRUNED", "target": None, "target_val": None}]})
+    assert taus["n"] == 3 and taus["rank1"] == pytest.approx(-1) and taus["mAP"] == pytest.approx(1)

@@ -97,3 +97,25 @@ def test_fuzzed_overrides_give_user_errors_only(key, raw):
         load_config(preset="smoke", overrides=[f"{key}={raw}"])
     except UserError:
         pass
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.precision=fp16", "choose one of: auto, bf16, fp32"),
+    ("search.objective=rank5", "choose one of: rank1, mAP, mix"),
+    ("search.pruner=asha", "successive_halving"),
+    ("search.reduction_factor=1", "search.reduction_factor must be an integer >= 2"),
+    ("search.finalists_se=-1", "search.finalists_se"),
+    ("data.synth.target_num_test_ids=0", "data.synth.target_num_test_ids"),
+])
+def test_new_search_and_precision_keys_are_validated(override, message):
+    with pytest.raises(UserError, match=message):
+        load_config(overrides=[override])
+
+
+def test_target_only_synth_sizes_leave_the_source_alone():
+    from autoprune.data.domain import source_synth, target_synth
+
+    cfg = load_config(overrides=["data.synth.target_num_test_ids=1500"])
+    synth = cfg["data"]["synth"]
+    assert target_synth(synth)["num_test_ids"] == 1500 and target_synth(synth)["num_train_ids"] == 100
+    assert source_synth(synth)["num_test_ids"] == 100 and "target_num_test_ids" not in source_synth(synth)

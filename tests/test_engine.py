@@ -147,3 +147,54 @@ def test_interrupted_baseline_training_resumes(tmp_path, monkeypatch):
     assert any("resuming resnet10 training at epoch 3/3" in line for line in lines)
     assert [h["epoch"] for h in info["history"]] == [1, 2, 3]
     assert not baseline_mod.baseline_path(cfg).with_suffix(".partial.pt").exists()
+
+
+def test_precision_resolves_per_device_and_refuses_bf16_without_cpu_support(monkeypatch):
+    import pytest
+
+    from autoprune.engine import device as dev
+    from autoprune.errors import UserError
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert dev.autocast_dtype(cpu, "fp32") is None and dev.autocast_dtype(cuda, "fp32") is None
+    assert dev.autocast_dtype(cuda, "auto", amp=True) == torch.float16  # CUDA keeps its float16 AMP
+    assert dev.autocast_dtype(cuda, "auto", amp=False) is None
+    assert dev.autocast_dtype(cuda, "bf16") == torch.bfloat16
+    monkeypatch.setattr(dev, "cpu_supports_bf16", lambda: True)
+    assert dev.autocast_dtype(cpu, "auto") == torch.bfloat16
+    monkeypatch.setattr(dev, "cpu_supports_bf16", lambda: False)
+    assert dev.autocast_dtype(cpu, "auto") is None  # float32 where bfloat16 would be emulated
+    with pytest.raises(UserError, match="train.precision is bf16"):
+        dev.autocast_dtype(cpu, "bf16")
+
+
+def test_bf16_training_and_features_match_float32_closely(tmp_path, monkeypatch):
+    import pytest
+
+    from autoprune.engine import device as dev
+    from autoprune.engine.evaluate import extract_features
+
+    if not dev.cpu_supports_bf16():
+        pytest.skip("this CPU has no native bfloat16")
+    store = _store(tmp_path)
+    out = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        model = build_model("resnet10", 4)
+        hist = fit(model, store, TrainSettings(epochs=3, batch_size=8, num_instances=4, warmup_epochs=0,
+                                               precision=precision), torch.device("cpu"), progress=False)
+        out[precision] = (hist, extract_features(model, store, torch.device("cpu"), precision=precision))
+    (h32, f32), (h16, f16) = out["fp32"], out["bf16"]
+    assert f16.dtype == torch.float32 and f16.shape == f32.shape
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in h16)
+    assert hist[-1]["loss"] < hist[0]["loss"]  # bf16 still learns
+    # same run up to rounding: features of the two models point the same way
+    cos = torch.nn.functional.cosine_similarity(f16, f32).mean()
+    assert cos > 0.9
+
+
+def test_triplet_gradient_is_finite_with_identical_features():
+    feats = torch.zeros(8, 4, requires_grad=True)  # every distance exactly zero: cdist's gradient was NaN here
+    targets = torch.arange(8) // 2
+    hard_triplet_loss(feats, targets).backward()
+    assert torch.isfinite(feats.grad).all()

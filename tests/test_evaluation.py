@@ -268,3 +268,17 @@ def test_re_ranking_keeps_or_improves_map_on_clusters() -> None:
         assert after >= before - 1e-9
         gains.append(after - before)
     assert max(gains) > 0.01
+
+
+def test_per_query_hits_and_aps_are_the_metrics_query_by_query() -> None:
+    gen = torch.Generator().manual_seed(3)
+    qf, gf = torch.randn(300, 16, generator=gen), torch.randn(400, 16, generator=gen)
+    rng = np.random.default_rng(3)
+    q_pids, g_pids = rng.integers(0, 20, 300), rng.integers(0, 20, 400)
+    q_cams, g_cams = rng.integers(0, 3, 300), rng.integers(0, 3, 400)
+    res = evaluate_features(qf, gf, q_pids, g_pids, q_cams, g_cams, per_query=True)
+    assert set(res["hits"].tolist()) <= {0, 1} and len(res["hits"]) == len(res["aps"])
+    assert res["hits"].mean() == pytest.approx(res["rank1"], abs=1e-9)
+    assert res["aps"].mean() == pytest.approx(res["mAP"], abs=1e-6)
+    plain = evaluate_features(qf, gf, q_pids, g_pids, q_cams, g_cams)
+    assert "hits" not in plain and plain["rank1"] == res["rank1"]

@@ -32,3 +32,51 @@ def test_ties_on_validation_rank1_are_broken_on_validation_map_not_the_test_spli
 
     ranked = _ranked([record(0, val_map=0.50, test_map=0.40), record(1, val_map=0.55, test_map=0.30)], 0.5)
     assert [r.number for r in ranked] == [1, 0]
+
+
+def test_successive_halving_keeps_only_the_best_half_at_each_rung() -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize",
+                                pruner=make_pruner("successive_halving", multi=False, max_epochs=4, reduction_factor=2))
+    first = study.ask()
+    for step in (1, 2, 3, 4):
+        first.report(0.5, step)
+        assert not first.should_prune()  # the first trial at a rung has nothing to lose to
+    study.tell(first, 0.5)
+    worse = study.ask()
+    worse.report(0.3, 1)
+    assert worse.should_prune()  # epoch 1 (rung 0): not in the best half of {0.5, 0.3}
+    study.tell(worse, state=optuna.trial.TrialState.PRUNED)
+    better = study.ask()
+    better.report(0.7, 1)
+    assert not better.should_prune()
+
+
+def test_final_round_takes_the_trials_within_the_noise_of_the_best() -> None:
+    from autoprune.search.records import TrialRecord
+    from autoprune.search.run import finalists_by_noise
+
+    hits = "1" * 50 + "0" * 50  # 100 validation queries, best at 0.5: standard error 0.05
+
+    def record(number: int, val: float) -> TrialRecord:
+        return TrialRecord(number, "COMPLETE", macs_ratio=0.5, target={"rank1": 0.3, "mAP": 0.3},
+                           target_val={"rank1": val, "mAP": 0.2}, val_hits=hits)
+
+    ranked = [record(0, 0.50), record(1, 0.46), record(2, 0.41), record(3, 0.30)]
+    assert [r.number for r in finalists_by_noise(ranked, 4, se_mult=2)] == [0, 1, 2]  # within 0.10 of 0.50
+    assert [r.number for r in finalists_by_noise(ranked, 4, se_mult=1)] == [0, 1]
+    assert [r.number for r in finalists_by_noise(ranked, 2, se_mult=2)] == [0, 1]     # never more than asked
+    assert [r.number for r in finalists_by_noise(ranked, 3, se_mult=0)] == [0, 1, 2]  # off: the top N
+
+
+def test_objective_kinds_rank_trials_by_their_own_score() -> None:
+    from autoprune.search.records import TrialRecord
+    from autoprune.search.run import _ranked
+
+    a = TrialRecord(0, "COMPLETE", macs_ratio=0.5, target={"rank1": 0.3, "mAP": 0.3},
+                    target_val={"rank1": 0.60, "mAP": 0.30})
+    b = TrialRecord(1, "COMPLETE", macs_ratio=0.5, target={"rank1": 0.3, "mAP": 0.3},
+                    target_val={"rank1": 0.55, "mAP": 0.40})
+    assert [r.number for r in _ranked([a, b], 0.5, "rank1")] == [0, 1]
+    assert [r.number for r in _ranked([a, b], 0.5, "mAP")] == [1, 0]
+    assert [r.number for r in _ranked([a, b], 0.5, "mix")] == [1, 0]  # 0.475 vs 0.45

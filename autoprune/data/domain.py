@@ -66,10 +66,28 @@ def split_validation(train: list[Sample], fraction: float, seed: int) -> tuple[l
     return new_train, query, gallery
 
 
-def build_domain(spec: str, cfg: dict[str, Any], val_fraction: float = 0.0, preload: bool = True) -> Domain:
+TARGET_SYNTH = {"target_num_train_ids": "num_train_ids", "target_num_test_ids": "num_test_ids"}
+
+
+def source_synth(synth: dict[str, Any]) -> dict[str, Any]:
+    """The generator's options for the source domain: ``data.synth`` without the target-only sizes."""
+    return {k: v for k, v in synth.items() if k not in TARGET_SYNTH}
+
+
+def target_synth(synth: dict[str, Any]) -> dict[str, Any]:
+    """The target's: ``target_num_*_ids`` replace ``num_*_ids`` where set, so a benchmark can have a large
+    target test/validation split (many queries, a low standard error) without a larger source to train on."""
+    out = source_synth(synth)
+    out.update({TARGET_SYNTH[k]: v for k, v in synth.items() if k in TARGET_SYNTH and v is not None})
+    return out
+
+
+def build_domain(spec: str, cfg: dict[str, Any], val_fraction: float = 0.0, preload: bool = True,
+                 role: str = "source") -> Domain:
     """Load ``spec`` with the config's data options; images are decoded once (and checked) up front."""
     data = cfg["data"]
-    ds = load_dataset(spec, data_root=data["root"], synth=data["synth"])
+    synth = target_synth(data["synth"]) if role == "target" else source_synth(data["synth"])
+    ds = load_dataset(spec, data_root=data["root"], synth=synth)
     if not ds.train:
         raise UserError(f"dataset {spec} has no training images; check its train folder")
     size = tuple(cfg["model"]["input_size"])
@@ -94,4 +112,4 @@ def load_domains(cfg: dict[str, Any]) -> tuple[Domain | None, Domain]:
     the target holds out its validation split (``data.val_fraction``)."""
     source = cfg["data"]["source"]
     return (build_domain(source, cfg) if source is not None else None,
-            build_domain(cfg["data"]["target"], cfg, val_fraction=cfg["data"]["val_fraction"]))
+            build_domain(cfg["data"]["target"], cfg, val_fraction=cfg["data"]["val_fraction"], role="target"))

@@ -10,6 +10,8 @@ import torch
 
 from autoprune.config import config_hash, without_unset_late_keys
 from autoprune.data.domain import Domain
+from autoprune.data.domain import source_synth
+from autoprune.engine.device import autocast_dtype, resolve_device
 from autoprune.engine.evaluate import evaluate_domain
 from autoprune.engine.train import TrainSettings, fit
 from autoprune.errors import UserError
@@ -19,11 +21,20 @@ from autoprune.pruning.serialize import load_pruned, save_pruned
 
 
 def baseline_key(cfg: dict[str, Any]) -> str:
-    """What determines the baseline: model, source data, training recipe and seed."""
-    part = {"model": without_unset_late_keys(cfg)["model"], "source": cfg["data"]["source"], "synth": cfg["data"]["synth"],
+    """What determines the baseline: model, source data, training recipe, numeric precision and seed.
+
+    The precision enters as the autocast dtype it resolves to here, and only when not float32, so float32
+    baselines keep the key they had before ``train.precision`` existed.
+    """
+    t = cfg["train"]
+    part = {"model": without_unset_late_keys(cfg)["model"], "source": cfg["data"]["source"],
+            "synth": source_synth(cfg["data"]["synth"]),
             "batch": [cfg["data"]["batch_size"], cfg["data"]["num_instances"], cfg["data"]["random_erasing"]],
-            "train": {k: v for k, v in cfg["train"].items() if k not in ("device", "threads")},
+            "train": {k: v for k, v in t.items() if k not in ("device", "threads", "precision")},
             "seed": cfg["seed"]}
+    dtype = autocast_dtype(resolve_device(t["device"]), t["precision"], t["amp"])
+    if dtype is not None:
+        part["precision"] = str(dtype)
     return config_hash({"b": part}, ("b",))
 
 
@@ -85,7 +96,8 @@ def get_baseline(cfg: dict[str, Any], source: Domain | None, device: torch.devic
 
     history = fit(model, source.train, settings, device, desc="baseline", progress=progress, resume=resume,
                   checkpoint=checkpoint)
-    source_metrics = evaluate_domain(model, source.query, source.gallery, device)
+    source_metrics = evaluate_domain(model, source.query, source.gallery, device, precision=settings.precision)
+    source_metrics = {k: v for k, v in source_metrics.items() if k not in ("hits", "aps")}  # JSON: the summary
     info = {"arch": m["arch"], "source": source.spec, "source_metrics": source_metrics, "history": history,
             "key": baseline_key(cfg)}
     save_pruned(model, path)

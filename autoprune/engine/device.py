@@ -24,3 +24,47 @@ def set_threads(threads: int = 0) -> None:
     """Use every core the process may run on unless told otherwise."""
     n = threads or len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (threads or os.cpu_count() or 1)
     torch.set_num_threads(max(1, int(n)))
+
+
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def cpu_supports_bf16() -> bool:
+    """True on CPUs with native bfloat16 arithmetic (AVX-512 BF16 or AMX), where oneDNN runs bf16 fast.
+
+    Elsewhere bf16 autocast is emulated and slower than float32, so ``auto`` keeps float32 there.
+    """
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        flags = []
+    if flags:
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+    try:  # not Linux: ask oneDNN
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def autocast_dtype(device: torch.device, precision: str, amp: bool = True) -> torch.dtype | None:
+    """The autocast dtype for ``train.precision`` on ``device``; None means plain float32.
+
+    CUDA: ``auto`` keeps the float16 AMP of ``train.amp``; CPU: ``auto`` is bfloat16 where the CPU has it.
+    """
+    if precision not in PRECISIONS:
+        raise UserError(f"train.precision is {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        return None
+    if device.type == "cuda":
+        if precision == "bf16":
+            return torch.bfloat16
+        return torch.float16 if amp else None
+    if device.type != "cpu":
+        return None
+    if cpu_supports_bf16():
+        return torch.bfloat16
+    if precision == "bf16":
+        raise UserError("train.precision is bf16 but this CPU has no AVX-512 BF16 or AMX (bfloat16 would be "
+                        "emulated, slower than float32); use train.precision: auto or fp32")
+    return None

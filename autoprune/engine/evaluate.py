@@ -8,17 +8,26 @@ import torch
 from torch import nn
 
 from autoprune.data.loading import ImageStore, normalize, sequential_batches
+from autoprune.engine.device import autocast_dtype
 
 
 @torch.no_grad()
 def extract_features(model: nn.Module, store: ImageStore, device: torch.device, batch_size: int = 128,
-                     flip: bool = False) -> torch.Tensor:
-    """Inference embeddings (after the BNNeck), optionally averaged with the mirrored image's."""
+                     flip: bool = False, precision: str = "fp32") -> torch.Tensor:
+    """Inference embeddings (after the BNNeck), optionally averaged with the mirrored image's.
+
+    ``precision`` as ``train.precision``; features are returned in float32 whatever it is.
+    """
     model.eval().to(device)
+    dtype = autocast_dtype(device, precision)
+    if dtype is not None:
+        model.to(memory_format=torch.channels_last)
     out = []
     for idx in sequential_batches(len(store), batch_size):
         x = normalize(store.get(idx)).to(device)
-        with torch.autocast(device.type, enabled=device.type == "cuda"):
+        if dtype is not None:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             f = model(x).float()
             if flip:
                 f = (f + model(x.flip(3)).float()) / 2
@@ -27,11 +36,12 @@ def extract_features(model: nn.Module, store: ImageStore, device: torch.device, 
 
 
 def evaluate_domain(model: nn.Module, query: ImageStore, gallery: ImageStore, device: torch.device,
-                    flip: bool = False, metric: str = "cosine") -> dict[str, Any]:
-    """rank-1/5/10 and mAP (fractions) with the Market-1501 protocol."""
+                    flip: bool = False, metric: str = "cosine", precision: str = "fp32") -> dict[str, Any]:
+    """rank-1/5/10 and mAP (fractions) with the Market-1501 protocol, and the per-query rank-1 hits and APs
+    (``hits``/``aps``, in query order, valid queries only) that paired comparisons of two models need."""
     from autoprune.evaluation import evaluate_features
 
-    qf = extract_features(model, query, device, flip=flip)
-    gf = extract_features(model, gallery, device, flip=flip)
+    qf = extract_features(model, query, device, flip=flip, precision=precision)
+    gf = extract_features(model, gallery, device, flip=flip, precision=precision)
     return evaluate_features(qf, gf, query.pids.numpy(), gallery.pids.numpy(), query.camids.numpy(),
-                             gallery.camids.numpy(), metric=metric)
+                             gallery.camids.numpy(), metric=metric, per_query=True)

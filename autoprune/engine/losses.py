@@ -17,7 +17,10 @@ def hard_triplet_loss(features: torch.Tensor, targets: torch.Tensor, margin: flo
 
     For each anchor: the farthest positive and the closest negative in the batch.
     """
-    dist = torch.cdist(features, features).clamp_min(1e-12)
+    # sqrt of the clamped squared distance, not torch.cdist: cdist's gradient is NaN where a distance is exactly
+    # zero (the diagonal, or two equal features, which bfloat16 training makes common)
+    sq = features.pow(2).sum(dim=1)
+    dist = (sq.view(-1, 1) + sq.view(1, -1) - 2 * features @ features.t()).clamp_min(1e-12).sqrt()
     same = targets.view(-1, 1) == targets.view(1, -1)
     hardest_pos = (dist * same).max(dim=1).values
     hardest_neg = dist.masked_fill(same, float("inf")).min(dim=1).values

@@ -27,7 +27,7 @@ from typing import Any, Callable
 from autoprune.config import config_hash
 from autoprune.errors import UserError
 from autoprune.search.ray_cluster import check_nodes, join
-from autoprune.search.records import TrialRecord, result_record
+from autoprune.search.records import TrialRecord, objective, result_record
 from autoprune.search.trial import SearchEnv, TrialResult, format_error, objective_rank1
 
 try:
@@ -87,7 +87,7 @@ def run_trial(config: dict[str, Any], *, cfg: dict[str, Any], baseline: Any, cwd
         # Resumed after its record was saved (Ctrl-C came between the two): report it again, do not train again.
         with previous.as_directory() as d:
             done = TrialRecord.from_json(json.loads(Path(d, RECORD).read_text()) | {"number": number, "state": ""})
-        tune.report({"rank1": done.objective, "macs": float(done.macs or 0), "final": True}, checkpoint=previous)
+        tune.report({"rank1": objective(done.target_val, done.target, cfg["search"]["objective"]), "macs": float(done.macs or 0), "final": True}, checkpoint=previous)
         return
 
     def report(step: int, rank1: float) -> None:
@@ -108,7 +108,8 @@ def run_trial(config: dict[str, Any], *, cfg: dict[str, Any], baseline: Any, cwd
     with tempfile.TemporaryDirectory() as tmp:
         Path(tmp, RECORD).write_text(json.dumps(record))
         # report() copies the checkpoint into the experiment's storage before it returns.
-        tune.report({"rank1": objective_rank1(result.metrics), "macs": float(result.macs), "final": True},
+        tune.report({"rank1": objective_rank1(result.metrics, cfg["search"]["objective"]), "macs": float(result.macs),
+                     "final": True},
                     checkpoint=tune.Checkpoint.from_directory(tmp))
 
 

@@ -25,6 +25,8 @@ class TrialRecord:
     model: str | None = None          # run-directory-relative path of the trial's model, if kept
     values: dict[str, float] = field(default_factory=dict)  # the sampled search-space values
     worker: dict[str, Any] | None = None  # Ray backend: where it ran (host, node_id, pid) and its retries
+    hits: str | None = None           # test split: rank-1 hit per query, "0"/"1" in query order (paired tests)
+    val_hits: str | None = None       # the same on the validation split
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -39,18 +41,38 @@ class TrialRecord:
         return objective(self.target_val, self.target)
 
 
-def objective(target_val: dict[str, float] | None, target: dict[str, float] | None) -> float | None:
-    """What selects trials: validation rank-1 if measured, else test rank-1."""
-    if target_val:
-        return target_val["rank1"]
-    return target["rank1"] if target else None
+OBJECTIVES = ("rank1", "mAP", "mix")
 
 
-def selection_key(target_val: dict[str, float] | None, target: dict[str, float], number: int) -> tuple:
+def score(metrics: dict[str, float], kind: str = "rank1") -> float:
+    """One split's objective value: rank-1, mAP, or their mean (``mix``; ``search.objective``)."""
+    if kind == "mAP":
+        return float(metrics["mAP"])
+    if kind == "mix":
+        return (float(metrics["rank1"]) + float(metrics["mAP"])) / 2
+    return float(metrics["rank1"])
+
+
+def objective(target_val: dict[str, float] | None, target: dict[str, float] | None,
+              kind: str = "rank1") -> float | None:
+    """What selects trials: the validation split's ``kind`` score if measured, else the test split's."""
+    split = target_val or target
+    return score(split, kind) if split else None
+
+
+def selection_key(target_val: dict[str, float] | None, target: dict[str, float], number: int,
+                  kind: str = "rank1") -> tuple:
     """Order of trials and finalists, best last: the objective, then mAP of the same split, then the
     earlier trial. Ties are broken on the split that selects, never on the test split it reports."""
     split = target_val or target
-    return objective(target_val, target), split.get("mAP", 0.0), -number
+    return objective(target_val, target, kind), split.get("mAP", 0.0), -number
+
+
+def hits_string(metrics: dict[str, Any] | None) -> str | None:
+    """Per-query rank-1 hits of an evaluation (``evaluate_domain``'s ``hits``) as a "0"/"1" string."""
+    if not metrics or metrics.get("hits") is None:
+        return None
+    return "".join("1" if h else "0" for h in metrics["hits"])
 
 
 def metrics_summary(metrics: dict[str, Any] | None) -> dict[str, float] | None:
@@ -67,4 +89,5 @@ def result_record(result: Any, model_path: str | None) -> dict[str, Any]:
             "target_val": metrics_summary(target.get("val")),
             "source": metrics_summary(result.metrics.get("source")), "seconds": result.seconds,
             "train_seconds": result.train_seconds, "eval_seconds": result.eval_seconds,
-            "model": model_path, "error": None}
+            "model": model_path, "error": None, "hits": hits_string(target),
+            "val_hits": hits_string(target.get("val"))}

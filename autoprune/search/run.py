@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -18,7 +19,7 @@ from autoprune.engine.device import resolve_device, set_threads
 from autoprune.errors import UserError, disk_full
 from autoprune.host import get_host
 from autoprune.pruning.serialize import load_pruned, save_pruned
-from autoprune.search.records import TrialRecord, metrics_summary, selection_key
+from autoprune.search.records import TrialRecord, hits_string, metrics_summary, objective, selection_key
 from autoprune.search.report import (
     environment,
     pareto_front,
@@ -173,11 +174,32 @@ def _save_trial_model(run_dir: Path) -> Callable[[int, TrialResult], str]:
     return save
 
 
-def _ranked(records: list[TrialRecord], budget_ratio: float) -> list[TrialRecord]:
+def _ranked(records: list[TrialRecord], budget_ratio: float, kind: str = "rank1") -> list[TrialRecord]:
     """Complete trials within the budget, best first (``selection_key``: the test split only reports)."""
     done = [r for r in records if r.state == "COMPLETE" and r.target and r.macs_ratio is not None
             and r.macs_ratio <= budget_ratio + 1e-9]
-    return sorted(done, key=lambda r: selection_key(r.target_val, r.target, r.number), reverse=True)
+    return sorted(done, key=lambda r: selection_key(r.target_val, r.target, r.number, kind), reverse=True)
+
+
+def finalists_by_noise(ranked: list[TrialRecord], most: int, se_mult: float, kind: str = "rank1") -> list[TrialRecord]:
+    """The top trials for the final round: at most ``most``, and with ``se_mult`` > 0 only those whose
+    validation objective is within ``se_mult`` standard errors of the best's.
+
+    The standard error is sqrt(p(1-p)/n) at the best's score p over the n validation queries (exact for
+    rank-1, an upper bound for any per-query score in [0, 1] such as AP): trials further behind than the
+    noise are not worth a final fine-tune, trials within it cannot be told apart without one.
+    """
+    top = ranked[:most]
+    if se_mult <= 0 or not top or not top[0].val_hits:
+        return top
+    best = objective(top[0].target_val, top[0].target, kind) or 0.0
+    se = math.sqrt(max(best * (1 - best), 1e-12) / len(top[0].val_hits))
+    return [r for r in top if (objective(r.target_val, r.target, kind) or 0.0) >= best - se_mult * se]
+
+
+def _same_values(r: TrialRecord, values: dict[str, float] | None) -> bool:
+    mine = {k: v for k, v in r.values.items() if k != "macs_ratio"}
+    return values is not None and mine.keys() == values.keys() and all(abs(mine[k] - values[k]) < 1e-6 for k in mine)
 
 
 def trial_line(r: TrialRecord, best: float | None) -> str:
@@ -314,12 +336,18 @@ def finish(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, base: dict[str, A
            log: Callable[[str], None] = print) -> dict[str, Any]:
     """Pick the best policy, give it the final fine-tune, save the model and write the report files."""
     budget_ratio = env.budget.macs / env.base_macs
-    ranked = _ranked(records, budget_ratio)
+    kind = cfg["search"]["objective"]
+    ranked = _ranked(records, budget_ratio, kind)
     best = ranked[0] if ranked else None
     uniform_values = env.space.uniform_values()
     uniform = next((r for r in records if r.state == "COMPLETE" and r.target and r.macs_ratio is not None
                     and {k: v for k, v in r.values.items() if k != "macs_ratio"} == uniform_values
                     and r.macs_ratio >= 0.99 * budget_ratio), None)
+    # The global-ranking warm start, when the search had one: a finalist like the uniform policy.
+    global_values = env.global_values() if cfg["search"]["warm_start_global"] and best is not None else None
+    # Any state: successive halving may have stopped it early, and the final round trains it from scratch anyway.
+    glob = next((r for r in records if _same_values(r, global_values) and r is not uniform and r.state != "FAIL"),
+                None)
     report: dict[str, Any] = {
         "budget": {"macs_ratio": round(budget_ratio, 6), "macs": env.budget.macs, "unit": "MACs",
                    "input_size": list(env.input_size), "round_to": env.budget.round_to},
@@ -346,8 +374,10 @@ def finish(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, base: dict[str, A
         marker = model_dir / "final.json"
         done = json.loads(marker.read_text()) if marker.is_file() else {}
         if final_epochs:
-            finals = _final_round(env, ranked[: cfg["search"]["finalists"]], uniform, final_epochs, model_dir, log)
-            chosen = max(finals, key=lambda f: selection_key(f["target_val"], f["target"], f["trial"]))
+            top = finalists_by_noise(ranked, cfg["search"]["finalists"], cfg["search"]["finalists_se"], kind)
+            finals = _final_round(env, top, [r for r in (uniform, glob) if r is not None], final_epochs, model_dir,
+                                  log)
+            chosen = max(finals, key=lambda f: selection_key(f["target_val"], f["target"], f["trial"], kind))
             best = next(r for r in records if r.number == chosen["trial"])
             for f in finals:
                 f["chosen"] = f is chosen
@@ -377,10 +407,15 @@ def finish(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, base: dict[str, A
         macs, params = count_macs(model, env.input_size)
         if macs > env.budget.macs:
             raise RuntimeError(f"refusing to report a model over budget: {macs} > {env.budget.macs} MACs")
-        metrics = env.evaluate(model, env.target) if final_epochs else {**best.target, "val": best.target_val}
+        # The chosen finalist was evaluated in the final round (the saved model is that model): no second pass
+        # over the test split.
+        chosen_final = next(f for f in report["finalists"] if f["chosen"]) if final_epochs else None
+        metrics = ({**chosen_final["target"], "val": chosen_final["target_val"]} if chosen_final
+                   else {**best.target, "val": best.target_val})
         report["best"] = {"trial": best.number, "policy": best.policy, "counts": best.counts, "macs": macs,
                           "params": params, "macs_ratio": macs / env.base_macs,
                           "target": metrics_summary(metrics), "target_val": metrics_summary(metrics.get("val")),
+                          "hits": chosen_final["hits"] if chosen_final else best.hits,
                           "model": os.path.relpath(model_path, run_dir),
                           "final_epochs": final_epochs}
         if env.budget.latency is not None:
@@ -389,8 +424,15 @@ def finish(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, base: dict[str, A
         report["best"]["torchscript"] = "model/pruned.torchscript.pt"
         if final_epochs and report["uniform"] is not None:
             # The uniform policy is always a finalist: "best vs uniform" compares like with like.
-            report["uniform"]["final_target"] = next(f["target"] for f in report["finalists"]
-                                                     if f["trial"] == uniform.number)
+            final = next(f for f in report["finalists"] if f["trial"] == uniform.number)
+            report["uniform"]["final_target"] = final["target"]
+            report["uniform"]["final_hits"] = final.get("hits")
+        if glob is not None:
+            report["global"] = {"trial": glob.number, "policy": glob.policy, "macs_ratio": glob.macs_ratio,
+                                "target": glob.target, "target_val": glob.target_val}
+            final = next((f for f in report.get("finalists", []) if f["trial"] == glob.number), None)
+            if final is not None:
+                report["global"].update(final_target=final["target"], final_hits=final.get("hits"))
         # Trial models other than the best are not kept: they are reproducible from their policy.
         for r in records:
             if r.model and r.number != best.number and (run_dir / r.model).exists():
@@ -433,34 +475,39 @@ def no_trial_completed(run_dir: Path, report: dict[str, Any]) -> str:
             f"{run_dir / 'report.json'} (trials[].error) and {run_dir / 'trials.csv'} (column error)")
 
 
-def _final_round(env: SearchEnv, top: list[TrialRecord], uniform: TrialRecord | None, final_epochs: int,
+def _final_round(env: SearchEnv, top: list[TrialRecord], always: list[TrialRecord], final_epochs: int,
                  model_dir: Path, log: Callable[[str], None]) -> list[dict[str, Any]]:
-    """Give the ``top`` trials (best first) and the uniform policy the final fine-tune; their final metrics.
+    """Give the ``top`` trials (best first) and the ``always`` ones (the uniform policy, the global-ranking
+    warm start) the final fine-tune; their final metrics, with per-query test hits.
 
     Why: a trial's few fine-tuning epochs favour policies that recover fast, not those that end best, so
     the final choice is made after the final fine-tune, still on the validation split. The uniform policy
     is fine-tuned anyway for the comparison, so it is a finalist for free: the result is never worse than
-    the paper's hand-picked policy on validation. Each finalist's metrics are cached in ``model_dir``
-    (its weights until the report is written), so a resumed run does not train them again.
+    the paper's hand-picked policy on validation (nor than the global ranking's, when it was a warm start).
+    Each finalist's metrics are cached in ``model_dir`` (its weights until the report is written), so a
+    resumed run does not train them again.
     """
     candidates = list(top)
-    if uniform is not None and uniform.number not in {r.number for r in candidates}:
-        candidates.append(uniform)
+    for r in always:
+        if r.number not in {c.number for c in candidates}:
+            candidates.append(r)
     model_dir.mkdir(parents=True, exist_ok=True)
     finals = []
     for r in candidates:
         meta, weights = model_dir / f"final_{r.number:04d}.json", model_dir / f"final_{r.number:04d}.pt"
         cached = json.loads(meta.read_text()) if meta.is_file() else {}
         if cached.get("final_epochs") != final_epochs:
-            what = "the uniform policy" if uniform is not None and r.number == uniform.number else "finalist"
+            what = "finalist" if r in top else "the warm start"
             log(f"final: fine-tuning {what} (trial {r.number}) for {final_epochs} epochs")
-            result = env.run(r.values, counts=r.counts, epochs=final_epochs)
-            save_pruned(result.model, weights, extra={"trial": r.number, "counts": r.counts})
+            result = env.run(r.values, counts=r.counts or None, epochs=final_epochs)  # a stopped trial has no counts
+            save_pruned(result.model, weights, extra={"trial": r.number, "counts": result.counts})
             target = result.metrics["target"]
             cached = {"trial": r.number, "final_epochs": final_epochs, "target": metrics_summary(target),
-                      "target_val": metrics_summary(target.get("val"))}
+                      "target_val": metrics_summary(target.get("val")), "hits": hits_string(target),
+                      "val_hits": hits_string(target.get("val"))}
             write_json(meta, cached)
-        finals.append({"trial": r.number, "target": cached["target"], "target_val": cached["target_val"]})
+        finals.append({"trial": r.number, "target": cached["target"], "target_val": cached["target_val"],
+                       "hits": cached.get("hits"), "val_hits": cached.get("val_hits")})
     return finals
 
 

@@ -27,7 +27,7 @@ from autoprune.pruning.budget import Budget, check_feasible, min_widths, project
 from autoprune.pruning.flops import CostModel, count_macs
 from autoprune.pruning.groups import PruningGraph
 from autoprune.scenarios import ScenarioContext
-from autoprune.search.records import objective
+from autoprune.search.records import objective, score
 from autoprune.search.space import SearchSpace, build_space
 from autoprune.strategies import StrategyContext
 
@@ -127,16 +127,19 @@ class SearchEnv:
 
     def evaluate(self, model: nn.Module, domain: Domain) -> dict[str, Any]:
         """Test-split metrics, with the validation split's under ``"val"`` when the domain has one."""
-        metrics = evaluate_domain(model, domain.query, domain.gallery, self.device)
+        precision = self.cfg["train"]["precision"]
+        metrics = evaluate_domain(model, domain.query, domain.gallery, self.device, precision=precision)
         if domain.val_query is not None:
-            metrics["val"] = evaluate_domain(model, domain.val_query, domain.val_gallery, self.device)
+            metrics["val"] = evaluate_domain(model, domain.val_query, domain.val_gallery, self.device,
+                                             precision=precision)
         return metrics
 
     def evaluate_val(self, model: nn.Module, domain: Domain) -> dict[str, Any]:
         """What the search optimises: the validation split if there is one, else the test split."""
+        precision = self.cfg["train"]["precision"]
         if domain.val_query is not None:
-            return evaluate_domain(model, domain.val_query, domain.val_gallery, self.device)
-        return evaluate_domain(model, domain.query, domain.gallery, self.device)
+            return evaluate_domain(model, domain.val_query, domain.val_gallery, self.device, precision=precision)
+        return evaluate_domain(model, domain.query, domain.gallery, self.device, precision=precision)
 
     # -- one trial -----------------------------------------------------------------------------
     def counts_for(self, values: dict[str, float]) -> dict[str, int]:
@@ -157,6 +160,31 @@ class SearchEnv:
         floor = self.cost.macs(min_widths(self.cost, self.budget))
         hi = self.budget.macs / self.base_macs
         return min(hi, max(floor / self.base_macs * 1.05, hi / 4)), hi
+
+    def global_values(self) -> dict[str, float]:
+        """Search-space values whose projection is (close to) the global-ranking policy at the budget.
+
+        The ``global`` strategy's widths (one ranking of all channels by ``trial.criterion``, normalised per
+        group) as keep ratios, averaged over the groups a parameter sets and kept inside its range: a warm
+        start for the search as strong as the global baseline it is compared with.
+        """
+        from autoprune.pruning.surgery import score_groups
+        from autoprune_plugins.strategies import global_widths
+
+        model = copy.deepcopy(self.baseline).to(self.device)
+        graph = PruningGraph(model, self.input_size)
+        scores = score_groups(model, self.new("criterion"), self.criterion_context(graph, self.target))
+        widths = global_widths(scores, graph.widths(), self.cost, self.budget)
+        values = {}
+        for p in self.space.params.values():
+            if p.fixed is not None:
+                continue
+            v = sum(widths[g] / self.cost.base_widths[g] for g in p.groups) / len(p.groups)
+            v = min(p.high, max(p.low, v))
+            if p.step:
+                v = min(p.high, p.low + round((v - p.low) / p.step) * p.step)
+            values[p.name] = round(v, 6)
+        return values
 
     def screen_score(self, counts: dict[str, int]) -> float:
         """Adaptive-BN score of a policy: prune a copy once, re-estimate BatchNorm on target batches, score."""
@@ -206,7 +234,7 @@ class SearchEnv:
                     if domain is self.target and self.cfg["trial"]["eval_every_epoch"] and report is not None:
                         step[0] += 1
                         t0 = time.perf_counter()
-                        r1 = self.evaluate_val(mod, self.target)["rank1"]
+                        r1 = score(self.evaluate_val(mod, self.target), self.cfg["search"]["objective"])
                         timers["eval"] += time.perf_counter() - t0
                         history.append({"step": step[0], "target_rank1": r1})
                         report(step[0], r1)
@@ -247,7 +275,7 @@ class SearchEnv:
                               finetune=finetune_plain, evaluate=timed_evaluate, options=scenario.options)
         with torch.enable_grad():  # restores the grad mode on exit, whatever plugin code set it to
             model, metrics = scenario.run(ctx)
-        rank1 = objective_rank1(metrics)
+        rank1 = objective_rank1(metrics, self.cfg["search"]["objective"])
         if not math.isfinite(rank1):
             raise RuntimeError("target rank-1 is not finite")
         model = model.cpu().eval()
@@ -267,10 +295,11 @@ class SearchEnv:
         return self.run({}, counts=dict(self.cost.base_widths), epochs=epochs)
 
 
-def objective_rank1(metrics: dict[str, Any]) -> float:
-    """The number a search maximises: target validation rank-1 (test rank-1 without a validation split)."""
+def objective_rank1(metrics: dict[str, Any], kind: str = "rank1") -> float:
+    """The number a search maximises: the target validation split's ``search.objective`` (rank-1 by
+    default; the test split's without a validation split)."""
     target = metrics["target"]
-    return float(objective(target.get("val"), target))
+    return float(objective(target.get("val"), target, kind))
 
 
 def format_error(exc: BaseException) -> str:
