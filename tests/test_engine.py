@@ -198,3 +198,24 @@ def test_triplet_gradient_is_finite_with_identical_features():
     targets = torch.arange(8) // 2
     hard_triplet_loss(feats, targets).backward()
     assert torch.isfinite(feats.grad).all()
+
+
+def test_a_non_finite_bf16_step_is_redone_in_float32(tmp_path, monkeypatch):
+    import autoprune.engine.train as train_mod
+
+    store = _store(tmp_path)
+    real, calls = train_mod._loss, []
+
+    def flaky(model, x, y, s, center, device, dtype):
+        calls.append(dtype)
+        loss = real(model, x, y, s, center, device, dtype)
+        return loss * float("nan") if len(calls) == 1 else loss  # the first bf16 pass goes wrong
+
+    monkeypatch.setattr(train_mod, "_loss", flaky)
+    monkeypatch.setattr(train_mod, "autocast_dtype", lambda *a: torch.bfloat16)
+    torch.manual_seed(0)
+    model = build_model("resnet10", 4)
+    hist = fit(model, store, TrainSettings(epochs=1, batch_size=8, num_instances=4, precision="bf16"),
+               torch.device("cpu"), progress=False)
+    assert calls[:3] == [torch.bfloat16, None, torch.bfloat16]  # retried in float32, then bf16 again
+    assert hist[0]["fp32_retries"] == 1 and hist[0]["loss"] == hist[0]["loss"]  # finite

@@ -78,6 +78,19 @@ def lr_factor(s: TrainSettings, epoch: float) -> float:
     return 1.0
 
 
+def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: TrainSettings, center: nn.Module | None,
+          device: torch.device, dtype: torch.dtype | None) -> torch.Tensor:
+    """The training loss of one batch (float32), the forward pass autocast to ``dtype`` if given."""
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        logits, feat = model(x)
+        loss = cross_entropy_ls(logits.float(), y, s.label_smoothing)
+        if s.triplet_weight:
+            loss = loss + s.triplet_weight * hard_triplet_loss(feat.float(), y, s.margin)
+        if center is not None:
+            loss = loss + s.center_weight * center(feat.float(), y)
+    return loss
+
+
 def make_optimizer(params: list[nn.Parameter], s: TrainSettings) -> torch.optim.Optimizer:
     if s.optimizer == "sgd":
         return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay, nesterov=True)
@@ -125,7 +138,7 @@ def fit(model: nn.Module, train: ImageStore, s: TrainSettings, device: torch.dev
         batches = sampler.batches(epoch)
         if s.max_batches_per_epoch:
             batches = batches[: s.max_batches_per_epoch]
-        start, seen, total = time.perf_counter(), 0, 0.0
+        start, seen, total, retries = time.perf_counter(), 0, 0.0, 0
         bar = tqdm(batches, desc=f"{desc} {epoch + 1}/{s.epochs}", leave=False, disable=not progress,
                    dynamic_ncols=True)
         for step, idx in enumerate(bar):
@@ -135,13 +148,17 @@ def fit(model: nn.Module, train: ImageStore, s: TrainSettings, device: torch.dev
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = train.pids[idx].to(device)
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                logits, feat = model(x)
-                loss = cross_entropy_ls(logits.float(), y, s.label_smoothing)
-                if s.triplet_weight:
-                    loss = loss + s.triplet_weight * hard_triplet_loss(feat.float(), y, s.margin)
-                if center is not None:
-                    loss = loss + s.center_weight * center(feat.float(), y)
+            # bfloat16 on CPU now and then gives a non-finite forward pass at small feature maps (seen at 64x32
+            # inputs, never at 96x48 here): that step is redone in float32, with the BatchNorm statistics the
+            # failed pass overwrote put back first.
+            saved = [b.detach().clone() for b in model.buffers()] if dtype == torch.bfloat16 else None
+            loss = _loss(model, x, y, s, center, device, dtype)
+            if saved is not None and not torch.isfinite(loss):
+                with torch.no_grad():
+                    for b, v in zip(model.buffers(), saved):
+                        b.copy_(v)
+                loss = _loss(model, x, y, s, center, device, None)
+                retries += 1
             if not torch.isfinite(loss):
                 raise NonFiniteLoss(f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}")
             opt.zero_grad(set_to_none=True)
@@ -156,7 +173,7 @@ def fit(model: nn.Module, train: ImageStore, s: TrainSettings, device: torch.dev
         bar.close()
         seconds = time.perf_counter() - start
         history.append({"epoch": epoch + 1, "loss": total / max(1, seen), "images_per_s": seen / max(seconds, 1e-9),
-                        "seconds": seconds})
+                        "seconds": seconds, **({"fp32_retries": retries} if retries else {})})
         if on_epoch_end is not None:
             on_epoch_end(epoch, model)
         if checkpoint is not None:
