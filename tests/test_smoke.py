@@ -70,7 +70,7 @@ def test_best_model_reloads_with_reported_macs_and_rank1(smoke_run):
 def test_run_directory_contents(smoke_run):
     out, _ = smoke_run
     for name in ("config.yaml", "trials.csv", "study.db", "model/pruned.pt", "model/pruned.torchscript.pt",
-                 "rank1_vs_macs.png", "policy.png", "progress.png"):
+                 "progress.png", "comparison.png", "policy.png"):
         assert (out / name).is_file(), name
     ts = torch.jit.load(str(out / "model/pruned.torchscript.pt"))
     model = autoprune.load_pruned(str(out / "model/pruned.pt"))

@@ -59,64 +59,150 @@ def write_trials_csv(path: Path, records: list[TrialRecord]) -> None:
 
 
 def write_plots(run_dir: Path, report: dict[str, Any], records: list[TrialRecord]) -> list[str]:
-    """rank-1 vs MACs (front marked), best policy vs uniform per group, search progress."""
+    """The figures a user reads after a search; returns the file names written.
+
+    Single budget: ``progress.png`` (each trial's validation rank-1, best so far, stopped trials),
+    ``finalists.png`` (before and after the final round), ``comparison.png`` (chosen vs uniform vs
+    unpruned, validation and test) and ``policy.png``. Pareto mode adds ``rank1_vs_macs.png``.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if not any(r.state == "COMPLETE" and r.target for r in records):
+        return []
+    plots = [("progress.png", _plot_progress, True), ("finalists.png", _plot_finalists, bool(report.get("finalists"))),
+             ("comparison.png", _plot_comparison, bool(report.get("best"))),
+             ("policy.png", _plot_policy, bool(report.get("best"))),
+             ("rank1_vs_macs.png", _plot_front, "pareto_front" in report)]
     out = []
-    done = [r for r in records if r.state == "COMPLETE" and r.target]
-    if not done:
-        return out
-    front = set(report.get("pareto_front") or pareto_front(records))
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.scatter([r.macs_ratio for r in done], [r.target["rank1"] for r in done], c="tab:blue", label="trials")
-    f = sorted((r for r in done if r.number in front), key=lambda r: r.macs_ratio)
-    ax.plot([r.macs_ratio for r in f], [r.target["rank1"] for r in f], "o-", c="tab:red", label="Pareto front")
-    base = report["baseline"]["target"]["rank1"]
-    ax.axhline(base, ls="--", c="gray", label="unpruned (same fine-tuning)")
-    ax.axvline(report["budget"]["macs_ratio"], ls=":", c="k", label="budget")
-    ax.set_xlabel("MACs / unpruned MACs")
-    ax.set_ylabel("target rank-1")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(run_dir / "rank1_vs_macs.png", dpi=110)
-    plt.close(fig)
-    out.append("rank1_vs_macs.png")
-    best = report.get("best")
-    if best:
-        groups = list(best["policy"])
-        uniform = (report.get("uniform") or {}).get("policy") or {}
-        fig, ax = plt.subplots(figsize=(max(6, 0.3 * len(groups)), 4))
-        xs = range(len(groups))
-        ax.bar([x - 0.2 for x in xs], [best["policy"][g] for g in groups], width=0.4, label="best")
-        if uniform:
-            ax.bar([x + 0.2 for x in xs], [uniform.get(g, 0) for g in groups], width=0.4, label="uniform")
-        ax.set_xticks(list(xs))
-        ax.set_xticklabels(groups, rotation=90, fontsize=7)
-        ax.set_ylabel("keep ratio")
+    for name, draw, wanted in plots:
+        if not wanted:
+            continue
+        fig, ax = plt.subplots(figsize=(6.4, 4))
+        draw(ax, report, records)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(run_dir / "policy.png", dpi=110)
+        fig.savefig(run_dir / name, dpi=110)
         plt.close(fig)
-        out.append("policy.png")
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ordered = sorted(done, key=lambda r: r.number)
-    running, best_so_far = [], float("-inf")
-    for r in ordered:
-        best_so_far = max(best_so_far, r.target["rank1"])
-        running.append(best_so_far)
-    ax.plot([r.number for r in ordered], [r.target["rank1"] for r in ordered], "o", alpha=0.5, label="trial")
-    ax.step([r.number for r in ordered], running, where="post", label="best so far")
-    ax.set_xlabel("trial")
-    ax.set_ylabel("target rank-1")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(run_dir / "progress.png", dpi=110)
-    plt.close(fig)
-    out.append("progress.png")
+        out.append(name)
     return out
+
+
+def progress_series(records: list[TrialRecord]) -> dict[str, list]:
+    """What ``progress.png`` draws: complete trials' objective (validation rank-1) in trial order, the best
+    so far after each, and the trials stopped early (pruned) or failed."""
+    done = sorted((r for r in records if r.state == "COMPLETE" and r.target), key=lambda r: r.number)
+    best, running = float("-inf"), []
+    for r in done:
+        best = max(best, r.objective)
+        running.append(best)
+    return {"number": [r.number for r in done], "rank1": [r.objective for r in done], "best": running,
+            "pruned": sorted(r.number for r in records if r.state == "PRUNED"),
+            "failed": sorted(r.number for r in records if r.state == "FAIL")}
+
+
+def _split_label(records: list[TrialRecord]) -> str:
+    return "validation" if any(r.target_val for r in records) else "test (no validation split)"
+
+
+def _plot_progress(ax: Any, report: dict[str, Any], records: list[TrialRecord]) -> None:
+    s = progress_series(records)
+    ax.plot(s["number"], s["rank1"], "o", alpha=0.6, label="complete trial")
+    ax.step(s["number"], s["best"], where="post", c="tab:green", label="best so far")
+    floor = min(s["rank1"])
+    if s["pruned"]:
+        ax.plot(s["pruned"], [floor] * len(s["pruned"]), "x", c="tab:orange", label="stopped early (pruned)")
+    if s["failed"]:
+        ax.plot(s["failed"], [floor] * len(s["failed"]), "v", c="tab:red", label="failed")
+    uniform = report.get("uniform")
+    if uniform:
+        ax.annotate("uniform", (uniform["trial"], (uniform.get("target_val") or uniform["target"])["rank1"]),
+                    fontsize=7, xytext=(4, 4), textcoords="offset points")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("trial (in the order they ran)")
+    ax.set_ylabel(f"target {_split_label(records)} rank-1")
+    ax.set_title(f"search progress at {report['budget']['macs_ratio']:.0%} MACs", fontsize=9)
+
+
+def _plot_finalists(ax: Any, report: dict[str, Any], records: list[TrialRecord]) -> None:
+    by_number = {r.number: r for r in records}
+    uniform = (report.get("uniform") or {}).get("trial")
+    for f in report["finalists"]:
+        r = by_number.get(f["trial"])
+        if r is None or r.objective is None:
+            continue
+        after = (f.get("target_val") or f["target"])["rank1"]
+        tag = f"trial {f['trial']}" + (" (uniform)" if f["trial"] == uniform else "") + (" chosen" if f.get("chosen") else "")
+        ax.plot([0, 1], [r.objective, after], "o-", lw=2.5 if f.get("chosen") else 1.2, label=tag)
+    best = report.get("best") or {}
+    ax.set_xticks([0, 1])
+    ax.set_xticklabels([f"after the search\n({report.get('config', {}).get('finetune_epochs')} epochs)",
+                        f"after the final round\n({best.get('final_epochs')} epochs)"])
+    ax.set_xlim(-0.3, 1.3)
+    ax.set_ylabel(f"target {_split_label(records)} rank-1")
+    ax.set_title("finalists: the final round chooses on validation", fontsize=9)
+
+
+def comparison_rows(report: dict[str, Any]) -> list[tuple[str, float | None, float]]:
+    """``(label, validation rank-1, test rank-1)`` of the unpruned model, the uniform policy and the chosen one,
+    each after the fine-tuning it got (the uniform policy's final round when there was one)."""
+    rows = []
+    base = report["baseline"]
+    rows.append(("unpruned", (base.get("target_val") or {}).get("rank1"), base["target"]["rank1"]))
+    u, best = report.get("uniform"), report["best"]
+    if u:
+        final = next((f for f in report.get("finalists") or [] if f["trial"] == u["trial"]), None)
+        val, test = (final.get("target_val"), final["target"]) if final else (u.get("target_val"), u["target"])
+        rows.append((f"uniform (#{u['trial']})", (val or {}).get("rank1"), test["rank1"]))
+    rows.append((f"chosen (#{best['trial']})", (best.get("target_val") or {}).get("rank1"), best["target"]["rank1"]))
+    return rows
+
+
+def _plot_comparison(ax: Any, report: dict[str, Any], records: list[TrialRecord]) -> None:
+    rows = comparison_rows(report)
+    xs = range(len(rows))
+    val = [v if v is not None else 0.0 for _, v, _ in rows]
+    ax.bar([x - 0.2 for x in xs], val, width=0.4, label="validation rank-1 (chooses)")
+    ax.bar([x + 0.2 for x in xs], [t for _, _, t in rows], width=0.4, label="test rank-1 (reports only)")
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels([label for label, _, _ in rows])
+    ax.set_ylabel("target rank-1")
+    best = report["best"]
+    epochs = report.get("config", {}).get("finetune_epochs")
+    note = f"; uniform and chosen: {best['final_epochs']} final epochs" if best.get("final_epochs") else ""
+    ax.set_title(f"at {report['budget']['macs_ratio']:.0%} MACs (unpruned: {epochs} target epochs{note})", fontsize=9)
+
+
+def _plot_policy(ax: Any, report: dict[str, Any], records: list[TrialRecord]) -> None:
+    best = report["best"]
+    groups = list(best["policy"])
+    uniform = (report.get("uniform") or {}).get("policy") or {}
+    ax.figure.set_size_inches(max(6.4, 0.3 * len(groups)), 4)
+    xs = range(len(groups))
+    ax.bar([x - 0.2 for x in xs], [best["policy"][g] for g in groups], width=0.4, label="chosen")
+    if uniform:
+        ax.bar([x + 0.2 for x in xs], [uniform.get(g, 0) for g in groups], width=0.4, label="uniform")
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels(groups, rotation=90, fontsize=7)
+    ax.set_ylabel("keep ratio")
+
+
+def _plot_front(ax: Any, report: dict[str, Any], records: list[TrialRecord]) -> None:
+    done = [r for r in records if r.state == "COMPLETE" and r.target]
+    front = set(report.get("pareto_front") or pareto_front(records))
+    ax.scatter([r.macs_ratio for r in done], [r.objective for r in done], c="tab:blue", label="trials")
+    f = sorted((r for r in done if r.number in front), key=lambda r: r.macs_ratio)
+    ax.plot([r.macs_ratio for r in f], [r.objective for r in f], "o-", c="tab:red", label="Pareto front")
+    base = report["baseline"]
+    ax.axhline((base.get("target_val") or base["target"])["rank1"], ls="--", c="gray",
+               label="unpruned (same fine-tuning)")
+    ax.axvline(report["budget"]["macs_ratio"], ls=":", c="k", label="budget")
+    ax.set_xlabel("MACs / unpruned MACs")
+    ax.set_ylabel(f"target {_split_label(records)} rank-1")
 
 
 def summary_table(report: dict[str, Any]) -> str:
