@@ -290,3 +290,69 @@ def test_widths_feeding_grouped_convs_are_multiples_of_the_groups_at_every_budge
         counts = project(cost, uniform_ratios(cost), b)
         assert 0.95 * b.macs <= cost.macs(counts) <= b.macs
         assert all(c % cost.channel_groups[n] == 0 and c > 0 for n, c in counts.items())
+
+
+# -- untrusted model files: the metadata is checked against the file's tensors and the architecture -----------
+
+
+@pytest.fixture(scope="module")
+def saved_r10(tmp_path_factory):
+    """(meta, state) of a pruned resnet10 as autoprune saves it."""
+    import json
+
+    torch.manual_seed(4)
+    model = build_model("resnet10", 5)
+    g = PruningGraph(model, SIZE)
+    prune_to_counts(g, {n: c // 2 for n, c in g.widths().items()}, {n: torch.rand(pg.channels) for n, pg in g.groups.items()})
+    path = save_pruned(model.eval(), tmp_path_factory.mktemp("saved") / "m.pt")
+    blob = torch.load(path, weights_only=True)
+    return json.loads(blob["meta"]), blob["state_dict"]
+
+
+def _tampered(meta, state, edit):
+    import json
+
+    meta, state = json.loads(json.dumps(meta)), dict(state)
+    out = edit(meta, state)
+    return out if isinstance(out, str) else json.dumps(meta), state
+
+
+_CONV = "backbone.layer2.0.conv1"
+_TAMPERING = {
+    "not JSON": (lambda m, s: "{not json", "not valid JSON"),
+    "a list": (lambda m, s: "[1, 2]", "JSON list, not an object"),
+    "no arch": (lambda m, s: m.pop("arch"), "'arch' must be an object"),
+    "no spec": (lambda m, s: m.pop("spec"), "'spec' must be an object"),
+    "unknown layer": (lambda m, s: m["spec"].update({"backbone.layer9.conv1": [8, 8]}), "layer9"),
+    "negative width": (lambda m, s: m["spec"].__setitem__(_CONV, [-64, 64]), "positive integers"),
+    "fractional width": (lambda m, s: m["spec"].__setitem__(_CONV, [64, 32.5]), "positive integers"),
+    "string width": (lambda m, s: m["spec"].__setitem__(_CONV, [64, "32"]), "positive integers"),
+    "a billion channels": (lambda m, s: m["spec"].__setitem__(_CONV, [m["spec"][_CONV][0], 10**9]), "holds a tensor"),
+    "a billion classes": (lambda m, s: m["arch"].__setitem__("num_classes", 10**9), "num_classes"),
+    "wider than the architecture": (
+        lambda m, s: (m["spec"].__setitem__("backbone.conv1", [3, 128]),
+                      s.__setitem__("backbone.conv1.weight", torch.zeros(128, 3, 7, 7))), "wider than resnet10"),
+    "unknown architecture": (lambda m, s: m["arch"].__setitem__("arch", "resnet9000"), "no installed plugin"),
+    "bad last stride": (lambda m, s: m["arch"].__setitem__("last_stride", 0), "last_stride"),
+    "classes disagree with the head": (lambda m, s: m["arch"].__setitem__("num_classes", 7), "classifier has"),
+}
+
+
+@pytest.mark.parametrize("case", list(_TAMPERING))
+def test_tampered_model_metadata_is_a_user_error_naming_the_file(case, saved_r10, tmp_path):
+    edit, message = _TAMPERING[case]
+    raw, state = _tampered(*saved_r10, edit)
+    path = tmp_path / "evil.pt"
+    torch.save({"meta": raw, "state_dict": state}, path)
+    with pytest.raises(UserError, match=message) as info:
+        load_pruned(path)
+    assert str(path) in str(info.value)
+
+
+def test_a_model_autoprune_saved_loads_exactly(saved_r10, tmp_path):
+    raw, state = _tampered(*saved_r10, lambda m, s: None)  # untouched
+    path = tmp_path / "ok.pt"
+    torch.save({"meta": raw, "state_dict": state}, path)
+    loaded = load_pruned(path)
+    assert loaded.arch["num_classes"] == 5 and loaded.classifier.out_features == 5
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in state.items())

@@ -77,7 +77,7 @@ def load_checkpoint_model(model_cfg: dict[str, Any], num_classes: int, host: Any
     """
     ck = read_checkpoint(model_cfg["checkpoint"])
     if ck.meta is not None:
-        model = build_from_meta(ck.meta, host=host)
+        model = build_from_meta(ck.meta, host=host, path=ck.path)
         try:
             model.load_state_dict(ck.state, strict=True)
         except RuntimeError as exc:

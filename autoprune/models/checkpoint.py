@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import torch
 from torch import nn
 
 from autoprune.errors import UserError
-from autoprune.pruning.serialize import FORMAT, load_tensors
+from autoprune.pruning.serialize import check_meta, load_tensors
 
 # A ResNet backbone's top-level names, as torchvision (and torchreid, fast-reid, bag of tricks) spell them.
 _BACKBONE = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")
@@ -92,14 +91,8 @@ def _read(path: Path, mtime_ns: int, size: int) -> Checkpoint:
 def read_state(path: Path) -> tuple[dict[str, torch.Tensor], str, dict[str, Any] | None]:
     """``(state dict, format, autoprune meta or None)`` of a checkpoint file, unwrapped from its container."""
     blob = load_tensors(path, "save a plain state_dict (torch.save(model.state_dict(), path))")
-    if isinstance(blob, dict) and isinstance(blob.get("meta"), str) and isinstance(blob.get("state_dict"), dict):
-        try:
-            meta = json.loads(blob["meta"])
-        except ValueError:
-            meta = None
-        if (isinstance(meta, dict) and meta.get("format") == FORMAT and isinstance(meta.get("arch"), dict)
-                and isinstance(meta["arch"].get("arch"), str) and isinstance(meta.get("spec"), dict)):
-            return blob["state_dict"], "autoprune", meta
+    if isinstance(blob, dict) and "meta" in blob and "state_dict" in blob:  # an autoprune model file: checked
+        return blob["state_dict"], "autoprune", check_meta(blob["meta"], blob["state_dict"], path)
     fmt = "state_dict"
     for key, name in _WRAPPERS:
         if isinstance(blob, dict) and isinstance(blob.get(key), dict):

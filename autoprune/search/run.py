@@ -19,6 +19,7 @@ from autoprune.engine.device import resolve_device, set_threads
 from autoprune.errors import UserError, disk_full
 from autoprune.host import get_host
 from autoprune.pruning.serialize import load_pruned, save_pruned
+from autoprune.rundir import inside, open_no_follow, refuse_links_out
 from autoprune.search.records import TrialRecord, hits_string, metrics_summary, objective, selection_key
 from autoprune.search.report import (
     environment,
@@ -59,10 +60,14 @@ def study_identity(cfg: dict[str, Any]) -> str:
 def prepare_run_dir(cfg: dict[str, Any], out: str | Path) -> Path:
     """Create (or reuse, for resuming) the run directory; refuse one that holds another config's study."""
     run_dir = Path(out)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--out {run_dir} is a file, not a directory; choose another --out")
+    refuse_links_out(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
-        probe.write_text("ok")
+        probe.unlink(missing_ok=True)  # a stale probe (or a planted link: unlink removes the link itself)
+        os.close(open_no_follow(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, "write test"))
         probe.unlink()
     except OSError as exc:
         raise UserError(f"run directory {run_dir} is not writable ({exc.strerror}); choose another --out") from None
@@ -150,7 +155,7 @@ def lock_run_dir(cfg: dict[str, Any], run_dir: Path) -> Any:
         import fcntl
     except ImportError:  # not on POSIX: no lock
         return None
-    f = open(run_dir / ".lock", "a+")
+    f = os.fdopen(open_no_follow(run_dir / ".lock", os.O_RDWR | os.O_CREAT, "lock"), "r+")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -164,6 +169,11 @@ def lock_run_dir(cfg: dict[str, Any], run_dir: Path) -> Any:
     f.write(str(os.getpid()))
     f.flush()
     return f
+
+
+def trial_model(run_dir: Path, r: TrialRecord) -> Path:
+    """Trial ``r``'s model file, a path read back from the study: refused unless inside the run directory."""
+    return inside(run_dir, r.model, f"the study's record of trial {r.number}")
 
 
 def _save_trial_model(run_dir: Path) -> Callable[[int, TrialResult], str]:
@@ -393,9 +403,9 @@ def finish(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, base: dict[str, A
             log(f"final: trial {best.number} is the best of {len(finals)} finalists on the validation split after "
                 f"the final fine-tune")
         elif done.get("trial") != best.number or done.get("final_epochs") != final_epochs or not model_path.is_file():
-            if best.model and (run_dir / best.model).is_file():
+            if best.model and trial_model(run_dir, best).is_file():
                 model_dir.mkdir(exist_ok=True)
-                shutil.copyfile(run_dir / best.model, model_path)
+                shutil.copyfile(trial_model(run_dir, best), model_path)
             else:
                 log(f"final: trial {best.number} ran in another worker; training its policy again for the model")
                 result = env.run(best.values, counts=best.counts)
@@ -435,8 +445,8 @@ def finish(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, base: dict[str, A
                 report["global"].update(final_target=final["target"], final_hits=final.get("hits"))
         # Trial models other than the best are not kept: they are reproducible from their policy.
         for r in records:
-            if r.model and r.number != best.number and (run_dir / r.model).exists():
-                (run_dir / r.model).unlink()
+            if r.model and r.number != best.number and trial_model(run_dir, r).exists():
+                trial_model(run_dir, r).unlink()
     write_trials_csv(run_dir / "trials.csv", records)
     report["plots"] = write_plots(run_dir, report, records)
     write_json(run_dir / "report.json", report)
