@@ -134,12 +134,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     from autoprune.engine.device import resolve_device, set_threads
     from autoprune.engine.evaluate import evaluate_domain
     from autoprune.pruning.serialize import save_pruned
+    from autoprune.rundir import refuse_links_out
 
     cfg = _load(args)
     if cfg["data"]["source"] is None:
         raise UserError("autoprune train trains and scores on data.source, which is null; give data.source, or "
                         "prune model.checkpoint directly with autoprune search")
     out = Path(_default_out(args))
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; `autoprune train` writes a folder (baseline.pt, train_report.json): "
+                        f"give a folder path")
+    refuse_links_out(out)
     out.mkdir(parents=True, exist_ok=True)
     set_threads(cfg["train"]["threads"])
     device = resolve_device(cfg["train"]["device"])
@@ -203,13 +208,14 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from autoprune.search.report import pick_from_front, summary_table, write_markdown
+    from autoprune.rundir import refuse_links_out
+    from autoprune.search.report import pick_from_front, read_report, summary_table, write_markdown
 
     run_dir = Path(args.run)
-    path = run_dir / "report.json"
-    if not path.is_file():
-        raise UserError(f"{run_dir} has no report.json; give the --out folder of a finished `autoprune search`")
-    report = json.loads(path.read_text())
+    if args.budget is not None and not 0 < args.budget <= 1:
+        raise UserError(f"--budget is a MACs ratio in (0, 1], got {args.budget}")
+    report = read_report(run_dir)
+    refuse_links_out(run_dir)  # report.md is written there
     print(summary_table(report))
     if args.budget is not None:
         pick = pick_from_front(report, args.budget)

@@ -72,8 +72,9 @@ TYPES: dict[str, tuple[type, ...]] = {
     "data.synth.target_num_train_ids": (int, type(None)),
     "data.synth.target_num_test_ids": (int, type(None)),
 }
-CHOICES: dict[str, tuple[str, ...]] = {
+CHOICES: dict[str, tuple[Any, ...]] = {
     "model.pooling": ("avg", "gem"),
+    "model.last_stride": (1, 2),
     "train.optimizer": ("adam", "sgd"),
     "train.schedule": ("cosine", "step", "constant"),
     "train.precision": ("auto", "bf16", "fp32"),
@@ -92,7 +93,7 @@ RANGES: dict[str, tuple[float, float]] = {
 POSITIVE = ("data.synth.target_num_train_ids", "data.synth.target_num_test_ids",
             "budget.latency_ms", "budget.latency_batch", "data.batch_size", "data.num_instances", "search.n_trials",
             "search.finalists", "budget.round_to",
-            "train.lr", "trial.lr")
+            "train.lr", "trial.lr", "search.timeout", "search.screening.candidates", "search.screening.batches")
 NON_NEGATIVE = ("search.finalists_se", "train.epochs", "trial.finetune_epochs", "train.warmup_epochs", "data.workers",
                 "trial.criterion_batches", "search.final_epochs", "train.max_batches_per_epoch")
 MAX_SEED = 2**32 - 1  # seeds NumPy (and so Optuna's samplers) accept
@@ -110,6 +111,8 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 _LEAVES = _flatten(DEFAULTS)
+MAX_INPUT_SIDE = 2048          # pixels; re-ID crops are a few hundred
+MAX_YAML_NODES = 100_000       # a config or search space expands to a few hundred; YAML aliases can make billions
 
 
 def _type_name(types: tuple[type, ...]) -> str:
@@ -127,8 +130,14 @@ def _check_value(key: str, value: Any) -> Any:
     if isinstance(default, list):
         if not isinstance(value, list):
             raise UserError(f"config key {key!r} must be a list, got {value!r}")
-        if key == "model.input_size" and (len(value) != 2 or not all(isinstance(v, int) and v >= 16 for v in value)):
-            raise UserError(f"model.input_size must be [height, width] with integers >= 16, got {value!r}")
+        if key == "model.input_size" and (len(value) != 2 or not all(
+                isinstance(v, int) and not isinstance(v, bool) and 16 <= v <= MAX_INPUT_SIDE for v in value)):
+            raise UserError(f"model.input_size must be [height, width] with integers in [16, {MAX_INPUT_SIDE}], "
+                            f"got {value!r}")
+        if key == "train.milestones" and not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                                                 for v in value):
+            raise UserError(f"train.milestones must be a list of epochs (integers >= 1) where the step schedule "
+                            f"lowers the learning rate, e.g. [40, 70]; got {value!r}")
         return value
     if float in types and isinstance(value, str) and _EXPONENT.match(value):
         value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string; the user meant a number
@@ -142,7 +151,7 @@ def _check_value(key: str, value: Any) -> Any:
     if key in CHOICES and value not in CHOICES[key]:
         close = difflib.get_close_matches(str(value), CHOICES[key], n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise UserError(f"config key {key!r} is {value!r}{hint}; choose one of: {', '.join(CHOICES[key])}")
+        raise UserError(f"config key {key!r} is {value!r}{hint}; choose one of: {', '.join(map(str, CHOICES[key]))}")
     if key in RANGES and value is not None:
         lo, hi = RANGES[key]
         if not (lo < value <= hi):
@@ -191,6 +200,41 @@ def _merge_plugins(base: dict[str, Any], override: Any) -> None:
         base.setdefault(str(name), {}).update({str(k): v for k, v in options.items()})
 
 
+def _expanded_size(data: Any, limit: int) -> int:
+    """Nodes of ``data`` with every alias expanded, counted up to just over ``limit`` (stops early)."""
+    count, stack = 0, [data]
+    while stack and count <= limit:
+        node = stack.pop()
+        count += 1
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, (list, tuple)):
+            stack.extend(node)
+    return count
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load`` of user text: malformed, too deep or alias-bomb YAML is a UserError naming ``where``."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UserError(f"{where} is not valid YAML{at}: {getattr(exc, 'problem', None) or exc}") from None
+    except RecursionError:
+        raise UserError(f"{where} nests too deeply to be a config; write it flat") from None
+    check_expansion(data, where)
+    return data
+
+
+def check_expansion(data: Any, where: str) -> None:
+    """Refuse YAML whose aliases expand it beyond any real config (hashing or merging it would never end)."""
+    if _expanded_size(data, MAX_YAML_NODES) > MAX_YAML_NODES:
+        raise UserError(f"{where} expands to more than {MAX_YAML_NODES} values (YAML aliases '*' repeat "
+                        f"whole blocks); write it without nested aliases")
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML mapping from disk; malformed YAML is a UserError with the line."""
     p = Path(path)
@@ -202,12 +246,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise UserError(f"config file {p} is not UTF-8 text (byte {exc.start}); give --config a YAML file") from None
     except OSError as exc:
         raise UserError(f"config file {p} cannot be read ({exc.strerror}); check its permissions") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise UserError(f"config file {p} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    data = parse_yaml(text, f"config file {p}")
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -237,7 +276,10 @@ def parse_override(item: str) -> tuple[str, Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
-        value = raw
+        value = raw  # not YAML: the text itself (a path, a name)
+    except RecursionError:
+        raise UserError(f"--set {key}: the value nests too deeply; write it flat") from None
+    check_expansion(value, f"--set {key}")
     if key == "plugins" or key.startswith("plugins."):
         if len(key.split(".")) != 3 or not all(key.split(".")):
             raise UserError(f"--set {key}: plugin options are set one at a time, as --set plugins.NAME.OPTION=value")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 
@@ -13,18 +12,34 @@ from torch import nn
 from autoprune.errors import UserError
 from autoprune.pruning.flops import count_macs
 from autoprune.pruning.serialize import load_pruned
+from autoprune.rundir import inside, refuse_links_out
+from autoprune.search.report import read_report
 
 FORMATS = ("torchscript", "onnx")
 
 
-def _check_budget(model: nn.Module, run_dir: Path) -> tuple[int, int]:
-    """Input size from the run's report; refuse a model over the run's budget."""
-    report = json.loads((run_dir / "report.json").read_text())
-    size = tuple(report["budget"]["input_size"])
+_DEFAULT_NAMES = {"torchscript": "pruned.torchscript.pt", "onnx": "pruned.onnx"}
+
+
+def _check_budget(model: nn.Module, report: dict) -> tuple[int, int]:
+    """Input size from the run's (checked) report; refuse a model over the run's budget."""
+    size = (int(report["budget"]["input_size"][0]), int(report["budget"]["input_size"][1]))
     macs, _ = count_macs(model, size)
     if macs > report["budget"]["macs"]:
         raise UserError(f"model has {macs} MACs, above the run's budget of {report['budget']['macs']}; not exporting")
     return size
+
+
+def _output_path(run_dir: Path, fmt: str, out: str | Path | None) -> Path:
+    """Where the export goes: ``--out`` must name a file in an existing folder (checked before any work)."""
+    if not out:
+        return run_dir / "model" / _DEFAULT_NAMES[fmt]
+    path = Path(out)
+    if path.is_dir():
+        raise UserError(f"--out {path} is a folder; give a file path, e.g. {path / _DEFAULT_NAMES[fmt]}")
+    if not path.parent.is_dir():
+        raise UserError(f"--out {path}: the folder {path.parent} does not exist; create it or choose another path")
+    return path
 
 
 def export_model(run_dir: str | Path, fmt: str, out: str | Path | None = None, atol: float = 1e-4) -> Path:
@@ -35,20 +50,21 @@ def export_model(run_dir: str | Path, fmt: str, out: str | Path | None = None, a
     if not (run_dir / "report.json").is_file() or not (run_dir / "model" / "pruned.pt").is_file():
         raise UserError(f"{run_dir} is not a finished autoprune run (no report.json / model/pruned.pt); "
                         f"give the --out folder of `autoprune search`")
-    model = load_pruned(run_dir / "model" / "pruned.pt").eval()
-    size = _check_budget(model, run_dir)
+    report = read_report(run_dir)
+    refuse_links_out(run_dir)  # the default output is written there
+    path = _output_path(run_dir, fmt, out)
+    model = load_pruned(inside(run_dir, "model/pruned.pt", f"{run_dir}'s model")).eval()
+    size = _check_budget(model, report)
     x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = model(x).numpy()
     if fmt == "torchscript":
-        path = Path(out) if out else run_dir / "model" / "pruned.torchscript.pt"
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # deprecated upstream, still what C++ runtimes load
             traced = torch.jit.trace(model, x[:1])
             traced.save(str(path))
             got = torch.jit.load(str(path))(x).numpy()
     else:
-        path = Path(out) if out else run_dir / "model" / "pruned.onnx"
         try:
             import onnxruntime as ort
         except ImportError:

@@ -89,7 +89,7 @@ def _parse_market_dir(folder: Path, max_cam: int | None, what: str) -> list[Samp
         m = _MARKET_NAME.match(path.name)
         if m is None or int(m.group(1)) < -1:
             raise UserError(f"{what}: cannot parse pid/camera from {path}; expected names like {_MARKET_PATTERN}")
-        pid, cam = int(m.group(1)), int(m.group(2))
+        pid, cam = _id64(m.group(1), "pid", path, what), _id64(m.group(2), "camera", path, what)
         if max_cam is not None and not 1 <= cam <= max_cam:
             raise UserError(f"{what}: camera c{cam} in {path} is out of range c1..c{max_cam}; use folder:ROOT "
                             f"for your own camera numbering")
@@ -97,6 +97,16 @@ def _parse_market_dir(folder: Path, max_cam: int | None, what: str) -> list[Samp
             raise UserError(f"{what}: camera c{cam} in {path} is invalid; cameras are 1-based (c1 is the first)")
         out.append((str(path), pid, cam - 1))
     return out
+
+
+def _id64(text: str, kind: str, where: Path | str, what: str) -> int:
+    """A person or camera id from a file name or list: it must fit in 64 bits (tensors hold them)."""
+    value = int(text) if len(text) <= 20 else None  # longer cannot fit (and int() refuses > 4300 digits)
+    if value is None or not -(2**63) <= value < 2**63:
+        shown = text if len(text) <= 24 else text[:20] + "..."
+        raise UserError(f"{what}: the {kind} id {shown} in {where} does not fit in 64 bits; renumber the "
+                        f"identities and cameras with small integers")
+    return value
 
 
 def _relabel(samples: Iterable[Sample]) -> list[Sample]:
@@ -167,15 +177,22 @@ def _check_exist(samples: list[Sample], what: str, listing: Path) -> None:
 
 def _read_msmt_list(list_path: Path, image_dir: Path) -> list[Sample]:
     out = []
-    for lineno, line in enumerate(list_path.read_text().splitlines(), 1):
+    try:
+        lines = list_path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise UserError(f"MSMT17: {list_path} is not UTF-8 text (byte {exc.start}); download the list file "
+                        f"again") from None
+    for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
         parts = line.split()
         fields = Path(parts[0]).name.split("_")
-        if len(parts) != 2 or not parts[1].isdigit() or len(fields) < 3 or not fields[2].isdigit():
-            raise UserError(f"MSMT17: cannot parse line {lineno} of {list_path}: {line.strip()!r}; expected "
+        if len(parts) != 2 or not parts[1].isdecimal() or len(fields) < 3 or not fields[2].isdecimal():
+            raise UserError(f"MSMT17: cannot parse line {lineno} of {list_path}: {line.strip()[:200]!r}; expected "
                             f"'<relative/path.jpg> <pid>' with names like 0000_000_01_0303morning_0015_0.jpg")
-        out.append((str(image_dir / parts[0]), int(parts[1]), int(fields[2]) - 1))
+        where = f"line {lineno} of {list_path}"
+        out.append((str(image_dir / parts[0]), _id64(parts[1], "pid", where, "MSMT17"),
+                    _id64(fields[2], "camera", where, "MSMT17") - 1))
     return out
 
 

@@ -7,7 +7,70 @@ import json
 from pathlib import Path
 from typing import Any
 
+from autoprune.errors import UserError
 from autoprune.search.records import TrialRecord
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _metrics_ok(m: Any, keys: tuple[str, ...] = ("rank1", "mAP")) -> bool:
+    return isinstance(m, dict) and all(_number(m.get(k)) for k in keys)
+
+
+def _report_problem(report: Any) -> str | None:
+    """What makes ``report`` unusable by ``autoprune report`` / ``export``, or None: the fields they read."""
+    if not isinstance(report, dict):
+        return "not an object"
+    budget, base = report.get("budget"), report.get("baseline")
+    if not isinstance(budget, dict) or not _number(budget.get("macs_ratio")) or not _number(budget.get("macs")):
+        return "budget.macs_ratio / budget.macs missing"
+    size = budget.get("input_size")
+    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and 16 <= v <= 2048 for v in size)):
+        return "budget.input_size is not [height, width] in pixels"
+    if not isinstance(base, dict) or not _number(base.get("macs")) or not _number(base.get("params")) \
+            or not _metrics_ok(base.get("target")) or not _metrics_ok(base.get("direct_transfer"), ("rank1",)):
+        return "baseline metrics missing"
+    if not isinstance(report.get("config", {}), dict) or not isinstance(report.get("trials"), list):
+        return "config or trials missing"
+    for t in report["trials"]:
+        if not isinstance(t, dict) or not isinstance(t.get("state"), str) or not isinstance(t.get("number"), int):
+            return "a trial without number or state"
+        if t["state"] == "COMPLETE" and t.get("target") is not None and not (
+                _metrics_ok(t["target"]) and _number(t.get("macs_ratio"))
+                and (t.get("target_val") is None or _metrics_ok(t["target_val"], ("rank1",)))):
+            return f"trial {t['number']} has no metrics"
+    for key in ("best", "uniform"):
+        entry = report.get(key)
+        if entry is not None and not (isinstance(entry, dict) and isinstance(entry.get("trial"), int)
+                                      and _number(entry.get("macs")) and _number(entry.get("params"))
+                                      and _metrics_ok(entry.get("target")) and isinstance(entry.get("policy"), dict)
+                                      and (entry.get("final_target") is None or _metrics_ok(entry["final_target"]))):
+            return f"{key} is missing its trial, MACs, params, metrics or policy"
+    plots = report.get("plots", [])
+    if not isinstance(plots, list) or not all(isinstance(p, str) and p and "/" not in p and "\\" not in p
+                                              and not p.startswith(".") for p in plots):
+        return "plots must be file names in the run directory"
+    if not isinstance(report.get("pareto_front", []), list):
+        return "pareto_front is not a list"
+    return None
+
+
+def read_report(run_dir: Path) -> dict[str, Any]:
+    """A finished run's report.json, checked for what the commands read: a truncated or edited one is a UserError."""
+    path = run_dir / "report.json"
+    if not path.is_file():
+        raise UserError(f"{run_dir} has no report.json; give the --out folder of a finished `autoprune search`")
+    fix = f"rerun the same `autoprune search` command with --out {run_dir} to write it again"
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise UserError(f"{path} is truncated or not JSON; {fix}") from None
+    problem = _report_problem(report)
+    if problem is not None:
+        raise UserError(f"{path} is incomplete or was edited ({problem}); {fix}")
+    return report
 
 
 def pareto_front(records: list[TrialRecord]) -> list[int]:

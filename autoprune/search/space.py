@@ -21,8 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from autoprune.config import parse_yaml
 from autoprune.errors import UserError
 
 MODES = ("uniform", "stage", "block", "group")
@@ -86,11 +85,14 @@ def read_space(name_or_path: str) -> tuple[str, dict[str, Any]]:
         if not path.is_file():
             raise UserError(f"search space {name_or_path!r} is neither a built-in ({', '.join(sorted(builtin))}) "
                             f"nor a YAML file; fix search.space")
-        text, name = path.read_text(), path.stem
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"search space {name_or_path} is not valid YAML: {exc}") from None
+        try:
+            text, name = path.read_text(encoding="utf-8"), path.stem
+        except UnicodeDecodeError as exc:
+            raise UserError(f"search space {path} is not UTF-8 text (byte {exc.start}); give search.space a "
+                            f"YAML file") from None
+        except OSError as exc:
+            raise UserError(f"search space {path} cannot be read ({exc.strerror}); fix search.space") from None
+    data = parse_yaml(text, f"search space {name_or_path}") or {}
     if not isinstance(data, dict):
         raise UserError(f"search space {name_or_path} must be a mapping with mode/low/high/step")
     return name, data
@@ -110,6 +112,13 @@ def _range(where: str, spec: dict[str, Any], low: float, high: float, step: floa
     if step is not None and not (0 < float(step) <= high - low or low == high):
         raise UserError(f"search space {where}: step {step} must be > 0 and at most high - low")
     return low, high, None if step is None or low == high else float(step)
+
+
+def _fixed(where: str, value: Any) -> float:
+    """A ``fixed:`` keep ratio: a number in (0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise UserError(f"search space {where}: fixed must be a keep ratio in (0, 1], got {value!r}")
+    return float(value)
 
 
 def build_space(name_or_path: str, groups: list[str], min_keep: float = 0.0, max_keep: float = 1.0) -> SearchSpace:
@@ -132,6 +141,9 @@ def build_space(name_or_path: str, groups: list[str], min_keep: float = 0.0, max
     if not isinstance(overrides, dict):
         raise UserError(f"search space {name}: overrides must be a mapping of pattern -> {{low, high, step, fixed}}")
     for pattern, spec in overrides.items():
+        if not isinstance(pattern, str):
+            raise UserError(f"search space {name}: override key {pattern!r} must be a quoted pattern over "
+                            f"parameter names, e.g. \"layer1.*\"")
         hits = [p for p in params if fnmatch.fnmatchcase(p, pattern)]
         if not hits:
             raise UserError(f"search space {name}: pattern {pattern!r} matches no parameter; "
@@ -141,7 +153,7 @@ def build_space(name_or_path: str, groups: list[str], min_keep: float = 0.0, max
         for pname in hits:
             p = params[pname]
             if "fixed" in spec:
-                p.fixed = float(spec["fixed"])
+                p.fixed = _fixed(f"{name} {pattern}", spec["fixed"])
             else:
                 p.low, p.high, p.step = _range(f"{name} {pattern}", spec, p.low, p.high, p.step)
     return SearchSpace(name, mode, params)
