@@ -148,8 +148,8 @@ def _check_value(key: str, value: Any) -> Any:
         value = float(value)
     if isinstance(value, float) and not math.isfinite(value):
         raise UserError(f"config key {key!r} must be a finite number, got {value}")
-    if key in CHOICES and value not in CHOICES[key]:
-        close = difflib.get_close_matches(str(value), CHOICES[key], n=1)
+    if key in CHOICES and value is not None and value not in CHOICES[key]:
+        close = difflib.get_close_matches(str(value), [str(c) for c in CHOICES[key]], n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise UserError(f"config key {key!r} is {value!r}{hint}; choose one of: {', '.join(map(str, CHOICES[key]))}")
     if key in RANGES and value is not None:

@@ -126,7 +126,15 @@ class PluginHost:
     def _load_entry_points(self) -> None:
         allow = os.environ.get(ALLOW_ENV)
         allowed = None if allow is None else {n.strip() for n in allow.split(",") if n.strip()}
-        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        entry_points = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+        if allowed:
+            known = {n for ep in entry_points for n in (ep.name, f"{ep.dist.name if ep.dist else '?'}:{ep.name}")}
+            unknown = sorted(allowed - known)
+            if unknown:
+                raise UserError(f"{ALLOW_ENV}={allow!r} names {', '.join(unknown)}, which no installed plugin "
+                                f"provides (installed: {', '.join(sorted(ep.name for ep in entry_points)) or 'none'}); "
+                                f"fix the names in {ALLOW_ENV} or unset it to load every plugin")
+        for ep in entry_points:
             dist = ep.dist.name if ep.dist is not None else "?"
             label = f"{dist}:{ep.name}"
             if allowed is not None and ep.name not in allowed and label not in allowed:
@@ -148,8 +156,23 @@ class PluginHost:
         """Register a plugin module or object (tests and notebooks use this for inline plugins)."""
         self.pm.register(plugin, name=name)
         self._dists[name] = (distribution, version)
-        self.pm.check_pending()
         self._registry = None
+        self._check_pending(name)
+
+    def _check_pending(self, name: str) -> None:
+        """A hook implementation with no autoprune hook of its name (a typo) is a PluginError naming the plugin."""
+        try:
+            self.pm.check_pending()
+        except pluggy.PluginValidationError:
+            specs = sorted(n for n, c in vars(self.pm.hook).items() if isinstance(c, pluggy.HookCaller) and c.has_spec())
+            typos = sorted(n for n, c in vars(self.pm.hook).items()
+                           if isinstance(c, pluggy.HookCaller) and not c.has_spec() and c.get_hookimpls())
+            self.unregister_plugin(name)  # the host stays usable without it
+            close = difflib.get_close_matches(typos[0], specs, n=1) if typos else []
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise PluginError(f"plugin {name!r} implements {', '.join(typos) or 'a hook'}, which is not an autoprune "
+                              f"hook{hint}; rename it (hooks: {', '.join(specs)}), or leave the plugin out with "
+                              f"{ALLOW_ENV}") from None
 
     def unregister_plugin(self, name: str) -> None:
         self.pm.unregister(name=name)
@@ -219,6 +242,8 @@ class PluginHost:
             known = self.names(kind)
             close = difflib.get_close_matches(name, known, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
+            if os.environ.get(ALLOW_ENV) is not None:
+                hint += f"; {ALLOW_ENV}={os.environ[ALLOW_ENV]!r} is set and may leave out the plugin that provides it"
             raise UserError(
                 f"unknown {kind} {name!r}{hint}; known: {', '.join(known) or 'none'} "
                 f"(`autoprune plugins` lists them, with the package that provides each)"

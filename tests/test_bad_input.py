@@ -90,6 +90,14 @@ def test_bad_search_space_file(sandbox, capsys, path, fragment):
 # -- settings on the command line ---------------------------------------------------------------------
 
 SETTINGS = [
+    (["model.last_stride=0"], "config key 'model.last_stride' is 0; choose one of: 1, 2"),
+    (["search.timeout=0"], "config key 'search.timeout' must be > 0, got 0.0"),
+    (["search.timeout=-60"], "config key 'search.timeout' must be > 0, got -60.0"),
+    (["search.screening.candidates=0"], "config key 'search.screening.candidates' must be > 0, got 0"),
+    (["train.milestones=[0, 5]"], "train.milestones must be a list of epochs (integers >= 1)"),
+    (["train.milestones=[1.5]"], "train.milestones must be a list of epochs (integers >= 1)"),
+    (["search.warm_start=" + "[" * 3000 + "]" * 3000], "--set search.warm_start: the value nests too deeply"),
+
     (["budget.macs_ratio=0"], "config key 'budget.macs_ratio' must be in (0.0, 1.0], got 0"),
     (["budget.macs_ratio=-0.25"], "config key 'budget.macs_ratio' must be in (0.0, 1.0], got -0.25"),
     (["budget.macs_ratio=1.2"], "config key 'budget.macs_ratio' must be in (0.0, 1.0], got 1.2"),
@@ -202,6 +210,9 @@ DATASETS = [
      "image {root}/query/" + GOOD["query"][0] + " cannot be read (OSError: "),
     ("text_named_jpg", lambda r: (market(r), (r / "bounding_box_test" / "0020_c3s1_000001_00.jpg").write_text("hi"))[0],
      "image {root}/bounding_box_test/0020_c3s1_000001_00.jpg cannot be read (UnidentifiedImageError"),
+    ("person_id_beyond_64_bits", lambda r: market(r, query=["99999999999999999999999_c1s1_000451_00.jpg"]),
+     "Market-1501: the person id 99999999999999999999999 in {root}/query/99999999999999999999999_c1s1_000451_00.jpg "
+     "does not fit in 64 bits; renumber"),
     ("one_camera_per_identity",
      lambda r: market(r, bounding_box_train=[f"{p:04d}_c1s1_00{p}{k}00_01.jpg" for p in range(1, 9) for k in (1, 2)]),
      "no training identity is seen by two cameras, so no validation split can be held out; set data.val_fraction: 0"),
@@ -223,6 +234,34 @@ def test_folder_dataset_camera_zero(sandbox, capsys):
         jpeg(root / split / "0001_c0_frame000001.jpg")
     line = refused(sandbox, capsys, search(sandbox, f"data.source=folder:{root}", f"data.target=folder:{root}"))
     assert "camera c0 in" in line and "is invalid; cameras are 1-based (c1 is the first)" in line
+
+
+def test_folder_dataset_camera_beyond_64_bits(sandbox, capsys):
+    root = sandbox / "mine"
+    for split in ("train", "query", "gallery"):
+        (root / split).mkdir(parents=True)
+        jpeg(root / split / "0001_c18446744073709551616_frame1.jpg")  # 2**64
+    line = refused(sandbox, capsys, search(sandbox, f"data.source=folder:{root}", f"data.target=folder:{root}"))
+    assert "the camera id 18446744073709551616 in" in line and "does not fit in 64 bits" in line
+
+
+def test_msmt_list_with_a_huge_or_odd_id(tmp_path):
+    from autoprune.data.readers import read_msmt17
+
+    root = tmp_path / "MSMT17_V1"
+    for d in ("train", "test"):
+        (root / d).mkdir(parents=True)
+    for name in ("list_query.txt", "list_gallery.txt"):
+        (root / name).write_text("0000/0000_000_01_0303morning_0015_0.jpg 0\n")
+    (root / "list_train.txt").write_text("0000/0000_000_01_0303morning_0015_0.jpg 1" + "0" * 30 + "\n")
+    with pytest.raises(UserError, match=r"person id 10000000000000000000\.\.\. in line 1 of .* does not fit in 64 bits"):
+        read_msmt17(tmp_path)
+    (root / "list_train.txt").write_text("0000/0000_000_01_0303morning_0015_0.jpg \u00b2\n")  # isdigit, not int
+    with pytest.raises(UserError, match="cannot parse line 1"):
+        read_msmt17(tmp_path)
+    (root / "list_train.txt").write_bytes(b"\xff\xfe\n")
+    with pytest.raises(UserError, match="list_train.txt is not UTF-8 text"):
+        read_msmt17(tmp_path)
 
 
 # -- checkpoints (model.weights) ----------------------------------------------------------------------
@@ -286,7 +325,7 @@ def test_run_directory_of_another_config(sandbox, capsys):
 def test_run_directory_is_a_file(sandbox, capsys):
     (sandbox / "run").write_text("my notes")
     line = refused(sandbox, capsys, search(sandbox))
-    assert f"run directory {sandbox / 'run'} is not writable (File exists); choose another --out" in line
+    assert f"--out {sandbox / 'run'} is a file, not a directory; choose another --out" in line
 
 
 def test_typo_in_a_dataset_path_does_not_claim_the_run_directory(sandbox, capsys):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -115,3 +116,59 @@ def test_plugin_new_writes_a_package_whose_tests_pass(kind, tmp_path, monkeypatc
 def test_plugin_new_refuses_bad_kinds_and_names(argv, message, tmp_path, capsys):
     assert main([*argv, "--out", str(tmp_path / "p")]) == 2
     assert message in capsys.readouterr().err
+
+
+# -- commands on bad paths and damaged files: exit 2, one line, before any work ----------------------
+
+
+def _one_line_error(capsys, argv):
+    from autoprune.cli import main
+
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("damage, fragment", [
+    (lambda text: text[: len(text) // 2], "is truncated or not JSON"),
+    (lambda text: json.dumps({k: v for k, v in json.loads(text).items() if k != "baseline"}),
+     "is incomplete or was edited (baseline metrics missing)"),
+    (lambda text: json.dumps({**json.loads(text), "best": {"trial": 0}}), "best is missing its trial"),
+    (lambda text: json.dumps({**json.loads(text), "plots": ["../../etc/passwd"]}), "plots must be file names"),
+    (lambda text: "[]", "(not an object)"),
+])
+def test_report_on_a_damaged_report_json(smoke_run, tmp_path, capsys, damage, fragment):
+    out, _ = smoke_run
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "report.json").write_text(damage((out / "report.json").read_text()))
+    err = _one_line_error(capsys, ["report", str(run)])
+    assert f"{run / 'report.json'} " in err and fragment in err and "rerun the same `autoprune search`" in err
+    assert not (run / "report.md").exists()
+
+
+def test_report_budget_must_be_a_ratio(smoke_run, capsys):
+    out, _ = smoke_run
+    assert "--budget is a MACs ratio in (0, 1], got nan" in _one_line_error(capsys, ["report", str(out), "--budget", "nan"])
+
+
+def test_train_out_naming_an_existing_file(tmp_path, capsys):
+    (tmp_path / "model.pt").write_text("mine")
+    err = _one_line_error(capsys, ["train", "--preset", "smoke", "--out", str(tmp_path / "model.pt"),
+                                   "--set", f"data.root={tmp_path / 'data'}"])
+    assert f"--out {tmp_path / 'model.pt'} is a file" in err and "give a folder path" in err
+    assert (tmp_path / "model.pt").read_text() == "mine" and not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("where, fragment", [
+    ("missing/model.onnx", "the folder {tmp}/missing does not exist; create it or choose another path"),
+    (".", "is a folder; give a file path, e.g. {tmp}/pruned.onnx"),
+])
+def test_export_out_into_a_missing_folder_or_onto_a_folder(smoke_run, tmp_path, capsys, monkeypatch, where, fragment):
+    out, _ = smoke_run
+    import autoprune.export as export
+
+    monkeypatch.setattr(export, "load_pruned", lambda *a, **k: pytest.fail("loaded the model before checking --out"))
+    err = _one_line_error(capsys, ["export", str(out), "--format", "onnx", "--out", str(tmp_path / where)])
+    assert fragment.format(tmp=tmp_path) in err

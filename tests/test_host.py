@@ -81,8 +81,63 @@ def test_misspelled_hook_fails_loudly(host):
         def autoprune_register_criterion(self, register):  # missing the final "a"
             pass
 
-    with pytest.raises(Exception, match="autoprune_register_criterion"):
+    with pytest.raises(PluginError, match="plugin 'typo' implements autoprune_register_criterion, which is not an "
+                                          "autoprune hook \\(did you mean 'autoprune_register_criteria'\\?\\)"):
         host.register_plugin(Typo(), name="typo")
+    assert "l1" in host.names("criterion")  # the host is still usable without it
+
+
+class _EntryPoint:
+    """Just enough of importlib.metadata.EntryPoint for the host."""
+
+    def __init__(self, name, obj):
+        self.name, self.value, self._obj = name, f"fake_module:{name}", obj
+        self.dist = None
+
+    def load(self):
+        return self._obj
+
+
+def test_misspelled_hook_in_an_installed_plugin_is_one_line_exit_2(monkeypatch, capsys):
+    from autoprune import host as host_mod
+    from autoprune.cli import main
+
+    class Typo:
+        @hookimpl
+        def autoprune_register_stratgies(self, register):
+            pass
+
+    monkeypatch.setattr(host_mod.importlib.metadata, "entry_points", lambda group: [_EntryPoint("typo", Typo())])
+    host_mod.reset_host()
+    try:
+        rc = main(["plugins"])
+    finally:
+        host_mod.reset_host()
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert "plugin '?:typo' implements autoprune_register_stratgies" in err and "autoprune_register_strategies" in err
+
+
+def test_allow_list_naming_nothing_installed_says_the_variable_did_it(monkeypatch, capsys):
+    from autoprune import host as host_mod
+    from autoprune.cli import main
+
+    monkeypatch.setenv("AUTOPRUNE_LOAD_PLUGINS", "critera")
+    host_mod.reset_host()
+    try:
+        rc = main(["plugins"])
+    finally:
+        host_mod.reset_host()
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert "AUTOPRUNE_LOAD_PLUGINS='critera' names critera, which no installed plugin provides" in err
+    assert "unset it" in err
+
+
+def test_unknown_name_under_an_allow_list_mentions_the_variable(monkeypatch):
+    monkeypatch.setenv("AUTOPRUNE_LOAD_PLUGINS", "criteria")
+    with pytest.raises(UserError, match="unknown strategy 'one_shot'; AUTOPRUNE_LOAD_PLUGINS='criteria' is set"):
+        PluginHost().get("strategy", "one_shot")
 
 
 def test_unknown_name_suggests_close_match(host):

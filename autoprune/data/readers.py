@@ -89,7 +89,7 @@ def _parse_market_dir(folder: Path, max_cam: int | None, what: str) -> list[Samp
         m = _MARKET_NAME.match(path.name)
         if m is None or int(m.group(1)) < -1:
             raise UserError(f"{what}: cannot parse pid/camera from {path}; expected names like {_MARKET_PATTERN}")
-        pid, cam = _id64(m.group(1), "pid", path, what), _id64(m.group(2), "camera", path, what)
+        pid, cam = _id64(m.group(1), "person id", path, what), _id64(m.group(2), "camera id", path, what)
         if max_cam is not None and not 1 <= cam <= max_cam:
             raise UserError(f"{what}: camera c{cam} in {path} is out of range c1..c{max_cam}; use folder:ROOT "
                             f"for your own camera numbering")
@@ -104,7 +104,7 @@ def _id64(text: str, kind: str, where: Path | str, what: str) -> int:
     value = int(text) if len(text) <= 20 else None  # longer cannot fit (and int() refuses > 4300 digits)
     if value is None or not -(2**63) <= value < 2**63:
         shown = text if len(text) <= 24 else text[:20] + "..."
-        raise UserError(f"{what}: the {kind} id {shown} in {where} does not fit in 64 bits; renumber the "
+        raise UserError(f"{what}: the {kind} {shown} in {where} does not fit in 64 bits; renumber the "
                         f"identities and cameras with small integers")
     return value
 
@@ -191,8 +191,8 @@ def _read_msmt_list(list_path: Path, image_dir: Path) -> list[Sample]:
             raise UserError(f"MSMT17: cannot parse line {lineno} of {list_path}: {line.strip()[:200]!r}; expected "
                             f"'<relative/path.jpg> <pid>' with names like 0000_000_01_0303morning_0015_0.jpg")
         where = f"line {lineno} of {list_path}"
-        out.append((str(image_dir / parts[0]), _id64(parts[1], "pid", where, "MSMT17"),
-                    _id64(fields[2], "camera", where, "MSMT17") - 1))
+        out.append((str(image_dir / parts[0]), _id64(parts[1], "person id", where, "MSMT17"),
+                    _id64(fields[2], "camera id", where, "MSMT17") - 1))
     return out
 
 
