@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("kind", metavar="KIND", help="criterion, strategy or scenario")
     n.add_argument("name", metavar="NAME", help="the registered name users configure (e.g. my_criterion)")
     n.add_argument("--out", required=True, help="a new folder to write the package into")
+    p = sub.add_parser("dashboard", help="open a run's study in optuna-dashboard on loopback (optional extra)")
+    p.add_argument("run", help="run directory (the --out of search)")
+    p.add_argument("--port", type=int, default=8080)
     p = sub.add_parser("report", help="print a run's summary and write report.md with its plots")
     p.add_argument("run", help="run directory (the --out of search)")
     p.add_argument("--budget", type=float, help="pick the best trial at or under this MACs ratio (Pareto mode)")
@@ -188,6 +191,18 @@ def cmd_plugin(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from autoprune.dashboard import make_server
+
+    server = make_server(args.run, port=args.port)
+    print(f"optuna-dashboard on http://127.0.0.1:{server.server_port}/dashboard/ (Ctrl-C stops it)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     """The effective configuration, with every configurable plugin's effective options."""
     from autoprune.config import dump
@@ -247,7 +262,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return run_worker(args)
 
 
-COMMANDS = {"plugin": cmd_plugin, "latency": cmd_latency, "worker": cmd_worker, "report": cmd_report, "export": cmd_export, "search": cmd_search, "train": cmd_train, "plugins": cmd_plugins, "config": cmd_config,
+COMMANDS = {"plugin": cmd_plugin, "dashboard": cmd_dashboard, "latency": cmd_latency, "worker": cmd_worker, "report": cmd_report, "export": cmd_export, "search": cmd_search, "train": cmd_train, "plugins": cmd_plugins, "config": cmd_config,
             "data": cmd_data}
 
 

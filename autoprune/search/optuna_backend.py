@@ -29,9 +29,16 @@ import optuna
 from optuna.trial import TrialState
 
 from autoprune.config import redact
+from autoprune.dashboard import dashboard_attrs
 from autoprune.errors import UserError, disk_full
 from autoprune.search.records import TrialRecord, result_record
-from autoprune.search.trial import SearchEnv, TrialPruned, TrialResult, format_error, objective_rank1
+from autoprune.search.trial import (
+    SearchEnv,
+    TrialPruned,
+    TrialResult,
+    format_error,
+    objective_rank1,
+)
 
 STUDY_NAME = "autoprune"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -335,6 +342,8 @@ class OptunaBackend:
             raise
         record = result_record(result, model_path)
         trial.set_user_attr("record", record)
+        for key, value in dashboard_attrs(record).items():  # what `autoprune dashboard` shows per trial
+            trial.set_user_attr(key, value)
         rank1 = objective_rank1(result.metrics, self.env.cfg["search"]["objective"])
         return (rank1, float(result.macs)) if self.multi else rank1
 
