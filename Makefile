@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch/torchvision pinned to the builds this project is tested with (pip takes them from local disk here).
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test test-fast bench bench-quick clean
+.PHONY: demo test test-fast lint bench bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ test: $(VENV)/.installed
 
 test-fast: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# ruff (rules and line length in pyproject.toml) and mypy (same) over the package and the built-in plugins.
+lint: $(VENV)/.installed
+	$(BIN)/ruff check autoprune plugins tests benchmarks examples
+	$(BIN)/mypy
 
 bench: $(VENV)/.installed
 	$(BIN)/python -m benchmarks.suite --full

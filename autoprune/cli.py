@@ -8,17 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from autoprune.cli_common import add_config_args, default_run_dir, run_search_command
 from autoprune.errors import UserError
-
-
-def _config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML run configuration (default: the demo preset; the checkpoint preset "
-                                    "with a checkpoint)")
-    p.add_argument("--preset", help="a named preset from configs/ (demo, smoke, ...)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config key, e.g. --set search.n_trials=5 (repeatable)")
-    p.add_argument("--out", help="run directory (default: runs/<preset or config name>)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 # The common case of `autoprune search` in flags: each one sets a config key (before any --set).
@@ -56,9 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "model: autoprune search --checkpoint model.pth.tar-60 "
                                    "--target market1501:/data/Market-1501 --budget 0.5")
     _shortcut_args(p)
-    _config_args(p)
+    add_config_args(p)
     p = sub.add_parser("train", help="train (or reuse the cached) baseline on the source domain")
-    _config_args(p)
+    add_config_args(p)
     from autoprune.search.worker import add_worker_parser
 
     add_worker_parser(sub)
@@ -85,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript")
     p.add_argument("--out", help="output file (default: RUN/model/pruned.<format>)")
     p = sub.add_parser("config", help="print the effective configuration")
-    _config_args(p)
+    add_config_args(p)
     p = sub.add_parser("data", help="dataset tools")
     dsub = p.add_subparsers(dest="data_command", required=True)
     s = dsub.add_parser("synth", help="write the synthetic re-ID benchmark (Market-1501 layout)")
@@ -99,32 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _default_out(args: argparse.Namespace) -> str:
-    if args.out:
-        return args.out
-    checkpoint = getattr(args, "checkpoint", None)
-    name = args.preset or (Path(args.config).stem if args.config else Path(checkpoint).name if checkpoint else "demo")
-    return str(Path("runs") / name)
+    return args.out or str(default_run_dir(args))
 
 
 def _load(args: argparse.Namespace) -> dict[str, Any]:
     from autoprune.config import load_config
 
     return load_config(args.config, args.preset, [*_shortcut_overrides(args), *args.overrides])
-
-
-def run_search_command(cfg: dict[str, Any], out: str | Path, quiet: bool) -> int:
-    """Run (or resume) a search; Ctrl-C exits 130 once the report of what finished is written, a search in
-    which no trial completed exits 1 (its report says why each trial failed)."""
-    from autoprune.search.run import no_trial_completed, run_search
-
-    try:
-        report = run_search(cfg, out, progress=not quiet and sys.stderr.isatty())
-    except KeyboardInterrupt:
-        return 130
-    if report["best"] is None:
-        print(f"autoprune: error: {no_trial_completed(Path(out), report)}", file=sys.stderr)
-        return 1
-    return 0
 
 
 def cmd_search(args: argparse.Namespace) -> int:

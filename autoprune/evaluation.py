@@ -321,10 +321,10 @@ def re_ranking(q_g_dist: np.ndarray, q_q_dist: np.ndarray, g_g_dist: np.ndarray,
         in_r[r] = True
         expansion = [r] + [h for h in (r_half[c] for c in r) if np.count_nonzero(in_r[h]) > 2.0 / 3.0 * len(h)]
         in_r[r] = False
-        s = np.unique(np.concatenate(expansion))
-        w = np.exp(-dist[s, i] / col_max[i])
-        rows.append(np.full(len(s), i))
-        cols.append(s)
+        nbrs = np.unique(np.concatenate(expansion))
+        w = np.exp(-dist[nbrs, i] / col_max[i])
+        rows.append(np.full(len(nbrs), i))
+        cols.append(nbrs)
         vals.append(w / w.sum())
     v = sp.csr_matrix((np.concatenate(vals).astype(np.float32), (np.concatenate(rows), np.concatenate(cols))),
                       shape=(n, n))

@@ -21,6 +21,17 @@ FORMATS = ("torchscript", "onnx")
 _DEFAULT_NAMES = {"torchscript": "pruned.torchscript.pt", "onnx": "pruned.onnx"}
 
 
+def save_torchscript(model: nn.Module, path: str | Path, example: torch.Tensor) -> Path:
+    """Trace ``model`` (put in eval mode) on ``example`` and save the TorchScript module to ``path``."""
+    model.eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        # TorchScript is deprecated upstream in favour of torch.export, but it is still what C++/mobile runtimes load.
+        warnings.simplefilter("ignore", FutureWarning)
+        traced = torch.jit.trace(model, example)
+    traced.save(str(path))
+    return Path(path)
+
+
 def _check_budget(model: nn.Module, report: dict) -> tuple[int, int]:
     """Input size from the run's (checked) report; refuse a model over the run's budget."""
     size = (int(report["budget"]["input_size"][0]), int(report["budget"]["input_size"][1]))
@@ -59,10 +70,8 @@ def export_model(run_dir: str | Path, fmt: str, out: str | Path | None = None, a
     with torch.no_grad():
         expected = model(x).numpy()
     if fmt == "torchscript":
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # deprecated upstream, still what C++ runtimes load
-            traced = torch.jit.trace(model, x[:1])
-            traced.save(str(path))
+        save_torchscript(model, path, x[:1])
+        with torch.no_grad():
             got = torch.jit.load(str(path))(x).numpy()
     else:
         try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import zlib
-from typing import Callable, Iterator
+from typing import Callable, Iterator, cast
 
 import torch
 import torch_pruning as tp
@@ -94,7 +94,7 @@ class L1Criterion(BaseCriterion):
     name = "l1"
 
     def score(self, model: nn.Module, group: str, ctx: CriterionContext) -> torch.Tensor:
-        return sum(w.abs().sum(dim=1) for w in _filters(model, group, ctx))
+        return cast(torch.Tensor, sum(w.abs().sum(dim=1) for w in _filters(model, group, ctx)))
 
 
 class L2Criterion(BaseCriterion):
@@ -123,7 +123,8 @@ class FPGMCriterion(BaseCriterion):
     name = "fpgm"
 
     def score(self, model: nn.Module, group: str, ctx: CriterionContext) -> torch.Tensor:
-        return sum(torch.cdist(w[None], w[None]).squeeze(0).sum(dim=1) for w in _filters(model, group, ctx))
+        return cast(torch.Tensor, sum(torch.cdist(w[None], w[None]).squeeze(0).sum(dim=1)
+                                      for w in _filters(model, group, ctx)))
 
 
 class BNScaleCriterion(BaseCriterion):

@@ -7,7 +7,7 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from autoprune.data.readers import (READERS, check_images, read_cuhk03, read_dukemtmc, read_folder,
+from autoprune.data.readers import (check_images, read_cuhk03, read_dukemtmc, read_folder,
                                     read_market1501, read_msmt17)
 from autoprune.errors import UserError
 from autoprune.testing import DatasetReaderContract
@@ -255,8 +255,13 @@ def test_cuhk03_errors(tmp_path: Path) -> None:
 
 
 def test_readers_registry() -> None:
-    assert READERS == {"market1501": read_market1501, "dukemtmc": read_dukemtmc, "msmt17": read_msmt17,
-                       "cuhk03": read_cuhk03, "folder": read_folder}
+    """The built-in reader names (one table, in autoprune.data.builtin) call these functions."""
+    from autoprune.data import builtin, readers
+
+    registered = {name: getattr(readers, builtin._lazy(f"read_{name}", doc).__name__)
+                  for name, doc in builtin.BUILTIN_READERS.items()}
+    assert registered == {"market1501": read_market1501, "dukemtmc": read_dukemtmc, "msmt17": read_msmt17,
+                          "cuhk03": read_cuhk03, "folder": read_folder}
 
 
 def test_check_images_names_the_corrupt_file(tmp_path: Path) -> None:

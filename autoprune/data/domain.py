@@ -91,7 +91,9 @@ def build_domain(spec: str, cfg: dict[str, Any], val_fraction: float = 0.0, prel
     if not ds.train:
         raise UserError(f"dataset {spec} has no training images; check its train folder")
     size = tuple(cfg["model"]["input_size"])
-    train, vq, vg = list(ds.train), [], []
+    vq: list[Sample] = []
+    vg: list[Sample] = []
+    train = list(ds.train)
     if val_fraction > 0:
         train, vq, vg = split_validation(train, val_fraction, cfg["seed"])
         if not vq:

@@ -26,7 +26,7 @@ def decode(path: str, size: tuple[int, int]) -> torch.Tensor:
     """One image as uint8 [3, H, W] at ``size`` (height, width); a corrupt file is a UserError naming it."""
     try:
         with Image.open(path) as img:
-            img = img.convert("RGB").resize((size[1], size[0]), Image.BILINEAR)
+            img = img.convert("RGB").resize((size[1], size[0]), Image.Resampling.BILINEAR)
             arr = np.asarray(img, dtype=np.uint8)
     except Exception as exc:
         raise UserError(f"image {path} cannot be read ({type(exc).__name__}: {exc}); remove or replace the file") from None

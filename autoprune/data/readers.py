@@ -35,13 +35,13 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from autoprune.data.base import ReIDDataset, Sample
 from autoprune.errors import UserError
 
-__all__ = ["READERS", "check_images", "read_cuhk03", "read_dukemtmc", "read_folder", "read_market1501",
+__all__ = ["check_images", "read_cuhk03", "read_dukemtmc", "read_folder", "read_market1501",
            "read_msmt17"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -305,11 +305,3 @@ def check_images(samples: Sequence[Sample], limit: int | None = None) -> int:
                             f"from the split") from None
     return len(chosen)
 
-
-READERS: dict[str, Callable[..., ReIDDataset]] = {
-    "market1501": read_market1501,
-    "dukemtmc": read_dukemtmc,
-    "msmt17": read_msmt17,
-    "cuhk03": read_cuhk03,
-    "folder": read_folder,
-}

@@ -482,7 +482,7 @@ def _render_person(
 def _noise_field(rng: np.random.Generator, h: int, w: int, cells: tuple[int, int]) -> np.ndarray:
     """Smooth random field in -0.5..0.5 (bilinear upsampling of a coarse grid)."""
     small = (rng.random(cells) * 255).astype(np.uint8)
-    big = Image.fromarray(small).resize((w, h), Image.BILINEAR)
+    big = Image.fromarray(small).resize((w, h), Image.Resampling.BILINEAR)
     return np.asarray(big, np.float32) / 255.0 - 0.5
 
 
@@ -616,11 +616,11 @@ class _Renderer:
         pil = Image.fromarray(np.clip(out, 0, 255, out=out).astype(np.uint8))
         r = cs.resolution
         if r < 1.0:
-            pil = pil.resize((max(4, round(self.w * r)), max(8, round(self.h * r))), Image.BOX)  # sensor area
+            pil = pil.resize((max(4, round(self.w * r)), max(8, round(self.h * r))), Image.Resampling.BOX)  # sensor area
         if cs.blur > 0:
             pil = pil.filter(ImageFilter.BoxBlur(cs.blur * r * self.h / 128))
         if r < 1.0:
-            pil = pil.resize((self.w, self.h), Image.BILINEAR)
+            pil = pil.resize((self.w, self.h), Image.Resampling.BILINEAR)
         return pil
 
 

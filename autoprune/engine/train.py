@@ -112,8 +112,9 @@ def fit(model: nn.Module, train: ImageStore, s: TrainSettings, device: torch.dev
     num_classes = int(train.pids.max()) + 1 if len(train) else 0
     if num_classes == 0:
         raise UserError("the training split is empty; check the dataset's train folder")
-    if model.classifier.out_features != num_classes:
-        model.reset_classifier(num_classes)
+    net: Any = model  # a ReIDNet: classifier, reset_classifier, feat_dim
+    if net.classifier.out_features != num_classes:
+        net.reset_classifier(num_classes)
     model.to(device)
     cuda = device.type == "cuda"
     dtype = autocast_dtype(device, s.precision, s.amp)
@@ -121,7 +122,7 @@ def fit(model: nn.Module, train: ImageStore, s: TrainSettings, device: torch.dev
     channels_last = s.channels_last and (cuda or dtype is not None)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    center = CenterLoss(num_classes, model.feat_dim).to(device) if s.center_weight > 0 else None
+    center = CenterLoss(num_classes, net.feat_dim).to(device) if s.center_weight > 0 else None
     params = [p for p in model.parameters() if p.requires_grad] + (list(center.parameters()) if center else [])
     opt = make_optimizer(params, s)
     scaler = torch.amp.GradScaler("cuda", enabled=cuda and dtype == torch.float16)

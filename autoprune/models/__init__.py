@@ -16,10 +16,10 @@ from autoprune.models.checkpoint import (
     read_checkpoint,
     read_state,
 )
+from autoprune.models.modelfile import check_against, corrupt, resized
 from autoprune.models.reid import ReIDNet
-from autoprune.pruning.serialize import build_from_meta
 
-__all__ = ["ReIDNet", "build_model", "load_backbone_weights", "load_checkpoint_model"]
+__all__ = ["ReIDNet", "build_from_meta", "build_model", "load_backbone_weights", "load_checkpoint_model"]
 
 
 def build_model(arch: str, num_classes: int, last_stride: int = 1, pooling: str = "avg",
@@ -39,6 +39,35 @@ def build_model(arch: str, num_classes: int, last_stride: int = 1, pooling: str 
         backbone.train(was)
     arch_spec = {"arch": arch, "last_stride": last_stride, "pooling": pooling, "num_classes": num_classes}
     return ReIDNet(backbone, probe.shape[1], num_classes, pooling=pooling, arch=arch_spec)
+
+
+def build_from_meta(meta: dict[str, Any], host: Any = None, path: Any = "<model>") -> ReIDNet:
+    """The architecture described by checked ``meta`` (see ``modelfile.check_meta``), resized; weights uninitialised.
+
+    Here rather than in the serializer: loading a ``model.checkpoint`` that autoprune saved needs it too."""
+    from autoprune.host import get_host
+
+    arch = meta["arch"]
+    host = host or get_host()
+    if arch["arch"] not in host.names("backbone"):
+        raise UserError(f"model file {path} is a {arch['arch'][:80]!r}, which no installed plugin provides; "
+                        f"install the plugin that saved it (`autoprune plugins` lists the backbones)")
+    # A one-class head first: the real one is sized from the checked spec, never from a bare number.
+    model = build_model(arch["arch"], 1, last_stride=arch.get("last_stride", 1),
+                        pooling=arch.get("pooling", "avg"), host=host)
+    check_against(model, meta["spec"], path)
+    for name, widths in meta["spec"].items():
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        old = getattr(parent, child)
+        new = resized(old, widths)
+        if new is not old:
+            setattr(parent, child, new)
+    if model.bnneck.num_features != model.classifier.in_features or \
+            model.classifier.out_features != arch["num_classes"]:
+        raise corrupt(path, "its head widths are inconsistent")
+    model.arch["num_classes"] = arch["num_classes"]
+    return model
 
 
 def _imagenet_file(arch: str) -> Path:

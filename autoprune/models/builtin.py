@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable
+from typing import Any, Callable
 
 import torchvision.models as tvm
 from torch import nn
@@ -34,7 +34,8 @@ def _resnet10(last_stride: int = 1) -> nn.Module:
 
 def _set_last_stride(model: nn.Module, stride: int) -> None:
     """Stride of the first block of layer4; 1 is the re-ID default (bigger final map, better features)."""
-    block = model.layer4[0]
+    layer4: Any = model.layer4  # a torchvision ResNet stage
+    block = layer4[0]
     convs = [block.conv2] if hasattr(block, "conv3") else [block.conv1]
     for conv in convs:
         conv.stride = (stride, stride)

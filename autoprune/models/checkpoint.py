@@ -19,13 +19,13 @@ import torch
 from torch import nn
 
 from autoprune.errors import UserError
-from autoprune.pruning.serialize import check_meta, load_tensors
+from autoprune.models.modelfile import check_meta, load_tensors
 
 # A ResNet backbone's top-level names, as torchvision (and torchreid, fast-reid, bag of tricks) spell them.
 _BACKBONE = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")
 _ANCHOR = "layer1.0.conv1.weight"  # every ResNet-family backbone has it, once per network in the file
 # (block type, blocks per stage) -> depth, as torchvision builds them (resnet10: autoprune's tiny one)
-_DEPTHS = {("basic", (1, 1, 1, 1)): 10, ("basic", (2, 2, 2, 2)): 18, ("basic", (3, 4, 6, 3)): 34,
+_DEPTHS: dict[tuple[str, tuple[int, ...]], int] = {("basic", (1, 1, 1, 1)): 10, ("basic", (2, 2, 2, 2)): 18, ("basic", (3, 4, 6, 3)): 34,
            ("bottleneck", (3, 4, 6, 3)): 50, ("bottleneck", (3, 4, 23, 3)): 101,
            ("bottleneck", (3, 8, 36, 3)): 152}
 _IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406])  # what autoprune.data.loading.normalize uses
@@ -83,8 +83,11 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
 @functools.lru_cache(maxsize=1)
 def _read(path: Path, mtime_ns: int, size: int) -> Checkpoint:
     state, fmt, meta = read_state(path)
-    with path.open("rb") as f:
-        sha = hashlib.file_digest(f, "sha256").hexdigest()
+    digest = hashlib.sha256()
+    with path.open("rb") as f:  # hashlib.file_digest is Python 3.11+; autoprune supports 3.10
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    sha = digest.hexdigest()
     return Checkpoint(path, fmt, state, meta, sha)
 
 

@@ -50,7 +50,7 @@ class ReIDNet(nn.Module):
         self.arch["num_classes"] = num_classes
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        b = self.backbone
+        b: Any = self.backbone  # any backbone plugin: forward_features, or torchvision ResNet's layers
         if hasattr(b, "forward_features"):
             fmap = b.forward_features(x)
         else:

@@ -123,8 +123,3 @@ def check_blockwise(name: str, channels: int, blocks: int, remove: list[int]) ->
     if set(remove) != {o + k * size for o in offsets for k in range(blocks)}:
         raise ValueError(f"group {name} feeds a grouped conv with {blocks} groups: remove the same channels "
                          f"from each of its {blocks} blocks (a multiple of {blocks} channels)")
-
-
-def discover_groups(model: nn.Module, input_size: tuple[int, int]) -> dict[str, PrunableGroup]:
-    """The named prunable groups of ``model`` (which is left untouched)."""
-    return PruningGraph(model, input_size).groups

@@ -358,7 +358,8 @@ def _runner(module: nn.Module, shape: tuple[int, ...], runtime: str, device: str
         buf = io.BytesIO()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(module.cpu(), (torch.zeros(shape),), buf, input_names=["x"], dynamo=False)
+            # torch types f as a path, but the TorchScript exporter writes to any binary file object
+            torch.onnx.export(module.cpu(), (torch.zeros(shape),), buf, input_names=["x"], dynamo=False)  # type: ignore[arg-type]
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads

@@ -73,15 +73,22 @@ def read_report(run_dir: Path) -> dict[str, Any]:
     return report
 
 
+def _value(r: TrialRecord) -> float:
+    """The objective of a complete trial with metrics (always measured there)."""
+    value = r.objective
+    assert value is not None, f"trial {r.number} has no metrics"
+    return value
+
+
 def pareto_front(records: list[TrialRecord]) -> list[int]:
     """Trial numbers not dominated in (higher objective rank-1, lower MACs) among complete trials."""
-    done = [r for r in records if r.state == "COMPLETE" and r.target and r.macs is not None]
+    done = [(r.number, _value(r), r.macs) for r in records
+            if r.state == "COMPLETE" and r.target and r.macs is not None]
     front = []
-    for r in done:
-        dominated = any(o.objective >= r.objective and o.macs <= r.macs
-                        and (o.objective > r.objective or o.macs < r.macs) for o in done)
+    for number, value, macs in done:
+        dominated = any(v >= value and m <= macs and (v > value or m < macs) for _, v, m in done)
         if not dominated:
-            front.append(r.number)
+            front.append(number)
     return sorted(front)
 
 
@@ -159,9 +166,9 @@ def progress_series(records: list[TrialRecord]) -> dict[str, list]:
     done = sorted((r for r in records if r.state == "COMPLETE" and r.target), key=lambda r: r.number)
     best, running = float("-inf"), []
     for r in done:
-        best = max(best, r.objective)
+        best = max(best, _value(r))
         running.append(best)
-    return {"number": [r.number for r in done], "rank1": [r.objective for r in done], "best": running,
+    return {"number": [r.number for r in done], "rank1": [_value(r) for r in done], "best": running,
             "pruned": sorted(r.number for r in records if r.state == "PRUNED"),
             "failed": sorted(r.number for r in records if r.state == "FAIL")}
 
@@ -257,9 +264,9 @@ def _plot_policy(ax: Any, report: dict[str, Any], records: list[TrialRecord]) ->
 def _plot_front(ax: Any, report: dict[str, Any], records: list[TrialRecord]) -> None:
     done = [r for r in records if r.state == "COMPLETE" and r.target]
     front = set(report.get("pareto_front") or pareto_front(records))
-    ax.scatter([r.macs_ratio for r in done], [r.objective for r in done], c="tab:blue", label="trials")
-    f = sorted((r for r in done if r.number in front), key=lambda r: r.macs_ratio)
-    ax.plot([r.macs_ratio for r in f], [r.objective for r in f], "o-", c="tab:red", label="Pareto front")
+    ax.scatter([r.macs_ratio for r in done], [_value(r) for r in done], c="tab:blue", label="trials")
+    f = sorted((r for r in done if r.number in front), key=lambda r: r.macs_ratio or 0.0)
+    ax.plot([r.macs_ratio for r in f], [_value(r) for r in f], "o-", c="tab:red", label="Pareto front")
     base = report["baseline"]
     ax.axhline((base.get("target_val") or base["target"])["rank1"], ls="--", c="gray",
                label="unpruned (same fine-tuning)")
@@ -271,7 +278,7 @@ def _plot_front(ax: Any, report: dict[str, Any], records: list[TrialRecord]) -> 
 def summary_table(report: dict[str, Any]) -> str:
     """The short table printed at the end of a search."""
     b, best = report["baseline"], report.get("best")
-    rows = [("", "MACs (M)", "params (M)", "target rank-1", "target mAP")]
+    rows: list[tuple[str, ...]] = [("", "MACs (M)", "params (M)", "target rank-1", "target mAP")]
     rows.append(("unpruned", f"{b['macs'] / 1e6:.1f}", f"{b['params'] / 1e6:.2f}",
                  f"{b['target']['rank1']:.3f}", f"{b['target']['mAP']:.3f}"))
     final = bool(best and best.get("final_epochs"))
@@ -291,7 +298,7 @@ def summary_table(report: dict[str, Any]) -> str:
     lines.insert(1, "-" * len(lines[0]))
     note = (f"unpruned: trial fine-tuning ({report['config'].get('finetune_epochs')} epochs) on the target"
             if report.get("config") else "")
-    if final:
+    if final and best:  # final implies best
         note += f"; uniform and best: {best['final_epochs']} final epochs"
     if note:
         lines.append(f"(target test split; {note})")

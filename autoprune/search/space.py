@@ -104,7 +104,8 @@ def _range(where: str, spec: dict[str, Any], low: float, high: float, step: floa
         raise UserError(f"search space {where}: unknown key(s) {sorted(bad)}; use low, high, step or fixed")
     try:
         low, high = float(spec.get("low", low)), float(spec.get("high", high))
-        step = None if spec.get("step", step) is None else float(spec.get("step", step))
+        raw_step = spec.get("step", step)
+        step = None if raw_step is None else float(raw_step)
     except (TypeError, ValueError):
         raise UserError(f"search space {where}: low, high and step must be numbers, got {dict(spec)}") from None
     if not (0 < low <= high <= 1):
@@ -131,7 +132,7 @@ def build_space(name_or_path: str, groups: list[str], min_keep: float = 0.0, max
     mode = data.get("mode", "group")
     if mode not in MODES:
         raise UserError(f"search space {name}: mode {mode!r} is not one of {', '.join(MODES)}")
-    top = {k: data[k] for k in ("low", "high", "step") if k in data}
+    top: dict[str, Any] = {k: data[k] for k in ("low", "high", "step") if k in data}
     low, high, step = _range(name, top, max(min_keep, 0.05), max_keep, data.get("step"))
     params: dict[str, Param] = {}
     for g in groups:

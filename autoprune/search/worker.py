@@ -19,16 +19,15 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from autoprune.cli_common import add_config_args, default_run_dir, run_search_command
 from autoprune.errors import UserError
 
 
 def add_worker_parser(subparsers: Any) -> None:
     """Add ``autoprune worker`` to the CLI's subcommands."""
-    from autoprune.cli import _config_args
-
     p = subparsers.add_parser("worker", help="join a shared Optuna study (journal file or PostgreSQL) and run "
                                              "its trials until it has search.n_trials finished trials")
-    _config_args(p)
+    add_config_args(p)
     p.add_argument("--storage", required=True, metavar="URL",
                    help="the shared study: journal:/shared/study.log (processes on one machine or a shared "
                         "disk) or postgresql://user:password@host/db (several machines)")
@@ -41,8 +40,7 @@ def worker_out(args: argparse.Namespace) -> Path:
     """The worker's run directory: --out, else one per host and process under the config's default."""
     if args.out:
         return Path(args.out)
-    name = args.preset or (Path(args.config).stem if args.config else "demo")
-    return Path("runs") / name / "workers" / f"{socket.gethostname()}-{os.getpid()}"
+    return default_run_dir(args) / "workers" / f"{socket.gethostname()}-{os.getpid()}"
 
 
 def worker_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -63,6 +61,4 @@ def worker_config(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run trials of the shared study until it holds n_trials finished trials; then report as a search does."""
-    from autoprune.cli import run_search_command
-
     return run_search_command(worker_config(args), worker_out(args), args.quiet)

@@ -318,7 +318,7 @@ def check_options(cls: type, given: Mapping[str, Any]) -> Any:
     assert dict(obj.options) == expected, f"{cls.__name__}.options: expected {expected}, got {dict(obj.options)}"
     for key in defaults:
         try:
-            obj.options[key] = defaults[key]  # type: ignore[index]
+            obj.options[key] = defaults[key]
         except TypeError:
             continue
         raise AssertionError(f"{cls.__name__}: the instance's options must be read-only")
@@ -524,6 +524,7 @@ class ScenarioContract(_PluginContract):
 
     def test_reports_source_metrics_when_the_source_has_queries(self) -> None:
         model, metrics, ctx, rec = self.run_scenario(source_query=2)
+        assert ctx.source is not None
         evaluated = [c for c in rec.of("evaluate") if c.domain == ctx.source.spec and c.model is model]
         assert evaluated and metrics["source"] == evaluated[-1].result, (
             "with source queries, metrics['source'] must be ctx.evaluate(model, ctx.source) of the returned model")

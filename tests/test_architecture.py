@@ -1,0 +1,157 @@
+"""The package's structure: no import cycles between autoprune's modules.
+
+Imports are read with ``ast`` (module level and inside functions alike: a function-level import is
+still a dependency, only a deferred one), so the check needs no import of the package itself.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# Source folder of each top-level package (autoprune_plugins lives in plugins/, see pyproject).
+PACKAGES = {"autoprune": ROOT / "autoprune", "autoprune_plugins": ROOT / "plugins"}
+
+
+def _modules() -> dict[str, Path]:
+    """Dotted module name -> source file, for every module of the two packages."""
+    found: dict[str, Path] = {}
+    for top, folder in PACKAGES.items():
+        for path in folder.rglob("*.py"):
+            parts = [top, *path.relative_to(folder).with_suffix("").parts]
+            if parts[-1] == "__init__":
+                parts.pop()
+            found[".".join(parts)] = path
+    return found
+
+
+def _imported(module: str, path: Path, known: dict[str, Path]) -> set[str]:
+    """The package modules ``module`` imports (the most specific module each import names)."""
+    is_package = path.name == "__init__.py"
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative import: resolve against this module's package
+                anchor = module.split(".") if is_package else module.split(".")[:-1]
+                anchor = anchor[: len(anchor) - (node.level - 1)]
+                base = ".".join([*anchor, base] if base else anchor)
+            # `from pkg import sub` names the submodule when there is one, else an attribute of pkg.
+            names = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names]
+        else:
+            continue
+        for name in names:
+            while name and name not in known:  # `import a.b.c` of a function: the module that holds it
+                name = name.rpartition(".")[0]
+            if name and name != module:
+                out.add(name)
+    return out
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the package modules it imports, without imports of the root for ``hookimpl``."""
+    known = _modules()
+    return {m: _imported(m, p, known) - {"autoprune"} for m, p in known.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of ``graph`` as a list of modules (first == last), or None when it is acyclic."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (cycle := visit(start)):
+            return cycle
+    return None
+
+
+def test_graph_reads_imports_of_every_kind() -> None:
+    """The parser sees module-level, function-level, relative and from-imports (else 'acyclic' is vacuous)."""
+    graph = import_graph()
+    assert "autoprune.search.run" in graph and "autoprune_plugins.scenarios" in graph
+    assert "autoprune.errors" in graph["autoprune.config"]
+    assert sum(len(v) for v in graph.values()) > 100
+
+
+def test_find_cycle_detects_a_cycle() -> None:
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
+
+
+def test_no_import_cycles() -> None:
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def _under(module: str, prefixes: tuple[str, ...]) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in prefixes)
+
+
+# The dependency rules docs/architecture.md states: (rule, importers, importers exempt, forbidden imports,
+# imports exempt). Imports of the package root (``hookimpl``) are already left out of the graph.
+FRONT_ENDS = ("autoprune.cli", "autoprune.cli_common", "autoprune.latency_cli", "autoprune.export")
+CORE = ("autoprune.errors", "autoprune.hookspecs", "autoprune.host", "autoprune.config", "autoprune.evaluation",
+        "autoprune.criteria", "autoprune.strategies", "autoprune.scenarios", "autoprune.data", "autoprune.models",
+        "autoprune.pruning")
+PLUGIN_API = ("autoprune.errors", "autoprune.hookspecs", "autoprune.criteria", "autoprune.strategies",
+              "autoprune.scenarios", "autoprune.data", "autoprune.models", "autoprune.pruning")
+RULES: list[tuple[str, tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = [
+    ("errors and hookspecs import nothing of autoprune", ("autoprune.errors", "autoprune.hookspecs"), (),
+     ("autoprune", "autoprune_plugins"), ()),
+    ("the core (plugin APIs, data, models, pruning, host, config) never imports the engine, the search, the "
+     "front ends or the contract kit", CORE, (),
+     ("autoprune.engine", "autoprune.search", "autoprune.testing", "autoprune_plugins", *FRONT_ENDS), ()),
+    ("only the search itself and the front ends import the search", ("autoprune",), ("autoprune.search", *FRONT_ENDS),
+     ("autoprune.search",), ()),
+    ("nothing imports the command line", ("autoprune", "autoprune_plugins"), (), ("autoprune.cli",), ()),
+    ("the built-in plugins use only the plugin API, as a third party would", ("autoprune_plugins",), (),
+     ("autoprune",), PLUGIN_API),
+    ("the package reaches the built-in plugins through the host, except the contract kit's default criterion "
+     "and the search's global-ranking warm start", ("autoprune",),
+     ("autoprune.testing.contracts", "autoprune.search.trial"), ("autoprune_plugins",), ()),
+]
+
+
+def broken_rules(graph: dict[str, set[str]]) -> list[str]:
+    """Every import that breaks a rule of RULES, as 'rule: importer -> imported'."""
+    broken = []
+    for rule, importers, exempt, forbidden, allowed in RULES:
+        for module, imports in sorted(graph.items()):
+            if not _under(module, importers) or _under(module, exempt):
+                continue
+            broken += [f"{rule}: {module} -> {imported}" for imported in sorted(imports)
+                       if _under(imported, forbidden) and not _under(imported, allowed)]
+    return broken
+
+
+def test_dependency_rules_hold() -> None:
+    assert broken_rules(import_graph()) == []
+
+
+def test_dependency_rules_catch_a_breach() -> None:
+    graph = import_graph()
+    graph["autoprune.pruning.flops"] = graph["autoprune.pruning.flops"] | {"autoprune.search.run"}
+    graph["autoprune_plugins.criteria"] = graph["autoprune_plugins.criteria"] | {"autoprune.engine.train"}
+    graph["autoprune.errors"] = {"autoprune.config"}
+    broken = broken_rules(graph)
+    assert sorted(b.partition(":")[0] for b in broken) == sorted([
+        RULES[0][0],                # errors -> config
+        RULES[1][0], RULES[2][0],   # pruning -> search: core rule, search rule
+        RULES[4][0],                # built-in plugin -> engine
+    ])
+    assert sum(b.endswith("autoprune.pruning.flops -> autoprune.search.run") for b in broken) == 2
