@@ -102,6 +102,8 @@ class Suite:
         report_path = out / "report.json"
         identity = out / "identity.json"
         if identity.is_file() and json.loads(identity.read_text())["identity"] != study_identity(cfg):
+            if self.cached_only:  # reading only: never delete a cell (a code update can change the identity)
+                raise NotCached(name)
             self.log(f"cell {label}: computed with another config (the suite changed); starting it again")
             shutil.rmtree(out)
         if report_path.is_file():
