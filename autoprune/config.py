@@ -45,7 +45,8 @@ DEFAULTS: dict[str, Any] = {
                "ray": {"address": None, "cpus_per_trial": 1, "gpus_per_trial": 0.0,
                        "max_concurrent": 2}},
     "trial": {"scenario": "prune_then_finetune", "criterion": "l1", "strategy": "one_shot",
-              "finetune_epochs": 2, "lr": 3.5e-4, "criterion_batches": 4, "eval_every_epoch": True},
+              "finetune_epochs": 2, "lr": 3.5e-4, "criterion_batches": 4, "eval_every_epoch": True,
+              "adapt_epochs": 0, "distill": {"logit": 0.0, "embedding": 0.0, "temperature": 4.0}},
     # Per-plugin options, {<registered name>: {<option>: value}}: checked against the plugins' own
     # declarations (the plugin host), not against this tree.
     "plugins": {},
@@ -93,9 +94,11 @@ RANGES: dict[str, tuple[float, float]] = {
 POSITIVE = ("data.synth.target_num_train_ids", "data.synth.target_num_test_ids",
             "budget.latency_ms", "budget.latency_batch", "data.batch_size", "data.num_instances", "search.n_trials",
             "search.finalists", "budget.round_to",
-            "train.lr", "trial.lr", "search.timeout", "search.screening.candidates", "search.screening.batches")
+            "train.lr", "trial.lr", "search.timeout", "search.screening.candidates", "search.screening.batches",
+            "trial.distill.temperature")
 NON_NEGATIVE = ("search.finalists_se", "train.epochs", "trial.finetune_epochs", "train.warmup_epochs", "data.workers",
-                "trial.criterion_batches", "search.final_epochs", "train.max_batches_per_epoch")
+                "trial.criterion_batches", "search.final_epochs", "train.max_batches_per_epoch", "trial.adapt_epochs",
+                "trial.distill.logit", "trial.distill.embedding")
 MAX_SEED = 2**32 - 1  # seeds NumPy (and so Optuna's samplers) accept
 
 
@@ -354,6 +357,10 @@ def validate(cfg: dict[str, Any]) -> None:
     m = cfg["model"]
     if m["checkpoint"] is not None and not m["checkpoint"].strip():
         raise UserError("model.checkpoint is empty; give the path of a trained model file, or null")
+    d = cfg["trial"]["distill"]
+    if (d["logit"] > 0 or d["embedding"] > 0) and cfg["trial"]["adapt_epochs"] == 0:
+        raise UserError("trial.distill needs a teacher, the target-adapted unpruned model: set trial.adapt_epochs "
+                        "> 0 (e.g. 4), or set trial.distill.logit and trial.distill.embedding to 0")
     for key in ("source", "target"):
         spec = cfg["data"][key]
         if spec is None and key == "source" and m["checkpoint"] is not None:

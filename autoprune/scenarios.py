@@ -11,28 +11,46 @@ from typing import Any, Callable
 from torch import nn
 
 from autoprune.data.domain import Domain
+from autoprune.distill import DistillSettings
 
 
 @dataclass
 class ScenarioContext:
     """A trial's model and the host services a scenario orders.
 
-    - ``prune(model, domain, epochs)``: the configured strategy and criterion prune ``model`` to the
-      trial's widths, fine-tuning ``epochs`` on ``domain`` (data-driven criteria also use ``domain``);
-    - ``finetune(model, domain, epochs)``: plain fine-tuning, no pruning;
+    Models: ``model`` is this trial's own copy of the source-trained model. ``adapted`` is this trial's
+    own copy of the *target-adapted* unpruned model (the source model fine-tuned ``adapt_epochs`` on the
+    target, computed once per search and shared by every trial and worker), ``None`` when
+    ``trial.adapt_epochs`` is 0. ``teacher`` is that same adapted model, shared and frozen (eval mode): read
+    it, never train or prune it. ``distill`` is the configured ``trial.distill``.
+
+    Services (``extra_loss`` is optional everywhere; see below):
+    - ``prune(model, domain, epochs, extra_loss=None)``: the configured strategy and criterion prune
+      ``model`` *in place* to the trial's widths, fine-tuning ``epochs`` on ``domain`` (data-driven criteria
+      also use ``domain``), and return it (the same object; use the returned one);
+    - ``finetune(model, domain, epochs, extra_loss=None)``: plain fine-tuning in place, no pruning;
     - ``evaluate(model, domain)``: ``{"rank1", "mAP", ...}`` on the domain's query/gallery.
 
     ``options`` are the scenario's own options (the same read-only mapping as ``self.options``).
+
+    ``extra_loss(batch, student, teacher) -> scalar tensor`` is added to the re-ID loss at every step:
+    ``batch`` is ``(images, pids)``, ``student`` the :class:`autoprune.models.reid.Outputs` of the model
+    being trained, ``teacher`` those of ``teacher`` on the same images, computed without gradients
+    (``None`` when there is no teacher). :class:`autoprune.distill.Distillation` is one.
     """
 
     model: nn.Module
     source: Domain | None              # None when a trained model is pruned without source data
     target: Domain
     epochs: int
-    prune: Callable[[nn.Module, Domain, int], nn.Module]
-    finetune: Callable[[nn.Module, Domain, int], None]
+    prune: Callable[..., nn.Module]
+    finetune: Callable[..., None]
     evaluate: Callable[[nn.Module, Domain], dict[str, Any]]
     options: Mapping[str, Any] = field(default_factory=dict)
+    teacher: nn.Module | None = None
+    adapted: nn.Module | None = None
+    adapt_epochs: int = 0
+    distill: DistillSettings = field(default_factory=DistillSettings)
 
 
 class BaseScenario(abc.ABC):

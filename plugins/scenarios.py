@@ -11,6 +11,8 @@ from typing import Any, Callable
 from torch import nn
 
 from autoprune import hookimpl
+from autoprune.distill import Distillation
+from autoprune.engine.train import LossTerm
 from autoprune.scenarios import BaseScenario, ScenarioContext
 
 
@@ -20,24 +22,39 @@ def _metrics(model: nn.Module, ctx: ScenarioContext) -> dict[str, Any]:
     return {"target": ctx.evaluate(model, ctx.target), "source": source}
 
 
+def distillation(ctx: ScenarioContext) -> LossTerm | None:
+    """The configured distillation from ``ctx.teacher`` (``trial.distill``), or None when it is off."""
+    return Distillation(ctx.distill) if ctx.distill.enabled and ctx.teacher is not None else None
+
+
 class PruneThenFinetuneScenario(BaseScenario):
-    """Prune the source-trained model, then fine-tune it on the target (the strategy's fine-tuning)."""
+    """Prune the source-trained model, then fine-tune it on the target (the strategy's fine-tuning).
+
+    The recovery distils from the adapted teacher when ``trial.distill`` asks for it.
+    """
 
     name = "prune_then_finetune"
 
     def run(self, ctx: ScenarioContext) -> tuple[nn.Module, dict[str, Any]]:
-        model = ctx.prune(ctx.model, ctx.target, ctx.epochs)
+        model = ctx.prune(ctx.model, ctx.target, ctx.epochs, extra_loss=distillation(ctx))
         return model, _metrics(model, ctx)
 
 
 class FinetuneThenPruneScenario(BaseScenario):
-    """Adapt the unpruned model to the target for ``ctx.epochs``, then prune it there (another ``ctx.epochs``)."""
+    """Prune the target-adapted unpruned model on the target, recovering ``ctx.epochs`` (+ distillation).
+
+    The adapted model is the one the host computed once per search (``ctx.adapted``, ``trial.adapt_epochs``
+    epochs); without it (``trial.adapt_epochs: 0``) every trial adapts its own copy first, for ``ctx.epochs``.
+    """
 
     name = "finetune_then_prune"
 
     def run(self, ctx: ScenarioContext) -> tuple[nn.Module, dict[str, Any]]:
-        ctx.finetune(ctx.model, ctx.target, ctx.epochs)
-        model = ctx.prune(ctx.model, ctx.target, ctx.epochs)
+        model = ctx.adapted
+        if model is None:
+            model = ctx.model
+            ctx.finetune(model, ctx.target, ctx.epochs)
+        model = ctx.prune(model, ctx.target, ctx.epochs, extra_loss=distillation(ctx))
         return model, _metrics(model, ctx)
 
 
@@ -51,12 +68,15 @@ class PruneDuringFinetuneScenario(BaseScenario):
     name = "prune_during_finetune"
 
     def run(self, ctx: ScenarioContext) -> tuple[nn.Module, dict[str, Any]]:
-        model = ctx.prune(ctx.model, ctx.target, ctx.epochs)
+        model = ctx.prune(ctx.model, ctx.target, ctx.epochs, extra_loss=distillation(ctx))
         return model, _metrics(model, ctx)
 
 
 class DirectTransferScenario(BaseScenario):
-    """Prune and fine-tune on the source only, then score on the target: no target label is used."""
+    """Prune and fine-tune on the source only, then score on the target: no target label is used.
+
+    So no distillation either: the teacher was adapted with target labels.
+    """
 
     name = "direct_transfer"
     needs_source = True

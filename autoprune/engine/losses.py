@@ -39,3 +39,18 @@ class CenterLoss(nn.Module):
 
     def forward(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return (features - self.centers[targets]).pow(2).sum(dim=1).mean() / 2
+
+
+def kd_logit_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Knowledge distillation on logits (Hinton et al. 2015): KL(teacher || student) at ``temperature``.
+
+    Scaled by T^2 so its gradients keep their size as T changes.
+    """
+    t = temperature
+    return F.kl_div(F.log_softmax(student / t, dim=1), F.softmax(teacher / t, dim=1),
+                    reduction="batchmean") * (t * t)
+
+
+def embedding_distill_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Squared distance between L2-normalised embeddings (= 2 - 2 cos), what cosine retrieval compares."""
+    return (F.normalize(student, dim=1) - F.normalize(teacher, dim=1)).pow(2).sum(dim=1).mean()

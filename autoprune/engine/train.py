@@ -21,6 +21,7 @@ from autoprune.data.loading import IdentitySampler, ImageStore, augment, normali
 from autoprune.engine.device import autocast_dtype
 from autoprune.engine.losses import CenterLoss, cross_entropy_ls, hard_triplet_loss
 from autoprune.errors import UserError
+from autoprune.models.reid import Outputs, outputs
 
 
 class NonFiniteLoss(RuntimeError):
@@ -54,7 +55,7 @@ class TrainSettings:
     seed: int = 0
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any], epochs: int | None = None, lr: float | None = None) -> "TrainSettings":
+    def from_config(cls, cfg: dict[str, Any], epochs: int | None = None, lr: float | None = None) -> TrainSettings:
         t, d = cfg["train"], cfg["data"]
         return cls(epochs=t["epochs"] if epochs is None else epochs, lr=t["lr"] if lr is None else lr,
                    optimizer=t["optimizer"], weight_decay=t["weight_decay"], momentum=t["momentum"],
@@ -79,15 +80,18 @@ def lr_factor(s: TrainSettings, epoch: float) -> float:
 
 
 def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: TrainSettings, center: nn.Module | None,
-          device: torch.device, dtype: torch.dtype | None) -> torch.Tensor:
+          device: torch.device, dtype: torch.dtype | None, extra_loss: LossTerm | None = None,
+          teacher: nn.Module | None = None) -> torch.Tensor:
     """The training loss of one batch (float32), the forward pass autocast to ``dtype`` if given."""
     with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-        logits, feat = model(x)
-        loss = cross_entropy_ls(logits.float(), y, s.label_smoothing)
+        out = outputs(model, x)
+        loss = cross_entropy_ls(out.logits.float(), y, s.label_smoothing)
         if s.triplet_weight:
-            loss = loss + s.triplet_weight * hard_triplet_loss(feat.float(), y, s.margin)
+            loss = loss + s.triplet_weight * hard_triplet_loss(out.features.float(), y, s.margin)
         if center is not None:
-            loss = loss + s.center_weight * center(feat.float(), y)
+            loss = loss + s.center_weight * center(out.features.float(), y)
+        if extra_loss is not None:
+            loss = loss + _extra(extra_loss, x, y, out, teacher)
     return loss
 
 
@@ -98,16 +102,22 @@ def make_optimizer(params: list[nn.Parameter], s: TrainSettings) -> torch.optim.
 
 
 EpochCallback = Callable[[int, nn.Module], None]
+# An extra loss term: (batch (images, pids), student outputs, teacher outputs or None) -> scalar tensor.
+LossTerm = Callable[[tuple[torch.Tensor, torch.Tensor], Outputs, "Outputs | None"], torch.Tensor]
 
 
 def fit(model: nn.Module, train: ImageStore, s: TrainSettings, device: torch.device,
         on_epoch_end: EpochCallback | None = None, on_step_end: Callable[[nn.Module], None] | None = None,
         desc: str = "train", progress: bool = True, resume: dict[str, Any] | None = None,
-        checkpoint: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, float]]:
+        checkpoint: Callable[[dict[str, Any]], None] | None = None, extra_loss: LossTerm | None = None,
+        teacher: nn.Module | None = None) -> list[dict[str, float]]:
     """Train ``model`` on ``train`` (pids 0..N-1) for ``s.epochs``; returns per-epoch loss and throughput.
 
     ``on_epoch_end(epoch, model)`` runs after each epoch (soft pruning, per-epoch evaluation and trial
     early-stopping hook in here); ``on_step_end(model)`` after each optimiser step (to keep masks applied).
+    ``extra_loss(batch, student, teacher)`` is added to the re-ID loss at every step; ``teacher`` (kept in
+    eval mode, never trained) gives it the teacher's outputs for the same augmented batch, computed
+    without gradients. A checkpoint carries the augmentation RNG state, so a resumed run is the same run.
     """
     num_classes = int(train.pids.max()) + 1 if len(train) else 0
     if num_classes == 0:
@@ -134,6 +144,10 @@ def fit(model: nn.Module, train: ImageStore, s: TrainSettings, device: torch.dev
         opt.load_state_dict(resume["optimizer"])
         first = int(resume["epoch"])
         history = list(resume.get("history", []))
+        if "rng" in resume:
+            gen.set_state(resume["rng"])
+    if teacher is not None:
+        teacher.to(device).eval()
     for epoch in range(first, s.epochs):
         model.train()
         batches = sampler.batches(epoch)
@@ -153,12 +167,12 @@ def fit(model: nn.Module, train: ImageStore, s: TrainSettings, device: torch.dev
             # inputs, never at 96x48 here): that step is redone in float32, with the BatchNorm statistics the
             # failed pass overwrote put back first.
             saved = [b.detach().clone() for b in model.buffers()] if dtype == torch.bfloat16 else None
-            loss = _loss(model, x, y, s, center, device, dtype)
+            loss = _loss(model, x, y, s, center, device, dtype, extra_loss, teacher)
             if saved is not None and not torch.isfinite(loss):
                 with torch.no_grad():
                     for b, v in zip(model.buffers(), saved):
                         b.copy_(v)
-                loss = _loss(model, x, y, s, center, device, None)
+                loss = _loss(model, x, y, s, center, device, None, extra_loss, teacher)
                 retries += 1
             if not torch.isfinite(loss):
                 raise NonFiniteLoss(f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}")
@@ -178,5 +192,18 @@ def fit(model: nn.Module, train: ImageStore, s: TrainSettings, device: torch.dev
         if on_epoch_end is not None:
             on_epoch_end(epoch, model)
         if checkpoint is not None:
-            checkpoint({"epoch": epoch + 1, "optimizer": opt.state_dict(), "history": history})
+            checkpoint({"epoch": epoch + 1, "optimizer": opt.state_dict(), "history": history,
+                        "rng": gen.get_state()})
     return history
+
+
+def _extra(term: LossTerm, x: torch.Tensor, y: torch.Tensor, out: Outputs, teacher: nn.Module | None) -> torch.Tensor:
+    """The extra loss term of one step, with the teacher's outputs for the same images (no gradients)."""
+    t_out = None
+    if teacher is not None:
+        with torch.no_grad():
+            t_out = outputs(teacher, x)
+    value = term((x, y), out, t_out)
+    if not isinstance(value, torch.Tensor) or value.dim() != 0:
+        raise TypeError(f"an extra loss term must return a scalar tensor, got {type(value).__name__}")
+    return value.float()

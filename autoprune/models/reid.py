@@ -6,6 +6,7 @@ features before the BNNeck. Inference returns the features after the BNNeck, the
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,6 +23,32 @@ class GeM(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.clamp(min=self.eps).pow(self.p).mean(dim=(2, 3), keepdim=True).pow(1.0 / self.p)
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """What a re-ID model computes for a batch, in train or eval mode alike (see :func:`outputs`).
+
+    ``logits``: the classifier's scores over the training identities of the domain being fine-tuned on,
+    ``[N, classes]``; ``features``: the pooled features before the BNNeck, ``[N, D]`` (the triplet loss's);
+    ``embedding``: the features after the BNNeck, ``[N, D]``, the re-ID embedding a deployed model returns.
+    ``D`` is the BNNeck width, which pruning never changes, so a teacher's and a student's match.
+    """
+
+    logits: torch.Tensor
+    features: torch.Tensor
+    embedding: torch.Tensor
+
+
+def outputs(model: nn.Module, x: torch.Tensor) -> Outputs:
+    """All three outputs of a :class:`ReIDNet` for ``x``, the same operations as its ``forward``.
+
+    ``forward`` returns ``(logits, features)`` in train mode and ``embedding`` in eval mode; this returns
+    all three in either mode (BatchNorm layers use batch statistics in train mode, running ones in eval).
+    """
+    feat = model.features(x)
+    emb = model.bnneck(feat)
+    return Outputs(model.classifier(emb), feat, emb)
 
 
 class ReIDNet(nn.Module):

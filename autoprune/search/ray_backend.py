@@ -4,8 +4,10 @@
   ``search.warm_start``), so trial 0 is the uniform policy, numbered as the Optuna backend numbers it.
 - Early stopping: ASHA on the per-epoch target rank-1 reports (FIFO for ``rank1+macs`` or
   ``search.pruner: none``); an ASHA-stopped trial is recorded as PRUNED.
-- Workers rebuild the shared :class:`SearchEnv` once per process from the config; the baseline weights
-  travel through Ray's object store (``tune.with_parameters``), never in a pickled closure.
+- Workers rebuild the shared :class:`SearchEnv` once per process from the config; the baseline weights and
+  the driver's target-adapted model (adapt once, computed before the search starts) travel through Ray's
+  object store (``tune.with_parameters``), never in a pickled closure, so no worker adapts again and no
+  shared disk is needed for them.
 - A trial's final record (JSON) is its Tune checkpoint. The experiment lives in ``<run_dir>/ray``; running
   the same command again restores it: finished trials are kept, trials cut short are run again.
 
@@ -56,7 +58,7 @@ _live: RayBackend | None = None
 _ENV: dict[str, SearchEnv] = {}   # one SearchEnv per worker process, reused by the trials it runs
 
 
-def _worker_env(cfg: dict[str, Any], baseline: Any) -> SearchEnv:
+def _worker_env(cfg: dict[str, Any], baseline: Any, adapted: Any = None) -> SearchEnv:
     from autoprune.data.domain import load_domains
     from autoprune.engine.device import resolve_device
     from autoprune.host import get_host
@@ -68,11 +70,13 @@ def _worker_env(cfg: dict[str, Any], baseline: Any) -> SearchEnv:
         # The driver's domains: the target's validation split held out, so Ray trials are chosen on it too.
         source, target = load_domains(cfg)
         _ENV[key] = SearchEnv(cfg, get_host(), device, source, target, baseline, progress=False)
+        if adapted is not None:  # the driver's adapted model (adapt once), shipped as the baseline is
+            _ENV[key].set_adapted(adapted)
     return _ENV[key]
 
 
 def run_trial(config: dict[str, Any], *, cfg: dict[str, Any], baseline: Any, cwd: str,
-              save_model: Callable[[int, TrialResult], str] | None) -> None:
+              save_model: Callable[[int, TrialResult], str] | None, adapted: Any = None) -> None:
     """The Tune function trainable: one trial, reporting the objective (rank-1) after every target epoch."""
     from autoprune.engine.device import set_threads
 
@@ -95,7 +99,7 @@ def run_trial(config: dict[str, Any], *, cfg: dict[str, Any], baseline: Any, cwd
         tune.report({"rank1": rank1, "step": step, "final": False})
 
     try:
-        result = _worker_env(cfg, baseline).run(values, report=None if multi else report)
+        result = _worker_env(cfg, baseline, adapted).run(values, report=None if multi else report)
     except Exception as exc:
         # The trial failed on its own (a plugin, the data, out of memory): a finished FAIL, not retried. Only a
         # worker or node that dies is an ERROR to Tune, and Tune runs that trial again (FailureConfig).
@@ -289,7 +293,7 @@ class RayBackend:
     def _trainable(self) -> Any:
         cfg, res = self.env.cfg, self.env.cfg["search"]["ray"]
         fn = tune.with_parameters(run_trial, cfg=cfg, baseline=self.env.baseline, cwd=os.getcwd(),
-                                  save_model=self.save_model)
+                                  save_model=self.save_model, adapted=self.env.adapted)
         return tune.with_resources(fn, {"cpu": res["cpus_per_trial"], "gpu": res["gpus_per_trial"]})
 
     def _check_resumable(self, n_trials: int) -> bool:

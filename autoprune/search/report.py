@@ -296,10 +296,14 @@ def summary_table(report: dict[str, Any]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
     lines.insert(1, "-" * len(lines[0]))
-    note = (f"unpruned: trial fine-tuning ({report['config'].get('finetune_epochs')} epochs) on the target"
-            if report.get("config") else "")
-    if final and best:  # final implies best
-        note += f"; uniform and best: {best['final_epochs']} final epochs"
+    if report.get("recipe"):
+        note = (f"recovery recipe: {report['recipe']['summary']}; the unpruned row went through the same recipe "
+                f"with nothing pruned")
+    else:  # a report written before recipes were recorded
+        note = (f"unpruned: trial fine-tuning ({report['config'].get('finetune_epochs')} epochs) on the target"
+                if report.get("config") else "")
+        if final and best:  # final implies best
+            note += f"; uniform and best: {best['final_epochs']} final epochs"
     if note:
         lines.append(f"(target test split; {note})")
     ck = b.get("checkpoint")

@@ -20,6 +20,7 @@ from autoprune.errors import UserError, disk_full
 from autoprune.host import get_host
 from autoprune.pruning.serialize import load_pruned, save_pruned
 from autoprune.rundir import inside, open_no_follow, refuse_links_out
+from autoprune.search.adapt import load_or_adapt
 from autoprune.search.records import TrialRecord, hits_string, metrics_summary, objective, selection_key
 from autoprune.search.report import (
     environment,
@@ -285,25 +286,13 @@ def _search(cfg: dict[str, Any], run_dir: Path, started: float, progress: bool,
             f"{env.budget.latency.predict_ms(env.cost.base_widths):.3f} ms; "
             + ("each policy is also timed here" if env.end_to_end else "not this machine: the table is trusted"))
 
-    base_file = run_dir / "baseline.json"
-    if base_file.is_file():
-        base = json.loads(base_file.read_text())
-    else:
-        direct = env.evaluate(baseline, target)
-        log(f"baseline: direct transfer to target rank-1 {direct['rank1']:.3f}; fine-tuning it unpruned on the target")
-        try:
-            unpruned = env.unpruned()
-        except NonFiniteLoss as exc:
-            raise _diverged("the unpruned baseline on the target", exc) from None
-        base = {"arch": cfg["model"]["arch"], "macs": env.base_macs, "params": env.base_params,
-                "target": metrics_summary(unpruned.metrics["target"]),
-                "target_val": metrics_summary(unpruned.metrics["target"].get("val")),
-                "direct_transfer": metrics_summary(direct),
-                "source": metrics_summary(base_info.get("source_metrics")), "seconds": unpruned.seconds}
-        if base_info.get("checkpoint"):
-            base["checkpoint"] = base_info["checkpoint"]
-        write_json(base_file, base)
-    log(f"baseline: unpruned after target fine-tuning rank-1 {base['target']['rank1']:.3f}, mAP {base['target']['mAP']:.3f}")
+    try:
+        adaptation = load_or_adapt(env, run_dir, log)
+    except NonFiniteLoss as exc:
+        raise _diverged("the unpruned model on the target (trial.adapt_epochs)", exc) from None
+    base = _unpruned_reference(cfg, run_dir, env, base_info, log)
+    if adaptation is not None:
+        base["adaptation"] = adaptation
 
     best_rank1: list[float | None] = [None]
 
@@ -337,6 +326,57 @@ def _search(cfg: dict[str, Any], run_dir: Path, started: float, progress: bool,
     return report
 
 
+def recovery_epochs(cfg: dict[str, Any]) -> int:
+    """The target epochs the reported model recovers for: the final round's, or a trial's without one."""
+    return cfg["search"]["final_epochs"] or cfg["trial"]["finetune_epochs"]
+
+
+def recipe(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The recovery recipe, reported beside every result."""
+    from autoprune.distill import DistillSettings
+
+    t = cfg["trial"]
+    d = DistillSettings.from_config(cfg)
+    return {"scenario": t["scenario"], "adapt_epochs": t["adapt_epochs"], "finetune_epochs": t["finetune_epochs"],
+            "final_epochs": cfg["search"]["final_epochs"], "recovery_epochs": recovery_epochs(cfg),
+            "distill": {"logit": d.logit, "embedding": d.embedding, "temperature": d.temperature},
+            "summary": f"{t['scenario']}"
+                       + (f", adapted once ({t['adapt_epochs']} target epochs)" if t["adapt_epochs"] else "")
+                       + f", {d.describe()}, {recovery_epochs(cfg)} recovery epochs"}
+
+
+def _unpruned_reference(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, base_info: dict[str, Any],
+                        log: Callable[[str], None]) -> dict[str, Any]:
+    """The unpruned model through the same scenario and recovery epochs as the reported model (cached)."""
+    from autoprune.engine.train import NonFiniteLoss
+
+    base_file = run_dir / "baseline.json"
+    epochs = recovery_epochs(cfg)
+    if base_file.is_file():
+        base = json.loads(base_file.read_text())
+        if base.get("recipe") == recipe(cfg):  # a reference of another recipe (or epochs) is not this one's
+            log(f"baseline: unpruned reference rank-1 {base['target']['rank1']:.3f}, mAP {base['target']['mAP']:.3f}")
+            return base
+    direct = env.evaluate(env.baseline, env.target)
+    log(f"baseline: direct transfer to target rank-1 {direct['rank1']:.3f}; the unpruned reference recovers "
+        f"{epochs} epochs as the pruned model does")
+    try:
+        unpruned = env.unpruned(epochs=epochs)
+    except NonFiniteLoss as exc:
+        raise _diverged("the unpruned baseline on the target", exc) from None
+    base = {"arch": cfg["model"]["arch"], "macs": env.base_macs, "params": env.base_params,
+            "target": metrics_summary(unpruned.metrics["target"]),
+            "target_val": metrics_summary(unpruned.metrics["target"].get("val")),
+            "direct_transfer": metrics_summary(direct),
+            "source": metrics_summary(base_info.get("source_metrics")), "seconds": unpruned.seconds,
+            "recovery_epochs": epochs, "adapt_epochs": env.adapt_epochs, "recipe": recipe(cfg)}
+    if base_info.get("checkpoint"):
+        base["checkpoint"] = base_info["checkpoint"]
+    write_json(base_file, base)
+    log(f"baseline: unpruned reference rank-1 {base['target']['rank1']:.3f}, mAP {base['target']['mAP']:.3f}")
+    return base
+
+
 def _disk_full(run_dir: Path, exc: OSError) -> UserError:
     return UserError(f"the disk under {run_dir} is full ({exc.strerror}); free some space, then rerun the same "
                      f"command to resume (the interrupted trial is run again)")
@@ -367,6 +407,7 @@ def finish(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, base: dict[str, A
                    "backend": cfg["search"]["backend"], "finetune_epochs": cfg["trial"]["finetune_epochs"]},
         "plugins": env.plugins_used(),
         "environment": environment(env.device),
+        "recipe": recipe(cfg),
         "best": None,
         "uniform": None,
         "trials": [r.to_json() for r in sorted(records, key=lambda r: r.number)],

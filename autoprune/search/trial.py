@@ -20,9 +20,10 @@ from torch import nn
 from autoprune.criteria import CriterionContext
 from autoprune.data.domain import Domain
 from autoprune.data.loading import IdentitySampler, augment, normalize
+from autoprune.distill import DistillSettings
 from autoprune.engine.evaluate import evaluate_domain
 from autoprune.engine.losses import cross_entropy_ls
-from autoprune.engine.train import TrainSettings, fit
+from autoprune.engine.train import EpochCallback, LossTerm, TrainSettings, fit
 from autoprune.pruning.budget import Budget, check_feasible, min_widths, project
 from autoprune.pruning.flops import CostModel, count_macs
 from autoprune.pruning.groups import PruningGraph
@@ -99,6 +100,27 @@ class SearchEnv:
         used.append(("backbone", self.cfg["model"]["arch"]))
         unique = list(dict.fromkeys(used))
         return [self.host.provenance(kind, name, self.cfg["plugins"]) for kind, name in unique]
+        # The target-adapted unpruned model, once computed (autoprune.search.adapt): ScenarioContext.adapted / .teacher.
+        self.adapt_epochs: int = t["adapt_epochs"]
+        self.distill = DistillSettings.from_config(cfg)
+        self.adapted: nn.Module | None = None
+        self.teacher: nn.Module | None = None
+
+    def set_adapted(self, model: nn.Module) -> None:
+        """Share ``model`` (the adapted unpruned model) with every trial: a copy per trial, one frozen teacher."""
+        self.adapted = model.cpu().eval()
+        self.teacher = copy.deepcopy(self.adapted).to(self.device).eval().requires_grad_(False)
+
+    def adapt(self, model: nn.Module, resume: dict[str, Any] | None = None,
+              checkpoint: Callable[[dict[str, Any]], None] | None = None) -> nn.Module:
+        """Fine-tune ``model`` (a copy of the baseline) on the target for ``trial.adapt_epochs``, seeded as a trial is.
+
+        ``resume`` (with the partially adapted ``model``) continues an interrupted adaptation from its checkpoint.
+        """
+        torch.manual_seed(self.cfg["seed"])
+        fit(model, self.target.train, self.settings(self.adapt_epochs), self.device, desc="adapt",
+            progress=self.progress, resume=resume, checkpoint=checkpoint)
+        return model.cpu().eval()
 
     # -- services handed to plugins ------------------------------------------------------------
     def settings(self, epochs: int) -> TrainSettings:
@@ -202,7 +224,7 @@ class SearchEnv:
 
     def run(self, values: dict[str, float], report: Reporter | None = None, epochs: int | None = None,
             counts: dict[str, int] | None = None, screen: Callable[[float], None] | None = None) -> TrialResult:
-        """Prune a fresh copy of the baseline to the projected policy, run the scenario, measure.
+        """Prune a fresh copy of the baseline (or the adapted model) to the projected policy, run the scenario.
 
         ``screen(score)``, if given, sees the candidate's adaptive-BN score first and may raise
         TrialPruned to skip its fine-tuning.
@@ -214,65 +236,14 @@ class SearchEnv:
             screen(self.screen_score(counts))
             torch.manual_seed(self.cfg["seed"])
         epochs = self.cfg["trial"]["finetune_epochs"] if epochs is None else epochs
-        model = copy.deepcopy(self.baseline).to(self.device)
-        history: list[dict[str, Any]] = []
-        step = [0]
-        timers = {"train": 0.0, "eval": 0.0}
-
-        def timed_evaluate(m: nn.Module, domain: Domain) -> dict[str, Any]:
-            t0 = time.perf_counter()
-            try:
-                return self.evaluate(m, domain)
-            finally:
-                timers["eval"] += time.perf_counter() - t0
-
-        def finetune_on(domain: Domain) -> Callable[..., list]:
-            def finetune(m: nn.Module, n_epochs: int, on_epoch_end=None, on_step_end=None) -> list:
-                def epoch_end(epoch: int, mod: nn.Module) -> None:
-                    if on_epoch_end is not None:
-                        on_epoch_end(epoch, mod)
-                    if domain is self.target and self.cfg["trial"]["eval_every_epoch"] and report is not None:
-                        step[0] += 1
-                        t0 = time.perf_counter()
-                        r1 = score(self.evaluate_val(mod, self.target), self.cfg["search"]["objective"])
-                        timers["eval"] += time.perf_counter() - t0
-                        history.append({"step": step[0], "target_rank1": r1})
-                        report(step[0], r1)
-                t0 = time.perf_counter()
-                eval_before = timers["eval"]
-                out = fit(m, domain.train, self.settings(n_epochs), self.device, on_epoch_end=epoch_end,
-                          on_step_end=on_step_end, desc="finetune", progress=self.progress)
-                timers["train"] += time.perf_counter() - t0 - (timers["eval"] - eval_before)
-                return out
-            return finetune
-
-        def prune(m: nn.Module, domain: Domain, n_epochs: int) -> nn.Module:
-            if counts == self.cost.base_widths:  # the unpruned reference: same fine-tuning, no strategy at all
-                finetune_plain(m, domain, n_epochs)
-                return m
-            graph = PruningGraph(m, self.input_size)
-            criterion = self.new("criterion")
-            sctx = StrategyContext(graph=graph, counts=counts, criterion=criterion,
-                                   criterion_context=lambda: self.criterion_context(graph, domain),
-                                   finetune=finetune_on(domain), epochs=n_epochs, cost=self.cost, budget=self.budget)
-            out = self.new("strategy").run(m, sctx)
-            widths = graph.widths()
-            if not self.strategy_cls.follows_policy:
-                counts.clear()
-                counts.update(widths)
-            elif widths != counts:
-                wrong = [n for n in counts if widths.get(n) != counts[n]][:3]
-                raise RuntimeError(f"strategy {self.strategy_cls.name!r} left groups {wrong} at other widths "
-                                   f"than the policy asks")
-            return out
-
-        def finetune_plain(m: nn.Module, domain: Domain, n_epochs: int) -> None:
-            if n_epochs:
-                finetune_on(domain)(m, n_epochs)
-
+        services = TrialServices(self, counts, report)
         scenario = self.new("scenario")
-        ctx = ScenarioContext(model=model, source=self.source, target=self.target, epochs=epochs, prune=prune,
-                              finetune=finetune_plain, evaluate=timed_evaluate, options=scenario.options)
+        ctx = ScenarioContext(model=copy.deepcopy(self.baseline).to(self.device), source=self.source,
+                              target=self.target, epochs=epochs, prune=services.prune, finetune=services.finetune,
+                              evaluate=services.evaluate, teacher=self.teacher,
+                              adapted=copy.deepcopy(self.adapted).to(self.device) if self.adapted is not None else None,
+                              adapt_epochs=self.adapt_epochs, distill=self.distill,
+                              options=scenario.options)
         with torch.enable_grad():  # restores the grad mode on exit, whatever plugin code set it to
             model, metrics = scenario.run(ctx)
         rank1 = objective_rank1(metrics, self.cfg["search"]["objective"])
@@ -280,6 +251,7 @@ class SearchEnv:
             raise RuntimeError("target rank-1 is not finite")
         model = model.cpu().eval()
         macs, params = count_macs(model, self.input_size)
+        counts = services.counts
         if macs > self.budget.macs and any(c < self.cost.base_widths[n] for n, c in counts.items()):
             raise RuntimeError(f"pruned model has {macs} MACs, above the budget {self.budget.macs}")
         if (self.budget.latency is not None and any(c < self.cost.base_widths[n] for n, c in counts.items())
@@ -288,11 +260,94 @@ class SearchEnv:
                                f"above the budget {self.budget.latency_ms} ms")
         policy = {n: round(c / self.cost.base_widths[n], 4) for n, c in counts.items()}
         return TrialResult(counts, policy, macs, params, macs / self.base_macs, metrics,
-                           time.perf_counter() - start, model, history, timers["train"], timers["eval"])
+                           time.perf_counter() - start, model, services.history, services.train_seconds,
+                           services.eval_seconds)
 
     def unpruned(self, epochs: int | None = None) -> TrialResult:
         """The baseline through the same scenario with nothing pruned: what a pruned model is compared with."""
         return self.run({}, counts=dict(self.cost.base_widths), epochs=epochs)
+
+
+class TrialServices:
+    """The host services one trial hands its scenario (``prune``, ``finetune``, ``evaluate``), and what they count.
+
+    ``counts`` is the trial's policy; a strategy that chooses its own widths (``follows_policy = False``)
+    replaces it with the widths it reached. Target fine-tuning reports validation rank-1 after every epoch
+    (``history``, and ``report`` for the backend's early stopping) when ``trial.eval_every_epoch`` is set.
+    """
+
+    def __init__(self, env: SearchEnv, counts: dict[str, int], report: Reporter | None) -> None:
+        self.env, self.counts, self.report = env, counts, report
+        self.history: list[dict[str, Any]] = []
+        self.train_seconds = 0.0          # inside the training loop, evaluation excluded
+        self.eval_seconds = 0.0
+        self._step = 0
+
+    def evaluate(self, model: nn.Module, domain: Domain) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        try:
+            return self.env.evaluate(model, domain)
+        finally:
+            self.eval_seconds += time.perf_counter() - t0
+
+    def finetune(self, model: nn.Module, domain: Domain, epochs: int, extra_loss: LossTerm | None = None) -> None:
+        """Plain fine-tuning of ``model`` in place (no pruning)."""
+        if epochs:
+            self._fit(model, domain, epochs, extra_loss=extra_loss)
+
+    def prune(self, model: nn.Module, domain: Domain, epochs: int, extra_loss: LossTerm | None = None) -> nn.Module:
+        """Prune ``model`` in place with the configured strategy and criterion; returns it."""
+        env = self.env
+        if self.counts == env.cost.base_widths:  # the unpruned reference: same fine-tuning, no strategy at all
+            self.finetune(model, domain, epochs, extra_loss=extra_loss)
+            return model
+        graph = PruningGraph(model, env.input_size)
+
+        def finetune(m: nn.Module, n_epochs: int, on_epoch_end: EpochCallback | None = None,
+                     on_step_end: Callable[[nn.Module], None] | None = None) -> list:
+            return self._fit(m, domain, n_epochs, on_epoch_end, on_step_end, extra_loss)
+
+        sctx = StrategyContext(graph=graph, counts=self.counts, criterion=env.new("criterion"),
+                               criterion_context=lambda: env.criterion_context(graph, domain),
+                               finetune=finetune, epochs=epochs, cost=env.cost, budget=env.budget)
+        out = env.new("strategy").run(model, sctx)
+        widths = graph.widths()
+        if not env.strategy_cls.follows_policy:
+            self.counts.clear()
+            self.counts.update(widths)
+        elif widths != self.counts:
+            wrong = [n for n in self.counts if widths.get(n) != self.counts[n]][:3]
+            raise RuntimeError(f"strategy {env.strategy_cls.name!r} left groups {wrong} at other widths "
+                               f"than the policy asks")
+        return out
+
+    def _fit(self, model: nn.Module, domain: Domain, epochs: int, on_epoch_end: EpochCallback | None = None,
+             on_step_end: Callable[[nn.Module], None] | None = None, extra_loss: LossTerm | None = None) -> list:
+        env = self.env
+
+        def epoch_end(epoch: int, m: nn.Module) -> None:
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, m)
+            if domain is env.target and env.cfg["trial"]["eval_every_epoch"] and self.report is not None:
+                self._report_epoch(m)
+
+        t0, eval_before = time.perf_counter(), self.eval_seconds
+        try:
+            return fit(model, domain.train, env.settings(epochs), env.device, on_epoch_end=epoch_end,
+                       on_step_end=on_step_end, desc="finetune", progress=env.progress, extra_loss=extra_loss,
+                       teacher=env.teacher if extra_loss is not None else None)
+        finally:
+            self.train_seconds += time.perf_counter() - t0 - (self.eval_seconds - eval_before)
+
+    def _report_epoch(self, model: nn.Module) -> None:
+        """Validation rank-1 after a target epoch, to the history and the backend (which may stop the trial)."""
+        self._step += 1
+        t0 = time.perf_counter()
+        r1 = score(self.env.evaluate_val(model, self.env.target), self.env.cfg["search"]["objective"])
+        self.eval_seconds += time.perf_counter() - t0
+        self.history.append({"step": self._step, "target_rank1": r1})
+        assert self.report is not None
+        self.report(self._step, r1)
 
 
 def objective_rank1(metrics: dict[str, Any], kind: str = "rank1") -> float:

@@ -29,6 +29,8 @@ from autoprune.criteria import BaseCriterion, Batch, CriterionContext
 from autoprune.data.base import ReIDDataset
 from autoprune.data.domain import Domain
 from autoprune.data.loading import ImageStore
+from autoprune.distill import DistillSettings
+from autoprune.models.reid import outputs
 from autoprune.pruning.budget import Budget, project, uniform_ratios, width_step
 from autoprune.pruning.flops import CostModel
 from autoprune.pruning.groups import PruningGraph
@@ -240,13 +242,14 @@ def fake_domain(spec: str, num_ids: int = 3, num_query: int = 2) -> Domain:
 
 @dataclass
 class ServiceCall:
-    """One call a scenario made: ``kind`` is prune, finetune or evaluate."""
+    """One call a scenario made: ``kind`` is prune, finetune or evaluate; ``extra_loss`` the term it passed."""
 
     kind: str
     domain: str
     epochs: int | None
     model: nn.Module
     result: Any = None
+    extra_loss: Any = None
 
 
 class ScenarioRecorder:
@@ -258,13 +261,13 @@ class ScenarioRecorder:
     def of(self, kind: str) -> list[ServiceCall]:
         return [c for c in self.calls if c.kind == kind]
 
-    def prune(self, model: nn.Module, domain: Domain, epochs: int) -> nn.Module:
+    def prune(self, model: nn.Module, domain: Domain, epochs: int, extra_loss: Any = None) -> nn.Module:
         pruned = nn.Identity()
-        self.calls.append(ServiceCall("prune", domain.spec, epochs, model, pruned))
+        self.calls.append(ServiceCall("prune", domain.spec, epochs, model, pruned, extra_loss))
         return pruned
 
-    def finetune(self, model: nn.Module, domain: Domain, epochs: int) -> None:
-        self.calls.append(ServiceCall("finetune", domain.spec, epochs, model))
+    def finetune(self, model: nn.Module, domain: Domain, epochs: int, extra_loss: Any = None) -> None:
+        self.calls.append(ServiceCall("finetune", domain.spec, epochs, model, None, extra_loss))
 
     def evaluate(self, model: nn.Module, domain: Domain) -> dict[str, Any]:
         metrics = {"rank1": 0.5, "mAP": 0.25, "domain": domain.spec, "model": id(model)}
@@ -272,20 +275,39 @@ class ScenarioRecorder:
         return metrics
 
 
-def scenario_context(epochs: int = 3, source_query: int = 2,
-                     with_source: bool = True,
-                     options: Mapping[str, Any] | None = None) -> tuple[ScenarioContext, ScenarioRecorder]:
+def scenario_context(epochs: int = 3, source_query: int = 2, with_source: bool = True,
+                     options: Mapping[str, Any] | None = None, adapted: bool = False,
+                     distill: DistillSettings | None = None) -> tuple[ScenarioContext, ScenarioRecorder]:
     """A ScenarioContext with fake services, and the recorder of what the scenario asked of them.
 
     ``with_source=False``: no source domain (``ctx.source`` is None), as when a user's trained model is pruned.
     ``options`` is what the host puts in ``ctx.options``: the scenario instance's ``options``.
+    ``adapted=True`` gives it an adapted model and a teacher (tiny real models, as the host's are), for
+    scenarios that start from the target-adapted model or distil; ``distill`` sets ``ctx.distill``.
     """
     rec = ScenarioRecorder()
     source = fake_domain("source", num_query=source_query) if with_source else None
     ctx = ScenarioContext(model=nn.Identity(), source=source,
                           target=fake_domain("target"), epochs=epochs, prune=rec.prune, finetune=rec.finetune,
-                          evaluate=rec.evaluate, options=options if options is not None else {})
+                          evaluate=rec.evaluate, options=options if options is not None else {},
+                          distill=distill or DistillSettings())
+    if adapted:
+        ctx.teacher = tiny_model(seed=1).eval().requires_grad_(False)
+        ctx.adapted, ctx.adapt_epochs = tiny_model(seed=1), epochs
     return ctx, rec
+
+
+def loss_term_value(term: Callable[..., torch.Tensor], with_teacher: bool = True,
+                    seed: int = 0) -> tuple[torch.Tensor, nn.Module]:
+    """Call an extra loss term as the host's fine-tuning does, on a tiny student (train mode) and teacher.
+
+    Returns the term's value and the student, so a test can check the value and that it back-propagates.
+    """
+    student, teacher = tiny_model(seed=seed), tiny_model(seed=seed + 1).eval().requires_grad_(False)
+    x, y = next(random_batches(seed, batch_size=4)(1))
+    with torch.no_grad():
+        t_out = outputs(teacher, x) if with_teacher else None
+    return term((x, y), outputs(student, x), t_out), student
 
 
 # -- the contracts ---------------------------------------------------------------------------------------------
@@ -543,3 +565,15 @@ class ScenarioContract(_PluginContract):
         for call in rec.of("prune") + rec.of("finetune"):
             assert call.epochs is not None and 0 <= call.epochs <= ctx.epochs, (
                 f"ctx.{call.kind} was asked for {call.epochs} epochs; each call may use 0..ctx.epochs = {ctx.epochs}")
+
+    @pytest.mark.parametrize("adapted", [False, True])
+    def test_extra_loss_terms_are_finite_scalars_that_train_the_student(self, adapted: bool) -> None:
+        _, _, _, rec = self.run_scenario(adapted=adapted, distill=DistillSettings(logit=1.0, embedding=1.0))
+        for call in rec.of("prune") + rec.of("finetune"):
+            if call.extra_loss is None:
+                continue
+            value, student = loss_term_value(call.extra_loss, with_teacher=adapted)
+            assert value.dim() == 0 and torch.isfinite(value), f"{call.kind}: the extra loss is not a finite scalar"
+            value.backward()
+            assert any(p.grad is not None for p in student.parameters()), f"{call.kind}: no gradient reaches the student"
+

@@ -1,0 +1,198 @@
+"""The recovery recipe at 50% MACs: pruned vs unpruned at equal target epochs, and the recipe ablation.
+
+Every cell prunes the uniform 50% policy (L1, one-shot) of the same source-trained ResNet-18 and lets it
+recover ``search.final_epochs`` (4, to fit 2 shared CPU cores) target epochs, as the search's final round does; the unpruned reference
+goes through the same scenario with nothing pruned, so it sees the same target data and epochs. Recipes:
+- ``ptf``: prune the source model, recover on the target (the old default, ``prune_then_finetune``);
+- ``ftp``: prune the target-adapted model (adapted once, ``trial.adapt_epochs`` = 4), recover on the target
+  (``finetune_then_prune``), so it has 4 + 4 target epochs and its unpruned reference too;
+- distillation from the adapted teacher: off / logit / embedding / both.
+The seconds of one trial (4 recovery epochs) with and without adapt-once are timed in the same process.
+
+    .venv/bin/python -m benchmarks.recovery --seeds 0 1 2        # resumable: finished cells are read back
+    .venv/bin/python -m benchmarks.recovery --seeds 1     # one seed per process, in parallel
+
+Writes benchmarks/recovery.json (every cell) and adds ``table1`` and ``recovery`` to results_full.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent
+CACHE = ROOT / "cache" / "recovery"
+COMMON = ["model.input_size=[96, 48]", "train.epochs=12", "trial.finetune_epochs=4", "search.final_epochs=4",
+          "train.threads=1", f"data.root={ROOT / 'cache' / 'data'}"]
+LOGIT, EMBEDDING = ["trial.distill.logit=1.0"], ["trial.distill.embedding=1.0"]
+ADAPT = ["trial.scenario=finetune_then_prune", "trial.adapt_epochs=4"]
+PTF = ["trial.scenario=prune_then_finetune", "trial.adapt_epochs=4"]  # adapted model only as the teacher
+# cell -> (overrides, unpruned reference?) in the order they run (the most telling first)
+CELLS: dict[str, tuple[list[str], bool]] = {
+    "unpruned_adapted": (ADAPT, True),
+    "ftp_both": (ADAPT + LOGIT + EMBEDDING, False),
+    "ftp_off": (ADAPT, False),
+    "ptf_off": (PTF, False),
+    "unpruned_source": (PTF, True),
+    "ftp_logit": (ADAPT + LOGIT, False),
+    "ftp_embedding": (ADAPT + EMBEDDING, False),
+    "ptf_both": (PTF + LOGIT + EMBEDDING, False),
+}
+
+
+class Seed:
+    """One seed's data, source baseline and adapted model, shared by its cells."""
+
+    def __init__(self, seed: int) -> None:
+        from autoprune.data.domain import load_domains
+        from autoprune.engine.baseline import get_baseline
+        from autoprune.engine.device import resolve_device, set_threads
+
+        self.seed, self.dir = seed, CACHE / f"s{seed}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.base_cfg = self.config(ADAPT)
+        set_threads(1)
+        self.device = resolve_device("cpu")
+        self.source, self.target = load_domains(self.base_cfg)
+        self.baseline, _ = get_baseline(self.base_cfg, self.source, self.device, progress=False, log=log)
+        self.adapted_env = self.env(ADAPT)
+
+    def config(self, overrides: list[str]) -> dict[str, Any]:
+        from autoprune.config import load_config
+
+        return load_config(preset="demo", overrides=[*COMMON, f"seed={self.seed}", *overrides])
+
+    def env(self, overrides: list[str]) -> Any:
+        from autoprune.host import get_host
+        from autoprune.search.adapt import load_or_adapt
+        from autoprune.search.trial import SearchEnv
+
+        env = SearchEnv(self.config(overrides), get_host(), self.device, self.source, self.target, self.baseline)
+        if env.adapt_epochs:
+            load_or_adapt(env, self.dir, log=log)  # computed once per seed, read back by every cell
+        return env
+
+    def cell(self, name: str) -> dict[str, Any]:
+        path = self.dir / f"{name}.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        overrides, unpruned = CELLS[name]
+        env = self.env(overrides)
+        epochs = env.cfg["search"]["final_epochs"]
+        start = time.perf_counter()
+        if unpruned:
+            result = env.unpruned(epochs=epochs)
+        else:
+            counts = env.counts_for(env.space.uniform_values())
+            result = env.run(env.space.uniform_values(), counts=counts, epochs=epochs)
+        target = result.metrics["target"]
+        out = {"cell": name, "seed": self.seed, "rank1": target["rank1"], "mAP": target["mAP"],
+               "val_rank1": target["val"]["rank1"], "val_mAP": target["val"]["mAP"],
+               "macs_ratio": result.macs_ratio, "target_epochs": epochs + (env.adapt_epochs if env.cfg["trial"]["scenario"] == "finetune_then_prune" else 0),
+               "seconds": round(time.perf_counter() - start, 1)}
+        path.write_text(json.dumps(out, indent=1))
+        log(f"seed {self.seed} {name}: val {out['val_rank1']:.3f} test {out['rank1']:.3f} ({out['seconds']:.0f} s)")
+        return out
+
+    def trial_cost(self) -> dict[str, Any]:
+        """Seconds of one trial (uniform policy, 4 recovery epochs) adapting per trial vs adapted once."""
+        path = self.dir / "trial_cost.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        out: dict[str, Any] = {}
+        for name, overrides in (("per_trial", ["trial.scenario=finetune_then_prune", "trial.adapt_epochs=0"]),
+                                ("adapt_once", ADAPT), ("prune_then_finetune", ["trial.scenario=prune_then_finetune"])):
+            env = self.env(overrides)
+            values = env.space.uniform_values()
+            result = env.run(values, counts=env.counts_for(values))
+            out[name] = {"seconds": round(result.seconds, 1), "val_rank1": result.metrics["target"]["val"]["rank1"],
+                         "rank1": result.metrics["target"]["rank1"]}
+            log(f"seed {self.seed} trial cost {name}: {result.seconds:.1f} s")
+        path.write_text(json.dumps(out, indent=1))
+        return out
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def mean_sd(xs: list[float]) -> str:
+    if not xs:
+        return "-"
+    if len(xs) == 1:
+        return f"{xs[0]:.3f}"
+    return f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs):.3f}"
+
+
+def collect(seeds: list[int]) -> dict[str, Any]:
+    """Every finished cell, read back from the cache (whatever a run got through)."""
+    cells: dict[str, dict[int, dict[str, Any]]] = {}
+    costs = {}
+    for seed in seeds:
+        for name in CELLS:
+            path = CACHE / f"s{seed}" / f"{name}.json"
+            if path.is_file():
+                cells.setdefault(name, {})[seed] = json.loads(path.read_text())
+        cost = CACHE / f"s{seed}" / "trial_cost.json"
+        if cost.is_file():
+            costs[seed] = json.loads(cost.read_text())
+        adapted = CACHE / f"s{seed}" / "adapted.json"
+        ftp = cells.get("ftp_off", {}).get(seed)
+        if adapted.is_file() and ftp:
+            # Same process, same seed: a trial that adapts its own copy first (finetune_then_prune before
+            # adapt-once) costs the adaptation plus the recovery; with adapt-once only the recovery.
+            a = json.loads(adapted.read_text())["seconds"]
+            costs.setdefault(seed, {})["derived"] = {"adapt_seconds": a, "recovery_seconds": ftp["seconds"],
+                                                     "per_trial_adaptation": round(a + ftp["seconds"], 1),
+                                                     "adapt_once": ftp["seconds"]}
+    return {"cells": cells, "trial_cost": costs}
+
+
+def write(seeds: list[int]) -> dict[str, Any]:
+    data = collect(seeds)
+    (ROOT / "recovery.json").write_text(json.dumps(data, indent=1, sort_keys=True))
+    cells = data["cells"]
+    rows = []
+    for pruned, ref, label in (("ftp_both", "unpruned_adapted", "small, adapt once + distillation (both)"),
+                               ("ptf_off", "unpruned_source", "small, prune_then_finetune (old default)")):
+        common = sorted(set(cells.get(pruned, {})) & set(cells.get(ref, {})))
+        if common:
+            rows.append({"condition": "small", "recipe": label, "macs_ratio": 0.5,
+                         "pruned_rank1": round(statistics.mean(cells[pruned][s]["rank1"] for s in common), 4),
+                         "unpruned_rank1": round(statistics.mean(cells[ref][s]["rank1"] for s in common), 4),
+                         "seeds": common})
+    full = ROOT / "results_full.json"
+    results = json.loads(full.read_text()) if full.is_file() else {}
+    results["table1"] = rows
+    results["recovery"] = data
+    full.write_text(json.dumps(results, indent=1, sort_keys=True))
+    for name, by_seed in cells.items():
+        seeds_done = sorted(by_seed)
+        print(f"{name:18s} val {mean_sd([by_seed[s]['val_rank1'] for s in seeds_done]):15s} "
+              f"test {mean_sd([by_seed[s]['rank1'] for s in seeds_done]):15s} seeds {seeds_done}")
+    return data
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--report-only", action="store_true", help="only rewrite the tables from the cache")
+    p.add_argument("--trial-cost", action="store_true", help="also time one trial with and without adapt-once")
+    args = p.parse_args()
+    if not args.report_only:
+        for seed in args.seeds:
+            s = Seed(seed)
+            for k, name in enumerate(CELLS):
+                s.cell(name)
+                if k == 3 and args.trial_cost and seed == args.seeds[0]:
+                    s.trial_cost()
+                write(args.seeds)
+    write(args.seeds)
+
+
+if __name__ == "__main__":
+    main()
