@@ -170,11 +170,46 @@ def write(seeds: list[int]) -> dict[str, Any]:
     results["table1"] = rows
     results["recovery"] = data
     full.write_text(json.dumps(results, indent=1, sort_keys=True))
-    for name, by_seed in cells.items():
-        seeds_done = sorted(by_seed)
-        print(f"{name:18s} val {mean_sd([by_seed[s]['val_rank1'] for s in seeds_done]):15s} "
-              f"test {mean_sd([by_seed[s]['rank1'] for s in seeds_done]):15s} seeds {seeds_done}")
+    table = markdown(data)
+    print(table)
+    (ROOT / "recovery_tables.md").write_text(table + "\n")
     return data
+
+
+LABELS = {
+    "unpruned_adapted": ("unpruned", "adapted once (4) + 4 recovery", "-", 8),
+    "unpruned_source": ("unpruned", "source model + 4 recovery", "-", 4),
+    "ftp_off": ("50% uniform", "prune the adapted model (finetune_then_prune, adapt once)", "off", 8),
+    "ftp_logit": ("50% uniform", "prune the adapted model", "logit", 8),
+    "ftp_embedding": ("50% uniform", "prune the adapted model", "embedding", 8),
+    "ftp_both": ("50% uniform", "prune the adapted model", "logit + embedding", 8),
+    "ptf_off": ("50% uniform", "prune the source model (prune_then_finetune)", "off", 4),
+    "ptf_both": ("50% uniform", "prune the source model", "logit + embedding", 4),
+}
+
+
+def markdown(data: dict[str, Any]) -> str:
+    """The ablation table (validation chooses, test reports) and the trial costs, from the cache."""
+    lines = ["| model | recipe | distillation | target epochs | val rank-1 | test rank-1 | test mAP | seeds |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, (model, rec, dist, epochs) in LABELS.items():
+        by_seed = data["cells"].get(name, {})
+        seeds = sorted(by_seed)
+        if not seeds:
+            lines.append(f"| {model} | {rec} | {dist} | {epochs} | not run | | | |")
+            continue
+        lines.append(f"| {model} | {rec} | {dist} | {epochs} | {mean_sd([by_seed[s]['val_rank1'] for s in seeds])} | "
+                     f"{mean_sd([by_seed[s]['rank1'] for s in seeds])} | {mean_sd([by_seed[s]['mAP'] for s in seeds])} | "
+                     f"{', '.join(map(str, seeds))} |")
+    costs = data["trial_cost"]
+    if costs:
+        lines += ["", "| seed | adaptation (4 epochs) s | trial adapting its own copy s | trial with adapt-once s |",
+                  "| --- | --- | --- | --- |"]
+        for seed, c in sorted(costs.items()):
+            d = c.get("derived")
+            if d:
+                lines.append(f"| {seed} | {d['adapt_seconds']:.0f} | {d['per_trial_adaptation']:.0f} | {d['adapt_once']:.0f} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
