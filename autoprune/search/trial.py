@@ -85,6 +85,11 @@ class SearchEnv:
         self.scenario_cls = host.get("scenario", t["scenario"])
         for kind in ("criterion", "strategy", "scenario"):
             host.options(kind, t[kind], cfg["plugins"])
+        # The target-adapted unpruned model, once computed (autoprune.search.adapt): ScenarioContext.adapted / .teacher.
+        self.adapt_epochs: int = t["adapt_epochs"]
+        self.distill = DistillSettings.from_config(cfg)
+        self.adapted: nn.Module | None = None
+        self.teacher: nn.Module | None = None
 
     def new(self, kind: str) -> Any:
         """A fresh instance of the configured criterion, strategy or scenario, with its options."""
@@ -100,11 +105,6 @@ class SearchEnv:
         used.append(("backbone", self.cfg["model"]["arch"]))
         unique = list(dict.fromkeys(used))
         return [self.host.provenance(kind, name, self.cfg["plugins"]) for kind, name in unique]
-        # The target-adapted unpruned model, once computed (autoprune.search.adapt): ScenarioContext.adapted / .teacher.
-        self.adapt_epochs: int = t["adapt_epochs"]
-        self.distill = DistillSettings.from_config(cfg)
-        self.adapted: nn.Module | None = None
-        self.teacher: nn.Module | None = None
 
     def set_adapted(self, model: nn.Module) -> None:
         """Share ``model`` (the adapted unpruned model) with every trial: a copy per trial, one frozen teacher."""
