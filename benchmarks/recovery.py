@@ -27,7 +27,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent
 CACHE = ROOT / "cache" / "recovery"
 COMMON = ["model.input_size=[96, 48]", "train.epochs=12", "trial.finetune_epochs=4", "search.final_epochs=4",
-          "train.threads=1", f"data.root={ROOT / 'cache' / 'data'}"]
+          "train.threads=1", f"data.root={ROOT / 'cache' / 'data'}",
+          # the recipe is set per cell, whatever the demo preset's default is
+          "trial.distill.logit=0", "trial.distill.embedding=0", "trial.distill.temperature=4"]
 LOGIT, EMBEDDING = ["trial.distill.logit=1.0"], ["trial.distill.embedding=1.0"]
 ADAPT = ["trial.scenario=finetune_then_prune", "trial.adapt_epochs=4"]
 PTF = ["trial.scenario=prune_then_finetune", "trial.adapt_epochs=4"]  # adapted model only as the teacher
