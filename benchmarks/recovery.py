@@ -159,14 +159,15 @@ def write(seeds: list[int]) -> dict[str, Any]:
     (ROOT / "recovery.json").write_text(json.dumps(data, indent=1, sort_keys=True))
     cells = data["cells"]
     rows = []
-    for pruned, ref, label in (("ftp_both", "unpruned_adapted", "small, adapt once + distillation (both)"),
-                               ("ptf_off", "unpruned_source", "small, prune_then_finetune (old default)")):
+    for pruned, ref, label in (("ftp_off", "unpruned_adapted", "finetune_then_prune, adapted once (the default)"),
+                               ("ftp_both", "unpruned_adapted", "finetune_then_prune + distillation (logit + embedding)"),
+                               ("ptf_off", "unpruned_source", "prune_then_finetune (the old default)")):
         common = sorted(set(cells.get(pruned, {})) & set(cells.get(ref, {})))
         if common:
             rows.append({"condition": "small", "recipe": label, "macs_ratio": 0.5,
                          "pruned_rank1": round(statistics.mean(cells[pruned][s]["rank1"] for s in common), 4),
                          "unpruned_rank1": round(statistics.mean(cells[ref][s]["rank1"] for s in common), 4),
-                         "seeds": common})
+                         "target_epochs": LABELS[pruned][3], "seeds": common})
     full = ROOT / "results_full.json"
     results = json.loads(full.read_text()) if full.is_file() else {}
     results["table1"] = rows
