@@ -10,7 +10,7 @@ import torch
 
 from autoprune.errors import UserError
 
-TINY = ["train.epochs=1", "train.max_batches_per_epoch=2", "model.input_size=[32, 16]", "trial.criterion_batches=1",
+TINY = ["train.epochs=1", "train.precision=fp32", "train.max_batches_per_epoch=2", "model.input_size=[32, 16]", "trial.criterion_batches=1",
         "trial.eval_every_epoch=false", "trial.finetune_epochs=1", "trial.scenario=finetune_then_prune",
         "trial.adapt_epochs=2"]
 
@@ -135,7 +135,7 @@ def test_adapt_once_is_the_per_trial_adaptation_it_replaces(parts, tmp_path):
     a, b = once.run(values), per_trial.run(values)
     assert a.counts == b.counts
     assert same(weights(a.model), weights(b.model))
-    assert a.metrics["target"]["val"] == b.metrics["target"]["val"]
+    assert all(a.metrics["target"]["val"][k] == b.metrics["target"]["val"][k] for k in ("rank1", "mAP"))
     assert a.train_seconds < b.train_seconds  # one fine-tune instead of two
 
 
