@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 
-def load_pruned(path: str) -> "nn.Module":
+def load_pruned(path: str) -> nn.Module:
     """Load a model saved by autoprune (channel spec JSON + weights) without unpickling any code."""
     from autoprune.pruning.serialize import load_pruned as _load
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from autoprune.cli_common import add_config_args, default_run_dir, run_search_command
 from autoprune.errors import UserError
-
 
 # The common case of `autoprune search` in flags: each one sets a config key (before any --set).
 SHORTCUTS = {"checkpoint": "model.checkpoint", "target": "data.target", "budget": "budget.macs_ratio",

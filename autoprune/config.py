@@ -289,7 +289,7 @@ def parse_override(item: str) -> tuple[str, Any]:
         return key, value
     if key not in _LEAVES:
         if any(leaf.startswith(key + ".") for leaf in _LEAVES):
-            raise UserError(f"--set {key}: {key!r} is a section; set one of its keys, e.g. {next(l for l in _LEAVES if l.startswith(key + '.'))}")
+            raise UserError(f"--set {key}: {key!r} is a section; set one of its keys, e.g. {next(leaf for leaf in _LEAVES if leaf.startswith(key + '.'))}")
         raise _unknown(key)
     return key, value
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -42,7 +42,7 @@ class BaseCriterion(abc.ABC):
     options: Mapping[str, Any] = MappingProxyType({})
     data_driven: bool = False
 
-    def prepare(self, model: nn.Module, ctx: CriterionContext) -> None:
+    def prepare(self, model: nn.Module, ctx: CriterionContext) -> None:  # noqa: B027 (optional hook, a no-op)
         """Collect what scoring needs (gradients, activations); default: nothing."""
 
     @abc.abstractmethod

@@ -6,7 +6,7 @@ for a duplicate name. Implementations may accept fewer arguments than a spec (pl
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import pluggy
 

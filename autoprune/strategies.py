@@ -6,10 +6,10 @@ A strategy never writes its own training loop: it gets fine-tuning from the host
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Callable
+from typing import Any
 
 from torch import nn
 

@@ -29,8 +29,8 @@ from typing import Any
 import torch
 
 from autoprune.config import load_config
-from benchmarks.bench_pruning import latency
 from autoprune.search.run import run_search, study_identity
+from benchmarks.bench_pruning import latency
 
 ROOT = Path(__file__).resolve().parent
 # Both scales use 96x48 inputs: at 64x32 ResNet-18 barely learns the synthetic target in a few epochs
@@ -264,8 +264,11 @@ def t2_summary(suite: Suite, t2: dict[Any, Any]) -> dict[str, Any]:
     rows = []
     for budget in budgets:
         cells = [(seed, t2[(b, seed)]) for b, seed in sorted(t2) if b == budget]
-        mean = lambda key: statistics.mean(r[key] for _, r in cells if r[key] is not None) \
-            if any(r[key] is not None for _, r in cells) else None  # noqa: E731
+
+        def mean(key: str, cells: list = cells) -> float | None:
+            values = [r[key] for _, r in cells if r[key] is not None]
+            return statistics.mean(values) if values else None
+
         diff = paired_diff([r["hits"]["searched"] for _, r in cells], [r["hits"]["uniform"] for _, r in cells])
         diff_g = paired_diff([r["hits"]["searched"] for _, r in cells], [r["hits"]["global"] for _, r in cells])
         rep = cells[0][1]["report"]

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import zlib
-from typing import Callable, Iterator, cast
+from collections.abc import Callable, Iterator
+from typing import cast
 
 import torch
 import torch_pruning as tp

@@ -60,7 +60,7 @@ class PostgresServer:
             log = (self.dir / "server.log").read_text() if self.dir and (self.dir / "server.log").is_file() else ""
             raise RuntimeError(f"PostgreSQL {what} failed ({proc.returncode}): {proc.stderr.strip()}\n{log[-2000:]}")
 
-    def start(self) -> "PostgresServer":
+    def start(self) -> PostgresServer:
         self.dir = Path(tempfile.mkdtemp(prefix="autoprune-pg-"))
         data = self.dir / "data"
         pwfile = self.dir / "pw"
@@ -92,7 +92,7 @@ class PostgresServer:
         shutil.rmtree(self.dir, ignore_errors=True)
         self.dir = None
 
-    def __enter__(self) -> "PostgresServer":
+    def __enter__(self) -> PostgresServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from autoprune.config import DEFAULTS, load_config
 from autoprune.errors import UserError

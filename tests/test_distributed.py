@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from pg import PostgresServer, find_bin_dir
 
 pytestmark = pytest.mark.slow

@@ -184,7 +184,7 @@ def test_bf16_training_and_features_match_float32_closely(tmp_path, monkeypatch)
         hist = fit(model, store, TrainSettings(epochs=3, batch_size=8, num_instances=4, warmup_epochs=0,
                                                precision=precision), torch.device("cpu"), progress=False)
         out[precision] = (hist, extract_features(model, store, torch.device("cpu"), precision=precision))
-    (h32, f32), (h16, f16) = out["fp32"], out["bf16"]
+    (_, f32), (h16, f16) = out["fp32"], out["bf16"]
     assert f16.dtype == torch.float32 and f16.shape == f32.shape
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in h16)
     assert hist[-1]["loss"] < hist[0]["loss"]  # bf16 still learns

@@ -428,7 +428,7 @@ def test_disk_full_mid_search_stops_with_one_line(stopped_search):
     """ENOSPC while saving a trial's model stops the search (rather than failing every later trial)."""
     step = stopped_search["disk_full"]
     assert step["rc"] == 2
-    lines = [l for l in step["stderr"].splitlines() if l.startswith("autoprune: error:")]
+    lines = [line for line in step["stderr"].splitlines() if line.startswith("autoprune: error:")]
     assert len(lines) == 1 and "Traceback" not in step["stderr"]
     assert "the disk under" in lines[0] and "is full (No space left on device); free some space" in lines[0]
     (state, _, attrs), = step["study"].values()

@@ -127,7 +127,10 @@ def test_end_to_end_check_tightens_until_measured_under(tiny):
     model, _, table, graph = tiny
     lat = LatencyModel(table, graph)
     cost = CostModel(graph)
-    slow = lambda m, shape: [1.3 * t for t in fake_measure(m, shape)]
+
+    def slow(m, shape):
+        return [1.3 * t for t in fake_measure(m, shape)]
+
     checker = EndToEnd(lat, model, slow, rounds=4)
     limit = 0.6 * lat.predict_ms(cost.base_widths)
     b = Budget(cost.base_macs, 0.1, 1.0, 4, latency_ms=limit, latency=lat)

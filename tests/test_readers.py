@@ -7,8 +7,7 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from autoprune.data.readers import (check_images, read_cuhk03, read_dukemtmc, read_folder,
-                                    read_market1501, read_msmt17)
+from autoprune.data.readers import check_images, read_cuhk03, read_dukemtmc, read_folder, read_market1501, read_msmt17
 from autoprune.errors import UserError
 from autoprune.testing import DatasetReaderContract
 

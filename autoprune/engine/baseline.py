@@ -9,8 +9,7 @@ from typing import Any
 import torch
 
 from autoprune.config import config_hash, without_unset_late_keys
-from autoprune.data.domain import Domain
-from autoprune.data.domain import source_synth
+from autoprune.data.domain import Domain, source_synth
 from autoprune.engine.device import autocast_dtype, resolve_device
 from autoprune.engine.evaluate import evaluate_domain
 from autoprune.engine.train import TrainSettings, fit

@@ -46,9 +46,10 @@ def outputs(model: nn.Module, x: torch.Tensor) -> Outputs:
     ``forward`` returns ``(logits, features)`` in train mode and ``embedding`` in eval mode; this returns
     all three in either mode (BatchNorm layers use batch statistics in train mode, running ones in eval).
     """
-    feat = model.features(x)
-    emb = model.bnneck(feat)
-    return Outputs(model.classifier(emb), feat, emb)
+    net: Any = model  # a ReIDNet (pruned or not): features, bnneck, classifier
+    feat = net.features(x)
+    emb = net.bnneck(feat)
+    return Outputs(net.classifier(emb), feat, emb)
 
 
 class ReIDNet(nn.Module):

@@ -32,7 +32,7 @@ class Budget:
     latency: Any = None               # a LatencyModel: ``predict_ms(widths)``
 
     @classmethod
-    def from_config(cls, budget_cfg: dict, base_macs: int) -> "Budget":
+    def from_config(cls, budget_cfg: dict, base_macs: int) -> Budget:
         """The MACs side of ``budget``; a latency-only budget (no macs_ratio, no gmacs) caps MACs at the model's."""
         if budget_cfg.get("gmacs") is not None:
             macs = int(budget_cfg["gmacs"] * 1e9)

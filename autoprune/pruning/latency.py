@@ -26,9 +26,10 @@ import platform
 import statistics
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -272,7 +273,7 @@ class LatencyTable:
         tmp.replace(path)
 
     @classmethod
-    def load(cls, path: str | Path) -> "LatencyTable":
+    def load(cls, path: str | Path) -> LatencyTable:
         """Read a table; anything unreadable or malformed is one UserError naming the file."""
         p = Path(path)
         if not p.is_file():
@@ -561,7 +562,7 @@ def same_device(key: TableKey, device: str = "cpu") -> bool:
         return False
     if key.runtime == "onnxruntime":
         try:
-            import onnxruntime
+            import onnxruntime  # noqa: F401 (is it installed?)
         except ImportError:
             return False
     return True

@@ -15,8 +15,9 @@ import contextlib
 import copy
 import json
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -74,7 +75,7 @@ def load_or_adapt(env: SearchEnv, run_dir: Path, log: Callable[[str], None] = pr
         model_path, meta_path = _inside(run_dir, MODEL), _inside(run_dir, META)
         meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
         if meta.get("key") == key and model_path.is_file():
-            model = load_pruned(model_path)
+            model: nn.Module = load_pruned(model_path)
             log(f"adapt: reusing the target-adapted unpruned model ({model_path.name}, {env.adapt_epochs} epochs)")
         else:
             model, meta = _adapt(env, run_dir, key, log)
@@ -84,18 +85,18 @@ def load_or_adapt(env: SearchEnv, run_dir: Path, log: Callable[[str], None] = pr
 
 def _adapt(env: SearchEnv, run_dir: Path, key: str, log: Callable[[str], None]) -> tuple[nn.Module, dict[str, Any]]:
     partial, state = _inside(run_dir, PARTIAL), _inside(run_dir, STATE)
-    resume, model = None, None
+    resume: dict[str, Any] | None = None
+    saved_model: nn.Module | None = None
     if partial.is_file() and state.is_file():
         saved = torch.load(state, map_location="cpu", weights_only=True)
         if saved.get("key") == key:  # an interrupted adaptation of this very model: continue it
-            resume, model = saved, load_pruned(partial).train()
+            resume, saved_model = saved, load_pruned(partial).train()
             log(f"adapt: resuming the adaptation at epoch {int(saved['epoch']) + 1}/{env.adapt_epochs}")
     if resume is None:
         log(f"adapt: fine-tuning the unpruned model on the target for {env.adapt_epochs} epochs, once for the "
             f"whole search (teacher and starting point of every trial)")
 
-    if model is None:
-        model = copy.deepcopy(env.baseline)
+    model = saved_model if saved_model is not None else copy.deepcopy(env.baseline)
 
     def checkpoint(st: dict[str, Any]) -> None:
         save_pruned(model, partial)  # model first, then the state that points at its epoch (both atomic)

@@ -22,8 +22,9 @@ import os
 import random
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Literal
 
 import optuna
 from optuna.trial import TrialState
@@ -31,6 +32,7 @@ from optuna.trial import TrialState
 from autoprune.config import redact
 from autoprune.dashboard import dashboard_attrs
 from autoprune.errors import UserError, disk_full
+from autoprune.search.backend import check_warm_start, make_sampler
 from autoprune.search.records import TrialRecord, result_record
 from autoprune.search.trial import (
     SearchEnv,
@@ -67,26 +69,6 @@ def counted(trials: list[optuna.trial.FrozenTrial]) -> int:
 def holds_a_place(t: optuna.trial.FrozenTrial) -> bool:
     """Counted, or going to be: running, or queued (WAITING) and run before any later trial."""
     return t.state in (TrialState.RUNNING, TrialState.WAITING) or counted([t]) == 1
-
-
-def make_sampler(name: str, seed: int, multi: bool) -> optuna.samplers.BaseSampler:
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=5, multivariate=True)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if name == "cmaes":
-        if multi:
-            raise UserError("search.sampler cmaes is single-objective; use nsga2 or tpe with search.objectives rank1+macs")
-        try:
-            import cmaes  # noqa: F401
-        except ImportError:
-            raise UserError("search.sampler cmaes needs the 'cmaes' package: pip install cmaes") from None
-        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
-    if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed)
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
-    raise UserError(f"unknown search.sampler {name!r}")
 
 
 def make_pruner(name: str, multi: bool, max_epochs: int = 0, reduction_factor: int = 2) -> optuna.pruners.BasePruner:
@@ -182,7 +164,7 @@ def sampler_seed(seed: int, existing_trials: int, pid: int | None) -> int:
 
 def open_study(cfg: dict[str, Any], storage: optuna.storages.BaseStorage) -> optuna.Study:
     multi = cfg["search"]["objectives"] == "rank1+macs"
-    directions = ["maximize", "minimize"] if multi else ["maximize"]
+    directions: list[Literal["maximize", "minimize"]] = ["maximize", "minimize"] if multi else ["maximize"]
     name = cfg["search"]["study_name"] or STUDY_NAME
     seed = sampler_seed(cfg["seed"], _existing_trials(storage, name),
                         os.getpid() if cfg["search"]["storage"] is not None else None)
@@ -407,23 +389,6 @@ class OptunaBackend:
 
     def records(self) -> list[TrialRecord]:
         return [record_of(t) for t in self.study.get_trials(deepcopy=False) if not given_back(t)]
-
-
-def check_warm_start(policies: Any, space: Any) -> None:
-    """``search.warm_start`` must be a list of mappings from search-space parameters to keep ratios."""
-    example = f"{{{next(iter(space.params), 'all')}: 0.5}}"
-    for policy in policies:
-        if not isinstance(policy, dict):
-            problem = f"got {policy!r}"
-        elif unknown := sorted(map(str, set(policy) - set(space.params) - {"macs_ratio"})):
-            problem = f"unknown parameter(s) {unknown[:3]} (parameters are e.g. {', '.join(list(space.params)[:4])})"
-        elif bad := [k for k, v in policy.items() if isinstance(v, bool) or not isinstance(v, (int, float))
-                     or not 0 < v <= 1]:
-            problem = f"{bad[0]}: {policy[bad[0]]!r} is not a keep ratio in (0, 1]"
-        else:
-            continue
-        raise UserError(f"search.warm_start entries must map search-space parameters to keep ratios, "
-                        f"e.g. {example}; {problem}")
 
 
 class _QuietStops(logging.Filter):

@@ -23,8 +23,9 @@ import socket
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from autoprune.config import config_hash
 from autoprune.errors import UserError
@@ -251,7 +252,7 @@ class RayBackend:
         self._reported: set[str] = set()
 
     # -- pieces of the experiment ---------------------------------------------------------------------------
-    def _space(self) -> dict[str, FloatDistribution]:
+    def _space(self) -> dict[str, Any]:
         """The Optuna backend's parameters: free keep ratios, and in Pareto mode the MACs target."""
         space = {p.name: FloatDistribution(p.low, p.high, step=p.step)
                  for p in self.env.space.params.values() if p.fixed is None}
@@ -261,7 +262,7 @@ class RayBackend:
         return space
 
     def _points_to_evaluate(self) -> list[dict[str, float]]:
-        from autoprune.search.optuna_backend import check_warm_start
+        from autoprune.search.backend import check_warm_start
 
         uniform = self.env.space.uniform_values()
         if self.multi:
@@ -275,7 +276,7 @@ class RayBackend:
         return points
 
     def _searcher(self) -> NumberedOptunaSearch:
-        from autoprune.search.optuna_backend import make_sampler
+        from autoprune.search.backend import make_sampler
 
         cfg = self.env.cfg
         metric, mode = (["rank1", "macs"], ["max", "min"]) if self.multi else ("rank1", "max")

@@ -7,8 +7,9 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -17,10 +18,12 @@ from autoprune.data.domain import load_domains
 from autoprune.engine.baseline import get_baseline
 from autoprune.engine.device import resolve_device, set_threads
 from autoprune.errors import UserError, disk_full
+from autoprune.export import save_torchscript
 from autoprune.host import get_host
 from autoprune.pruning.serialize import load_pruned, save_pruned
 from autoprune.rundir import inside, open_no_follow, refuse_links_out
 from autoprune.search.adapt import load_or_adapt
+from autoprune.search.backend import Backend
 from autoprune.search.records import TrialRecord, hits_string, metrics_summary, objective, selection_key
 from autoprune.search.report import (
     environment,
@@ -51,7 +54,7 @@ def study_identity(cfg: dict[str, Any]) -> str:
     # steps and schedule were trial keys before they became the iterative strategy's options: hashing their
     # old defaults keeps the run directories of earlier versions resumable.
     parts["trial"] = {**cfg["trial"], "steps": 3, "schedule": "linear"}
-    keys = IDENTITY + ("search",)
+    keys: tuple[str, ...] = IDENTITY + ("search",)
     if cfg.get("plugins"):
         parts["plugins"] = cfg["plugins"]
         keys += ("plugins",)
@@ -95,14 +98,12 @@ def claim_run_dir(cfg: dict[str, Any], run_dir: Path) -> None:
 
 def preflight(cfg: dict[str, Any], host: Any) -> None:
     """Check everything that needs no data or training, so a typo costs seconds, not a baseline."""
-    from autoprune.models import build_model
+    from autoprune.data import parse_spec
+    from autoprune.models import build_model, load_checkpoint_model
     from autoprune.pruning.budget import Budget, check_feasible
     from autoprune.pruning.flops import CostModel
     from autoprune.pruning.groups import PruningGraph
     from autoprune.search.space import build_space
-
-    from autoprune.data import parse_spec
-    from autoprune.models import load_checkpoint_model
 
     for kind, key in (("criterion", "criterion"), ("strategy", "strategy"), ("scenario", "scenario")):
         host.get(kind, cfg["trial"][key])
@@ -132,10 +133,11 @@ def preflight(cfg: dict[str, Any], host: Any) -> None:
     space = build_space(cfg["search"]["space"], list(graph.groups), cfg["budget"]["min_keep"],
                         cfg["budget"]["max_keep"])
     from autoprune.search import optuna_backend
+    from autoprune.search.backend import check_warm_start, make_sampler
 
-    optuna_backend.check_warm_start(cfg["search"]["warm_start"], space)
+    check_warm_start(cfg["search"]["warm_start"], space)
     # Both backends sample with Optuna: an unknown or uninstalled sampler is a config error.
-    optuna_backend.make_sampler(cfg["search"]["sampler"], cfg["seed"], cfg["search"]["objectives"] == "rank1+macs")
+    make_sampler(cfg["search"]["sampler"], cfg["seed"], cfg["search"]["objectives"] == "rank1+macs")
     if cfg["search"]["backend"] == "optuna" and cfg["search"]["storage"] is not None:
         optuna_backend.open_storage(cfg, Path("."))  # reachable, driver installed, credentials accepted
     if cfg["search"]["backend"] == "ray" and cfg["search"]["ray"]["address"]:
@@ -177,10 +179,16 @@ def trial_model(run_dir: Path, r: TrialRecord) -> Path:
     return inside(run_dir, r.model, f"the study's record of trial {r.number}")
 
 
+def _model_of(result: TrialResult) -> torch.nn.Module:
+    """The model a trial run kept (``env.run`` keeps it unless told otherwise)."""
+    assert result.model is not None, "the trial's model was not kept"
+    return result.model
+
+
 def _save_trial_model(run_dir: Path) -> Callable[[int, TrialResult], str]:
     def save(number: int, result: TrialResult) -> str:
         rel = f"trials/trial_{number:04d}.pt"
-        save_pruned(result.model, run_dir / rel, extra={"trial": number, "counts": result.counts})
+        save_pruned(_model_of(result), run_dir / rel, extra={"trial": number, "counts": result.counts})
         return rel
     return save
 
@@ -189,7 +197,7 @@ def _ranked(records: list[TrialRecord], budget_ratio: float, kind: str = "rank1"
     """Complete trials within the budget, best first (``selection_key``: the test split only reports)."""
     done = [r for r in records if r.state == "COMPLETE" and r.target and r.macs_ratio is not None
             and r.macs_ratio <= budget_ratio + 1e-9]
-    return sorted(done, key=lambda r: selection_key(r.target_val, r.target, r.number, kind), reverse=True)
+    return sorted(done, key=lambda r: selection_key(r.target_val, r.target or {}, r.number, kind), reverse=True)
 
 
 def finalists_by_noise(ranked: list[TrialRecord], most: int, se_mult: float, kind: str = "rank1") -> list[TrialRecord]:
@@ -298,11 +306,11 @@ def _search(cfg: dict[str, Any], run_dir: Path, started: float, progress: bool,
 
     def on_trial(r: TrialRecord) -> None:
         if r.state == "COMPLETE" and r.target:
-            best_rank1[0] = max(best_rank1[0] or 0.0, r.objective)
+            best_rank1[0] = max(best_rank1[0] or 0.0, r.objective or 0.0)
         log(trial_line(r, best_rank1[0]))
 
-    backend_name = cfg["search"]["backend"]
-    if backend_name == "ray":
+    backend: Backend
+    if cfg["search"]["backend"] == "ray":
         from autoprune.search.ray_backend import RayBackend
 
         backend = RayBackend(env, run_dir, on_trial=on_trial, save_model=_save_trial_model(run_dir))
@@ -439,7 +447,7 @@ def finish(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, base: dict[str, A
                     shutil.copyfile(weights, model_path)
                 else:  # finalists' weights are dropped once one is chosen; a changed choice retrains it
                     result = env.run(best.values, counts=best.counts, epochs=final_epochs)
-                    save_pruned(result.model, model_path, extra={"trial": best.number, "counts": best.counts})
+                    save_pruned(_model_of(result), model_path, extra={"trial": best.number, "counts": best.counts})
                 write_json(marker, {"trial": best.number, "final_epochs": final_epochs})
             log(f"final: trial {best.number} is the best of {len(finals)} finalists on the validation split after "
                 f"the final fine-tune")
@@ -450,7 +458,7 @@ def finish(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, base: dict[str, A
             else:
                 log(f"final: trial {best.number} ran in another worker; training its policy again for the model")
                 result = env.run(best.values, counts=best.counts)
-                save_pruned(result.model, model_path, extra={"trial": best.number, "counts": best.counts})
+                save_pruned(_model_of(result), model_path, extra={"trial": best.number, "counts": best.counts})
             write_json(marker, {"trial": best.number, "final_epochs": final_epochs})
         model = load_pruned(model_path)
         from autoprune.pruning.flops import count_macs
@@ -461,8 +469,8 @@ def finish(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, base: dict[str, A
         # The chosen finalist was evaluated in the final round (the saved model is that model): no second pass
         # over the test split.
         chosen_final = next(f for f in report["finalists"] if f["chosen"]) if final_epochs else None
-        metrics = ({**chosen_final["target"], "val": chosen_final["target_val"]} if chosen_final
-                   else {**best.target, "val": best.target_val})
+        metrics: dict[str, Any] = ({**chosen_final["target"], "val": chosen_final["target_val"]} if chosen_final
+                   else {**(best.target or {}), "val": best.target_val})
         report["best"] = {"trial": best.number, "policy": best.policy, "counts": best.counts, "macs": macs,
                           "params": params, "macs_ratio": macs / env.base_macs,
                           "target": metrics_summary(metrics), "target_val": metrics_summary(metrics.get("val")),
@@ -471,10 +479,11 @@ def finish(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, base: dict[str, A
                           "final_epochs": final_epochs}
         if env.budget.latency is not None:
             _report_latency(report, env, model, best.counts, cfg, log)
-        _export_torchscript(model, model_dir / "pruned.torchscript.pt", env.input_size)
+        save_torchscript(model, model_dir / "pruned.torchscript.pt", torch.randn(1, 3, *env.input_size))
         report["best"]["torchscript"] = "model/pruned.torchscript.pt"
         if final_epochs and report["uniform"] is not None:
             # The uniform policy is always a finalist: "best vs uniform" compares like with like.
+            assert uniform is not None  # report["uniform"] is set from it
             final = next(f for f in report["finalists"] if f["trial"] == uniform.number)
             report["uniform"]["final_target"] = final["target"]
             report["uniform"]["final_hits"] = final.get("hits")
@@ -551,7 +560,7 @@ def _final_round(env: SearchEnv, top: list[TrialRecord], always: list[TrialRecor
             what = "finalist" if r in top else "the warm start"
             log(f"final: fine-tuning {what} (trial {r.number}) for {final_epochs} epochs")
             result = env.run(r.values, counts=r.counts or None, epochs=final_epochs)  # a stopped trial has no counts
-            save_pruned(result.model, weights, extra={"trial": r.number, "counts": result.counts})
+            save_pruned(_model_of(result), weights, extra={"trial": r.number, "counts": result.counts})
             target = result.metrics["target"]
             cached = {"trial": r.number, "final_epochs": final_epochs, "target": metrics_summary(target),
                       "target_val": metrics_summary(target.get("val")), "hits": hits_string(target),
@@ -561,13 +570,3 @@ def _final_round(env: SearchEnv, top: list[TrialRecord], always: list[TrialRecor
                        "hits": cached.get("hits"), "val_hits": cached.get("val_hits")})
     return finals
 
-
-def _export_torchscript(model: torch.nn.Module, path: Path, input_size: tuple[int, int]) -> None:
-    import warnings
-
-    model = model.eval()
-    with torch.no_grad(), warnings.catch_warnings():
-        # TorchScript is deprecated upstream in favour of torch.export, but it is still what C++/mobile runtimes load.
-        warnings.simplefilter("ignore", FutureWarning)
-        traced = torch.jit.trace(model, torch.randn(1, 3, *input_size))
-    traced.save(str(path))

@@ -11,8 +11,9 @@ import dataclasses
 import math
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -56,7 +57,7 @@ class TrialResult:
 
 
 class SearchEnv:
-    """Everything trials share. Build with :meth:`create`."""
+    """Everything trials share: the baseline, the domains, the cost model, the budget, the space and the plugins."""
 
     def __init__(self, cfg: dict[str, Any], host: Any, device: torch.device, source: Domain | None, target: Domain,
                  baseline: nn.Module, progress: bool = False) -> None:
@@ -137,7 +138,7 @@ class SearchEnv:
             for idx in sampler.batches(0)[:n]:
                 yield augment(normalize(store.get(idx)), gen).to(device), store.pids[idx].to(device)
 
-        def loss(model: nn.Module, batch) -> torch.Tensor:
+        def loss(model: Any, batch: Any) -> torch.Tensor:  # model: a ReIDNet
             x, y = batch
             if model.classifier.out_features != domain.num_classes:
                 model.reset_classifier(domain.num_classes)
@@ -151,7 +152,7 @@ class SearchEnv:
         """Test-split metrics, with the validation split's under ``"val"`` when the domain has one."""
         precision = self.cfg["train"]["precision"]
         metrics = evaluate_domain(model, domain.query, domain.gallery, self.device, precision=precision)
-        if domain.val_query is not None:
+        if domain.val_query is not None and domain.val_gallery is not None:
             metrics["val"] = evaluate_domain(model, domain.val_query, domain.val_gallery, self.device,
                                              precision=precision)
         return metrics
@@ -159,7 +160,7 @@ class SearchEnv:
     def evaluate_val(self, model: nn.Module, domain: Domain) -> dict[str, Any]:
         """What the search optimises: the validation split if there is one, else the test split."""
         precision = self.cfg["train"]["precision"]
-        if domain.val_query is not None:
+        if domain.val_query is not None and domain.val_gallery is not None:
             return evaluate_domain(model, domain.val_query, domain.val_gallery, self.device, precision=precision)
         return evaluate_domain(model, domain.query, domain.gallery, self.device, precision=precision)
 
@@ -254,7 +255,7 @@ class SearchEnv:
         counts = services.counts
         if macs > self.budget.macs and any(c < self.cost.base_widths[n] for n, c in counts.items()):
             raise RuntimeError(f"pruned model has {macs} MACs, above the budget {self.budget.macs}")
-        if (self.budget.latency is not None and any(c < self.cost.base_widths[n] for n, c in counts.items())
+        if (self.budget.latency is not None and self.budget.latency_ms is not None and any(c < self.cost.base_widths[n] for n, c in counts.items())
                 and self.budget.latency.predict_ms(counts) > self.budget.latency_ms * (1 + 1e-9)):
             raise RuntimeError(f"pruned model is predicted at {self.budget.latency.predict_ms(counts):.3f} ms, "
                                f"above the budget {self.budget.latency_ms} ms")
@@ -354,7 +355,7 @@ def objective_rank1(metrics: dict[str, Any], kind: str = "rank1") -> float:
     """The number a search maximises: the target validation split's ``search.objective`` (rank-1 by
     default; the test split's without a validation split)."""
     target = metrics["target"]
-    return float(objective(target.get("val"), target, kind))
+    return float(cast(float, objective(target.get("val"), target, kind)))
 
 
 def format_error(exc: BaseException) -> str:

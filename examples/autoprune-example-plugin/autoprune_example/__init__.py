@@ -7,7 +7,8 @@ the bottom; the options are the classes' ``options`` attributes, set by users un
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn

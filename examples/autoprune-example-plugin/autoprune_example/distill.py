@@ -8,7 +8,8 @@ knowledge distillation, Park et al. CVPR 2019), which is what retrieval ranks by
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
