@@ -36,6 +36,11 @@ def run_search_command(cfg: dict[str, Any], out: str | Path, quiet: bool) -> int
         report = run_search(cfg, out, progress=not quiet and sys.stderr.isatty())
     except KeyboardInterrupt:
         return 130
+    if report["best"] is None and any(t["state"] in ("RUNNING", "WAITING") for t in report["trials"]):
+        # A worker sharing a study ends when every trial is claimed; the others may still be running them.
+        print("autoprune: no trial has completed yet; the study's other trials are still running in other "
+              "workers (rerun this command with the same storage once they finish)", file=sys.stderr)
+        return 0
     if report["best"] is None:
         print(f"autoprune: error: {no_trial_completed(Path(out), report)}", file=sys.stderr)
         return 1

@@ -161,7 +161,8 @@ def test_precision_resolves_per_device_and_refuses_bf16_without_cpu_support(monk
     assert dev.autocast_dtype(cuda, "auto", amp=False) is None
     assert dev.autocast_dtype(cuda, "bf16") == torch.bfloat16
     monkeypatch.setattr(dev, "cpu_supports_bf16", lambda: True)
-    assert dev.autocast_dtype(cpu, "auto") == torch.bfloat16
+    assert dev.autocast_dtype(cpu, "auto") is None  # bf16 training on CPU is opt-in until its accuracy is shown
+    assert dev.autocast_dtype(cpu, "bf16") == torch.bfloat16
     monkeypatch.setattr(dev, "cpu_supports_bf16", lambda: False)
     assert dev.autocast_dtype(cpu, "auto") is None  # float32 where bfloat16 would be emulated
     with pytest.raises(UserError, match="train.precision is bf16"):
