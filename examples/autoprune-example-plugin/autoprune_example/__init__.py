@@ -76,7 +76,8 @@ class WarmupThenPruneScenario(BaseScenario):
         if warmup:
             ctx.finetune(ctx.model, ctx.target, warmup)
         model = ctx.prune(ctx.model, ctx.target, ctx.epochs - warmup)
-        source = ctx.evaluate(model, ctx.source) if len(ctx.source.query) > 0 else None
+        # ctx.source is None when the user prunes a trained checkpoint with data.source: null
+        source = ctx.evaluate(model, ctx.source) if ctx.source is not None and len(ctx.source.query) > 0 else None
         return model, {"target": ctx.evaluate(model, ctx.target), "source": source}
 
 
