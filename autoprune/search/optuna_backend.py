@@ -357,8 +357,12 @@ class OptunaBackend:
             return counted(trials) + sum(t.state == TrialState.RUNNING for t in trials)
 
         def callback(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
-            if given_back(frozen):  # the study is full: nothing to say, nothing more to run
-                study.stop()
+            if given_back(frozen):  # the study is full, unless a policy queued in the meantime still waits
+                # A policy given back and queued again by another worker holds a place that no worker would
+                # run if every worker stopped here (seen with PostgreSQL: 18 of 20 trials): run it first.
+                waiting = any(t.state == TrialState.WAITING for t in study.get_trials(deepcopy=False))
+                if not waiting or claimed(study) >= n_trials:
+                    study.stop()
                 return
             if self.on_trial:
                 self.on_trial(record_of(frozen))
