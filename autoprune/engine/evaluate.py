@@ -27,12 +27,21 @@ def extract_features(model: nn.Module, store: ImageStore, device: torch.device, 
         x = normalize(store.get(idx)).to(device)
         if dtype is not None:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            f = model(x).float()
-            if flip:
-                f = (f + model(x.flip(3)).float()) / 2
+        f = _embed(model, x, device, dtype, flip)
+        if dtype is not None and not torch.isfinite(f).all():
+            # bfloat16 now and then gives a non-finite pass at small feature maps (as in training): redo in fp32
+            f = _embed(model, x, device, None, flip)
         out.append(f.cpu())
     return torch.cat(out) if out else torch.empty(0, 0)
+
+
+def _embed(model: nn.Module, x: torch.Tensor, device: torch.device, dtype: torch.dtype | None,
+           flip: bool) -> torch.Tensor:
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        f = model(x).float()
+        if flip:
+            f = (f + model(x.flip(3)).float()) / 2
+    return f
 
 
 def evaluate_domain(model: nn.Module, query: ImageStore, gallery: ImageStore, device: torch.device,
