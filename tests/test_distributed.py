@@ -201,3 +201,18 @@ def test_racing_workers_finish_exactly_n_trials(kind, tmp_path, request):
     assert len(backend.run(RACE_TRIALS)) == RACE_TRIALS
     assert len(backend.run(RACE_TRIALS + 2)) == RACE_TRIALS + 2
     assert counted(backend.study.get_trials(deepcopy=False)) == RACE_TRIALS + 2
+
+
+def test_queued_policies_the_study_has_no_room_for_are_given_back(tmp_path):
+    """Three policies queued for a one-trial study: the first runs, the two others end given back (not left
+    WAITING, where they would hold a place and show up as kept trials), and a later run has nothing to do."""
+    from autoprune.search.optuna_backend import OptunaBackend, counted, given_back
+
+    cfg = _race_config(f"journal:{tmp_path / 'study.log'}", 1)
+    cfg["search"]["warm_start"] = [{"layer1.out": 0.5}, {"layer2.out": 0.5}]
+    backend = OptunaBackend(RaceEnv(cfg), tmp_path)
+    assert [r.number for r in backend.run(1)] == [0]
+    trials = backend.study.get_trials(deepcopy=False)
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "FAIL"]
+    assert [given_back(t) for t in trials] == [False, True, True] and counted(trials) == 1
+    assert [r.number for r in backend.run(1)] == [0] and len(backend.study.get_trials()) == 3
