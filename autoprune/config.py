@@ -28,7 +28,7 @@ DEFAULTS: dict[str, Any] = {
              "num_instances": 4, "workers": 0, "random_erasing": 0.0, "check_images": True,
              "val_fraction": 0.2,
              "synth": {"num_train_ids": 100, "num_test_ids": 100, "images_per_id_per_cam": 2,
-                       "num_distractors": 50, "seed": 0, "target_num_train_ids": None,
+                       "num_distractors": 50, "queries_per_id": 1, "seed": 0, "target_num_train_ids": None,
                        "target_num_test_ids": None}},
     "train": {"epochs": 12, "optimizer": "adam", "lr": 3.5e-4, "weight_decay": 5e-4, "momentum": 0.9,
               "warmup_epochs": 1, "schedule": "cosine", "milestones": [], "gamma": 0.1,
@@ -91,7 +91,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "budget.max_keep": (0.0, 1.0),
     "search.screening.keep_fraction": (0.0, 1.0),
 }
-POSITIVE = ("data.synth.target_num_train_ids", "data.synth.target_num_test_ids",
+POSITIVE = ("data.synth.target_num_train_ids", "data.synth.target_num_test_ids", "data.synth.queries_per_id",
             "budget.latency_ms", "budget.latency_batch", "data.batch_size", "data.num_instances", "search.n_trials",
             "search.finalists", "budget.round_to",
             "train.lr", "trial.lr", "search.timeout", "search.screening.candidates", "search.screening.batches",

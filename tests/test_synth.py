@@ -107,6 +107,28 @@ def test_protocol(data_a: Path) -> None:
     assert {p for p in gallery_pids if p > 0} == test_pids
 
 
+def test_queries_per_id_gives_a_query_in_each_camera_market_style(tmp_path: Path) -> None:
+    """queries_per_id=K: one query in each of up to K of a test identity's cameras, each with a gallery match
+    in another camera; the same identities as K=1 (the gallery is no larger), and K=1 data is unchanged."""
+    kw = dict(num_train_ids=3, num_test_ids=10, images_per_id_per_cam=1, num_distractors=2)
+    one = generate(tmp_path / "one", "B", seed=5, **kw)
+    many = generate(tmp_path / "many", "B", seed=5, queries_per_id=3, **kw)
+    query, gallery = read_split(many / "query"), read_split(many / "bounding_box_test")
+    per_pid: dict[int, list[int]] = {}
+    for _, pid, cam in query:
+        per_pid.setdefault(pid, []).append(cam)
+    assert {pid for _, pid, _ in read_split(one / "query")} == set(per_pid) and len(per_pid) == 10
+    for pid, cams in per_pid.items():
+        seen = {cam for _, p, cam in gallery if p == pid}  # every camera that saw pid has gallery images
+        assert len(cams) == len(set(cams)) == min(3, len(seen)) and set(cams) <= seen
+        for cam in cams:
+            assert seen - {cam}, (pid, cam)
+    assert len(query) > 10 + len(per_pid) // 2
+    assert "queries_per_id" not in json.loads((one / synth.MARKER).read_text())["params"]
+    with pytest.raises(UserError, match="queries_per_id >= 1"):
+        generate(tmp_path / "x", "B", queries_per_id=0)
+
+
 def test_deterministic_bytes(tmp_path: Path) -> None:
     kw = dict(num_train_ids=4, num_test_ids=4, images_per_id_per_cam=1, num_distractors=2)
     a = generate(tmp_path / "a", "C", seed=11, **kw)

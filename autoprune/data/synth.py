@@ -628,7 +628,8 @@ def _params(**kw: object) -> dict:
     return {"generator_version": GENERATOR_VERSION, **kw}
 
 
-def _check(domain: str, num_train_ids: int, num_test_ids: int, ipc: int, nd: int, h: int, w: int, q: int) -> None:
+def _check(domain: str, num_train_ids: int, num_test_ids: int, ipc: int, nd: int, h: int, w: int, q: int,
+           qpi: int = 1) -> None:
     if domain not in DOMAINS:
         raise UserError(f"unknown synthetic domain {domain!r}; known domains: {', '.join(sorted(DOMAINS))}")
     if num_train_ids < 1 or num_test_ids < 1 or num_train_ids + num_test_ids > 9999:
@@ -637,16 +638,19 @@ def _check(domain: str, num_train_ids: int, num_test_ids: int, ipc: int, nd: int
         raise UserError("synthetic data needs images_per_id_per_cam >= 1 and num_distractors >= 0")
     if h < 32 or w < 16:
         raise UserError(f"synthetic image size {h}x{w} is too small; use height >= 32 and width >= 16")
+    if qpi < 1:
+        raise UserError("synthetic data needs queries_per_id >= 1")
     if not 1 <= q <= 100:
         raise UserError(f"jpeg_quality {q} is out of range; use 1..100")
 
 
-def _plan(style: DomainStyle, rng: np.random.Generator, n_train: int, n_test: int, ipc: int, nd: int) -> list[_Job]:
+def _plan(style: DomainStyle, rng: np.random.Generator, n_train: int, n_test: int, ipc: int, nd: int,
+          qpi: int = 1) -> list[_Job]:
     """Decide every image (split, pid, camera, frame) before rendering any of them."""
     ncam = len(style.cameras)
     pids = rng.permutation(np.arange(1, n_train + n_test + 1))
     frames = rng.integers(1, 400, size=ncam)
-    total = (n_train + n_test) * ncam * ipc + n_test + nd + max(2, n_test // 10)
+    total = (n_train + n_test) * ncam * ipc + n_test * min(qpi, ncam) + nd + max(2, n_test // 10)
     step = max(2, min(120, 999_000 // total))  # frame numbers must stay within 6 digits
     jobs: list[_Job] = []
 
@@ -661,13 +665,19 @@ def _plan(style: DomainStyle, rng: np.random.Generator, n_train: int, n_test: in
             for cam in cams:
                 for _ in range(ipc):
                     add(0, int(pid), int(cam), ident, "person")
-        else:
+        elif qpi == 1:
             add(1, int(pid), int(cams[0]), ident, "person")  # one query in one camera
             for cam in cams[1:]:
                 for _ in range(ipc):
                     add(2, int(pid), int(cam), ident, "person")
             if rng.random() < 0.3:  # same-camera gallery image, ignored by the protocol
                 add(2, int(pid), int(cams[0]), ident, "person")
+        else:  # Market-1501's way: a query in each of (up to qpi of) its cameras, gallery images in all of them
+            for cam in cams[:qpi]:
+                add(1, int(pid), int(cam), ident, "person")
+            for cam in cams:
+                for _ in range(ipc):
+                    add(2, int(pid), int(cam), ident, "person")
     for _ in range(nd):  # distractors: other people, often badly framed
         add(2, 0, int(rng.integers(ncam)), _identity(style, rng), "distractor")
     for _ in range(max(2, n_test // 10)):  # junk: background or fragments, pid -1
@@ -691,20 +701,27 @@ def generate(
     height: int = 128,
     width: int = 64,
     jpeg_quality: int = 90,
+    queries_per_id: int = 1,
 ) -> Path:
     """Write a synthetic re-ID dataset of one domain in the Market-1501 layout under out_dir.
 
+    Each test identity gives one query, in one of its cameras; ``queries_per_id`` > 1 gives one in each of up
+    to that many of its cameras, as Market-1501 does (more queries for the same gallery: a benchmark can
+    resolve small differences without a gallery so large that every model is at the floor).
     Deterministic by its arguments (byte-identical files). Returns at once if the DONE marker holds the
     same parameters; otherwise the split folders are cleared and regenerated, and DONE is written last.
     Refuses (UserError) to clear split folders it did not write, e.g. a real Market-1501 copy.
     """
     domain = domain.upper() if isinstance(domain, str) and domain.upper() in DOMAINS else domain
-    _check(domain, num_train_ids, num_test_ids, images_per_id_per_cam, num_distractors, height, width, jpeg_quality)
+    _check(domain, num_train_ids, num_test_ids, images_per_id_per_cam, num_distractors, height, width, jpeg_quality,
+           queries_per_id)
     out = Path(out_dir)
     params = _params(
         domain=domain, seed=int(seed), num_train_ids=num_train_ids, num_test_ids=num_test_ids,
         images_per_id_per_cam=images_per_id_per_cam, num_distractors=num_distractors,
         height=height, width=width, jpeg_quality=jpeg_quality,
+        # only when not the default: folders generated before the option existed stay valid
+        **({"queries_per_id": queries_per_id} if queries_per_id != 1 else {}),
     )
     marker, partial = out / MARKER, out / PARTIAL
     if out.exists() and not out.is_dir():
@@ -731,7 +748,7 @@ def generate(
 
     style = DOMAINS[domain]
     rng = np.random.default_rng([int(seed) % (1 << 64), zlib.crc32(domain.encode())])
-    jobs = _plan(style, rng, num_train_ids, num_test_ids, images_per_id_per_cam, num_distractors)
+    jobs = _plan(style, rng, num_train_ids, num_test_ids, images_per_id_per_cam, num_distractors, queries_per_id)
     renderer = _Renderer(style, height, width, rng)
     counts = dict.fromkeys(SPLITS, 0)
     for job in jobs:
