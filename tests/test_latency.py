@@ -161,6 +161,28 @@ def test_table_round_trip_and_monotone(tiny, tmp_path):
                           + d["kinds"][1:]}),
     lambda d: json.dumps({k: v for k, v in d.items() if k != "layers"}),
     lambda d: json.dumps({**d, "layers": {"x": {"kind": 999, "cin": 1, "cout": 1}}}),
+    # wrong types: a time as text, a width as text or a fraction, a boolean batch, a list for the key
+    lambda d: json.dumps({**d, "kinds": [{**d["kinds"][0], "ms": [["fast"] * len(r) for r in d["kinds"][0]["ms"]]}]
+                          + d["kinds"][1:]}),
+    lambda d: json.dumps({**d, "kinds": [{**d["kinds"][0], "cin": [str(c) for c in d["kinds"][0]["cin"]]}]
+                          + d["kinds"][1:]}),
+    lambda d: json.dumps({**d, "kinds": [{**d["kinds"][0], "cout": [c + 0.5 for c in d["kinds"][0]["cout"]]}]
+                          + d["kinds"][1:]}),
+    lambda d: json.dumps({**d, "key": {**d["key"], "batch": True}}),
+    lambda d: json.dumps({**d, "key": [1, 2]}),
+    lambda d: json.dumps([d]),
+    # absurd sizes: a billion channels, a zero-pixel input, a grid of 5000 points
+    lambda d: json.dumps({**d, "kinds": [{**d["kinds"][0], "cin": [10**9] * len(d["kinds"][0]["cin"])}]
+                          + d["kinds"][1:]}),
+    lambda d: json.dumps({**d, "key": {**d["key"], "input_size": [0, 16]}}),
+    lambda d: json.dumps({**d, "key": {**d["key"], "input_size": [32, 16, 3]}}),
+    lambda d: json.dumps({**d, "kinds": [{"cin": list(range(1, 5001)), "cout": [8], "ms": [[1.0]] * 5000}]}),
+    # NaN and infinite times (Python's json writes and reads them), a NaN calibration
+    lambda d: json.dumps({**d, "kinds": [{**d["kinds"][0], "ms": [[float("nan")] * len(r) for r in d["kinds"][0]["ms"]]}]
+                          + d["kinds"][1:]}),
+    lambda d: json.dumps({**d, "kinds": [{**d["kinds"][0], "ms": [[float("inf")] * len(r) for r in d["kinds"][0]["ms"]]}]
+                          + d["kinds"][1:]}),
+    lambda d: json.dumps({**d, "scale": float("nan")}),
 ])
 def test_corrupt_table_is_one_user_error(tiny, tmp_path, corrupt):
     _, _, table, _ = tiny
@@ -169,6 +191,29 @@ def test_corrupt_table_is_one_user_error(tiny, tmp_path, corrupt):
     with pytest.raises(UserError, match="is corrupt") as exc:
         LatencyTable.load(path)
     assert "\n" not in str(exc.value)
+
+
+def test_a_table_from_another_device_is_used_but_nothing_is_timed_here(tiny, tmp_path):
+    # profile on the device, search anywhere: a table of another device is accepted, its predictions are
+    # trusted, and the end-to-end check (timing policies, tightening) runs only where the table's device is
+    from autoprune.config import load_config
+    from autoprune.pruning.latency import device_name, latency_budget, same_device
+
+    model, key, table, graph = tiny
+    cost = CostModel(graph)
+    limit = 0.7 * LatencyModel(table, graph).predict_ms(cost.base_widths)
+    assert same_device(replace(key, device=device_name("cpu")))
+    assert not same_device(replace(key, device="cpu: Some Camera Box SoC"))
+    if not torch.cuda.is_available():
+        assert not same_device(replace(key, device="cuda: NVIDIA Jetson Orin"))
+    for device, checked in ((device_name("cpu"), True), ("cpu: Some Camera Box SoC", False)):
+        path = tmp_path / f"{checked}.json"
+        replace(table, key=replace(key, device=device)).save(path)
+        cfg = load_config(preset="smoke", overrides=[f"budget.latency_table={path}", f"budget.latency_ms={limit}",
+                                                     "budget.round_to=4", "model.input_size=[32,16]"])
+        budget, checker = latency_budget(cfg, graph, Budget(cost.base_macs, 0.1, 1.0, 4), log=lambda _: None)
+        assert budget.latency_ms == limit and budget.latency.table.key.device == device
+        assert (checker is not None) is checked
 
 
 def test_table_for_other_arch_input_or_batch_is_refused(tiny):
@@ -196,13 +241,63 @@ def test_search_refuses_bad_tables_with_exit_2(tiny, tmp_path, capsys):
     replace(table, key=replace(key, arch="resnet18")).save(other)
     small = tmp_path / "small.json"
     replace(table, key=replace(key, round_to=4)).save(small)
-    cases = [(corrupt, "1", "is corrupt"), (other, "1", "architecture resnet18"),
+    wrong_size = tmp_path / "size.json"
+    replace(table, key=replace(key, input_size=(64, 32))).save(wrong_size)
+    cases = [(corrupt, "1", "is corrupt"), (other, "1", "architecture resnet18"), (wrong_size, "1", "input size 64x32"),
              (tmp_path / "missing.json", "1", "does not exist"), (small, "0.0001", "below the smallest model")]
     for path, ms, words in cases:
         code = main(_search_args(tmp_path, f"budget.latency_table={path}", f"budget.latency_ms={ms}",
                                  "budget.round_to=4", "model.input_size=[32,16]"))
         err = capsys.readouterr().err.strip()
         assert code == 2 and words in err and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.slow
+def test_search_with_another_devices_table_reports_predictions(tiny, tmp_path, capsys):
+    # a table from a camera box, the search here: every trial's predicted latency in report.json and trials.csv
+    # next to its MACs, and the report says the best model's latency is the table's prediction, not timed here
+    import csv
+
+    _, key, table, graph = tiny
+    box = tmp_path / "box.json"
+    replace(table, key=replace(key, device="cpu: Some Camera Box SoC")).save(box)
+    lat = LatencyModel(table, graph)
+    limit = round(0.7 * lat.predict_ms(graph.widths()), 4)
+    assert main(_search_args(tmp_path, f"budget.latency_table={box}", f"budget.latency_ms={limit}",
+                             "budget.round_to=4", "model.input_size=[32,16]", "search.n_trials=2",
+                             "train.epochs=1")) == 0
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["budget"]["latency_timed_here"] is False
+    assert report["budget"]["latency_device"] == "cpu: Some Camera Box SoC"
+    for entry in (report["best"], report["baseline"]):
+        assert entry["latency_measured"] is False and entry["latency_spread_ms"] is None
+        assert entry["latency_ms"] == entry["latency_predicted_ms"] == pytest.approx(lat.predict_ms(
+            {**graph.widths(), **entry.get("counts", {})}), abs=1e-3)
+    assert "nothing was timed here" in out and "not this machine: the table is trusted" in out
+    rows = list(csv.DictReader((tmp_path / "run" / "trials.csv").open()))
+    trials = {t["number"]: t for t in report["trials"]}
+    assert len(rows) == len(trials) == 2
+    header = list(rows[0])
+    assert header.index("latency_ms") == header.index("macs_ratio") + 1
+    for row in rows:
+        t = trials[int(row["number"])]
+        assert t["state"] == "COMPLETE" and t["latency_ms"] == pytest.approx(lat.predict_ms(t["counts"]), abs=1e-3)
+        assert float(row["latency_ms"]) == t["latency_ms"] <= limit
+
+
+def test_trials_csv_has_latency_only_under_a_latency_budget(tmp_path):
+    from autoprune.search.records import TrialRecord
+    from autoprune.search.report import write_trials_csv
+
+    records = [TrialRecord(0, "COMPLETE", {"g": 0.5}, {"g": 8}, 100, 10, 0.5, latency_ms=1.25),
+               TrialRecord(1, "FAIL", error="ValueError: x")]
+    write_trials_csv(tmp_path / "a.csv", records, latency=True)
+    write_trials_csv(tmp_path / "b.csv", records)
+    with_lat = (tmp_path / "a.csv").read_text().splitlines()
+    assert with_lat[0].startswith("number,state,macs,macs_ratio,latency_ms,params,")
+    assert with_lat[1].startswith("0,COMPLETE,100,0.5,1.25,10,") and with_lat[2].startswith("1,FAIL,,,,,")
+    assert "latency_ms" not in (tmp_path / "b.csv").read_text()
 
 
 def test_config_latency_keys(tmp_path):
@@ -266,7 +361,9 @@ def test_search_under_a_latency_budget(tmp_path, capsys):
         assert entry["latency_measured"] is True and entry["latency_runs"] == 50
         q1, q3 = entry["latency_spread_ms"]
         assert 0 < q1 <= entry["latency_ms"] <= q3
+    assert budget["latency_timed_here"] is True and "timed here" in out
     for t in report["trials"]:
         if t["state"] == "COMPLETE":
+            assert t["latency_ms"] == pytest.approx(lat.predict_ms(t["counts"]), abs=1e-3)
             assert lat.predict_ms(t["counts"]) <= limit + 1e-9
     assert "latency (ms)" in out and f"budget {limit} ms" in out

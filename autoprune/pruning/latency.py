@@ -280,16 +280,13 @@ class LatencyTable:
             raise UserError(f"latency table {p} does not exist; make one with `autoprune latency profile ... --out {p}`")
         try:
             data = json.loads(p.read_text(encoding="utf-8"))
-            if data.get("format") != FORMAT:
-                raise ValueError(f"format is {data.get('format')!r}, not {FORMAT!r}")
-            key = data["key"]
-            key = TableKey(**{**key, "input_size": tuple(key["input_size"])})
-            kinds = [Kind(list(map(int, k["cin"])), list(map(int, k["cout"])),
-                          [[float(v) for v in row] for row in k["ms"]]) for k in data["kinds"]]
-            table = cls(key, dict(data["layers"]), kinds, float(data["scale"]), float(data["offset_ms"]),
-                        list(data.get("calibration", [])), float(data.get("seconds", 0.0)))
+            if not isinstance(data, dict) or data.get("format") != FORMAT:
+                raise ValueError(f"format is {data.get('format') if isinstance(data, dict) else None!r}, not {FORMAT!r}")
+            table = cls(_parse_key(data["key"]), _parse_layers(data["layers"]), [_parse_kind(k) for k in data["kinds"]],
+                        _num(data["scale"], "scale"), _num(data["offset_ms"], "offset_ms"),
+                        list(data.get("calibration", [])), _num(data.get("seconds", 0.0), "seconds"))
             table._check()
-        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError, UnicodeDecodeError) as exc:
             raise UserError(f"latency table {p} is corrupt ({type(exc).__name__}: {exc}); profile it again with "
                             f"`autoprune latency profile`") from None
         return table
@@ -303,10 +300,74 @@ class LatencyTable:
             if not all(math.isfinite(v) and v >= 0 for r in k.ms for v in r):
                 raise ValueError(f"kind {i}: a time is negative or not finite")
         for name, layer in self.layers.items():
-            if not 0 <= int(layer["kind"]) < len(self.kinds):
+            if not 0 <= layer["kind"] < len(self.kinds):
                 raise ValueError(f"layer {name} names kind {layer['kind']}")
         if not (math.isfinite(self.scale) and self.scale > 0 and math.isfinite(self.offset_ms)):
             raise ValueError("calibration scale/offset not finite")
+
+
+# Bounds a real table stays far inside: a value outside them is a corrupt file, not a big model.
+MAX_WIDTH, MAX_SIDE, MAX_BATCH, MAX_GRID, MAX_LAYERS = 1 << 16, 1 << 14, 1 << 16, 1024, 10_000
+
+
+def _int(v: Any, what: str, lo: int, hi: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"{what} is {v!r}, not an integer")
+    if not lo <= v <= hi:
+        raise ValueError(f"{what} is {v}, outside [{lo}, {hi}]")
+    return v
+
+
+def _num(v: Any, what: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"{what} is {v!r}, not a number")
+    return float(v)
+
+
+def _str(v: Any, what: str) -> str:
+    if not isinstance(v, str):
+        raise TypeError(f"{what} is {v!r}, not a string")
+    return v
+
+
+def _parse_key(key: dict[str, Any]) -> TableKey:
+    if set(key) - set(TableKey.__dataclass_fields__):
+        raise KeyError(f"unknown key fields {sorted(set(key) - set(TableKey.__dataclass_fields__))}")
+    size = key["input_size"]
+    if not isinstance(size, list) or len(size) != 2:
+        raise TypeError(f"key.input_size is {size!r}, not [height, width]")
+    ort = key.get("onnxruntime")
+    min_keep = _num(key["min_keep"], "key.min_keep")
+    if not 0 < min_keep <= 1:
+        raise ValueError(f"key.min_keep is {min_keep}, outside (0, 1]")
+    return TableKey(_str(key["arch"], "key.arch"), _int(key["last_stride"], "key.last_stride", 1, 4),
+                    _str(key["pooling"], "key.pooling"),
+                    (_int(size[0], "key.input_size", 1, MAX_SIDE), _int(size[1], "key.input_size", 1, MAX_SIDE)),
+                    _int(key["batch"], "key.batch", 1, MAX_BATCH), _str(key["runtime"], "key.runtime"),
+                    _str(key["device"], "key.device"), _int(key["threads"], "key.threads", 1, 4096),
+                    _str(key["torch"], "key.torch"), None if ort is None else _str(ort, "key.onnxruntime"),
+                    _int(key["round_to"], "key.round_to", 1, MAX_WIDTH), min_keep,
+                    _str(key.get("clock", "wall"), "key.clock"))
+
+
+def _parse_layers(layers: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    if not isinstance(layers, dict) or len(layers) > MAX_LAYERS:
+        raise TypeError(f"layers is not a mapping of at most {MAX_LAYERS} layers")
+    return {_str(n, "a layer name"): {"kind": _int(v["kind"], f"layer {n} kind", 0, MAX_LAYERS),
+                                      "cin": _int(v["cin"], f"layer {n} cin", 1, MAX_WIDTH),
+                                      "cout": _int(v["cout"], f"layer {n} cout", 1, MAX_WIDTH)}
+            for n, v in layers.items()}
+
+
+def _parse_kind(k: dict[str, Any]) -> Kind:
+    def widths(vs: Any, what: str) -> list[int]:
+        if not isinstance(vs, list) or len(vs) > MAX_GRID:
+            raise TypeError(f"{what} is not a list of at most {MAX_GRID} widths")
+        return [_int(v, what, 1, MAX_WIDTH) for v in vs]
+
+    if not isinstance(k["ms"], list) or not all(isinstance(r, list) for r in k["ms"]):
+        raise TypeError("ms is not a list of rows")
+    return Kind(widths(k["cin"], "cin"), widths(k["cout"], "cout"), [[_num(v, "a time") for v in r] for r in k["ms"]])
 
 
 # -- measuring ------------------------------------------------------------------------------------
@@ -556,9 +617,18 @@ def _fmt(v: Any) -> str:
     return "x".join(map(str, v)) if isinstance(v, tuple) else str(v)
 
 
-def same_device(key: TableKey, device: str = "cpu") -> bool:
-    """Whether this machine is the one the table was measured on (so models can be timed here)."""
-    if key.device != device_name(device):
+def table_device(key: TableKey) -> str:
+    """The torch device kind a table was measured on: ``cuda`` or ``cpu``."""
+    return "cuda" if key.device.startswith("cuda") else "cpu"
+
+
+def same_device(key: TableKey) -> bool:
+    """Whether this machine is (a device of the same name as) the one the table was measured on, with its
+    runtime installed, so models can be timed here. Where the search trains does not matter: a CPU table
+    is checked against this machine's CPU even when training runs on a GPU."""
+    if table_device(key) == "cuda" and not torch.cuda.is_available():
+        return False
+    if key.device != device_name(table_device(key)):
         return False
     if key.runtime == "onnxruntime":
         try:
@@ -646,10 +716,18 @@ def latency_budget(cfg: dict[str, Any], graph: PruningGraph, budget: Any, device
     latency = LatencyModel(table, graph)
     budget = replace(budget, latency_ms=float(cfg["budget"]["latency_ms"]), latency=latency)
     checker = None
-    if same_device(table.key, device):
-        measure = wall_measure(table.key.runtime, device, table.key.threads, repeats=20, clock=table.key.clock)
+    if same_device(table.key):
+        measure = wall_measure(table.key.runtime, table_device(table.key), table.key.threads, repeats=20,
+                               clock=table.key.clock)
         checker = EndToEnd(latency, graph.model, measure)
     return budget, checker
+
+
+def trial_latency_ms(latency: LatencyModel, counts: dict[str, int]) -> float | None:
+    """A trial's predicted milliseconds per image (trials.csv, report.json); None for a trial without counts."""
+    if not counts:
+        return None
+    return round(latency.predict_ms({**latency.base_widths, **counts}), 4)
 
 
 def latency_entry(budget: Any, checker: EndToEnd | None, model: nn.Module, widths: dict[str, int],
@@ -661,16 +739,18 @@ def latency_entry(budget: Any, checker: EndToEnd | None, model: nn.Module, width
                            "latency_predicted_ms": round(predicted, 4), "latency_measured": False}
     if checker is not None:
         key = checker.key
-        t = measure_model(model, key, wall_measure(key.runtime, "cuda" if key.device.startswith("cuda") else "cpu",
-                                                   key.threads, repeats=runs, clock=key.clock))
+        t = measure_model(model, key, wall_measure(key.runtime, table_device(key), key.threads, repeats=runs,
+                                                   clock=key.clock))
         out.update(latency_ms=round(t["median_ms"], 4), latency_spread_ms=[round(t["q1_ms"], 4), round(t["q3_ms"], 4)],
                    latency_measured=True, latency_runs=runs)
     return out
 
 
-def budget_entry(budget: Any, cfg: dict[str, Any]) -> dict[str, Any]:
-    """The latency side of report.json's ``budget``."""
+def budget_entry(budget: Any, cfg: dict[str, Any], checker: EndToEnd | None) -> dict[str, Any]:
+    """The latency side of report.json's ``budget``; ``latency_timed_here`` says whether this machine is the
+    table's device (policies tightened and models timed end to end here) or the latencies are the table's."""
     k = budget.latency.table.key
     return {"latency_ms": budget.latency_ms, "latency_batch": k.batch, "latency_unit": "ms per image",
             "latency_device": k.device, "latency_threads": k.threads, "latency_runtime": k.runtime,
-            "latency_table": cfg["budget"]["latency_table"] or "profiled on this machine"}
+            "latency_table": cfg["budget"]["latency_table"] or "profiled on this machine",
+            "latency_timed_here": checker is not None}

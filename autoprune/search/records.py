@@ -15,6 +15,7 @@ class TrialRecord:
     macs: int | None = None
     params: int | None = None
     macs_ratio: float | None = None
+    latency_ms: float | None = None    # under a latency budget: the table's predicted ms per image of ``counts``
     target: dict[str, float] | None = None        # target test split
     target_val: dict[str, float] | None = None    # target validation split (the search objective)
     source: dict[str, float] | None = None

@@ -116,15 +116,17 @@ def write_json(path: Path, data: Any) -> None:
     tmp.replace(path)
 
 
-def write_trials_csv(path: Path, records: list[TrialRecord]) -> None:
+def write_trials_csv(path: Path, records: list[TrialRecord], latency: bool = False) -> None:
+    """One row per trial; ``latency`` (a latency budget) adds ``latency_ms`` (the table's prediction) after MACs."""
     groups = sorted({g for r in records for g in r.policy})
+    lat_head, lat = (["latency_ms"], lambda r: [r.latency_ms]) if latency else ([], lambda r: [])
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["number", "state", "macs", "macs_ratio", "params", "rank1", "mAP", "seconds", "error"]
+        w.writerow(["number", "state", "macs", "macs_ratio", *lat_head, "params", "rank1", "mAP", "seconds", "error"]
                    + [f"keep:{g}" for g in groups])
         for r in records:
             t = r.target or {}
-            w.writerow([r.number, r.state, r.macs, r.macs_ratio, r.params, t.get("rank1"), t.get("mAP"),
+            w.writerow([r.number, r.state, r.macs, r.macs_ratio, *lat(r), r.params, t.get("rank1"), t.get("mAP"),
                         r.seconds, r.error or ""] + [r.policy.get(g) for g in groups])
 
 
@@ -311,8 +313,10 @@ def summary_table(report: dict[str, Any]) -> str:
         lines.append(f"model: {ck['arch']} from {ck['format']} checkpoint {ck['path']} (sha256 {ck['sha256'][:16]})")
     if "latency_ms" in b:
         bud = report["budget"]
+        where = ("median ± half the inter-quartile range, timed here" if bud.get("latency_timed_here", True)
+                 else "~ predicted by the table: this machine is not that device, nothing was timed here")
         lines.append(f"(latency: ms per image at batch {bud.get('latency_batch')} on {bud.get('latency_device')}, "
-                     f"budget {bud.get('latency_ms')} ms; median ± half the inter-quartile range, ~ predicted by the table)")
+                     f"budget {bud.get('latency_ms')} ms; {where})")
     return "\n".join(lines)
 
 

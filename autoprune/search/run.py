@@ -406,6 +406,11 @@ def finish(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, base: dict[str, A
     # Any state: successive halving may have stopped it early, and the final round trains it from scratch anyway.
     glob = next((r for r in records if _same_values(r, global_values) and r is not uniform and r.state != "FAIL"),
                 None)
+    if env.budget.latency is not None:  # each trial's predicted latency next to its MACs
+        from autoprune.pruning.latency import trial_latency_ms
+
+        for r in records:
+            r.latency_ms = trial_latency_ms(env.budget.latency, r.counts)
     report: dict[str, Any] = {
         "budget": {"macs_ratio": round(budget_ratio, 6), "macs": env.budget.macs, "unit": "MACs",
                    "input_size": list(env.input_size), "round_to": env.budget.round_to},
@@ -497,7 +502,7 @@ def finish(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, base: dict[str, A
         for r in records:
             if r.model and r.number != best.number and trial_model(run_dir, r).exists():
                 trial_model(run_dir, r).unlink()
-    write_trials_csv(run_dir / "trials.csv", records)
+    write_trials_csv(run_dir / "trials.csv", records, latency=env.budget.latency is not None)
     report["plots"] = write_plots(run_dir, report, records)
     write_json(run_dir / "report.json", report)
     if report.get("finalists"):  # kept until now, so that a Ctrl-C before the report costs no retraining
@@ -515,7 +520,7 @@ def _report_latency(report: dict[str, Any], env: SearchEnv, model: torch.nn.Modu
     """Latency of the unpruned model and the best next to their MACs (timed here when this is the device)."""
     from autoprune.pruning.latency import budget_entry, latency_entry
 
-    report["budget"].update(budget_entry(env.budget, cfg))
+    report["budget"].update(budget_entry(env.budget, cfg, env.end_to_end))
     report["baseline"] = {**report["baseline"],
                           **latency_entry(env.budget, env.end_to_end, env.baseline, env.cost.base_widths)}
     entry = latency_entry(env.budget, env.end_to_end, model, counts)
