@@ -277,6 +277,7 @@ def _reciprocal(ranks: np.ndarray, k: int) -> list[np.ndarray]:
     return [f[m] for f, m in zip(fwd, mutual)]
 
 
+# long: a line-by-line port of the authors' reference code, kept in its order so it can be checked against it.
 def re_ranking(q_g_dist: np.ndarray, q_q_dist: np.ndarray, g_g_dist: np.ndarray, k1: int = 20, k2: int = 6,
                lambda_value: float = 0.3) -> np.ndarray:
     """k-reciprocal re-ranking (Zhong et al., CVPR 2017): (num_q, num_g) float32 re-ranked distances.

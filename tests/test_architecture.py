@@ -195,3 +195,44 @@ def test_architecture_doc_states_every_rule_module() -> None:
     """The rules' front ends and core modules are each named in the doc, so rule and doc change together."""
     text = (ROOT / "docs" / "architecture.md").read_text()
     assert [m for m in (*FRONT_ENDS, *CORE) if f"`{m}`" not in text] == []
+
+
+MAX_LINES = 60  # about a screen
+
+
+def long_functions(source: str, limit: int = MAX_LINES) -> list[tuple[str, int]]:
+    """Functions of ``source`` longer than ``limit`` lines (def to last line) with no written reason: a comment
+    starting ``# long:`` on the def line or in the comment block just above the def (or its decorators)."""
+    lines = source.splitlines()
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        if node.end_lineno is None or node.end_lineno - node.lineno + 1 <= limit:
+            continue
+        first = min([node.lineno, *(d.lineno for d in node.decorator_list)]) - 1  # 0-based
+        above = []
+        i = first - 1
+        while i >= 0 and lines[i].strip().startswith("#"):
+            above.append(lines[i].strip())
+            i -= 1
+        if "# long:" not in lines[node.lineno - 1] and not any(c.startswith("# long:") for c in above):
+            found.append((node.name, node.lineno))
+    return found
+
+
+def test_long_functions_need_a_written_reason() -> None:
+    """No function on the package's path runs past a screen without a `# long:` reason beside it."""
+    offenders = [f"{path.relative_to(ROOT)}:{line} {name}" for path in _modules().values()
+                 for name, line in long_functions(path.read_text())]
+    assert offenders == []
+
+
+def test_long_function_check_sees_length_and_reason() -> None:
+    body = "".join(f"    x{i} = {i}\n" for i in range(MAX_LINES))
+    assert long_functions("def short():\n    return 1\n") == []
+    method = body.replace("    ", "        ")
+    assert long_functions(f"class A:\n    @staticmethod\n    def f():\n{method}") == [("f", 3)]
+    assert long_functions(f"# long: a reason\n# more of it\n@decorator\ndef f():\n{body}") == []
+    assert long_functions(f"def f():  # long: a reason\n{body}") == []
+    assert long_functions(f"# long: not this one's\n\ndef f():\n{body}") == [("f", 3)]

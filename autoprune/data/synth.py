@@ -377,6 +377,7 @@ class _Canvas:
             self.paint(rs, cs, m & (t >= cut), outer)
 
 
+# long: one painter's-order list of body parts, read top to bottom like the figure it draws.
 def _render_person(
     ident: _Identity, h: int, w: int, top: float, cx: float, hb: float, view: int, facing: int, stride: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -690,6 +691,7 @@ def _name(job: _Job) -> str:
     return f"{pid}_c{job.cam + 1}s1_{job.frame:06d}_00.jpg"
 
 
+# long: the dataset's layout (splits, cameras, queries, distractors, junk) in one place, in the order it is written.
 def generate(
     out_dir: str | Path,
     domain: str = "A",

@@ -107,6 +107,8 @@ EpochCallback = Callable[[int, nn.Module], None]
 LossTerm = Callable[[tuple[torch.Tensor, torch.Tensor], Outputs, "Outputs | None"], torch.Tensor]
 
 
+# long: one training loop whose state (optimiser, scaler, sampler, RNG, bf16 retry) every step shares; the
+# step's parts are helpers (_loss, augment, lr_factor), and splitting the loop would only pass that state around.
 def fit(model: nn.Module, train: ImageStore, s: TrainSettings, device: torch.device,
         on_epoch_end: EpochCallback | None = None, on_step_end: Callable[[nn.Module], None] | None = None,
         desc: str = "train", progress: bool = True, resume: dict[str, Any] | None = None,

@@ -283,19 +283,40 @@ class OptunaBackend:
             self.storage.set_trial_user_attr(t._trial_id, GIVEN_BACK, True)
             self.storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
 
-    def objective(self, trial: optuna.Trial) -> float | tuple[float, float]:
-        self._claim(trial)
-        if self._failed:  # the failed trial's frames are gone now: give its memory back (out of memory, most likely)
-            self._failed = False
-            _release_memory(self.env.device)
-        space = self.env.space
+    def _suggest(self, trial: optuna.Trial) -> dict[str, float]:
+        """The trial's policy: the free keep ratios, and in Pareto mode the MACs target (up to the budget)."""
         values = {}
-        for p in space.params.values():
+        for p in self.env.space.params.values():
             if p.fixed is None:
                 values[p.name] = trial.suggest_float(p.name, p.low, p.high, step=p.step)
         if self.multi:  # Pareto mode: the MACs target is searched too, up to the budget
             lo, hi = self.env.macs_ratio_range()
             values["macs_ratio"] = trial.suggest_float("macs_ratio", lo, hi)
+        return values
+
+    def _screener(self, trial: optuna.Trial) -> Callable[[float], None] | None:
+        """``search.screening``: stop a candidate whose adaptive-BN score is not among the study's best."""
+        screening = self.env.cfg["search"]["screening"]
+        if not screening["enabled"] or self.multi:
+            return None
+
+        def screen(score: float) -> None:
+            from autoprune.search.screening import keep_candidate
+
+            trial.set_user_attr("screen_score", score)
+            previous = [t.user_attrs["screen_score"] for t in self.study.get_trials(deepcopy=False)
+                        if t.number != trial.number and "screen_score" in t.user_attrs]
+            if not keep_candidate(score, previous, screening["keep_fraction"], screening["candidates"]):
+                raise TrialPruned(f"screened out: adaptive-BN rank-1 {score:.3f} is not in the best "
+                                  f"{screening['keep_fraction']:.0%} of {len(previous)} candidates")
+        return screen
+
+    def objective(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        self._claim(trial)
+        if self._failed:  # the failed trial's frames are gone now: give its memory back (out of memory, most likely)
+            self._failed = False
+            _release_memory(self.env.device)
+        values = self._suggest(trial)
 
         def report(step: int, rank1: float) -> None:
             if not self.multi:
@@ -303,22 +324,9 @@ class OptunaBackend:
                 if trial.should_prune():
                     raise TrialPruned(f"stopped early at epoch {step} (target rank-1 {rank1:.3f})")
 
-        screening = self.env.cfg["search"]["screening"]
-        screen = None
-        if screening["enabled"] and not self.multi:
-            def screen(score: float) -> None:
-                from autoprune.search.screening import keep_candidate
-
-                trial.set_user_attr("screen_score", score)
-                previous = [t.user_attrs["screen_score"] for t in self.study.get_trials(deepcopy=False)
-                            if t.number != trial.number and "screen_score" in t.user_attrs]
-                if not keep_candidate(score, previous, screening["keep_fraction"], screening["candidates"]):
-                    raise TrialPruned(f"screened out: adaptive-BN rank-1 {score:.3f} is not in the best "
-                                      f"{screening['keep_fraction']:.0%} of {len(previous)} candidates")
-
         start = time.perf_counter()
         try:
-            result = self.env.run(values, report=report, screen=screen)
+            result = self.env.run(values, report=report, screen=self._screener(trial))
         except TrialPruned as exc:
             trial.set_user_attr("record", {"error": str(exc), "seconds": time.perf_counter() - start})
             raise optuna.TrialPruned(str(exc)) from None

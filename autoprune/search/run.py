@@ -264,15 +264,31 @@ def _diverged(what: str, exc: Exception) -> UserError:
 
 def _search(cfg: dict[str, Any], run_dir: Path, started: float, progress: bool,
             log: Callable[[str], None]) -> dict[str, Any]:
-    from autoprune.engine.train import NonFiniteLoss
-
+    """One search as named steps: checks, domains, baseline and environment, adaptation and the unpruned
+    reference, then the trials and :func:`finish` (final round, model, outputs)."""
     set_threads(cfg["train"]["threads"])
     device = resolve_device(cfg["train"]["device"])
     host = get_host()
     preflight(cfg, host)
+    source, target = _load_domains(cfg, log)
+    env, base_info = _build_env(cfg, run_dir, host, device, source, target, progress, log)
+    base = _adapt(cfg, run_dir, env, base_info, log)
+    return _run_trials(cfg, run_dir, env, base, started, log)
+
+
+def _load_domains(cfg: dict[str, Any], log: Callable[[str], None]) -> tuple[Any, Any]:
+    """The source and target datasets (the target's validation split held out)."""
     source_spec = cfg["data"]["source"] or "none (the trained model.checkpoint is pruned as it is)"
     log(f"data: source {source_spec}, target {cfg['data']['target']}")
-    source, target = load_domains(cfg)
+    return load_domains(cfg)
+
+
+def _build_env(cfg: dict[str, Any], run_dir: Path, host: Any, device: torch.device, source: Any, target: Any,
+               progress: bool, log: Callable[[str], None]) -> tuple[SearchEnv, dict[str, Any]]:
+    """The baseline (trained, reused or imported) and the environment every trial shares; claims the run
+    directory. Returns the environment and what :func:`get_baseline` says about the baseline."""
+    from autoprune.engine.train import NonFiniteLoss
+
     try:
         baseline, base_info = get_baseline(cfg, source, device, progress=progress, log=log)
     except NonFiniteLoss as exc:
@@ -281,6 +297,12 @@ def _search(cfg: dict[str, Any], run_dir: Path, started: float, progress: bool,
     # Only now, with the data read and the baseline built, is the run directory this config's: a typo in a
     # dataset path must not lock the directory to the mistyped config.
     claim_run_dir(cfg, run_dir)
+    _describe(cfg, env, log)
+    return env, base_info
+
+
+def _describe(cfg: dict[str, Any], env: SearchEnv, log: Callable[[str], None]) -> None:
+    """The model, budget and space lines a search starts with."""
     if not env.strategy_cls.follows_policy and cfg["search"]["n_trials"] > 1:
         log(f"note: strategy {cfg['trial']['strategy']!r} chooses the widths itself, so every trial prunes the same "
             f"way; search.n_trials: 1 is enough")
@@ -294,6 +316,12 @@ def _search(cfg: dict[str, Any], run_dir: Path, started: float, progress: bool,
             f"{env.budget.latency.predict_ms(env.cost.base_widths):.3f} ms; "
             + ("each policy is also timed here" if env.end_to_end else "not this machine: the table is trusted"))
 
+
+def _adapt(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, base_info: dict[str, Any],
+           log: Callable[[str], None]) -> dict[str, Any]:
+    """Adapt the unpruned model to the target once (``trial.adapt_epochs``), then the unpruned reference."""
+    from autoprune.engine.train import NonFiniteLoss
+
     try:
         adaptation = load_or_adapt(env, run_dir, log)
     except NonFiniteLoss as exc:
@@ -301,23 +329,37 @@ def _search(cfg: dict[str, Any], run_dir: Path, started: float, progress: bool,
     base = _unpruned_reference(cfg, run_dir, env, base_info, log)
     if adaptation is not None:
         base["adaptation"] = adaptation
+    return base
 
-    best_rank1: list[float | None] = [None]
 
-    def on_trial(r: TrialRecord) -> None:
+class _TrialLines:
+    """Logs one line per finished trial, with the best objective so far."""
+
+    def __init__(self, log: Callable[[str], None]) -> None:
+        self.log = log
+        self.best: float | None = None
+
+    def __call__(self, r: TrialRecord) -> None:
         if r.state == "COMPLETE" and r.target:
-            best_rank1[0] = max(best_rank1[0] or 0.0, r.objective or 0.0)
-        log(trial_line(r, best_rank1[0]))
+            self.best = max(self.best or 0.0, r.objective or 0.0)
+        self.log(trial_line(r, self.best))
 
-    backend: Backend
+
+def _make_backend(cfg: dict[str, Any], env: SearchEnv, run_dir: Path, log: Callable[[str], None]) -> Backend:
+    """The backend ``search.backend`` names (Ray is imported only when asked for)."""
     if cfg["search"]["backend"] == "ray":
         from autoprune.search.ray_backend import RayBackend
 
-        backend = RayBackend(env, run_dir, on_trial=on_trial, save_model=_save_trial_model(run_dir))
-    else:
-        from autoprune.search.optuna_backend import OptunaBackend
+        return RayBackend(env, run_dir, on_trial=_TrialLines(log), save_model=_save_trial_model(run_dir))
+    from autoprune.search.optuna_backend import OptunaBackend
 
-        backend = OptunaBackend(env, run_dir, on_trial=on_trial, save_model=_save_trial_model(run_dir))
+    return OptunaBackend(env, run_dir, on_trial=_TrialLines(log), save_model=_save_trial_model(run_dir))
+
+
+def _run_trials(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, base: dict[str, Any], started: float,
+                log: Callable[[str], None]) -> dict[str, Any]:
+    """The trials, then :func:`finish`; after a Ctrl-C, the report of the finished trials (no final round)."""
+    backend = _make_backend(cfg, env, run_dir, log)
     try:
         records = backend.run(cfg["search"]["n_trials"], timeout=cfg["search"]["timeout"])
         report = finish(cfg, run_dir, env, base, records, log=log)
@@ -393,26 +435,53 @@ def _disk_full(run_dir: Path, exc: OSError) -> UserError:
 def finish(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, base: dict[str, Any], records: list[TrialRecord],
            log: Callable[[str], None] = print) -> dict[str, Any]:
     """Pick the best policy, give it the final fine-tune, save the model and write the report files."""
-    budget_ratio = env.budget.macs / env.base_macs
-    kind = cfg["search"]["objective"]
-    ranked = _ranked(records, budget_ratio, kind)
-    best = ranked[0] if ranked else None
-    uniform_values = env.space.uniform_values()
-    uniform = next((r for r in records if r.state == "COMPLETE" and r.target and r.macs_ratio is not None
-                    and {k: v for k, v in r.values.items() if k != "macs_ratio"} == uniform_values
-                    and r.macs_ratio >= 0.99 * budget_ratio), None)
-    # The global-ranking warm start, when the search had one: a finalist like the uniform policy.
-    global_values = env.global_values() if cfg["search"]["warm_start_global"] and best is not None else None
-    # Any state: successive halving may have stopped it early, and the final round trains it from scratch anyway.
-    glob = next((r for r in records if _same_values(r, global_values) and r is not uniform and r.state != "FAIL"),
-                None)
+    ranked = _ranked(records, env.budget.macs / env.base_macs, cfg["search"]["objective"])
+    uniform = _uniform_trial(env, records)
+    glob = _global_trial(cfg, env, records, uniform) if ranked else None
     if env.budget.latency is not None:  # each trial's predicted latency next to its MACs
         from autoprune.pruning.latency import trial_latency_ms
 
         for r in records:
             r.latency_ms = trial_latency_ms(env.budget.latency, r.counts)
+    report = _report_head(cfg, env, base, records, uniform)
+    if ranked:
+        if cfg["search"]["final_epochs"]:
+            always = [r for r in (uniform, glob) if r is not None]
+            best = _choose_finalist(cfg, run_dir, env, ranked, records, always, report, log)
+        else:
+            best = ranked[0]
+            _keep_trial_model(run_dir, env, best, cfg["search"]["final_epochs"], log)
+        _report_best(cfg, run_dir, env, best, report, log)
+        _report_comparisons(report, uniform, glob)
+        _drop_trial_models(run_dir, records, best)
+    _write_outputs(run_dir, report, records, env.budget.latency is not None, log)
+    return report
+
+
+def _uniform_trial(env: SearchEnv, records: list[TrialRecord]) -> TrialRecord | None:
+    """The completed trial of the uniform policy (the warm start every search begins with), at the budget."""
+    budget_ratio = env.budget.macs / env.base_macs
+    uniform_values = env.space.uniform_values()
+    return next((r for r in records if r.state == "COMPLETE" and r.target and r.macs_ratio is not None
+                 and {k: v for k, v in r.values.items() if k != "macs_ratio"} == uniform_values
+                 and r.macs_ratio >= 0.99 * budget_ratio), None)
+
+
+def _global_trial(cfg: dict[str, Any], env: SearchEnv, records: list[TrialRecord],
+                  uniform: TrialRecord | None) -> TrialRecord | None:
+    """The global-ranking warm start's trial, when the search had one: a finalist like the uniform policy."""
+    if not cfg["search"]["warm_start_global"]:
+        return None
+    values = env.global_values()
+    # Any state: successive halving may have stopped it early, and the final round trains it from scratch anyway.
+    return next((r for r in records if _same_values(r, values) and r is not uniform and r.state != "FAIL"), None)
+
+
+def _report_head(cfg: dict[str, Any], env: SearchEnv, base: dict[str, Any], records: list[TrialRecord],
+                 uniform: TrialRecord | None) -> dict[str, Any]:
+    """The report without its best model: budget, baseline, config, plugins, trials, uniform policy."""
     report: dict[str, Any] = {
-        "budget": {"macs_ratio": round(budget_ratio, 6), "macs": env.budget.macs, "unit": "MACs",
+        "budget": {"macs_ratio": round(env.budget.macs / env.base_macs, 6), "macs": env.budget.macs, "unit": "MACs",
                    "input_size": list(env.input_size), "round_to": env.budget.round_to},
         "baseline": base,
         "config": {"criterion": cfg["trial"]["criterion"], "strategy": cfg["trial"]["strategy"],
@@ -431,78 +500,120 @@ def finish(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, base: dict[str, A
         report["uniform"] = {"trial": uniform.number, "policy": uniform.policy, "macs": uniform.macs,
                              "params": uniform.params, "macs_ratio": uniform.macs_ratio, "target": uniform.target,
                              "target_val": uniform.target_val}
-    if best is not None:
-        model_dir = run_dir / "model"
-        model_path = model_dir / "pruned.pt"
-        final_epochs = cfg["search"]["final_epochs"]
-        marker = model_dir / "final.json"
-        done = json.loads(marker.read_text()) if marker.is_file() else {}
-        if final_epochs:
-            top = finalists_by_noise(ranked, cfg["search"]["finalists"], cfg["search"]["finalists_se"], kind)
-            finals = _final_round(env, top, [r for r in (uniform, glob) if r is not None], final_epochs, model_dir,
-                                  log)
-            chosen = max(finals, key=lambda f: selection_key(f["target_val"], f["target"], f["trial"], kind))
-            best = next(r for r in records if r.number == chosen["trial"])
-            for f in finals:
-                f["chosen"] = f is chosen
-            report["finalists"] = finals
-            if done != {"trial": best.number, "final_epochs": final_epochs} or not model_path.is_file():
-                weights = model_dir / f"final_{best.number:04d}.pt"
-                if weights.is_file():
-                    shutil.copyfile(weights, model_path)
-                else:  # finalists' weights are dropped once one is chosen; a changed choice retrains it
-                    result = env.run(best.values, counts=best.counts, epochs=final_epochs)
-                    save_pruned(_model_of(result), model_path, extra={"trial": best.number, "counts": best.counts})
-                write_json(marker, {"trial": best.number, "final_epochs": final_epochs})
-            log(f"final: trial {best.number} is the best of {len(finals)} finalists on the validation split after "
-                f"the final fine-tune")
-        elif done.get("trial") != best.number or done.get("final_epochs") != final_epochs or not model_path.is_file():
-            if best.model and trial_model(run_dir, best).is_file():
-                model_dir.mkdir(exist_ok=True)
-                shutil.copyfile(trial_model(run_dir, best), model_path)
-            else:
-                log(f"final: trial {best.number} ran in another worker; training its policy again for the model")
-                result = env.run(best.values, counts=best.counts)
-                save_pruned(_model_of(result), model_path, extra={"trial": best.number, "counts": best.counts})
-            write_json(marker, {"trial": best.number, "final_epochs": final_epochs})
-        model = load_pruned(model_path)
-        from autoprune.pruning.flops import count_macs
+    return report
 
-        macs, params = count_macs(model, env.input_size)
-        if macs > env.budget.macs:
-            raise RuntimeError(f"refusing to report a model over budget: {macs} > {env.budget.macs} MACs")
-        # The chosen finalist was evaluated in the final round (the saved model is that model): no second pass
-        # over the test split.
-        chosen_final = next(f for f in report["finalists"] if f["chosen"]) if final_epochs else None
-        metrics: dict[str, Any] = ({**chosen_final["target"], "val": chosen_final["target_val"]} if chosen_final
-                   else {**(best.target or {}), "val": best.target_val})
-        report["best"] = {"trial": best.number, "policy": best.policy, "counts": best.counts, "macs": macs,
-                          "params": params, "macs_ratio": macs / env.base_macs,
-                          "target": metrics_summary(metrics), "target_val": metrics_summary(metrics.get("val")),
-                          "hits": chosen_final["hits"] if chosen_final else best.hits,
-                          "model": os.path.relpath(model_path, run_dir),
-                          "final_epochs": final_epochs}
-        if env.budget.latency is not None:
-            _report_latency(report, env, model, best.counts, cfg, log)
-        save_torchscript(model, model_dir / "pruned.torchscript.pt", torch.randn(1, 3, *env.input_size))
-        report["best"]["torchscript"] = "model/pruned.torchscript.pt"
-        if final_epochs and report["uniform"] is not None:
-            # The uniform policy is always a finalist: "best vs uniform" compares like with like.
-            assert uniform is not None  # report["uniform"] is set from it
-            final = next(f for f in report["finalists"] if f["trial"] == uniform.number)
-            report["uniform"]["final_target"] = final["target"]
-            report["uniform"]["final_hits"] = final.get("hits")
-        if glob is not None:
-            report["global"] = {"trial": glob.number, "policy": glob.policy, "macs_ratio": glob.macs_ratio,
-                                "target": glob.target, "target_val": glob.target_val}
-            final = next((f for f in report.get("finalists", []) if f["trial"] == glob.number), None)
-            if final is not None:
-                report["global"].update(final_target=final["target"], final_hits=final.get("hits"))
-        # Trial models other than the best are not kept: they are reproducible from their policy.
-        for r in records:
-            if r.model and r.number != best.number and trial_model(run_dir, r).exists():
-                trial_model(run_dir, r).unlink()
-    write_trials_csv(run_dir / "trials.csv", records, latency=env.budget.latency is not None)
+
+def _final_marker(model_dir: Path) -> dict[str, Any]:
+    """Which trial ``model/pruned.pt`` holds, after how many final epochs (``final.json``; empty if none)."""
+    marker = model_dir / "final.json"
+    return json.loads(marker.read_text()) if marker.is_file() else {}
+
+
+def _choose_finalist(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, ranked: list[TrialRecord],
+                     records: list[TrialRecord], always: list[TrialRecord], report: dict[str, Any],
+                     log: Callable[[str], None]) -> TrialRecord:
+    """With a final round: the finalist best on validation after the final fine-tune (``report["finalists"]``
+    lists them all); its model becomes ``model/pruned.pt``."""
+    kind, final_epochs = cfg["search"]["objective"], cfg["search"]["final_epochs"]
+    model_dir = run_dir / "model"
+    model_path = model_dir / "pruned.pt"
+    done = _final_marker(model_dir)
+    top = finalists_by_noise(ranked, cfg["search"]["finalists"], cfg["search"]["finalists_se"], kind)
+    finals = _final_round(env, top, always, final_epochs, model_dir, log)
+    chosen = max(finals, key=lambda f: selection_key(f["target_val"], f["target"], f["trial"], kind))
+    best = next(r for r in records if r.number == chosen["trial"])
+    for f in finals:
+        f["chosen"] = f is chosen
+    report["finalists"] = finals
+    if done != {"trial": best.number, "final_epochs": final_epochs} or not model_path.is_file():
+        weights = model_dir / f"final_{best.number:04d}.pt"
+        if weights.is_file():
+            shutil.copyfile(weights, model_path)
+        else:  # finalists' weights are dropped once one is chosen; a changed choice retrains it
+            result = env.run(best.values, counts=best.counts, epochs=final_epochs)
+            save_pruned(_model_of(result), model_path, extra={"trial": best.number, "counts": best.counts})
+        write_json(model_dir / "final.json", {"trial": best.number, "final_epochs": final_epochs})
+    log(f"final: trial {best.number} is the best of {len(finals)} finalists on the validation split after "
+        f"the final fine-tune")
+    return best
+
+
+def _keep_trial_model(run_dir: Path, env: SearchEnv, best: TrialRecord, final_epochs: int,
+                      log: Callable[[str], None]) -> None:
+    """Without a final round: the best trial's own model becomes ``model/pruned.pt`` (trained again from its
+    policy when another worker ran it)."""
+    model_dir = run_dir / "model"
+    model_path = model_dir / "pruned.pt"
+    done = _final_marker(model_dir)
+    if done.get("trial") == best.number and done.get("final_epochs") == final_epochs and model_path.is_file():
+        return
+    if best.model and trial_model(run_dir, best).is_file():
+        model_dir.mkdir(exist_ok=True)
+        shutil.copyfile(trial_model(run_dir, best), model_path)
+    else:
+        log(f"final: trial {best.number} ran in another worker; training its policy again for the model")
+        result = env.run(best.values, counts=best.counts)
+        save_pruned(_model_of(result), model_path, extra={"trial": best.number, "counts": best.counts})
+    write_json(model_dir / "final.json", {"trial": best.number, "final_epochs": final_epochs})
+
+
+def _report_best(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, best: TrialRecord, report: dict[str, Any],
+                 log: Callable[[str], None]) -> None:
+    """``report["best"]`` from the saved model (measured again, refused over budget), and its TorchScript."""
+    from autoprune.pruning.flops import count_macs
+
+    final_epochs = cfg["search"]["final_epochs"]
+    model_dir = run_dir / "model"
+    model_path = model_dir / "pruned.pt"
+    model = load_pruned(model_path)
+    macs, params = count_macs(model, env.input_size)
+    if macs > env.budget.macs:
+        raise RuntimeError(f"refusing to report a model over budget: {macs} > {env.budget.macs} MACs")
+    # The chosen finalist was evaluated in the final round (the saved model is that model): no second pass
+    # over the test split.
+    chosen_final = next(f for f in report["finalists"] if f["chosen"]) if final_epochs else None
+    metrics: dict[str, Any] = ({**chosen_final["target"], "val": chosen_final["target_val"]} if chosen_final
+               else {**(best.target or {}), "val": best.target_val})
+    report["best"] = {"trial": best.number, "policy": best.policy, "counts": best.counts, "macs": macs,
+                      "params": params, "macs_ratio": macs / env.base_macs,
+                      "target": metrics_summary(metrics), "target_val": metrics_summary(metrics.get("val")),
+                      "hits": chosen_final["hits"] if chosen_final else best.hits,
+                      "model": os.path.relpath(model_path, run_dir),
+                      "final_epochs": final_epochs}
+    if env.budget.latency is not None:
+        _report_latency(report, env, model, best.counts, cfg, log)
+    save_torchscript(model, model_dir / "pruned.torchscript.pt", torch.randn(1, 3, *env.input_size))
+    report["best"]["torchscript"] = "model/pruned.torchscript.pt"
+
+
+def _report_comparisons(report: dict[str, Any], uniform: TrialRecord | None, glob: TrialRecord | None) -> None:
+    """The uniform policy's and the global-ranking warm start's final-round figures beside the best's."""
+    if report["best"]["final_epochs"] and report["uniform"] is not None:
+        # The uniform policy is always a finalist: "best vs uniform" compares like with like.
+        assert uniform is not None  # report["uniform"] is set from it
+        final = next(f for f in report["finalists"] if f["trial"] == uniform.number)
+        report["uniform"]["final_target"] = final["target"]
+        report["uniform"]["final_hits"] = final.get("hits")
+    if glob is not None:
+        report["global"] = {"trial": glob.number, "policy": glob.policy, "macs_ratio": glob.macs_ratio,
+                            "target": glob.target, "target_val": glob.target_val}
+        final = next((f for f in report.get("finalists", []) if f["trial"] == glob.number), None)
+        if final is not None:
+            report["global"].update(final_target=final["target"], final_hits=final.get("hits"))
+
+
+def _drop_trial_models(run_dir: Path, records: list[TrialRecord], best: TrialRecord) -> None:
+    """Trial models other than the best are not kept: they are reproducible from their policy."""
+    for r in records:
+        if r.model and r.number != best.number and trial_model(run_dir, r).exists():
+            trial_model(run_dir, r).unlink()
+
+
+def _write_outputs(run_dir: Path, report: dict[str, Any], records: list[TrialRecord], latency: bool,
+                   log: Callable[[str], None]) -> None:
+    """trials.csv (with the trials' predicted latency under a latency budget), the plots and report.json; then
+    the summary table."""
+    write_trials_csv(run_dir / "trials.csv", records, latency=latency)
     report["plots"] = write_plots(run_dir, report, records)
     write_json(run_dir / "report.json", report)
     if report.get("finalists"):  # kept until now, so that a Ctrl-C before the report costs no retraining
@@ -512,7 +623,6 @@ def finish(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, base: dict[str, A
     log(summary_table(report))
     written = ["report.json", "trials.csv"] + (["model/pruned.pt"] if report["best"] else []) + report["plots"]
     log(f"\nrun directory: {run_dir}  ({', '.join(written)})")  # only what this run wrote
-    return report
 
 
 def _report_latency(report: dict[str, Any], env: SearchEnv, model: torch.nn.Module, counts: dict[str, int],
