@@ -126,6 +126,9 @@ RULES: list[tuple[str, tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[
     ("the package reaches the built-in plugins through the host, except the contract kit's default criterion "
      "and the search's global-ranking warm start", ("autoprune",),
      ("autoprune.testing.contracts", "autoprune.search.trial"), ("autoprune_plugins",), ()),
+    ("neither backend imports the other (what they share is in autoprune.search.backend and "
+     "autoprune.search.records)", ("autoprune.search.optuna_backend", "autoprune.search.ray_backend"), (),
+     ("autoprune.search.optuna_backend", "autoprune.search.ray_backend"), ()),
 ]
 
 
@@ -150,11 +153,13 @@ def test_dependency_rules_catch_a_breach() -> None:
     graph["autoprune.pruning.flops"] = graph["autoprune.pruning.flops"] | {"autoprune.search.run"}
     graph["autoprune_plugins.criteria"] = graph["autoprune_plugins.criteria"] | {"autoprune.search.trial"}
     graph["autoprune.errors"] = {"autoprune.config"}
+    graph["autoprune.search.ray_backend"] = graph["autoprune.search.ray_backend"] | {"autoprune.search.optuna_backend"}
     broken = broken_rules(graph)
     assert sorted(b.partition(":")[0] for b in broken) == sorted([
         RULES[0][0],                # errors -> config
         RULES[1][0], RULES[2][0],   # pruning -> search: core rule, search rule
         RULES[2][0], RULES[4][0],   # built-in plugin -> search: search rule, plugin API rule
+        RULES[6][0],                # one backend -> the other
     ])
     assert sum(b.endswith("autoprune.pruning.flops -> autoprune.search.run") for b in broken) == 2
 

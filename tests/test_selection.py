@@ -23,15 +23,14 @@ def test_median_pruner_never_stops_a_trial_after_its_first_epoch() -> None:
 
 
 def test_ties_on_validation_rank1_are_broken_on_validation_map_not_the_test_split() -> None:
-    from autoprune.search.records import TrialRecord
-    from autoprune.search.run import _ranked
+    from autoprune.search.records import TrialRecord, ranked
 
     def record(number: int, val_map: float, test_map: float) -> TrialRecord:
         return TrialRecord(number, "COMPLETE", macs_ratio=0.5, target={"rank1": 0.3, "mAP": test_map},
                            target_val={"rank1": 0.6, "mAP": val_map})
 
-    ranked = _ranked([record(0, val_map=0.50, test_map=0.40), record(1, val_map=0.55, test_map=0.30)], 0.5)
-    assert [r.number for r in ranked] == [1, 0]
+    order = ranked([record(0, val_map=0.50, test_map=0.40), record(1, val_map=0.55, test_map=0.30)], 0.5)
+    assert [r.number for r in order] == [1, 0]
 
 
 def test_successive_halving_keeps_only_the_best_half_at_each_rung() -> None:
@@ -53,8 +52,7 @@ def test_successive_halving_keeps_only_the_best_half_at_each_rung() -> None:
 
 
 def test_final_round_takes_the_trials_within_the_noise_of_the_best() -> None:
-    from autoprune.search.records import TrialRecord
-    from autoprune.search.run import finalists_by_noise
+    from autoprune.search.records import TrialRecord, finalists_by_noise
 
     hits = "1" * 50 + "0" * 50  # 100 validation queries, best at 0.5: standard error 0.05
 
@@ -70,13 +68,22 @@ def test_final_round_takes_the_trials_within_the_noise_of_the_best() -> None:
 
 
 def test_objective_kinds_rank_trials_by_their_own_score() -> None:
-    from autoprune.search.records import TrialRecord
-    from autoprune.search.run import _ranked
+    from autoprune.search.records import TrialRecord, ranked
 
     a = TrialRecord(0, "COMPLETE", macs_ratio=0.5, target={"rank1": 0.3, "mAP": 0.3},
                     target_val={"rank1": 0.60, "mAP": 0.30})
     b = TrialRecord(1, "COMPLETE", macs_ratio=0.5, target={"rank1": 0.3, "mAP": 0.3},
                     target_val={"rank1": 0.55, "mAP": 0.40})
-    assert [r.number for r in _ranked([a, b], 0.5, "rank1")] == [0, 1]
-    assert [r.number for r in _ranked([a, b], 0.5, "mAP")] == [1, 0]
-    assert [r.number for r in _ranked([a, b], 0.5, "mix")] == [1, 0]  # 0.475 vs 0.45
+    assert [r.number for r in ranked([a, b], 0.5, "rank1")] == [0, 1]
+    assert [r.number for r in ranked([a, b], 0.5, "mAP")] == [1, 0]
+    assert [r.number for r in ranked([a, b], 0.5, "mix")] == [1, 0]  # 0.475 vs 0.45
+
+
+def test_both_backends_build_records_one_way() -> None:
+    """records.record_of: the stored record, then the backend's fields, then its number, state and values."""
+    from autoprune.search.records import record_of
+
+    stored = {"number": 99, "state": "X", "values": {"a": 0.1}, "macs": 10, "error": "stored", "unknown": 1}
+    r = record_of(3, "FAIL", {"g1": 0.5}, stored, error="the backend's", seconds=2.0)
+    assert (r.number, r.state, r.values, r.macs, r.error, r.seconds) == (3, "FAIL", {"g1": 0.5}, 10, "the backend's", 2.0)
+    assert record_of(4, "RUNNING", {}).to_json()["macs"] is None

@@ -1,5 +1,5 @@
-"""What the two search backends share: the interface ``run_search`` drives, and the sampling set-up both
-take from Optuna (Ray Tune samples through ``OptunaSearch``). A neutral module, so neither backend imports
+"""What the two search backends share: the interface ``run_search`` drives, the sampling set-up both
+take from Optuna (Ray Tune samples through ``OptunaSearch``) and the policies a search starts with. A neutral module, so neither backend imports
 the other, and ``run_search`` can check the sampler and warm start before any backend is built."""
 
 from __future__ import annotations
@@ -63,3 +63,18 @@ def check_warm_start(policies: Any, space: Any) -> None:
             continue
         raise UserError(f"search.warm_start entries must map search-space parameters to keep ratios, "
                         f"e.g. {example}; {problem}")
+
+
+def warm_start_policies(env: Any, multi: bool, with_global: bool = False) -> list[dict[str, float]]:
+    """The policies a search starts with, in order: the uniform one (at the top of the MACs range in Pareto
+    mode), the global ranking's when ``with_global``, then each ``search.warm_start`` policy completed with
+    the uniform ratios. ``env`` is the search's :class:`~autoprune.search.trial.SearchEnv`."""
+    uniform = env.space.uniform_values()
+    if multi:
+        uniform["macs_ratio"] = env.macs_ratio_range()[1]
+    policies = [uniform]
+    if with_global:
+        # The global-ranking policy: as strong a start as the uniform one, often stronger at low budgets.
+        policies.append(env.global_values())
+    check_warm_start(env.cfg["search"]["warm_start"], env.space)
+    return policies + [{**uniform, **policy} for policy in env.cfg["search"]["warm_start"]]

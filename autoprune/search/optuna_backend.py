@@ -32,7 +32,8 @@ from optuna.trial import TrialState
 from autoprune.config import redact
 from autoprune.dashboard import dashboard_attrs
 from autoprune.errors import UserError, disk_full
-from autoprune.search.backend import check_warm_start, make_sampler
+from autoprune.search import records
+from autoprune.search.backend import make_sampler, warm_start_policies
 from autoprune.search.records import TrialRecord, result_record
 from autoprune.search.trial import (
     SearchEnv,
@@ -185,12 +186,13 @@ def open_study(cfg: dict[str, Any], storage: optuna.storages.BaseStorage) -> opt
 
 
 def record_of(trial: optuna.trial.FrozenTrial) -> TrialRecord:
-    data = dict(trial.user_attrs.get("record", {}))
-    data.update(number=trial.number, state=trial.state.name, values=dict(trial.params))
-    if trial.state == TrialState.FAIL and not data.get("error"):
-        data["error"] = (INTERRUPTED_ERROR if trial.user_attrs.get(INTERRUPTED)
-                         else "failed, no error recorded (the process running it may have stopped)")
-    return TrialRecord.from_json(data)
+    """An Optuna trial's record: what the objective stored in its user attributes (see :func:`records.record_of`)."""
+    stored = trial.user_attrs.get("record", {})
+    fields = {}
+    if trial.state == TrialState.FAIL and not stored.get("error"):
+        fields["error"] = (INTERRUPTED_ERROR if trial.user_attrs.get(INTERRUPTED)
+                           else "failed, no error recorded (the process running it may have stopped)")
+    return records.record_of(trial.number, trial.state.name, trial.params, stored, **fields)
 
 
 class OptunaBackend:
@@ -228,18 +230,8 @@ class OptunaBackend:
                     self.on_trial(record_of(t))
 
     def _warm_start(self) -> None:
-        space = self.env.space
-        uniform = space.uniform_values()
-        if self.multi:
-            uniform["macs_ratio"] = self.env.macs_ratio_range()[1]
-        queued = [uniform]
-        if self.env.cfg["search"]["warm_start_global"] and not self.multi:
-            # The global-ranking policy: as strong a start as the uniform one, often stronger at low budgets.
-            queued.append(self.env.global_values())
-        check_warm_start(self.env.cfg["search"]["warm_start"], space)
-        for policy in self.env.cfg["search"]["warm_start"]:
-            queued.append({**uniform, **policy})
-        for params in queued:
+        with_global = self.env.cfg["search"]["warm_start_global"] and not self.multi
+        for params in warm_start_policies(self.env, self.multi, with_global):
             self.study.enqueue_trial(params, skip_if_exists=True)
 
     def _claim(self, trial: optuna.Trial) -> None:

@@ -29,6 +29,8 @@ from typing import Any
 
 from autoprune.config import config_hash
 from autoprune.errors import UserError
+from autoprune.search import records
+from autoprune.search.backend import make_sampler, warm_start_policies
 from autoprune.search.ray_cluster import check_nodes, join
 from autoprune.search.records import TrialRecord, objective, result_record
 from autoprune.search.trial import SearchEnv, TrialResult, format_error, objective_rank1
@@ -204,7 +206,7 @@ def _error_of(trial: Trial) -> str:
 
 
 def record_of(trial: Trial) -> TrialRecord | None:
-    """A Tune trial as a TrialRecord; None for a trial that never started."""
+    """A Tune trial's record (see :func:`records.record_of`); None for a trial that never started."""
     config = trial.config or {}
     if NUMBER not in config:
         return None
@@ -215,28 +217,27 @@ def record_of(trial: Trial) -> TrialRecord | None:
     worker = {"host": last.get("hostname"), "node_id": last.get("node_id"), "pid": last.get("pid"),
               "retries": trial.num_failures}
     if trial.status == Trial.ERROR:
-        return TrialRecord(number, "FAIL", error=f"retried {RETRIES} times, its worker died each time: "
-                           f"{_error_of(trial)}", seconds=seconds, values=values, worker=worker)
+        return records.record_of(number, "FAIL", values, error=f"retried {RETRIES} times, its worker died each "
+                                 f"time: {_error_of(trial)}", seconds=seconds, worker=worker)
     if last.get("final") and "error" in last:
-        return TrialRecord(number, "FAIL", error=last["error"], seconds=seconds, values=values, worker=worker)
+        return records.record_of(number, "FAIL", values, error=last["error"], seconds=seconds, worker=worker)
     if last.get("final") and trial.checkpoint is not None:
         with trial.checkpoint.as_directory() as d:
             data = json.loads(Path(d, RECORD).read_text())
-        worker = {**(data.get("worker") or {}), "retries": trial.num_failures}
-        return TrialRecord.from_json({**data, "number": number, "state": "COMPLETE", "values": values,
-                                      "worker": worker})
+        return records.record_of(number, "COMPLETE", values, data,
+                                 worker={**(data.get("worker") or {}), "retries": trial.num_failures})
     if trial.status == Trial.TERMINATED and last.get("done"):
         error = (f"stopped early by ASHA at epoch {last.get('step')} (target rank-1 {last['rank1']:.3f})"
                  if "rank1" in last else "stopped early by the scheduler")
-        return TrialRecord(number, "PRUNED", error=error, seconds=seconds, values=values)
+        return records.record_of(number, "PRUNED", values, error=error, seconds=seconds)
     if trial.status == Trial.PENDING and not last:
         return None
-    return TrialRecord(number, "RUNNING", seconds=seconds, values=values,
-                       error="cut short (interrupted or search.timeout); rerun the same command to run it again")
+    return records.record_of(number, "RUNNING", values, seconds=seconds,
+                             error="cut short (interrupted or search.timeout); rerun the same command to run it again")
 
 
 class RayBackend:
-    """Runs trials as a Ray Tune experiment in ``<run_dir>/ray``; same interface as OptunaBackend."""
+    """Runs trials as a Ray Tune experiment in ``<run_dir>/ray`` (a :class:`~autoprune.search.backend.Backend`)."""
 
     def __init__(self, env: SearchEnv, run_dir: Path, on_trial: Callable[[TrialRecord], None] | None = None,
                  save_model: Callable[[int, TrialResult], str] | None = None,
@@ -262,22 +263,16 @@ class RayBackend:
         return space
 
     def _points_to_evaluate(self) -> list[dict[str, float]]:
-        from autoprune.search.backend import check_warm_start
-
-        uniform = self.env.space.uniform_values()
-        if self.multi:
-            uniform["macs_ratio"] = self.env.macs_ratio_range()[1]
-        check_warm_start(self.env.cfg["search"]["warm_start"], self.env.space)
+        """The shared warm start (without the global ranking's policy), each point once, on the space's keys."""
+        uniform, *rest = warm_start_policies(self.env, self.multi)
         points = [uniform]
-        for policy in self.env.cfg["search"]["warm_start"]:
-            point = {k: v for k, v in {**uniform, **policy}.items() if k in uniform}
+        for policy in rest:
+            point = {k: v for k, v in policy.items() if k in uniform}
             if point not in points:
                 points.append(point)
         return points
 
     def _searcher(self) -> NumberedOptunaSearch:
-        from autoprune.search.backend import make_sampler
-
         cfg = self.env.cfg
         metric, mode = (["rank1", "macs"], ["max", "min"]) if self.multi else ("rank1", "max")
         return NumberedOptunaSearch(space=self._space(), metric=metric, mode=mode,
@@ -421,14 +416,14 @@ class RayBackend:
             finally:
                 _live = None
                 tune_log.setLevel(level)
-            records = self.records()
+            found = self.records()
         finally:
             if started:
                 ray.shutdown()
-        finished = sum(r.state != "RUNNING" for r in records)
+        finished = sum(r.state != "RUNNING" for r in found)
         if finished < n_trials and (timeout is None or time.perf_counter() - start < timeout):
             raise KeyboardInterrupt  # Tune caught Ctrl-C, saved the experiment and returned early
-        return records
+        return found
 
     def records(self) -> list[TrialRecord]:
         out = [r for t in self._trials if (r := self._record(t)) is not None]

@@ -1,7 +1,9 @@
-"""Trial records: the backend-neutral shape of one trial in report.json and trials.csv."""
+"""Trial records and their ranking: the backend-neutral shape of one trial in report.json and trials.csv
+(both backends build theirs with :func:`record_of`), and the order that selects the reported one."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -92,3 +94,40 @@ def result_record(result: Any, model_path: str | None) -> dict[str, Any]:
             "train_seconds": result.train_seconds, "eval_seconds": result.eval_seconds,
             "model": model_path, "error": None, "hits": hits_string(target),
             "val_hits": hits_string(target.get("val"))}
+
+
+def record_of(number: int, state: str, values: dict[str, Any], stored: dict[str, Any] | None = None,
+              **fields: Any) -> TrialRecord:
+    """One trial's record, whichever backend ran it: what the trial stored (:func:`result_record`, or only its
+    error), then ``fields``, then the backend's number, state and sampled search-space values."""
+    return TrialRecord.from_json({**(stored or {}), **fields, "number": number, "state": state,
+                                  "values": dict(values)})
+
+
+def ranked(records: list[TrialRecord], budget_ratio: float, kind: str = "rank1") -> list[TrialRecord]:
+    """Complete trials within the budget, best first (``selection_key``: the test split only reports)."""
+    done = [r for r in records if r.state == "COMPLETE" and r.target and r.macs_ratio is not None
+            and r.macs_ratio <= budget_ratio + 1e-9]
+    return sorted(done, key=lambda r: selection_key(r.target_val, r.target or {}, r.number, kind), reverse=True)
+
+
+def finalists_by_noise(ranked: list[TrialRecord], most: int, se_mult: float, kind: str = "rank1") -> list[TrialRecord]:
+    """The top trials for the final round: at most ``most``, and with ``se_mult`` > 0 only those whose
+    validation objective is within ``se_mult`` standard errors of the best's.
+
+    The standard error is sqrt(p(1-p)/n) at the best's score p over the n validation queries (exact for
+    rank-1, an upper bound for any per-query score in [0, 1] such as AP): trials further behind than the
+    noise are not worth a final fine-tune, trials within it cannot be told apart without one.
+    """
+    top = ranked[:most]
+    if se_mult <= 0 or not top or not top[0].val_hits:
+        return top
+    best = objective(top[0].target_val, top[0].target, kind) or 0.0
+    se = math.sqrt(max(best * (1 - best), 1e-12) / len(top[0].val_hits))
+    return [r for r in top if (objective(r.target_val, r.target, kind) or 0.0) >= best - se_mult * se]
+
+
+def same_values(r: TrialRecord, values: dict[str, float] | None) -> bool:
+    """Whether trial ``r`` sampled ``values`` (the MACs target of Pareto mode aside)."""
+    mine = {k: v for k, v in r.values.items() if k != "macs_ratio"}
+    return values is not None and mine.keys() == values.keys() and all(abs(mine[k] - values[k]) < 1e-6 for k in mine)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import time
@@ -24,7 +23,15 @@ from autoprune.pruning.serialize import load_pruned, save_pruned
 from autoprune.rundir import inside, open_no_follow, refuse_links_out
 from autoprune.search.adapt import load_or_adapt
 from autoprune.search.backend import Backend
-from autoprune.search.records import TrialRecord, hits_string, metrics_summary, objective, selection_key
+from autoprune.search.records import (
+    TrialRecord,
+    finalists_by_noise,
+    hits_string,
+    metrics_summary,
+    ranked,
+    same_values,
+    selection_key,
+)
 from autoprune.search.report import (
     environment,
     pareto_front,
@@ -191,34 +198,6 @@ def _save_trial_model(run_dir: Path) -> Callable[[int, TrialResult], str]:
         save_pruned(_model_of(result), run_dir / rel, extra={"trial": number, "counts": result.counts})
         return rel
     return save
-
-
-def _ranked(records: list[TrialRecord], budget_ratio: float, kind: str = "rank1") -> list[TrialRecord]:
-    """Complete trials within the budget, best first (``selection_key``: the test split only reports)."""
-    done = [r for r in records if r.state == "COMPLETE" and r.target and r.macs_ratio is not None
-            and r.macs_ratio <= budget_ratio + 1e-9]
-    return sorted(done, key=lambda r: selection_key(r.target_val, r.target or {}, r.number, kind), reverse=True)
-
-
-def finalists_by_noise(ranked: list[TrialRecord], most: int, se_mult: float, kind: str = "rank1") -> list[TrialRecord]:
-    """The top trials for the final round: at most ``most``, and with ``se_mult`` > 0 only those whose
-    validation objective is within ``se_mult`` standard errors of the best's.
-
-    The standard error is sqrt(p(1-p)/n) at the best's score p over the n validation queries (exact for
-    rank-1, an upper bound for any per-query score in [0, 1] such as AP): trials further behind than the
-    noise are not worth a final fine-tune, trials within it cannot be told apart without one.
-    """
-    top = ranked[:most]
-    if se_mult <= 0 or not top or not top[0].val_hits:
-        return top
-    best = objective(top[0].target_val, top[0].target, kind) or 0.0
-    se = math.sqrt(max(best * (1 - best), 1e-12) / len(top[0].val_hits))
-    return [r for r in top if (objective(r.target_val, r.target, kind) or 0.0) >= best - se_mult * se]
-
-
-def _same_values(r: TrialRecord, values: dict[str, float] | None) -> bool:
-    mine = {k: v for k, v in r.values.items() if k != "macs_ratio"}
-    return values is not None and mine.keys() == values.keys() and all(abs(mine[k] - values[k]) < 1e-6 for k in mine)
 
 
 def trial_line(r: TrialRecord, best: float | None) -> str:
@@ -435,21 +414,21 @@ def _disk_full(run_dir: Path, exc: OSError) -> UserError:
 def finish(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, base: dict[str, Any], records: list[TrialRecord],
            log: Callable[[str], None] = print) -> dict[str, Any]:
     """Pick the best policy, give it the final fine-tune, save the model and write the report files."""
-    ranked = _ranked(records, env.budget.macs / env.base_macs, cfg["search"]["objective"])
+    by_score = ranked(records, env.budget.macs / env.base_macs, cfg["search"]["objective"])
     uniform = _uniform_trial(env, records)
-    glob = _global_trial(cfg, env, records, uniform) if ranked else None
+    glob = _global_trial(cfg, env, records, uniform) if by_score else None
     if env.budget.latency is not None:  # each trial's predicted latency next to its MACs
         from autoprune.pruning.latency import trial_latency_ms
 
         for r in records:
             r.latency_ms = trial_latency_ms(env.budget.latency, r.counts)
     report = _report_head(cfg, env, base, records, uniform)
-    if ranked:
+    if by_score:
         if cfg["search"]["final_epochs"]:
             always = [r for r in (uniform, glob) if r is not None]
-            best = _choose_finalist(cfg, run_dir, env, ranked, records, always, report, log)
+            best = _choose_finalist(cfg, run_dir, env, by_score, records, always, report, log)
         else:
-            best = ranked[0]
+            best = by_score[0]
             _keep_trial_model(run_dir, env, best, cfg["search"]["final_epochs"], log)
         _report_best(cfg, run_dir, env, best, report, log)
         _report_comparisons(report, uniform, glob)
@@ -474,7 +453,7 @@ def _global_trial(cfg: dict[str, Any], env: SearchEnv, records: list[TrialRecord
         return None
     values = env.global_values()
     # Any state: successive halving may have stopped it early, and the final round trains it from scratch anyway.
-    return next((r for r in records if _same_values(r, values) and r is not uniform and r.state != "FAIL"), None)
+    return next((r for r in records if same_values(r, values) and r is not uniform and r.state != "FAIL"), None)
 
 
 def _report_head(cfg: dict[str, Any], env: SearchEnv, base: dict[str, Any], records: list[TrialRecord],
@@ -509,7 +488,7 @@ def _final_marker(model_dir: Path) -> dict[str, Any]:
     return json.loads(marker.read_text()) if marker.is_file() else {}
 
 
-def _choose_finalist(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, ranked: list[TrialRecord],
+def _choose_finalist(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, by_score: list[TrialRecord],
                      records: list[TrialRecord], always: list[TrialRecord], report: dict[str, Any],
                      log: Callable[[str], None]) -> TrialRecord:
     """With a final round: the finalist best on validation after the final fine-tune (``report["finalists"]``
@@ -518,7 +497,7 @@ def _choose_finalist(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, ranked:
     model_dir = run_dir / "model"
     model_path = model_dir / "pruned.pt"
     done = _final_marker(model_dir)
-    top = finalists_by_noise(ranked, cfg["search"]["finalists"], cfg["search"]["finalists_se"], kind)
+    top = finalists_by_noise(by_score, cfg["search"]["finalists"], cfg["search"]["finalists_se"], kind)
     finals = _final_round(env, top, always, final_epochs, model_dir, log)
     chosen = max(finals, key=lambda f: selection_key(f["target_val"], f["target"], f["trial"], kind))
     best = next(r for r in records if r.number == chosen["trial"])
