@@ -145,6 +145,28 @@ def test_end_to_end_check_tightens_until_measured_under(tiny):
     assert honest.tighten(first, lambda ms: pytest.fail("tightened a model already under"), limit) == first
 
 
+def test_end_to_end_check_keeps_the_spread_as_a_margin(tiny):
+    # a policy whose median is under the limit but whose slower quarter of runs is over is tightened: accepted
+    # at its median, it would measure over the budget in about half of later timings
+    model, _, table, graph = tiny
+    lat = LatencyModel(table, graph)
+    cost = CostModel(graph)
+
+    def noisy(m, shape):
+        t = fake_seconds(m, shape)
+        return [0.9 * t, 0.95 * t, t, 1.05 * t, 1.1 * t]  # median t, upper quartile 1.05 t
+
+    limit = 0.6 * lat.predict_ms(cost.base_widths)
+    b = Budget(cost.base_macs, 0.1, 1.0, 4, latency_ms=limit, latency=lat)
+    ratios = dict.fromkeys(cost.base_widths, 1.0)
+    first = project(cost, ratios, b)
+    checker = EndToEnd(lat, model, noisy)
+    timed = checker.time_widths(first)
+    assert timed["median_ms"] <= limit < timed["q3_ms"]
+    counts = checker.tighten(first, lambda ms: project(cost, ratios, replace(b, latency_ms=ms)), limit)
+    assert checker.time_widths(counts)["q3_ms"] <= limit and cost.macs(counts) < cost.macs(first)
+
+
 def test_table_round_trip_and_monotone(tiny, tmp_path):
     _, key, table, graph = tiny
     table.save(tmp_path / "t.json")
