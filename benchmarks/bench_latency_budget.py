@@ -148,9 +148,9 @@ def save(state: dict[str, Any]) -> None:
     (CACHE / "state.json").write_text(json.dumps(state, indent=1))
 
 
-# The cut-down recovery recipe of COMMON, and a stronger one for the comparison (twice the recovery epochs,
+# The cut-down recovery recipe of COMMON, and a stronger one for the comparison (3 recovery epochs instead of 2,
 # distilling the adapted model's embedding: the demo preset's recipe), under which pruned models are off the floor.
-RECIPES = {"base": [], "strong": ["trial.finetune_epochs=4", "trial.distill.embedding=1.0"]}
+RECIPES = {"base": [], "strong": ["trial.finetune_epochs=3", "trial.distill.embedding=1.0"]}
 
 
 def main() -> None:
@@ -230,7 +230,7 @@ def write_results(state: dict[str, Any], table: Any) -> None:
              f"TPE, trial 0 the uniform policy), the unpruned model adapted to the target for 2 epochs once per "
              f"search, no final round, one 12-epoch source baseline shared by all (synthetic A -> B, 64 source "
              f"identities, 100 target test identities and queries). Recipes: `base` recovers each pruned model 2 "
-             f"epochs; `strong` 4 epochs, distilling the adapted model's embedding. Every written model is loaded "
+             f"epochs; `strong` 3 epochs, distilling the adapted model's embedding. Every written model is loaded "
              f"and timed here again, in this process, {RUNS} runs, median.", "",
              f"Unpruned: predicted {u['predicted_ms']:.3f} ms, measured {u['cpu_median_ms']:.3f} ms "
              f"(CPU clock; wall clock {u['wall_median_ms']:.3f} ms).", "",
