@@ -28,6 +28,16 @@ def inside(run_dir: str | Path, rel: Any, source: str) -> Path:
     return path
 
 
+def own_file(run_dir: str | Path, name: str) -> Path:
+    """``run_dir/name``, a file autoprune itself names there, refused when it is a link (even one that stays
+    inside: what autoprune keeps in a run directory is never a link)."""
+    path = Path(run_dir) / name
+    if path.is_symlink():
+        raise UserError(f"{path} is a symbolic link; autoprune never follows links out of a run directory, "
+                        f"delete it and rerun")
+    return path
+
+
 def refuse_links_out(run_dir: str | Path) -> None:
     """Refuse a run directory holding a symbolic link that leads outside it (autoprune would write through it)."""
     root = Path(run_dir).resolve()

@@ -15,10 +15,24 @@ def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "autoprune.cli", *args], capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.parametrize("cmd", [[], ["search"], ["train"], ["plugins"], ["data", "synth"], ["config"]])
+HELP_COMMANDS = [[], ["search"], ["train"], ["worker"], ["latency"], ["plugins"], ["plugin"], ["plugin", "new"],
+                 ["dashboard"], ["report"], ["export"], ["config"], ["data"], ["data", "synth"]]
+
+
+@pytest.mark.parametrize("cmd", HELP_COMMANDS)
 def test_help_on_every_subcommand(cmd):
+    """Every subcommand of `autoprune --help` (a test below checks the list is complete) answers --help."""
     r = run(*cmd, "--help")
     assert r.returncode == 0 and "usage: autoprune" in r.stdout
+
+
+def test_help_list_names_every_subcommand():
+    import argparse
+
+    from autoprune.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(sub.choices) == {cmd[0] for cmd in HELP_COMMANDS if cmd}
 
 
 def test_plugins_lists_names_and_distributions():

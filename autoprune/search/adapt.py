@@ -24,8 +24,8 @@ from torch import nn
 
 from autoprune.config import config_hash
 from autoprune.engine.baseline import baseline_key
-from autoprune.errors import UserError
 from autoprune.pruning.serialize import load_pruned, save_pruned
+from autoprune.rundir import own_file
 from autoprune.search.report import write_json
 from autoprune.search.trial import SearchEnv
 
@@ -41,15 +41,6 @@ def adaptation_key(cfg: dict[str, Any]) -> str:
     return config_hash({"a": part}, ("a",))
 
 
-def _inside(run_dir: Path, name: str) -> Path:
-    """``run_dir/name``, refused when it is a link (it could point out of the run directory)."""
-    path = run_dir / name
-    if path.is_symlink():
-        raise UserError(f"{path} is a symbolic link; autoprune never follows links out of a run directory, "
-                        f"delete it and rerun")
-    return path
-
-
 @contextlib.contextmanager
 def _locked(run_dir: Path) -> Iterator[None]:
     """Hold ``run_dir/adapted.lock``: processes sharing a run directory adapt once, the others wait."""
@@ -58,7 +49,7 @@ def _locked(run_dir: Path) -> Iterator[None]:
     except ImportError:  # not on POSIX: no lock
         yield
         return
-    with open(_inside(run_dir, "adapted.lock"), "a+") as f:
+    with open(own_file(run_dir, "adapted.lock"), "a+") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -72,7 +63,7 @@ def load_or_adapt(env: SearchEnv, run_dir: Path, log: Callable[[str], None] = pr
         return None
     key = adaptation_key(env.cfg)
     with _locked(run_dir):
-        model_path, meta_path = _inside(run_dir, MODEL), _inside(run_dir, META)
+        model_path, meta_path = own_file(run_dir, MODEL), own_file(run_dir, META)
         meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
         if meta.get("key") == key and model_path.is_file():
             model: nn.Module = load_pruned(model_path)
@@ -84,7 +75,7 @@ def load_or_adapt(env: SearchEnv, run_dir: Path, log: Callable[[str], None] = pr
 
 
 def _adapt(env: SearchEnv, run_dir: Path, key: str, log: Callable[[str], None]) -> tuple[nn.Module, dict[str, Any]]:
-    partial, state = _inside(run_dir, PARTIAL), _inside(run_dir, STATE)
+    partial, state = own_file(run_dir, PARTIAL), own_file(run_dir, STATE)
     resume: dict[str, Any] | None = None
     saved_model: nn.Module | None = None
     if partial.is_file() and state.is_file():
@@ -109,8 +100,8 @@ def _adapt(env: SearchEnv, run_dir: Path, key: str, log: Callable[[str], None]) 
     metrics = env.evaluate(adapted, env.target)
     meta = {"key": key, "epochs": env.adapt_epochs, "seconds": round(time.perf_counter() - start, 2),
             "target_rank1": metrics["rank1"], "target_val_rank1": metrics.get("val", {}).get("rank1")}
-    save_pruned(adapted, _inside(run_dir, MODEL), extra={"adapted_epochs": env.adapt_epochs})
-    write_json(_inside(run_dir, META), meta)
+    save_pruned(adapted, own_file(run_dir, MODEL), extra={"adapted_epochs": env.adapt_epochs})
+    write_json(own_file(run_dir, META), meta)
     partial.unlink(missing_ok=True)
     state.unlink(missing_ok=True)
     log(f"adapt: done in {meta['seconds']:.0f} s; adapted unpruned model target val rank-1 "
