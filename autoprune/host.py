@@ -1,4 +1,4 @@
-"""The plugin host: loads built-in and third-party plugins through the ``autoprune`` entry points."""
+"""The plugin host: registers the built-in plugins, then the third-party ones of the ``autoprune`` entry points."""
 
 from __future__ import annotations
 
@@ -16,10 +16,18 @@ from autoprune import hookspecs
 from autoprune.errors import PluginError, UserError
 
 ENTRY_POINT_GROUP = "autoprune"
-# Comma-separated allow-list of plugin (entry point) names, as llm's LLM_LOAD_PLUGINS.
+# Comma-separated allow-list of third-party plugin (entry point) names, as llm's LLM_LOAD_PLUGINS.
 ALLOW_ENV = "AUTOPRUNE_LOAD_PLUGINS"
-# Built-ins that live inside the host library; registered exactly as an entry-point plugin would be.
-DEFAULT_PLUGINS = ("autoprune.data.builtin", "autoprune.models.builtin")
+# The built-ins, all five kinds, in plugins/ (importable as autoprune_plugins): always registered, as llm
+# registers its default plugins, exactly as an entry-point plugin is, under the label an entry point of the
+# autoprune distribution would have ("autoprune:criteria"). The allow-list restricts third parties only.
+DEFAULT_PLUGINS = {
+    "criteria": "autoprune_plugins.criteria",
+    "strategies": "autoprune_plugins.strategies",
+    "scenarios": "autoprune_plugins.scenarios",
+    "datasets": "autoprune_plugins.datasets",
+    "backbones": "autoprune_plugins.backbones",
+}
 
 KINDS = ("criterion", "strategy", "scenario", "dataset", "backbone")
 # The kinds the host instantiates, so the kinds that take options (``plugins.<name>.<option>``).
@@ -115,10 +123,10 @@ class PluginHost:
         self.pm.add_hookspecs(hookspecs)
         self._dists: dict[str, tuple[str, str | None]] = {}
         self._registry: dict[str, dict[str, Registered]] | None = None
-        for modname in DEFAULT_PLUGINS:
-            module = importlib.import_module(modname)
-            self.pm.register(module, name=modname)
-            self._dists[modname] = ("autoprune", _version("autoprune"))
+        for name, modname in DEFAULT_PLUGINS.items():
+            label = f"autoprune:{name}"
+            self.pm.register(importlib.import_module(modname), name=label)
+            self._dists[label] = ("autoprune", _version("autoprune"))
         if load_entry_points:
             self._load_entry_points()
         self.pm.check_pending()
@@ -126,13 +134,20 @@ class PluginHost:
     def _load_entry_points(self) -> None:
         allow = os.environ.get(ALLOW_ENV)
         allowed = None if allow is None else {n.strip() for n in allow.split(",") if n.strip()}
-        entry_points = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+        # An install made before the built-ins left the entry points still lists them: they are registered already.
+        builtin = set(DEFAULT_PLUGINS.values())
+        entry_points = [ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+                        if ep.value not in builtin]
         if allowed:
+            # The built-ins' names stay valid in the list (they always load), so lists written for earlier
+            # versions, which had to name them, still work.
             known = {n for ep in entry_points for n in (ep.name, f"{ep.dist.name if ep.dist else '?'}:{ep.name}")}
+            known |= {n for name in DEFAULT_PLUGINS for n in (name, f"autoprune:{name}")}
             unknown = sorted(allowed - known)
             if unknown:
+                names = sorted({ep.name for ep in entry_points} | set(DEFAULT_PLUGINS))
                 raise UserError(f"{ALLOW_ENV}={allow!r} names {', '.join(unknown)}, which no installed plugin "
-                                f"provides (installed: {', '.join(sorted(ep.name for ep in entry_points)) or 'none'}); "
+                                f"provides (installed: {', '.join(names)}); "
                                 f"fix the names in {ALLOW_ENV} or unset it to load every plugin")
         for ep in entry_points:
             dist = ep.dist.name if ep.dist is not None else "?"

@@ -10,12 +10,8 @@ import torchvision.models as tvm
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
-from autoprune.hookspecs import hookimpl
-
-TORCHVISION_RESNETS = (
-    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
-    "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2",
-)
+from autoprune import hookimpl
+from autoprune.models import TORCHVISION_RESNETS
 
 
 def _torchvision(name: str, last_stride: int = 1) -> nn.Module:

@@ -8,8 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from autoprune import hookimpl
 from autoprune.data.base import ReIDDataset
-from autoprune.hookspecs import hookimpl
 
 
 def read_synth(name: str, data_root: str | Path = "data", **options: Any) -> ReIDDataset:

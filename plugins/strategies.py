@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -11,8 +10,7 @@ from torch import nn
 
 from autoprune import hookimpl
 from autoprune.errors import UserError
-from autoprune.pruning.budget import Budget, group_step
-from autoprune.pruning.flops import CostModel
+from autoprune.pruning.budget import global_widths
 from autoprune.pruning.groups import PruningGraph
 from autoprune.pruning.surgery import lowest, prune_to_counts, score_groups
 from autoprune.strategies import BaseStrategy, StrategyContext
@@ -151,44 +149,6 @@ class ProgressiveSoftStrategy(SoftStrategy):
 
     def stages(self, start: dict[str, int], ctx: StrategyContext) -> list[dict[str, int]]:
         return step_widths(start, ctx.counts, max(1, ctx.epochs), "exponential", ctx.graph.channel_groups())
-
-
-def global_widths(scores: dict[str, torch.Tensor], widths: dict[str, int], cost: CostModel,
-                  budget: Budget) -> dict[str, int]:
-    """Widths from one global ranking of channels, removed a rounding step at a time until MACs fit the budget.
-
-    Scores are divided by their group's mean so groups compare; the group holding the globally lowest
-    remaining channel loses one step (:func:`group_step`: ``budget.round_to`` channels, 1 for groups of at
-    most that many, a multiple of the conv groups for a group feeding a grouped conv).
-    No group goes below one step (or 1 channel) nor below ``budget.min_keep`` of its original width.
-    """
-    widths = dict(widths)
-    ranked: dict[str, list[float]] = {}
-    for name in widths:
-        s = scores[name].float()
-        finite = s[torch.isfinite(s)]
-        mean = float(finite.mean()) if finite.numel() else 0.0
-        ranked[name] = sorted((s / mean if mean > 0 else s).tolist())
-    removed = dict.fromkeys(widths, 0)
-
-    def step(name: str) -> int:
-        r = group_step(cost, name, budget)
-        return widths[name] % r or r
-
-    def floor(name: str) -> int:
-        return max(group_step(cost, name, budget), math.ceil(budget.min_keep * cost.base_widths[name] - 1e-9))
-
-    while not budget.fits(cost, widths):  # MACs, and the latency table when the budget has one
-        candidates = [n for n in widths if widths[n] - step(n) >= floor(n)]
-        if not candidates:
-            raise UserError(
-                f"strategy 'global' cannot reach the budget of {budget.macs / 1e6:.1f} MMACs with "
-                f"budget.min_keep={budget.min_keep}; lower budget.min_keep or raise the budget")
-        best = min(candidates, key=lambda n: ranked[n][removed[n]])  # first in group order on ties
-        k = step(best)
-        widths[best] -= k
-        removed[best] += k
-    return widths
 
 
 class GlobalStrategy(BaseStrategy):

@@ -123,9 +123,8 @@ RULES: list[tuple[str, tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[
     ("nothing imports the command line", ("autoprune", "autoprune_plugins"), (), ("autoprune.cli",), ()),
     ("the built-in plugins use only the plugin API, as a third party would", ("autoprune_plugins",), (),
      ("autoprune",), PLUGIN_API),
-    ("the package reaches the built-in plugins through the host, except the contract kit's default criterion "
-     "and the search's global-ranking warm start", ("autoprune",),
-     ("autoprune.testing.contracts", "autoprune.search.trial"), ("autoprune_plugins",), ()),
+    ("the package reaches the built-in plugins through the host, except the contract kit's default criterion",
+     ("autoprune",), ("autoprune.testing.contracts",), ("autoprune_plugins",), ()),
     ("neither backend imports the other (what they share is in autoprune.search.backend and "
      "autoprune.search.records)", ("autoprune.search.optuna_backend", "autoprune.search.ray_backend"), (),
      ("autoprune.search.optuna_backend", "autoprune.search.ray_backend"), ()),

@@ -16,9 +16,9 @@ from autoprune.cli import build_parser, main
 from autoprune.config import load_config
 from autoprune.errors import UserError
 from autoprune.models import build_model, load_checkpoint_model
-from autoprune.models.builtin import TORCHVISION_RESNETS, _resnet10, _set_last_stride
 from autoprune.models.checkpoint import backbone_state, infer_arch, read_checkpoint
 from autoprune.pruning.serialize import save_pruned
+from autoprune_plugins.backbones import TORCHVISION_RESNETS, _resnet10, _set_last_stride
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

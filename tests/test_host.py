@@ -21,14 +21,18 @@ from autoprune.pruning.surgery import score_groups
 from autoprune.testing import CriterionContract
 
 
-def test_builtins_load_through_entry_points(host):
+def test_builtins_load_as_plugins(host):
     assert "l1" in host.names("criterion")
     assert "one_shot" in host.names("strategy")
     assert "prune_then_finetune" in host.names("scenario")
     assert {"market1501", "synth"} <= set(host.names("dataset"))
     assert {"resnet18", "resnet50", "resnet10"} <= set(host.names("backbone"))
-    # first-party plugins come from the autoprune distribution's entry points, not a direct import
-    assert host.registry["criterion"]["l1"].plugin == "autoprune:criteria"
+    # first-party plugins are registered as plugins of the autoprune distribution, all five kinds alike
+    for kind, name, plugin in (("criterion", "l1", "criteria"), ("strategy", "one_shot", "strategies"),
+                               ("scenario", "prune_then_finetune", "scenarios"), ("dataset", "synth", "datasets"),
+                               ("backbone", "resnet10", "backbones")):
+        assert (host.registry[kind][name].plugin, host.registry[kind][name].distribution) == (
+            f"autoprune:{plugin}", "autoprune")
 
 
 class PlantedCriterion(BaseCriterion):
@@ -136,8 +140,8 @@ def test_allow_list_naming_nothing_installed_says_the_variable_did_it(monkeypatc
 
 def test_unknown_name_under_an_allow_list_mentions_the_variable(monkeypatch):
     monkeypatch.setenv("AUTOPRUNE_LOAD_PLUGINS", "criteria")
-    with pytest.raises(UserError, match="unknown strategy 'one_shot'; AUTOPRUNE_LOAD_PLUGINS='criteria' is set"):
-        PluginHost().get("strategy", "one_shot")
+    with pytest.raises(UserError, match="unknown strategy 'third_party'; AUTOPRUNE_LOAD_PLUGINS='criteria' is set"):
+        PluginHost().get("strategy", "third_party")
 
 
 def test_unknown_name_suggests_close_match(host):
@@ -145,11 +149,36 @@ def test_unknown_name_suggests_close_match(host):
         host.get("strategy", "one-shot")
 
 
-def test_allow_list_restricts_entry_points(monkeypatch):
-    monkeypatch.setenv("AUTOPRUNE_LOAD_PLUGINS", "criteria")
+def test_allow_list_restricts_third_party_plugins_only(monkeypatch):
+    """As llm's default plugins: the built-ins always load; the list picks which installed plugins do."""
+    from autoprune import host as host_mod
+
+    monkeypatch.setattr(host_mod.importlib.metadata, "entry_points",
+                        lambda group: [_EntryPoint("third", InlinePlugin()), _EntryPoint("other", InlinePlugin())])
+    monkeypatch.setenv("AUTOPRUNE_LOAD_PLUGINS", "criteria")  # a built-in's name: still accepted
     h = PluginHost()
-    assert "l1" in h.names("criterion")
-    assert h.names("strategy") == []  # the strategies entry point was not loaded
+    assert "l1" in h.names("criterion") and "one_shot" in h.names("strategy") and "resnet10" in h.names("backbone")
+    assert "planted" not in h.names("criterion")  # neither third-party entry point was loaded
+    monkeypatch.setenv("AUTOPRUNE_LOAD_PLUGINS", "third")
+    h = PluginHost()
+    assert "planted" in h.names("criterion") and "one_shot" in h.names("strategy")
+    assert h.registry["criterion"]["planted"].plugin == "?:third"  # "other" stayed out (else: registered twice)
+
+
+def test_builtin_entry_points_of_an_older_install_are_not_registered_twice(monkeypatch):
+    """An install from before the built-ins left the entry points still lists them: they load once."""
+    from autoprune import host as host_mod
+
+    class Stale(_EntryPoint):
+        def __init__(self):
+            super().__init__("criteria", None)
+            self.value = "autoprune_plugins.criteria"
+
+        def load(self):
+            raise AssertionError("a built-in's entry point must not be loaded")
+
+    monkeypatch.setattr(host_mod.importlib.metadata, "entry_points", lambda group: [Stale()])
+    assert "l1" in PluginHost().names("criterion")
 
 
 def test_example_package_is_discovered_with_its_distribution_and_version(example_installed, capsys):

@@ -7,9 +7,9 @@ import torch
 
 from autoprune.errors import UserError
 from autoprune.models import build_model, load_backbone_weights
-from autoprune.models.builtin import _resnet10, _torchvision
 from autoprune.models.checkpoint import backbone_state
 from autoprune.testing import BackboneContract
+from autoprune_plugins.backbones import _resnet10, _torchvision
 
 SIZE = (64, 32)
 

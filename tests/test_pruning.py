@@ -12,13 +12,13 @@ from autoprune.errors import UserError
 from autoprune.hookspecs import hookimpl
 from autoprune.host import declared_options, instantiate
 from autoprune.models import build_model
-from autoprune.models.builtin import TORCHVISION_RESNETS
 from autoprune.pruning.budget import Budget, project, round_channels, uniform_ratios
 from autoprune.pruning.flops import CostModel, count_macs
 from autoprune.pruning.groups import PruningGraph
 from autoprune.pruning.serialize import load_pruned, save_pruned
 from autoprune.pruning.surgery import lowest, prune_to_counts
 from autoprune.testing import strategy_context, tiny_model
+from autoprune_plugins.backbones import TORCHVISION_RESNETS
 
 SIZE = (64, 32)
 

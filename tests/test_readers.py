@@ -254,8 +254,9 @@ def test_cuhk03_errors(tmp_path: Path) -> None:
 
 
 def test_readers_registry() -> None:
-    """The built-in reader names (one table, in autoprune.data.builtin) call these functions."""
-    from autoprune.data import builtin, readers
+    """The built-in reader names (one table, in autoprune_plugins.datasets) call these functions."""
+    from autoprune.data import readers
+    from autoprune_plugins import datasets as builtin
 
     registered = {name: getattr(readers, builtin._lazy(f"read_{name}", doc).__name__)
                   for name, doc in builtin.BUILTIN_READERS.items()}

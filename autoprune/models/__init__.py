@@ -11,6 +11,7 @@ from torch import nn
 
 from autoprune.errors import UserError
 from autoprune.models.checkpoint import (
+    TORCHVISION_RESNETS,
     backbone_state,
     load_backbone,
     read_checkpoint,
@@ -19,7 +20,7 @@ from autoprune.models.checkpoint import (
 from autoprune.models.modelfile import check_against, corrupt, resized
 from autoprune.models.reid import ReIDNet
 
-__all__ = ["ReIDNet", "build_from_meta", "build_model", "load_backbone_weights", "load_checkpoint_model"]
+__all__ = ["TORCHVISION_RESNETS", "ReIDNet", "build_from_meta", "build_model", "load_backbone_weights", "load_checkpoint_model"]
 
 
 def build_model(arch: str, num_classes: int, last_stride: int = 1, pooling: str = "avg",

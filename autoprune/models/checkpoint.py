@@ -21,6 +21,13 @@ from torch import nn
 from autoprune.errors import UserError
 from autoprune.models.modelfile import check_meta, load_tensors
 
+# The ResNet family torchvision has: the built-in backbones plugin registers each, and a checkpoint's
+# architecture is checked against them.
+TORCHVISION_RESNETS = (
+    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+    "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2",
+)
+
 # A ResNet backbone's top-level names, as torchvision (and torchreid, fast-reid, bag of tricks) spell them.
 _BACKBONE = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")
 _ANCHOR = "layer1.0.conv1.weight"  # every ResNet-family backbone has it, once per network in the file
@@ -182,8 +189,6 @@ def checkpoint_record(model_cfg: dict[str, Any]) -> dict[str, Any]:
 def resolve_model_config(model_cfg: dict[str, Any]) -> None:
     """Fill ``model.arch`` and ``model.last_stride`` left null from ``model.checkpoint`` (last stride 1 where
     the file does not show it); refuse a given value the checkpoint contradicts."""
-    from autoprune.models.builtin import TORCHVISION_RESNETS
-
     path = model_cfg["checkpoint"]
     if model_cfg["weights"] != "none":
         raise UserError("model.weights (an initialisation for training) and model.checkpoint (a trained model to "

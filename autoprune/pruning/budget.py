@@ -16,6 +16,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from autoprune.errors import UserError
 from autoprune.pruning.flops import CostModel
 
@@ -172,3 +174,41 @@ def project(cost: CostModel, ratios: dict[str, float], b: Budget) -> dict[str, i
 def uniform_ratios(cost: CostModel) -> dict[str, float]:
     """Equal preferences for every group: the hand-picked uniform policy of the paper, after projection."""
     return {name: 1.0 for name in cost.base_widths}
+
+
+def global_widths(scores: dict[str, torch.Tensor], widths: dict[str, int], cost: CostModel,
+                  budget: Budget) -> dict[str, int]:
+    """Widths from one global ranking of channels, removed a rounding step at a time until MACs fit the budget.
+
+    Scores are divided by their group's mean so groups compare; the group holding the globally lowest
+    remaining channel loses one step (:func:`group_step`: ``budget.round_to`` channels, 1 for groups of at
+    most that many, a multiple of the conv groups for a group feeding a grouped conv).
+    No group goes below one step (or 1 channel) nor below ``budget.min_keep`` of its original width.
+    """
+    widths = dict(widths)
+    ranked: dict[str, list[float]] = {}
+    for name in widths:
+        s = scores[name].float()
+        finite = s[torch.isfinite(s)]
+        mean = float(finite.mean()) if finite.numel() else 0.0
+        ranked[name] = sorted((s / mean if mean > 0 else s).tolist())
+    removed = dict.fromkeys(widths, 0)
+
+    def step(name: str) -> int:
+        r = group_step(cost, name, budget)
+        return widths[name] % r or r
+
+    def floor(name: str) -> int:
+        return max(group_step(cost, name, budget), math.ceil(budget.min_keep * cost.base_widths[name] - 1e-9))
+
+    while not budget.fits(cost, widths):  # MACs, and the latency table when the budget has one
+        candidates = [n for n in widths if widths[n] - step(n) >= floor(n)]
+        if not candidates:
+            raise UserError(
+                f"strategy 'global' cannot reach the budget of {budget.macs / 1e6:.1f} MMACs with "
+                f"budget.min_keep={budget.min_keep}; lower budget.min_keep or raise the budget")
+        best = min(candidates, key=lambda n: ranked[n][removed[n]])  # first in group order on ties
+        k = step(best)
+        widths[best] -= k
+        removed[best] += k
+    return widths

@@ -191,8 +191,8 @@ class SearchEnv:
         group) as keep ratios, averaged over the groups a parameter sets and kept inside its range: a warm
         start for the search as strong as the global baseline it is compared with.
         """
+        from autoprune.pruning.budget import global_widths
         from autoprune.pruning.surgery import score_groups
-        from autoprune_plugins.strategies import global_widths
 
         model = copy.deepcopy(self.baseline).to(self.device)
         graph = PruningGraph(model, self.input_size)
