@@ -151,6 +151,16 @@ class Suite:
             self.cache.mkdir(parents=True, exist_ok=True)
             index_path.write_text(json.dumps(index, indent=1))
 
+    def target_query_pids(self) -> list[int]:
+        """The identity of each target test query, in the order of the per-query hits (read, not decoded)."""
+        from autoprune.data import load_dataset
+        from autoprune.data.domain import target_synth
+
+        cfg = self.config([])
+        data = cfg["data"]
+        return [pid for _, pid, _ in load_dataset(data["target"], data_root=data["root"],
+                                                  synth=target_synth(data["synth"])).query]
+
     def env(self, overrides: list[str]) -> Any:
         """A SearchEnv for direct use (screening, equal-epoch references), the source baseline cached."""
         from autoprune.data.domain import load_domains
@@ -220,13 +230,17 @@ def t2_search_vs_uniform(suite: Suite, budgets: list[float] | None = None,
     return rows
 
 
-def paired_diff(a: list[str | None], b: list[str | None], n_boot: int = 4000, seed: int = 0) -> dict[str, Any] | None:
+def paired_diff(a: list[str | None], b: list[str | None], n_boot: int = 4000, seed: int = 0,
+                groups: list[int] | None = None) -> dict[str, Any] | None:
     """Mean of a - b (fractions) over the queries and seeds, with a 95% bootstrap interval.
 
     ``a[i]``/``b[i]``: seed i's per-query rank-1 hits ("0"/"1" strings, the same queries in the same order)
     of the two models. Each bootstrap sample redraws the seeds and, within them, the queries (the same
     query indices for every drawn seed: the test split is shared), so the interval covers both the
-    query sampling and the seed-to-seed (training) variation. None when a vector is missing.
+    query sampling and the seed-to-seed (training) variation. ``groups`` (one identity per query): the
+    queries of one identity are drawn together, since they succeed or fail together more often than
+    independent queries would (Market-style splits have several queries per identity), which widens the
+    interval honestly. None when a vector is missing.
     """
     import numpy as np
 
@@ -235,15 +249,22 @@ def paired_diff(a: list[str | None], b: list[str | None], n_boot: int = 4000, se
         return None
     d = np.array([[int(c) for c in x] for x, _ in pairs], dtype=np.float64) - \
         np.array([[int(c) for c in y] for _, y in pairs], dtype=np.float64)  # seeds x queries
-    rng = np.random.default_rng(seed)
     n_seeds, n_q = d.shape
+    if groups is not None and len(groups) != n_q:
+        groups = None  # not this split's queries: fall back to independent queries
+    labels = np.unique(np.asarray(groups), return_inverse=True)[1] if groups is not None else np.arange(n_q)
+    n_groups = int(labels.max()) + 1
+    sums = np.stack([np.bincount(labels, weights=row, minlength=n_groups) for row in d])  # seeds x groups
+    sizes = np.bincount(labels, minlength=n_groups)
+    rng = np.random.default_rng(seed)
     means = np.empty(n_boot)
     for i in range(n_boot):
         rows = rng.integers(0, n_seeds, n_seeds) if n_seeds > 1 else np.zeros(1, dtype=int)
-        cols = rng.integers(0, n_q, n_q)
-        means[i] = d[np.ix_(rows, cols)].mean()
+        cols = rng.integers(0, n_groups, n_groups)
+        means[i] = sums[np.ix_(rows, cols)].sum() / (len(rows) * sizes[cols].sum())
     lo, hi = np.percentile(means, [2.5, 97.5])
-    return {"mean": float(d.mean()), "ci95": [float(lo), float(hi)], "queries": n_q, "seeds": n_seeds}
+    return {"mean": float(d.mean()), "ci95": [float(lo), float(hi)], "queries": n_q, "seeds": n_seeds,
+            "resampled": "identities" if groups is not None else "queries"}
 
 
 def search_taus(report: dict[str, Any]) -> dict[str, float | None]:
@@ -264,6 +285,7 @@ def t2_summary(suite: Suite, t2: dict[Any, Any]) -> dict[str, Any]:
     """Table 2 as data: per budget the three rank-1 means, the paired searched - uniform difference and
     its interval, the taus; the scale's query counts and standard error."""
     budgets = sorted({b for b, _ in t2}, reverse=True)
+    groups = suite.target_query_pids()
     rows = []
     for budget in budgets:
         cells = [(seed, t2[(b, seed)]) for b, seed in sorted(t2) if b == budget]
@@ -272,8 +294,10 @@ def t2_summary(suite: Suite, t2: dict[Any, Any]) -> dict[str, Any]:
             values = [r[key] for _, r in cells if r[key] is not None]
             return statistics.mean(values) if values else None
 
-        diff = paired_diff([r["hits"]["searched"] for _, r in cells], [r["hits"]["uniform"] for _, r in cells])
-        diff_g = paired_diff([r["hits"]["searched"] for _, r in cells], [r["hits"]["global"] for _, r in cells])
+        diff = paired_diff([r["hits"]["searched"] for _, r in cells], [r["hits"]["uniform"] for _, r in cells],
+                           groups=groups)
+        diff_g = paired_diff([r["hits"]["searched"] for _, r in cells], [r["hits"]["global"] for _, r in cells],
+                             groups=groups)
         rep = cells[0][1]["report"]
         rows.append({"macs_ratio": budget, "seeds": [seed for seed, _ in cells],
                      "achieved_macs_ratio": statistics.mean(r["report"]["best"]["macs_ratio"] for _, r in cells),

@@ -63,6 +63,21 @@ def test_paired_difference_and_its_interval_over_queries_and_seeds():
     assert suite.paired_diff(["11"], ["101"]) is None  # not the same queries
 
 
+def test_paired_interval_draws_an_identitys_queries_together():
+    """Queries of one identity that succeed or fail together: resampling identities gives a wider interval
+    than resampling the queries as if they were independent; the mean is the same."""
+    rng = __import__("random").Random(0)
+    wins = [rng.random() < 0.6 for _ in range(60)]  # per identity: does the searched model win its queries
+    a = ["".join("1" if w else "0" for w in wins for _ in range(5))]
+    b = ["".join("0" if w else "1" for w in wins for _ in range(5))]
+    pids = [pid for pid in range(60) for _ in range(5)]
+    flat, grouped = suite.paired_diff(a, b), suite.paired_diff(a, b, groups=pids)
+    assert flat["mean"] == grouped["mean"] and grouped["resampled"] == "identities"
+    width = lambda d: d["ci95"][1] - d["ci95"][0]  # noqa: E731
+    assert width(grouped) > 1.8 * width(flat)  # 5 queries per identity: about sqrt(5) = 2.2 times wider
+    assert suite.paired_diff(a, b, groups=pids[:-1])["resampled"] == "queries"  # not this split's queries
+
+
 def test_taus_compare_each_validation_objective_with_test_rank1():
     trials = [{"state": "COMPLETE", "target": {"rank1": r}, "target_val": {"rank1": v, "mAP": m}}
               for r, v, m in [(0.1, 0.3, 0.4), (0.2, 0.2, 0.5), (0.3, 0.1, 0.6)]]

@@ -263,16 +263,27 @@ def test_search_in_which_every_trial_failed_exits_1_and_says_where_the_errors_ar
 
 # -- the process stopped mid-trial: a full disk, Ctrl-C, SIGKILL, then resumed --------------------------
 
+HOLD = "AUTOPRUNE_TEST_HOLD"  # set in a subprocess: its second trial waits for the test's signal
+
+
 class SlowStrategy(BaseStrategy):
     """``one_shot`` after a pause, so that a signal sent once a trial is seen RUNNING lands in that trial.
 
     With prune-and-evaluate trials of a tenth of a second, a loaded machine let the whole search finish
-    between "a trial is running" and the signal (a flaky fixture)."""
+    between "a trial is running" and the signal (a flaky fixture). A pause of 1.5 s was not enough either:
+    on a loaded machine the test's polling missed every RUNNING window and the search ended first (the
+    fixture errored in clean-clone CI runs). So in a subprocess started with ``hold``, every trial after the
+    first one this process runs says so on stdout and waits until the signal ends it."""
 
     name = "slow"
+    pruned = 0  # trials this process has pruned
 
     def run(self, model: nn.Module, ctx: StrategyContext) -> nn.Module:
-        time.sleep(1.5)  # interruptible: Ctrl-C lands here
+        SlowStrategy.pruned += 1
+        if os.environ.get(HOLD) == "1" and SlowStrategy.pruned > 1:
+            print("slow strategy: holding this trial until a signal comes", flush=True)
+            time.sleep(600)  # interruptible: Ctrl-C lands here
+        time.sleep(1.5)
         prune_to_counts(ctx.graph, ctx.counts, score_groups(model, ctx.criterion, ctx.criterion_context()))
         if ctx.epochs:
             ctx.finetune(model, ctx.epochs)
@@ -294,8 +305,8 @@ CLI_WITH_SLOW = ("import sys; from autoprune import host; from test_faults impor
 class Search:
     """``autoprune search`` in a subprocess, its output lines collected as they come."""
 
-    def __init__(self, args: list[str]) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1",
+    def __init__(self, args: list[str], hold: bool = False) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", HOLD: "1" if hold else "0",
                "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))}
         # Python ignores SIGINT if it starts with it ignored (background jobs do): start with the default.
         self.proc = subprocess.Popen([sys.executable, "-c", CLI_WITH_SLOW, *args], stdout=subprocess.PIPE,
@@ -359,9 +370,10 @@ def stop_mid_trial(args: list[str], out: Path, sig: int) -> tuple[int, int, list
     """Run the search in a subprocess, send ``sig`` once a trial has completed and the next one runs.
 
     Returns (exit code, number of the trial it was sent in, output lines)."""
-    search = Search(args)
+    search = Search(args, hold=True)
     try:
         search.wait_for_line("COMPLETE", timeout=300)
+        search.wait_for_line("slow strategy: holding", timeout=300)
         running = wait_until_running(out, search)
         rc = search.stop(sig)
     finally:
