@@ -12,12 +12,14 @@ import hashlib
 import json
 import math
 import re
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from autoprune import choices
 from autoprune.errors import UserError
 
 DEFAULTS: dict[str, Any] = {
@@ -74,16 +76,16 @@ TYPES: dict[str, tuple[type, ...]] = {
     "data.synth.target_num_test_ids": (int, type(None)),
 }
 CHOICES: dict[str, tuple[Any, ...]] = {
-    "model.pooling": ("avg", "gem"),
-    "model.last_stride": (1, 2),
-    "train.optimizer": ("adam", "sgd"),
-    "train.schedule": ("cosine", "step", "constant"),
-    "train.precision": ("auto", "bf16", "fp32"),
-    "search.backend": ("optuna", "ray"),
-    "search.sampler": ("tpe", "random", "cmaes", "gp", "nsga2"),
-    "search.objectives": ("rank1", "rank1+macs"),
-    "search.pruner": ("median", "hyperband", "successive_halving", "none"),
-    "search.objective": ("rank1", "mAP", "mix"),
+    "model.pooling": choices.POOLINGS,
+    "model.last_stride": choices.LAST_STRIDES,
+    "train.optimizer": choices.OPTIMIZERS,
+    "train.schedule": choices.SCHEDULES,
+    "train.precision": choices.PRECISIONS,
+    "search.backend": choices.BACKENDS,
+    "search.sampler": choices.SAMPLERS,
+    "search.objectives": choices.OBJECTIVE_SETS,
+    "search.pruner": choices.PRUNERS,
+    "search.objective": choices.OBJECTIVES,
 }
 RANGES: dict[str, tuple[float, float]] = {
     "budget.macs_ratio": (0.0, 1.0),
@@ -381,6 +383,64 @@ def validate(cfg: dict[str, Any]) -> None:
         from autoprune.models.checkpoint import resolve_model_config
 
         resolve_model_config(m)
+
+
+@dataclass(frozen=True)
+class ScreeningSettings:
+    """``search.screening``: adaptive-BN screening of candidates before they are fine-tuned."""
+
+    enabled: bool
+    batches: int
+    keep_fraction: float
+    candidates: int
+
+
+@dataclass(frozen=True)
+class RaySettings:
+    """``search.ray``: where the Ray backend runs and how many trials at a time."""
+
+    address: str | None
+    cpus_per_trial: float
+    gpus_per_trial: float
+    max_concurrent: int
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """The ``search`` section of a validated config, typed and frozen; the search reads its attributes.
+
+    Built with :meth:`from_config` (as ``TrainSettings.from_config`` builds the training recipe); the config
+    itself stays the plain mapping the YAML files, ``--set`` and a run's ``config.yaml`` hold."""
+
+    backend: str
+    sampler: str
+    n_trials: int
+    space: str
+    storage: str | None
+    study_name: str | None
+    objectives: str
+    pruner: str
+    warm_start: tuple[dict[str, Any], ...]
+    warm_start_global: bool
+    objective: str
+    final_epochs: int
+    finalists: int
+    finalists_se: float
+    reduction_factor: int
+    timeout: float | None
+    screening: ScreeningSettings
+    ray: RaySettings
+
+    @property
+    def multi_objective(self) -> bool:
+        """Pareto mode (``search.objectives: rank1+macs``): rank-1 up and MACs down, both searched."""
+        return self.objectives == choices.MULTI_OBJECTIVE
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> SearchSettings:
+        s = cfg["search"]
+        return cls(**{**s, "warm_start": tuple(s["warm_start"]), "screening": ScreeningSettings(**s["screening"]),
+                      "ray": RaySettings(**s["ray"])})
 
 
 # Keys added after runs and baselines were cached: left out of identities while unset, so those keep theirs.

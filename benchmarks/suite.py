@@ -271,7 +271,8 @@ def search_taus(report: dict[str, Any]) -> dict[str, float | None]:
     """Kendall tau between each candidate validation objective and test rank-1 over a search's complete trials."""
     from scipy.stats import kendalltau
 
-    from autoprune.search.records import OBJECTIVES, score
+    from autoprune.choices import OBJECTIVES
+    from autoprune.search.records import score
 
     done = [t for t in report["trials"] if t["state"] == "COMPLETE" and t.get("target") and t.get("target_val")]
     out: dict[str, float | None] = {"n": len(done)}

@@ -105,14 +105,15 @@ def _under(module: str, prefixes: tuple[str, ...]) -> bool:
 # The dependency rules docs/architecture.md states: (rule, importers, importers exempt, forbidden imports,
 # imports exempt). Imports of the package root (``hookimpl``) are already left out of the graph.
 FRONT_ENDS = ("autoprune.cli", "autoprune.cli_common", "autoprune.latency_cli", "autoprune.export")
-CORE = ("autoprune.errors", "autoprune.hookspecs", "autoprune.host", "autoprune.config", "autoprune.evaluation",
+CORE = ("autoprune.errors", "autoprune.hookspecs", "autoprune.choices", "autoprune.host", "autoprune.config", "autoprune.evaluation",
         "autoprune.criteria", "autoprune.strategies", "autoprune.scenarios", "autoprune.data", "autoprune.models",
         "autoprune.pruning")
 PLUGIN_API = ("autoprune.errors", "autoprune.hookspecs", "autoprune.criteria", "autoprune.strategies",
               "autoprune.scenarios", "autoprune.data", "autoprune.models", "autoprune.pruning", "autoprune.engine",
               "autoprune.distill")
 RULES: list[tuple[str, tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = [
-    ("errors and hookspecs import nothing of autoprune", ("autoprune.errors", "autoprune.hookspecs"), (),
+    ("errors, hookspecs and choices import nothing of autoprune",
+     ("autoprune.errors", "autoprune.hookspecs", "autoprune.choices"), (),
      ("autoprune", "autoprune_plugins"), ()),
     ("the core (plugin APIs, data, models, pruning, host, config) never imports the engine, the search, the "
      "front ends or the contract kit", CORE, (),

@@ -120,3 +120,42 @@ def test_target_only_synth_sizes_leave_the_source_alone():
     synth = cfg["data"]["synth"]
     assert target_synth(synth)["num_test_ids"] == 1500 and target_synth(synth)["num_train_ids"] == 100
     assert source_synth(synth)["num_test_ids"] == 100 and "target_num_test_ids" not in source_synth(synth)
+
+
+def test_search_settings_are_the_search_section_typed_and_frozen():
+    """SearchSettings has a field for every key of the search section (nested ones too), and is frozen."""
+    import dataclasses
+
+    from autoprune.config import SearchSettings
+
+    def fields(cls) -> set[str]:
+        return {f.name for f in dataclasses.fields(cls)}
+
+    s = SearchSettings.from_config(load_config(preset="smoke", overrides=["search.n_trials=7", "search.ray.max_concurrent=3"]))
+    assert fields(SearchSettings) == set(DEFAULTS["search"])
+    assert fields(type(s.screening)) == set(DEFAULTS["search"]["screening"])
+    assert fields(type(s.ray)) == set(DEFAULTS["search"]["ray"])
+    assert (s.n_trials, s.ray.max_concurrent, s.multi_objective) == (7, 3, False)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.n_trials = 8  # type: ignore[misc]
+    multi = SearchSettings.from_config(load_config(preset="smoke", overrides=["search.objectives=rank1+macs"]))
+    assert multi.multi_objective
+
+
+def test_choice_lists_are_kept_once_and_every_choice_is_acted_on():
+    """config validates against autoprune.choices, and the code that acts on each choice knows every name."""
+    from autoprune import choices
+    from autoprune.config import CHOICES
+    from autoprune.search.backend import make_sampler
+    from autoprune.search.optuna_backend import make_pruner
+
+    assert CHOICES["search.sampler"] is choices.SAMPLERS and CHOICES["search.pruner"] is choices.PRUNERS
+    assert CHOICES["train.precision"] is choices.PRECISIONS and CHOICES["model.pooling"] is choices.POOLINGS
+    assert CHOICES["search.objective"] is choices.OBJECTIVES
+    for name in choices.SAMPLERS:
+        try:
+            make_sampler(name, 0, multi=False)
+        except UserError as exc:  # an optional package missing is fine; an unknown name is not
+            assert "unknown" not in str(exc)
+    assert {type(make_pruner(name, multi=False)).__name__ for name in choices.PRUNERS} == {
+        "MedianPruner", "HyperbandPruner", "SuccessiveHalvingPruner", "NopPruner"}

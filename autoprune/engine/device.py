@@ -6,6 +6,7 @@ import os
 
 import torch
 
+from autoprune.choices import PRECISIONS
 from autoprune.errors import UserError
 
 
@@ -25,8 +26,6 @@ def set_threads(threads: int = 0) -> None:
     n = threads or len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (threads or os.cpu_count() or 1)
     torch.set_num_threads(max(1, int(n)))
 
-
-PRECISIONS = ("auto", "bf16", "fp32")
 
 
 def cpu_supports_bf16() -> bool:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from autoprune.choices import LAST_STRIDES, POOLINGS
 from autoprune.errors import UserError
 
 FORMAT = "autoprune-pruned/1"
@@ -47,8 +48,6 @@ def load_tensors(path: Path, fix: str) -> Any:
 # training identity (the largest re-ID sets have a few thousand).
 MAX_META_BYTES = 1 << 20
 MAX_CLASSES = 1_000_000
-POOLINGS = ("avg", "gem")
-LAST_STRIDES = (1, 2)
 
 
 def corrupt(path: Any, what: str) -> UserError:

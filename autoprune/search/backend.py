@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol
 
+from autoprune.choices import SAMPLERS
+from autoprune.config import SearchSettings
 from autoprune.errors import UserError
 from autoprune.search.records import TrialRecord
 
@@ -45,7 +47,7 @@ def make_sampler(name: str, seed: int, multi: bool) -> optuna.samplers.BaseSampl
         return optuna.samplers.GPSampler(seed=seed)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed)
-    raise UserError(f"unknown search.sampler {name!r}")
+    raise UserError(f"unknown search.sampler {name!r}; choose one of: {', '.join(SAMPLERS)}")
 
 
 def check_warm_start(policies: Any, space: Any) -> None:
@@ -65,16 +67,16 @@ def check_warm_start(policies: Any, space: Any) -> None:
                         f"e.g. {example}; {problem}")
 
 
-def warm_start_policies(env: Any, multi: bool, with_global: bool = False) -> list[dict[str, float]]:
+def warm_start_policies(env: Any, search: SearchSettings, with_global: bool = False) -> list[dict[str, float]]:
     """The policies a search starts with, in order: the uniform one (at the top of the MACs range in Pareto
     mode), the global ranking's when ``with_global``, then each ``search.warm_start`` policy completed with
     the uniform ratios. ``env`` is the search's :class:`~autoprune.search.trial.SearchEnv`."""
     uniform = env.space.uniform_values()
-    if multi:
+    if search.multi_objective:
         uniform["macs_ratio"] = env.macs_ratio_range()[1]
     policies = [uniform]
     if with_global:
         # The global-ranking policy: as strong a start as the uniform one, often stronger at low budgets.
         policies.append(env.global_values())
-    check_warm_start(env.cfg["search"]["warm_start"], env.space)
-    return policies + [{**uniform, **policy} for policy in env.cfg["search"]["warm_start"]]
+    check_warm_start(search.warm_start, env.space)
+    return policies + [{**uniform, **policy} for policy in search.warm_start]

@@ -29,7 +29,7 @@ from typing import Any, Literal
 import optuna
 from optuna.trial import TrialState
 
-from autoprune.config import redact
+from autoprune.config import SearchSettings, redact
 from autoprune.dashboard import dashboard_attrs
 from autoprune.errors import UserError, disk_full
 from autoprune.search import records
@@ -164,22 +164,23 @@ def sampler_seed(seed: int, existing_trials: int, pid: int | None) -> int:
 
 
 def open_study(cfg: dict[str, Any], storage: optuna.storages.BaseStorage) -> optuna.Study:
-    multi = cfg["search"]["objectives"] == "rank1+macs"
+    search = SearchSettings.from_config(cfg)
+    multi = search.multi_objective
     directions: list[Literal["maximize", "minimize"]] = ["maximize", "minimize"] if multi else ["maximize"]
-    name = cfg["search"]["study_name"] or STUDY_NAME
+    name = search.study_name or STUDY_NAME
     seed = sampler_seed(cfg["seed"], _existing_trials(storage, name),
-                        os.getpid() if cfg["search"]["storage"] is not None else None)
+                        os.getpid() if search.storage is not None else None)
     try:
         return optuna.create_study(storage=storage, study_name=name,
-                                   sampler=make_sampler(cfg["search"]["sampler"], seed, multi),
-                                   pruner=make_pruner(cfg["search"]["pruner"], multi, cfg["trial"]["finetune_epochs"],
-                                                      cfg["search"]["reduction_factor"]),
+                                   sampler=make_sampler(search.sampler, seed, multi),
+                                   pruner=make_pruner(search.pruner, multi, cfg["trial"]["finetune_epochs"],
+                                                      search.reduction_factor),
                                    directions=directions,
                                    load_if_exists=True)
     except UserError:
         raise
     except ValueError as exc:
-        raise UserError(f"the study in {redact(str(cfg['search']['storage'] or 'the run directory'))} does not match this config "
+        raise UserError(f"the study in {redact(str(search.storage or 'the run directory'))} does not match this config "
                         f"({exc}); use another --out or search.study_name") from None
     except Exception as exc:
         raise _storage_error(cfg, exc) from None
@@ -205,10 +206,11 @@ class OptunaBackend:
         self.save_model = save_model
         self.storage = open_storage(env.cfg, run_dir)
         self.study = open_study(env.cfg, self.storage)
-        self.multi = env.cfg["search"]["objectives"] == "rank1+macs"
+        self.search = SearchSettings.from_config(env.cfg)
+        self.multi = self.search.multi_objective
         self._disk_full: OSError | None = None
         self._failed = False
-        self._n_trials = env.cfg["search"]["n_trials"]
+        self._n_trials = self.search.n_trials
 
     def _recover_interrupted(self) -> None:
         """Fail the trials a killed process left RUNNING, and queue the policies of every interrupted trial again.
@@ -216,7 +218,7 @@ class OptunaBackend:
         A Ctrl-C'd trial is already FAIL (marked interrupted by :meth:`objective`); it is queued here too.
         Each interrupted trial is queued once: its retry carries ``retry_of``.
         """
-        if self.env.cfg["search"]["storage"] is None:  # shared storages: the heartbeat fails dead workers' trials
+        if self.search.storage is None:  # shared storages: the heartbeat fails dead workers' trials
             for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 self.storage.set_trial_user_attr(t._trial_id, INTERRUPTED, True)
                 self.storage.set_trial_user_attr(t._trial_id, "record", {"error": INTERRUPTED_ERROR})
@@ -230,8 +232,8 @@ class OptunaBackend:
                     self.on_trial(record_of(t))
 
     def _warm_start(self) -> None:
-        with_global = self.env.cfg["search"]["warm_start_global"] and not self.multi
-        for params in warm_start_policies(self.env, self.multi, with_global):
+        with_global = self.search.warm_start_global and not self.multi
+        for params in warm_start_policies(self.env, self.search, with_global):
             self.study.enqueue_trial(params, skip_if_exists=True)
 
     def _claim(self, trial: optuna.Trial) -> None:
@@ -288,8 +290,8 @@ class OptunaBackend:
 
     def _screener(self, trial: optuna.Trial) -> Callable[[float], None] | None:
         """``search.screening``: stop a candidate whose adaptive-BN score is not among the study's best."""
-        screening = self.env.cfg["search"]["screening"]
-        if not screening["enabled"] or self.multi:
+        screening = self.search.screening
+        if not screening.enabled or self.multi:
             return None
 
         def screen(score: float) -> None:
@@ -298,9 +300,9 @@ class OptunaBackend:
             trial.set_user_attr("screen_score", score)
             previous = [t.user_attrs["screen_score"] for t in self.study.get_trials(deepcopy=False)
                         if t.number != trial.number and "screen_score" in t.user_attrs]
-            if not keep_candidate(score, previous, screening["keep_fraction"], screening["candidates"]):
+            if not keep_candidate(score, previous, screening.keep_fraction, screening.candidates):
                 raise TrialPruned(f"screened out: adaptive-BN rank-1 {score:.3f} is not in the best "
-                                  f"{screening['keep_fraction']:.0%} of {len(previous)} candidates")
+                                  f"{screening.keep_fraction:.0%} of {len(previous)} candidates")
         return screen
 
     def objective(self, trial: optuna.Trial) -> float | tuple[float, float]:
@@ -345,7 +347,7 @@ class OptunaBackend:
         trial.set_user_attr("record", record)
         for key, value in dashboard_attrs(record).items():  # what `autoprune dashboard` shows per trial
             trial.set_user_attr(key, value)
-        rank1 = objective_rank1(result.metrics, self.env.cfg["search"]["objective"])
+        rank1 = objective_rank1(result.metrics, self.search.objective)
         return (rank1, float(result.macs)) if self.multi else rank1
 
     def _stop_for_full_disk(self, trial: optuna.Trial, exc: OSError) -> None:
@@ -364,7 +366,7 @@ class OptunaBackend:
         self._recover_interrupted()
         self._warm_start()
 
-        shared = self.env.cfg["search"]["storage"] is not None
+        shared = self.search.storage is not None
 
         def claimed(study: optuna.Study) -> int:
             """Finished trials, plus those other workers are running now (so workers stop at n_trials)."""

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from autoprune.config import config_hash
+from autoprune.config import SearchSettings, config_hash
 from autoprune.errors import UserError
 from autoprune.search import records
 from autoprune.search.backend import make_sampler, warm_start_policies
@@ -85,16 +85,17 @@ def run_trial(config: dict[str, Any], *, cfg: dict[str, Any], baseline: Any, cwd
 
     if os.path.isdir(cwd):
         os.chdir(cwd)  # Tune starts trials in their own folder; relative paths in the config mean the driver's
-    set_threads(cfg["train"]["threads"] or max(1, int(cfg["search"]["ray"]["cpus_per_trial"])))
+    search = SearchSettings.from_config(cfg)
+    set_threads(cfg["train"]["threads"] or max(1, int(search.ray.cpus_per_trial)))
     number = int(config[NUMBER])
     values = {k: float(v) for k, v in config.items() if k != NUMBER}
-    multi = cfg["search"]["objectives"] == "rank1+macs"
+    multi = search.multi_objective
     previous = tune.get_checkpoint()
     if previous is not None:
         # Resumed after its record was saved (Ctrl-C came between the two): report it again, do not train again.
         with previous.as_directory() as d:
             done = TrialRecord.from_json(json.loads(Path(d, RECORD).read_text()) | {"number": number, "state": ""})
-        tune.report({"rank1": objective(done.target_val, done.target, cfg["search"]["objective"]), "macs": float(done.macs or 0), "final": True}, checkpoint=previous)
+        tune.report({"rank1": objective(done.target_val, done.target, search.objective), "macs": float(done.macs or 0), "final": True}, checkpoint=previous)
         return
 
     def report(step: int, rank1: float) -> None:
@@ -115,7 +116,7 @@ def run_trial(config: dict[str, Any], *, cfg: dict[str, Any], baseline: Any, cwd
     with tempfile.TemporaryDirectory() as tmp:
         Path(tmp, RECORD).write_text(json.dumps(record))
         # report() copies the checkpoint into the experiment's storage before it returns.
-        tune.report({"rank1": objective_rank1(result.metrics, cfg["search"]["objective"]), "macs": float(result.macs),
+        tune.report({"rank1": objective_rank1(result.metrics, search.objective), "macs": float(result.macs),
                      "final": True},
                     checkpoint=tune.Checkpoint.from_directory(tmp))
 
@@ -247,7 +248,8 @@ class RayBackend:
         self.save_model = save_model
         self.log = log
         self.exp_dir = (Path(run_dir) / "ray" / EXPERIMENT).resolve()
-        self.multi = env.cfg["search"]["objectives"] == "rank1+macs"
+        self.search = SearchSettings.from_config(env.cfg)
+        self.multi = self.search.multi_objective
         self._trials: list[Trial] = []
         self._done: dict[str, TrialRecord] = {}   # trial id -> record of a finished trial
         self._reported: set[str] = set()
@@ -264,7 +266,7 @@ class RayBackend:
 
     def _points_to_evaluate(self) -> list[dict[str, float]]:
         """The shared warm start (without the global ranking's policy), each point once, on the space's keys."""
-        uniform, *rest = warm_start_policies(self.env, self.multi)
+        uniform, *rest = warm_start_policies(self.env, self.search)
         points = [uniform]
         for policy in rest:
             point = {k: v for k, v in policy.items() if k in uniform}
@@ -273,24 +275,23 @@ class RayBackend:
         return points
 
     def _searcher(self) -> NumberedOptunaSearch:
-        cfg = self.env.cfg
         metric, mode = (["rank1", "macs"], ["max", "min"]) if self.multi else ("rank1", "max")
         return NumberedOptunaSearch(space=self._space(), metric=metric, mode=mode,
                                     points_to_evaluate=self._points_to_evaluate(),
-                                    sampler=make_sampler(cfg["search"]["sampler"], cfg["seed"], self.multi))
+                                    sampler=make_sampler(self.search.sampler, self.env.cfg["seed"], self.multi))
 
     def _scheduler(self) -> TrialScheduler:
-        if self.multi or self.env.cfg["search"]["pruner"] == "none":
+        if self.multi or self.search.pruner == "none":
             return FIFOScheduler()
         # Keep the better half at every rung (1, 2, 4, ... reports), like the Optuna backend's median rule.
         return WarmStartASHA(len(self._points_to_evaluate()), metric="rank1", mode="max",
                              time_attr="training_iteration", grace_period=1, reduction_factor=2, max_t=10_000)
 
     def _trainable(self) -> Any:
-        cfg, res = self.env.cfg, self.env.cfg["search"]["ray"]
-        fn = tune.with_parameters(run_trial, cfg=cfg, baseline=self.env.baseline, cwd=os.getcwd(),
+        res = self.search.ray
+        fn = tune.with_parameters(run_trial, cfg=self.env.cfg, baseline=self.env.baseline, cwd=os.getcwd(),
                                   save_model=self.save_model, adapted=self.env.adapted)
-        return tune.with_resources(fn, {"cpu": res["cpus_per_trial"], "gpu": res["gpus_per_trial"]})
+        return tune.with_resources(fn, {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
 
     def _check_resumable(self, n_trials: int) -> bool:
         """True when the run directory holds an experiment to restore; refuse one started for another n_trials."""
@@ -316,14 +317,14 @@ class RayBackend:
                                       resume_errored=False, restart_errored=False)
         self.exp_dir.parent.mkdir(parents=True, exist_ok=True)
         (self.exp_dir.parent / "experiment.json").write_text(json.dumps({"n_trials": n_trials}))
-        res = self.env.cfg["search"]["ray"]
-        if self.env.cfg["search"]["screening"]["enabled"]:
+        res = self.search.ray
+        if self.search.screening.enabled:
             self.log("ray: search.screening is for the Optuna backend (it ranks a candidate against the study's "
                      "earlier ones); here ASHA stops poor trials after their first epochs instead")
         return tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=self._searcher(), scheduler=self._scheduler(),
-                                        num_samples=n_trials, max_concurrent_trials=res["max_concurrent"],
+                                        num_samples=n_trials, max_concurrent_trials=res.max_concurrent,
                                         time_budget_s=timeout, reuse_actors=True,
                                         trial_name_creator=trial_name, trial_dirname_creator=trial_name),
             run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(self.exp_dir.parent), verbose=0,
@@ -337,8 +338,8 @@ class RayBackend:
 
         Joining a cluster (or a Ray this process already joined) first runs a small check on every node, so a
         node without autoprune or without the shared paths is one clear error, not a failed trial per node."""
-        res = self.env.cfg["search"]["ray"]
-        address = res["address"]
+        res = self.search.ray
+        address = res.address
         joined = ray.is_initialized()
         if joined:
             how = "already joined"
@@ -354,7 +355,7 @@ class RayBackend:
             how = ""
         started = not joined
         total = ray.cluster_resources()
-        for key, want in (("CPU", res["cpus_per_trial"]), ("GPU", res["gpus_per_trial"])):
+        for key, want in (("CPU", res.cpus_per_trial), ("GPU", res.gpus_per_trial)):
             if want and total.get(key, 0) < want and not address:  # a cluster's autoscaler may add nodes
                 if started:
                     ray.shutdown()
@@ -363,8 +364,8 @@ class RayBackend:
         where = f"cluster at {address} ({how})" if address else ("the Ray this process joined" if joined
                                                                   else "local instance")
         self.log(f"ray: {where} with {total.get('CPU', 0):g} CPUs, {total.get('GPU', 0):g} GPUs; "
-                 f"up to {res['max_concurrent']} trials at a time, {res['cpus_per_trial']:g} CPU / "
-                 f"{res['gpus_per_trial']:g} GPU each")
+                 f"up to {res.max_concurrent} trials at a time, {res.cpus_per_trial:g} CPU / "
+                 f"{res.gpus_per_trial:g} GPU each")
         if address or joined:
             try:
                 check_nodes(self._shared_paths(), self.log)

@@ -44,8 +44,6 @@ class TrialRecord:
         return objective(self.target_val, self.target)
 
 
-OBJECTIVES = ("rank1", "mAP", "mix")
-
 
 def score(metrics: dict[str, float], kind: str = "rank1") -> float:
     """One split's objective value: rank-1, mAP, or their mean (``mix``; ``search.objective``)."""

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from autoprune.config import config_hash, dump, without_unset_late_keys
+from autoprune.config import SearchSettings, config_hash, dump, without_unset_late_keys
 from autoprune.data.domain import load_domains
 from autoprune.engine.baseline import get_baseline
 from autoprune.engine.device import resolve_device, set_threads
@@ -137,20 +137,21 @@ def preflight(cfg: dict[str, Any], host: Any) -> None:
 
         budget = latency_budget(cfg, graph, budget, resolve_device(cfg["train"]["device"]).type, log=print)[0]
     check_feasible(cost, budget)
-    space = build_space(cfg["search"]["space"], list(graph.groups), cfg["budget"]["min_keep"],
+    search = SearchSettings.from_config(cfg)
+    space = build_space(search.space, list(graph.groups), cfg["budget"]["min_keep"],
                         cfg["budget"]["max_keep"])
     from autoprune.search import optuna_backend
     from autoprune.search.backend import check_warm_start, make_sampler
 
-    check_warm_start(cfg["search"]["warm_start"], space)
+    check_warm_start(search.warm_start, space)
     # Both backends sample with Optuna: an unknown or uninstalled sampler is a config error.
-    make_sampler(cfg["search"]["sampler"], cfg["seed"], cfg["search"]["objectives"] == "rank1+macs")
-    if cfg["search"]["backend"] == "optuna" and cfg["search"]["storage"] is not None:
+    make_sampler(search.sampler, cfg["seed"], search.multi_objective)
+    if search.backend == "optuna" and search.storage is not None:
         optuna_backend.open_storage(cfg, Path("."))  # reachable, driver installed, credentials accepted
-    if cfg["search"]["backend"] == "ray" and cfg["search"]["ray"]["address"]:
+    if search.backend == "ray" and search.ray.address:
         from autoprune.search.ray_cluster import check_cluster
 
-        check_cluster(cfg["search"]["ray"]["address"])  # reachable, token accepted, autoprune on every node
+        check_cluster(search.ray.address)  # reachable, token accepted, autoprune on every node
 
 
 def lock_run_dir(cfg: dict[str, Any], run_dir: Path) -> Any:
@@ -159,7 +160,7 @@ def lock_run_dir(cfg: dict[str, Any], run_dir: Path) -> Any:
     Only for the study in the run directory: with a shared ``search.storage`` several workers are
     the point. The lock is the kernel's (flock), so a killed process never leaves it held.
     """
-    if cfg["search"]["storage"] is not None:
+    if SearchSettings.from_config(cfg).storage is not None:
         return None
     try:
         import fcntl
@@ -282,7 +283,7 @@ def _build_env(cfg: dict[str, Any], run_dir: Path, host: Any, device: torch.devi
 
 def _describe(cfg: dict[str, Any], env: SearchEnv, log: Callable[[str], None]) -> None:
     """The model, budget and space lines a search starts with."""
-    if not env.strategy_cls.follows_policy and cfg["search"]["n_trials"] > 1:
+    if not env.strategy_cls.follows_policy and env.search.n_trials > 1:
         log(f"note: strategy {cfg['trial']['strategy']!r} chooses the widths itself, so every trial prunes the same "
             f"way; search.n_trials: 1 is enough")
     log(f"model: {cfg['model']['arch']} {env.base_macs / 1e6:.1f} MMACs at {tuple(cfg['model']['input_size'])}, "
@@ -326,7 +327,7 @@ class _TrialLines:
 
 def _make_backend(cfg: dict[str, Any], env: SearchEnv, run_dir: Path, log: Callable[[str], None]) -> Backend:
     """The backend ``search.backend`` names (Ray is imported only when asked for)."""
-    if cfg["search"]["backend"] == "ray":
+    if env.search.backend == "ray":
         from autoprune.search.ray_backend import RayBackend
 
         return RayBackend(env, run_dir, on_trial=_TrialLines(log), save_model=_save_trial_model(run_dir))
@@ -340,7 +341,7 @@ def _run_trials(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, base: dict[s
     """The trials, then :func:`finish`; after a Ctrl-C, the report of the finished trials (no final round)."""
     backend = _make_backend(cfg, env, run_dir, log)
     try:
-        records = backend.run(cfg["search"]["n_trials"], timeout=cfg["search"]["timeout"])
+        records = backend.run(env.search.n_trials, timeout=env.search.timeout)
         report = finish(cfg, run_dir, env, base, records, log=log)
     except KeyboardInterrupt:  # in a trial, in the final round or while the report was written
         log("interrupted: writing the report for the finished trials; rerun the same command to resume")
@@ -357,7 +358,7 @@ def _run_trials(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, base: dict[s
 
 def recovery_epochs(cfg: dict[str, Any]) -> int:
     """The target epochs the reported model recovers for: the final round's, or a trial's without one."""
-    return cfg["search"]["final_epochs"] or cfg["trial"]["finetune_epochs"]
+    return SearchSettings.from_config(cfg).final_epochs or cfg["trial"]["finetune_epochs"]
 
 
 def recipe(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -367,7 +368,7 @@ def recipe(cfg: dict[str, Any]) -> dict[str, Any]:
     t = cfg["trial"]
     d = DistillSettings.from_config(cfg)
     return {"scenario": t["scenario"], "adapt_epochs": t["adapt_epochs"], "finetune_epochs": t["finetune_epochs"],
-            "final_epochs": cfg["search"]["final_epochs"], "recovery_epochs": recovery_epochs(cfg),
+            "final_epochs": SearchSettings.from_config(cfg).final_epochs, "recovery_epochs": recovery_epochs(cfg),
             "distill": {"logit": d.logit, "embedding": d.embedding, "temperature": d.temperature},
             "summary": f"{t['scenario']}"
                        + (f", adapted once ({t['adapt_epochs']} target epochs)" if t["adapt_epochs"] else "")
@@ -414,9 +415,10 @@ def _disk_full(run_dir: Path, exc: OSError) -> UserError:
 def finish(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, base: dict[str, Any], records: list[TrialRecord],
            log: Callable[[str], None] = print) -> dict[str, Any]:
     """Pick the best policy, give it the final fine-tune, save the model and write the report files."""
-    by_score = ranked(records, env.budget.macs / env.base_macs, cfg["search"]["objective"])
+    search = SearchSettings.from_config(cfg)
+    by_score = ranked(records, env.budget.macs / env.base_macs, search.objective)
     uniform = _uniform_trial(env, records)
-    glob = _global_trial(cfg, env, records, uniform) if by_score else None
+    glob = _global_trial(search, env, records, uniform) if by_score else None
     if env.budget.latency is not None:  # each trial's predicted latency next to its MACs
         from autoprune.pruning.latency import trial_latency_ms
 
@@ -424,12 +426,12 @@ def finish(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, base: dict[str, A
             r.latency_ms = trial_latency_ms(env.budget.latency, r.counts)
     report = _report_head(cfg, env, base, records, uniform)
     if by_score:
-        if cfg["search"]["final_epochs"]:
+        if search.final_epochs:
             always = [r for r in (uniform, glob) if r is not None]
-            best = _choose_finalist(cfg, run_dir, env, by_score, records, always, report, log)
+            best = _choose_finalist(search, run_dir, env, by_score, records, always, report, log)
         else:
             best = by_score[0]
-            _keep_trial_model(run_dir, env, best, cfg["search"]["final_epochs"], log)
+            _keep_trial_model(run_dir, env, best, search.final_epochs, log)
         _report_best(cfg, run_dir, env, best, report, log)
         _report_comparisons(report, uniform, glob)
         _drop_trial_models(run_dir, records, best)
@@ -446,10 +448,10 @@ def _uniform_trial(env: SearchEnv, records: list[TrialRecord]) -> TrialRecord | 
                  and r.macs_ratio >= 0.99 * budget_ratio), None)
 
 
-def _global_trial(cfg: dict[str, Any], env: SearchEnv, records: list[TrialRecord],
+def _global_trial(search: SearchSettings, env: SearchEnv, records: list[TrialRecord],
                   uniform: TrialRecord | None) -> TrialRecord | None:
     """The global-ranking warm start's trial, when the search had one: a finalist like the uniform policy."""
-    if not cfg["search"]["warm_start_global"]:
+    if not search.warm_start_global:
         return None
     values = env.global_values()
     # Any state: successive halving may have stopped it early, and the final round trains it from scratch anyway.
@@ -459,13 +461,14 @@ def _global_trial(cfg: dict[str, Any], env: SearchEnv, records: list[TrialRecord
 def _report_head(cfg: dict[str, Any], env: SearchEnv, base: dict[str, Any], records: list[TrialRecord],
                  uniform: TrialRecord | None) -> dict[str, Any]:
     """The report without its best model: budget, baseline, config, plugins, trials, uniform policy."""
+    search = SearchSettings.from_config(cfg)
     report: dict[str, Any] = {
         "budget": {"macs_ratio": round(env.budget.macs / env.base_macs, 6), "macs": env.budget.macs, "unit": "MACs",
                    "input_size": list(env.input_size), "round_to": env.budget.round_to},
         "baseline": base,
         "config": {"criterion": cfg["trial"]["criterion"], "strategy": cfg["trial"]["strategy"],
-                   "scenario": cfg["trial"]["scenario"], "space": env.space.name, "sampler": cfg["search"]["sampler"],
-                   "backend": cfg["search"]["backend"], "finetune_epochs": cfg["trial"]["finetune_epochs"]},
+                   "scenario": cfg["trial"]["scenario"], "space": env.space.name, "sampler": search.sampler,
+                   "backend": search.backend, "finetune_epochs": cfg["trial"]["finetune_epochs"]},
         "plugins": env.plugins_used(),
         "environment": environment(env.device),
         "recipe": recipe(cfg),
@@ -473,7 +476,7 @@ def _report_head(cfg: dict[str, Any], env: SearchEnv, base: dict[str, Any], reco
         "uniform": None,
         "trials": [r.to_json() for r in sorted(records, key=lambda r: r.number)],
     }
-    if cfg["search"]["objectives"] == "rank1+macs":
+    if search.multi_objective:
         report["pareto_front"] = pareto_front(records)
     if uniform is not None:
         report["uniform"] = {"trial": uniform.number, "policy": uniform.policy, "macs": uniform.macs,
@@ -488,16 +491,16 @@ def _final_marker(model_dir: Path) -> dict[str, Any]:
     return json.loads(marker.read_text()) if marker.is_file() else {}
 
 
-def _choose_finalist(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, by_score: list[TrialRecord],
+def _choose_finalist(search: SearchSettings, run_dir: Path, env: SearchEnv, by_score: list[TrialRecord],
                      records: list[TrialRecord], always: list[TrialRecord], report: dict[str, Any],
                      log: Callable[[str], None]) -> TrialRecord:
     """With a final round: the finalist best on validation after the final fine-tune (``report["finalists"]``
     lists them all); its model becomes ``model/pruned.pt``."""
-    kind, final_epochs = cfg["search"]["objective"], cfg["search"]["final_epochs"]
+    kind, final_epochs = search.objective, search.final_epochs
     model_dir = run_dir / "model"
     model_path = model_dir / "pruned.pt"
     done = _final_marker(model_dir)
-    top = finalists_by_noise(by_score, cfg["search"]["finalists"], cfg["search"]["finalists_se"], kind)
+    top = finalists_by_noise(by_score, search.finalists, search.finalists_se, kind)
     finals = _final_round(env, top, always, final_epochs, model_dir, log)
     chosen = max(finals, key=lambda f: selection_key(f["target_val"], f["target"], f["trial"], kind))
     best = next(r for r in records if r.number == chosen["trial"])
@@ -541,7 +544,7 @@ def _report_best(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, best: Trial
     """``report["best"]`` from the saved model (measured again, refused over budget), and its TorchScript."""
     from autoprune.pruning.flops import count_macs
 
-    final_epochs = cfg["search"]["final_epochs"]
+    final_epochs = SearchSettings.from_config(cfg).final_epochs
     model_dir = run_dir / "model"
     model_path = model_dir / "pruned.pt"
     model = load_pruned(model_path)

@@ -18,6 +18,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from autoprune.config import SearchSettings
 from autoprune.criteria import CriterionContext
 from autoprune.data.domain import Domain
 from autoprune.data.loading import IdentitySampler, augment, normalize
@@ -62,6 +63,7 @@ class SearchEnv:
     def __init__(self, cfg: dict[str, Any], host: Any, device: torch.device, source: Domain | None, target: Domain,
                  baseline: nn.Module, progress: bool = False) -> None:
         self.cfg, self.host, self.device = cfg, host, device
+        self.search = SearchSettings.from_config(cfg)
         self.source, self.target = source, target
         self.baseline = baseline.cpu().eval()
         self.progress = progress
@@ -77,7 +79,7 @@ class SearchEnv:
 
             self.budget, self.end_to_end = latency_budget(cfg, graph, self.budget, device.type, progress)
         check_feasible(self.cost, self.budget)
-        self.space: SearchSpace = build_space(cfg["search"]["space"], self.group_names,
+        self.space: SearchSpace = build_space(self.search.space, self.group_names,
                                               cfg["budget"]["min_keep"], cfg["budget"]["max_keep"])
         t = cfg["trial"]
         # Resolve plugin names and options now: a typo is a config error before any training, not a failed trial.
@@ -219,7 +221,7 @@ class SearchEnv:
         scores = score_groups(model, self.new("criterion"), self.criterion_context(graph, self.target))
         prune_to_counts(graph, counts, scores)
         s = self.settings(1)
-        adaptive_bn(model, self.target.train, self.device, batches=self.cfg["search"]["screening"]["batches"],
+        adaptive_bn(model, self.target.train, self.device, batches=self.search.screening.batches,
                     batch_size=s.batch_size, num_instances=s.num_instances, seed=self.cfg["seed"])
         return float(self.evaluate_val(model, self.target)["rank1"])
 
@@ -247,7 +249,7 @@ class SearchEnv:
                               options=scenario.options)
         with torch.enable_grad():  # restores the grad mode on exit, whatever plugin code set it to
             model, metrics = scenario.run(ctx)
-        rank1 = objective_rank1(metrics, self.cfg["search"]["objective"])
+        rank1 = objective_rank1(metrics, self.search.objective)
         if not math.isfinite(rank1):
             raise RuntimeError("target rank-1 is not finite")
         model = model.cpu().eval()
@@ -344,7 +346,7 @@ class TrialServices:
         """Validation rank-1 after a target epoch, to the history and the backend (which may stop the trial)."""
         self._step += 1
         t0 = time.perf_counter()
-        r1 = score(self.env.evaluate_val(model, self.env.target), self.env.cfg["search"]["objective"])
+        r1 = score(self.env.evaluate_val(model, self.env.target), self.env.search.objective)
         self.eval_seconds += time.perf_counter() - t0
         self.history.append({"step": self._step, "target_rank1": r1})
         assert self.report is not None
