@@ -12,9 +12,11 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import yaml
@@ -441,6 +443,31 @@ class SearchSettings:
         s = cfg["search"]
         return cls(**{**s, "warm_start": tuple(s["warm_start"]), "screening": ScreeningSettings(**s["screening"]),
                       "ray": RaySettings(**s["ray"])})
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    """The ``trial`` section of a validated config, typed and frozen: the recipe every trial runs. Its
+    ``distill`` weights are read as ``autoprune.distill.DistillSettings``."""
+
+    scenario: str
+    criterion: str
+    strategy: str
+    finetune_epochs: int
+    lr: float
+    criterion_batches: int
+    eval_every_epoch: bool
+    adapt_epochs: int
+    distill: Mapping[str, float]
+
+    def plugin(self, kind: str) -> str:
+        """The configured plugin name of ``kind`` (criterion, strategy or scenario)."""
+        return {"criterion": self.criterion, "strategy": self.strategy, "scenario": self.scenario}[kind]
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> TrialSettings:
+        t = cfg["trial"]
+        return cls(**{**t, "distill": MappingProxyType(dict(t["distill"]))})
 
 
 # Keys added after runs and baselines were cached: left out of identities while unset, so those keep theirs.

@@ -159,3 +159,17 @@ def test_choice_lists_are_kept_once_and_every_choice_is_acted_on():
             assert "unknown" not in str(exc)
     assert {type(make_pruner(name, multi=False)).__name__ for name in choices.PRUNERS} == {
         "MedianPruner", "HyperbandPruner", "SuccessiveHalvingPruner", "NopPruner"}
+
+
+def test_trial_settings_are_the_trial_section_typed_and_frozen():
+    import dataclasses
+
+    from autoprune.config import TrialSettings
+
+    t = TrialSettings.from_config(load_config(preset="smoke", overrides=["trial.criterion=l2", "trial.lr=0.01"]))
+    assert {f.name for f in dataclasses.fields(TrialSettings)} == set(DEFAULTS["trial"])
+    assert (t.plugin("criterion"), t.plugin("strategy"), t.lr) == ("l2", "one_shot", 0.01)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        t.lr = 0.1  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        t.distill["logit"] = 1.0  # type: ignore[index]

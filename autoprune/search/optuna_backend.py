@@ -29,7 +29,7 @@ from typing import Any, Literal
 import optuna
 from optuna.trial import TrialState
 
-from autoprune.config import SearchSettings, redact
+from autoprune.config import SearchSettings, TrialSettings, redact
 from autoprune.dashboard import dashboard_attrs
 from autoprune.errors import UserError, disk_full
 from autoprune.search import records
@@ -173,7 +173,7 @@ def open_study(cfg: dict[str, Any], storage: optuna.storages.BaseStorage) -> opt
     try:
         return optuna.create_study(storage=storage, study_name=name,
                                    sampler=make_sampler(search.sampler, seed, multi),
-                                   pruner=make_pruner(search.pruner, multi, cfg["trial"]["finetune_epochs"],
+                                   pruner=make_pruner(search.pruner, multi, TrialSettings.from_config(cfg).finetune_epochs,
                                                       search.reduction_factor),
                                    directions=directions,
                                    load_if_exists=True)

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from autoprune.config import SearchSettings, config_hash, dump, without_unset_late_keys
+from autoprune.config import SearchSettings, TrialSettings, config_hash, dump, without_unset_late_keys
 from autoprune.data.domain import load_domains
 from autoprune.engine.baseline import get_baseline
 from autoprune.engine.device import resolve_device, set_threads
@@ -112,14 +112,15 @@ def preflight(cfg: dict[str, Any], host: Any) -> None:
     from autoprune.pruning.groups import PruningGraph
     from autoprune.search.space import build_space
 
-    for kind, key in (("criterion", "criterion"), ("strategy", "strategy"), ("scenario", "scenario")):
-        host.get(kind, cfg["trial"][key])
+    trial = TrialSettings.from_config(cfg)
+    for kind in ("criterion", "strategy", "scenario"):
+        host.get(kind, trial.plugin(kind))
     for key in ("source", "target"):
         if cfg["data"][key] is not None:
             host.get("dataset", parse_spec(cfg["data"][key])[0])
-    scenario = host.get("scenario", cfg["trial"]["scenario"])
+    scenario = host.get("scenario", trial.scenario)
     if cfg["data"]["source"] is None and getattr(scenario, "needs_source", False):
-        raise UserError(f"trial.scenario {cfg['trial']['scenario']!r} prunes on the source domain, but data.source "
+        raise UserError(f"trial.scenario {trial.scenario!r} prunes on the source domain, but data.source "
                         f"is null; give one (--source KIND:ROOT) or choose a target scenario such as "
                         f"prune_then_finetune")
     m = cfg["model"]
@@ -358,20 +359,20 @@ def _run_trials(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, base: dict[s
 
 def recovery_epochs(cfg: dict[str, Any]) -> int:
     """The target epochs the reported model recovers for: the final round's, or a trial's without one."""
-    return SearchSettings.from_config(cfg).final_epochs or cfg["trial"]["finetune_epochs"]
+    return SearchSettings.from_config(cfg).final_epochs or TrialSettings.from_config(cfg).finetune_epochs
 
 
 def recipe(cfg: dict[str, Any]) -> dict[str, Any]:
     """The recovery recipe, reported beside every result."""
     from autoprune.distill import DistillSettings
 
-    t = cfg["trial"]
+    t = TrialSettings.from_config(cfg)
     d = DistillSettings.from_config(cfg)
-    return {"scenario": t["scenario"], "adapt_epochs": t["adapt_epochs"], "finetune_epochs": t["finetune_epochs"],
+    return {"scenario": t.scenario, "adapt_epochs": t.adapt_epochs, "finetune_epochs": t.finetune_epochs,
             "final_epochs": SearchSettings.from_config(cfg).final_epochs, "recovery_epochs": recovery_epochs(cfg),
             "distill": {"logit": d.logit, "embedding": d.embedding, "temperature": d.temperature},
-            "summary": f"{t['scenario']}"
-                       + (f", adapted once ({t['adapt_epochs']} target epochs)" if t["adapt_epochs"] else "")
+            "summary": f"{t.scenario}"
+                       + (f", adapted once ({t.adapt_epochs} target epochs)" if t.adapt_epochs else "")
                        + f", {d.describe()}, {recovery_epochs(cfg)} recovery epochs"}
 
 
@@ -461,14 +462,14 @@ def _global_trial(search: SearchSettings, env: SearchEnv, records: list[TrialRec
 def _report_head(cfg: dict[str, Any], env: SearchEnv, base: dict[str, Any], records: list[TrialRecord],
                  uniform: TrialRecord | None) -> dict[str, Any]:
     """The report without its best model: budget, baseline, config, plugins, trials, uniform policy."""
-    search = SearchSettings.from_config(cfg)
+    search, trial = SearchSettings.from_config(cfg), TrialSettings.from_config(cfg)
     report: dict[str, Any] = {
         "budget": {"macs_ratio": round(env.budget.macs / env.base_macs, 6), "macs": env.budget.macs, "unit": "MACs",
                    "input_size": list(env.input_size), "round_to": env.budget.round_to},
         "baseline": base,
-        "config": {"criterion": cfg["trial"]["criterion"], "strategy": cfg["trial"]["strategy"],
-                   "scenario": cfg["trial"]["scenario"], "space": env.space.name, "sampler": search.sampler,
-                   "backend": search.backend, "finetune_epochs": cfg["trial"]["finetune_epochs"]},
+        "config": {"criterion": trial.criterion, "strategy": trial.strategy,
+                   "scenario": trial.scenario, "space": env.space.name, "sampler": search.sampler,
+                   "backend": search.backend, "finetune_epochs": trial.finetune_epochs},
         "plugins": env.plugins_used(),
         "environment": environment(env.device),
         "recipe": recipe(cfg),

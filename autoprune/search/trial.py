@@ -18,7 +18,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from autoprune.config import SearchSettings
+from autoprune.config import SearchSettings, TrialSettings
 from autoprune.criteria import CriterionContext
 from autoprune.data.domain import Domain
 from autoprune.data.loading import IdentitySampler, augment, normalize
@@ -64,6 +64,7 @@ class SearchEnv:
                  baseline: nn.Module, progress: bool = False) -> None:
         self.cfg, self.host, self.device = cfg, host, device
         self.search = SearchSettings.from_config(cfg)
+        self.trial = TrialSettings.from_config(cfg)
         self.source, self.target = source, target
         self.baseline = baseline.cpu().eval()
         self.progress = progress
@@ -81,28 +82,28 @@ class SearchEnv:
         check_feasible(self.cost, self.budget)
         self.space: SearchSpace = build_space(self.search.space, self.group_names,
                                               cfg["budget"]["min_keep"], cfg["budget"]["max_keep"])
-        t = cfg["trial"]
+        t = self.trial
         # Resolve plugin names and options now: a typo is a config error before any training, not a failed trial.
-        self.criterion_cls = host.get("criterion", t["criterion"])
-        self.strategy_cls = host.get("strategy", t["strategy"])
-        self.scenario_cls = host.get("scenario", t["scenario"])
+        self.criterion_cls = host.get("criterion", t.criterion)
+        self.strategy_cls = host.get("strategy", t.strategy)
+        self.scenario_cls = host.get("scenario", t.scenario)
         for kind in ("criterion", "strategy", "scenario"):
-            host.options(kind, t[kind], cfg["plugins"])
+            host.options(kind, t.plugin(kind), cfg["plugins"])
         # The target-adapted unpruned model, once computed (autoprune.search.adapt): ScenarioContext.adapted / .teacher.
-        self.adapt_epochs: int = t["adapt_epochs"]
+        self.adapt_epochs: int = t.adapt_epochs
         self.distill = DistillSettings.from_config(cfg)
         self.adapted: nn.Module | None = None
         self.teacher: nn.Module | None = None
 
     def new(self, kind: str) -> Any:
         """A fresh instance of the configured criterion, strategy or scenario, with its options."""
-        return self.host.create(kind, self.cfg["trial"][kind], self.cfg["plugins"])
+        return self.host.create(kind, self.trial.plugin(kind), self.cfg["plugins"])
 
     def plugins_used(self) -> list[dict[str, Any]]:
         """Provenance of every plugin this search runs: name, kind, distribution, version, options."""
         from autoprune.data import parse_spec
 
-        used = [(kind, self.cfg["trial"][kind]) for kind in ("criterion", "strategy", "scenario")]
+        used = [(kind, self.trial.plugin(kind)) for kind in ("criterion", "strategy", "scenario")]
         used += [("dataset", parse_spec(self.cfg["data"][key])[0]) for key in ("source", "target")
                  if self.cfg["data"][key] is not None]
         used.append(("backbone", self.cfg["model"]["arch"]))
@@ -127,7 +128,7 @@ class SearchEnv:
 
     # -- services handed to plugins ------------------------------------------------------------
     def settings(self, epochs: int) -> TrainSettings:
-        return TrainSettings.from_config(self.cfg, epochs=epochs, lr=self.cfg["trial"]["lr"])
+        return TrainSettings.from_config(self.cfg, epochs=epochs, lr=self.trial.lr)
 
     def criterion_context(self, graph: PruningGraph, domain: Domain) -> CriterionContext:
         s = self.settings(1)
@@ -148,7 +149,7 @@ class SearchEnv:
             return cross_entropy_ls(logits, y, s.label_smoothing)
 
         return CriterionContext(graph=graph, device=device, batches=batches, loss=loss,
-                                num_batches=self.cfg["trial"]["criterion_batches"], seed=self.cfg["seed"])
+                                num_batches=self.trial.criterion_batches, seed=self.cfg["seed"])
 
     def evaluate(self, model: nn.Module, domain: Domain) -> dict[str, Any]:
         """Test-split metrics, with the validation split's under ``"val"`` when the domain has one."""
@@ -238,7 +239,7 @@ class SearchEnv:
         if screen is not None:
             screen(self.screen_score(counts))
             torch.manual_seed(self.cfg["seed"])
-        epochs = self.cfg["trial"]["finetune_epochs"] if epochs is None else epochs
+        epochs = self.trial.finetune_epochs if epochs is None else epochs
         services = TrialServices(self, counts, report)
         scenario = self.new("scenario")
         ctx = ScenarioContext(model=copy.deepcopy(self.baseline).to(self.device), source=self.source,
@@ -331,7 +332,7 @@ class TrialServices:
         def epoch_end(epoch: int, m: nn.Module) -> None:
             if on_epoch_end is not None:
                 on_epoch_end(epoch, m)
-            if domain is env.target and env.cfg["trial"]["eval_every_epoch"] and self.report is not None:
+            if domain is env.target and env.trial.eval_every_epoch and self.report is not None:
                 self._report_epoch(m)
 
         t0, eval_before = time.perf_counter(), self.eval_seconds
