@@ -1,4 +1,4 @@
-"""``autoprune latency``: profile a device's latency table, and time a run's model against its budget."""
+"""``autoprune latency profile``: measure a device's latency table (what ``budget.latency_table`` reads)."""
 
 from __future__ import annotations
 
