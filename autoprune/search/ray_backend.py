@@ -95,7 +95,9 @@ def run_trial(config: dict[str, Any], *, cfg: dict[str, Any], baseline: Any, cwd
         # Resumed after its record was saved (Ctrl-C came between the two): report it again, do not train again.
         with previous.as_directory() as d:
             done = TrialRecord.from_json(json.loads(Path(d, RECORD).read_text()) | {"number": number, "state": ""})
-        tune.report({"rank1": objective(done.target_val, done.target, search.objective), "macs": float(done.macs or 0), "final": True}, checkpoint=previous)
+        # "replayed": the trial finished in the run that was stopped, so its line is not printed again.
+        tune.report({"rank1": objective(done.target_val, done.target, search.objective), "macs": float(done.macs or 0),
+                     "final": True, "replayed": True}, checkpoint=previous)
         return
 
     def report(step: int, rank1: float) -> None:
@@ -398,6 +400,8 @@ class RayBackend:
             return
         self._reported.add(trial.trial_id)
         record = self._record(trial)
+        if (trial.last_result or {}).get("replayed"):
+            return  # finished before the interruption (it is in that run's report): kept, not run again
         if record is not None and self.on_trial:
             self.on_trial(record)
 
