@@ -206,7 +206,7 @@ class OptunaBackend:
         self.save_model = save_model
         self.storage = open_storage(env.cfg, run_dir)
         self.study = open_study(env.cfg, self.storage)
-        self.search = SearchSettings.from_config(env.cfg)
+        self.search = env.search  # the typed section the environment already holds
         self.multi = self.search.multi_objective
         self._disk_full: OSError | None = None
         self._failed = False

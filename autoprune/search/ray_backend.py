@@ -254,7 +254,7 @@ class RayBackend:
         self.save_model = save_model
         self.log = log
         self.exp_dir = (Path(run_dir) / "ray" / EXPERIMENT).resolve()
-        self.search = SearchSettings.from_config(env.cfg)
+        self.search = env.search  # the typed section the environment already holds
         self.multi = self.search.multi_objective
         self._trials: list[Trial] = []
         self._done: dict[str, TrialRecord] = {}   # trial id -> record of a finished trial
