@@ -103,3 +103,26 @@ def test_ray_search_interrupted_then_resumed(smoke_run, local_ray, tmp_path, cap
     # Each trial's record is its Tune checkpoint.
     with_record = {p.parent.parent.name for p in (out / "ray" / "autoprune").glob("trial_*/checkpoint_*/record.json")}
     assert with_record == {f"trial_{t['number']:04d}" for t in complete}
+
+
+def test_a_record_tune_never_registered_is_found_and_links_out_are_not(tmp_path):
+    """Ctrl-C between a trial's last report and the experiment's snapshot leaves a record Tune does not know;
+    the restored trial replays it instead of training again (a rerun that ASHA stopped read back as PRUNED)."""
+    from autoprune.search.ray_backend import RECORD, unregistered_record
+
+    exp = tmp_path / "ray" / "autoprune"
+    assert unregistered_record(str(exp), 1) is None
+    assert unregistered_record(None, 1) is None
+    for index in (0, 1):
+        d = exp / "trial_0001" / f"checkpoint_00000{index}"
+        d.mkdir(parents=True)
+        (d / RECORD).write_text(json.dumps({"index": index}))
+    assert unregistered_record(str(exp), 1) == (exp / "trial_0001" / "checkpoint_000001" / RECORD).resolve()
+    assert unregistered_record(str(exp), 2) is None  # another trial's folder is not this trial's record
+    # A record planted as a link (to a file outside the experiment) is not read.
+    outside = tmp_path / "elsewhere.json"
+    outside.write_text("{}")
+    d = exp / "trial_0002" / "checkpoint_000000"
+    d.mkdir(parents=True)
+    (d / RECORD).symlink_to(outside)
+    assert unregistered_record(str(exp), 2) is None

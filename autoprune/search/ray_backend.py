@@ -78,8 +78,42 @@ def _worker_env(cfg: dict[str, Any], baseline: Any, adapted: Any = None) -> Sear
     return _ENV[key]
 
 
+def unregistered_record(exp_dir: str | None, number: int) -> Path | None:
+    """The record trial ``number`` saved in a run stopped before Tune's experiment state registered it.
+
+    Ctrl-C can land between a trial's last report (which writes its checkpoint into the experiment) and the
+    snapshot of the experiment's state; the restored trial then has no checkpoint and would train again,
+    and ASHA could stop the rerun, leaving a finished trial's record beside a PRUNED trial. The newest
+    ``checkpoint_*/record.json`` in the trial's own folder, inside the experiment, is that record."""
+    if not exp_dir:
+        return None
+    root = Path(exp_dir).resolve()
+    trial_dir = root / f"trial_{number:04d}"
+    found = []
+    for path in sorted(trial_dir.glob(f"checkpoint_*/{RECORD}")):
+        real = path.resolve()  # a link planted in the experiment must not lead the worker out of it
+        if real.is_relative_to(root) and real.is_file() and not path.is_symlink():
+            found.append(real)
+    return found[-1] if found else None
+
+
+def _replay(record: Path, number: int, search: SearchSettings, *, replayed: bool) -> None:
+    """Report a saved record again as the trial's final result, with the record as its checkpoint."""
+    try:
+        done = TrialRecord.from_json(json.loads(record.read_text()) | {"number": number, "state": ""})
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise UserError(f"{record} is not a record autoprune wrote ({exc}); delete it and rerun the same "
+                        f"command to run trial {number} again") from None
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, RECORD).write_bytes(record.read_bytes())
+        # "replayed": the trial finished in the run that was stopped, so its line is not printed again.
+        tune.report({"rank1": objective(done.target_val, done.target, search.objective), "macs": float(done.macs or 0),
+                     "final": True, "replayed": replayed}, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
 def run_trial(config: dict[str, Any], *, cfg: dict[str, Any], baseline: Any, cwd: str,
-              save_model: Callable[[int, TrialResult], str] | None, adapted: Any = None) -> None:
+              save_model: Callable[[int, TrialResult], str] | None, adapted: Any = None,
+              exp_dir: str | None = None) -> None:
     """The Tune function trainable: one trial, reporting the objective (rank-1) after every target epoch."""
     from autoprune.engine.device import set_threads
 
@@ -94,10 +128,12 @@ def run_trial(config: dict[str, Any], *, cfg: dict[str, Any], baseline: Any, cwd
     if previous is not None:
         # Resumed after its record was saved (Ctrl-C came between the two): report it again, do not train again.
         with previous.as_directory() as d:
-            done = TrialRecord.from_json(json.loads(Path(d, RECORD).read_text()) | {"number": number, "state": ""})
-        # "replayed": the trial finished in the run that was stopped, so its line is not printed again.
-        tune.report({"rank1": objective(done.target_val, done.target, search.objective), "macs": float(done.macs or 0),
-                     "final": True, "replayed": True}, checkpoint=previous)
+            _replay(Path(d, RECORD), number, search, replayed=True)
+        return
+    saved = unregistered_record(exp_dir, number)
+    if saved is not None:
+        # Finished in the stopped run, but that run's report shows it cut short: replayed, and printed now.
+        _replay(saved, number, search, replayed=False)
         return
 
     def report(step: int, rank1: float) -> None:
@@ -296,7 +332,7 @@ class RayBackend:
     def _trainable(self) -> Any:
         res = self.search.ray
         fn = tune.with_parameters(run_trial, cfg=self.env.cfg, baseline=self.env.baseline, cwd=os.getcwd(),
-                                  save_model=self.save_model, adapted=self.env.adapted)
+                                  save_model=self.save_model, adapted=self.env.adapted, exp_dir=str(self.exp_dir))
         return tune.with_resources(fn, {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
 
     def _check_resumable(self, n_trials: int) -> bool:
