@@ -25,9 +25,11 @@ test: $(VENV)/.installed
 test-fast: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# ruff (rules and line length in pyproject.toml) and mypy (same) over the package and the built-in plugins.
+# ruff (rules, format and line length in pyproject.toml) and mypy (same) over the package and the built-in plugins.
+LINTED := autoprune plugins tests benchmarks examples
 lint: $(VENV)/.installed
-	$(BIN)/ruff check autoprune plugins tests benchmarks examples
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/mypy
 
 bench: $(VENV)/.installed

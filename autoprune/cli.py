@@ -13,39 +13,71 @@ from autoprune.cli_common import add_config_args, default_run_dir, run_search_co
 from autoprune.errors import UserError
 
 # The common case of `autoprune search` in flags: each one sets a config key (before any --set).
-SHORTCUTS = {"checkpoint": "model.checkpoint", "target": "data.target", "budget": "budget.macs_ratio",
-             "arch": "model.arch", "input_size": "model.input_size", "source": "data.source"}
+SHORTCUTS = {
+    "checkpoint": "model.checkpoint",
+    "target": "data.target",
+    "budget": "budget.macs_ratio",
+    "arch": "model.arch",
+    "input_size": "model.input_size",
+    "source": "data.source",
+}
 
 
 def _shortcut_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", metavar="FILE",
-                   help="your trained model to prune: a torchreid or fast-reid checkpoint, an autoprune model or a "
-                        "state dict (model.checkpoint); nothing is trained on a source")
-    p.add_argument("--target", metavar="KIND:ROOT",
-                   help="the data where the model will run, e.g. market1501:/data/Market-1501 (data.target)")
-    p.add_argument("--budget", type=float, metavar="RATIO",
-                   help="MACs budget as a fraction of the unpruned model's, e.g. 0.5 (budget.macs_ratio)")
+    p.add_argument(
+        "--checkpoint",
+        metavar="FILE",
+        help="your trained model to prune: a torchreid or fast-reid checkpoint, an autoprune model or a "
+        "state dict (model.checkpoint); nothing is trained on a source",
+    )
+    p.add_argument(
+        "--target",
+        metavar="KIND:ROOT",
+        help="the data where the model will run, e.g. market1501:/data/Market-1501 (data.target)",
+    )
+    p.add_argument(
+        "--budget",
+        type=float,
+        metavar="RATIO",
+        help="MACs budget as a fraction of the unpruned model's, e.g. 0.5 (budget.macs_ratio)",
+    )
     p.add_argument("--arch", help="backbone, e.g. resnet50; inferred from --checkpoint when left out (model.arch)")
-    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
-                   help="input height and width (model.input_size; 256 128 with --checkpoint)")
-    p.add_argument("--source", metavar="KIND:ROOT",
-                   help="source data, if you have it: source metrics, the direct_transfer scenario (data.source)")
+    p.add_argument(
+        "--input-size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="input height and width (model.input_size; 256 128 with --checkpoint)",
+    )
+    p.add_argument(
+        "--source",
+        metavar="KIND:ROOT",
+        help="source data, if you have it: source metrics, the direct_transfer scenario (data.source)",
+    )
 
 
 def _shortcut_overrides(args: argparse.Namespace) -> list[str]:
     """The shortcut flags given, as --set items (JSON values: a path stays a string, whatever it looks like)."""
-    return [f"{key}={json.dumps(getattr(args, name))}" for name, key in SHORTCUTS.items()
-            if getattr(args, name, None) is not None]
+    return [
+        f"{key}={json.dumps(getattr(args, name))}"
+        for name, key in SHORTCUTS.items()
+        if getattr(args, name, None) is not None
+    ]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="autoprune", description="Prune re-ID CNNs for a target domain under a MACs budget.")
+    parser = argparse.ArgumentParser(
+        prog="autoprune", description="Prune re-ID CNNs for a target domain under a MACs budget."
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("search", help="search per-layer pruning ratios under the budget (the main job)",
-                       description="Prune a re-ID model for a target domain under a MACs budget. Your own trained "
-                                   "model: autoprune search --checkpoint model.pth.tar-60 "
-                                   "--target market1501:/data/Market-1501 --budget 0.5")
+    p = sub.add_parser(
+        "search",
+        help="search per-layer pruning ratios under the budget (the main job)",
+        description="Prune a re-ID model for a target domain under a MACs budget. Your own trained "
+        "model: autoprune search --checkpoint model.pth.tar-60 "
+        "--target market1501:/data/Market-1501 --budget 0.5",
+    )
     _shortcut_args(p)
     add_config_args(p)
     p = sub.add_parser("train", help="train (or reuse the cached) baseline on the source domain")
@@ -57,8 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_latency_parser(sub)
     p = sub.add_parser("plugins", help="list loaded criteria, strategies, scenarios, datasets and backbones")
-    p.add_argument("--markdown", action="store_true",
-                   help="print the built-ins as the Markdown tables of docs/plugins.md")
+    p.add_argument(
+        "--markdown", action="store_true", help="print the built-ins as the Markdown tables of docs/plugins.md"
+    )
     p = sub.add_parser("plugin", help="plugin authors' tools")
     psub = p.add_subparsers(dest="plugin_command", required=True)
     n = psub.add_parser("new", help="write a plugin package skeleton (pyproject, class, contract test)")
@@ -113,12 +146,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     if cfg["data"]["source"] is None:
-        raise UserError("autoprune train trains and scores on data.source, which is null; give data.source, or "
-                        "prune model.checkpoint directly with autoprune search")
+        raise UserError(
+            "autoprune train trains and scores on data.source, which is null; give data.source, or "
+            "prune model.checkpoint directly with autoprune search"
+        )
     out = Path(_default_out(args))
     if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file; `autoprune train` writes a folder (baseline.pt, train_report.json): "
-                        f"give a folder path")
+        raise UserError(
+            f"--out {out} is a file; `autoprune train` writes a folder (baseline.pt, train_report.json): "
+            f"give a folder path"
+        )
     refuse_links_out(out)
     out.mkdir(parents=True, exist_ok=True)
     set_threads(cfg["train"]["threads"])
@@ -129,11 +166,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     tgt = evaluate_domain(model, target.query, target.gallery, device, precision=cfg["train"]["precision"])
     tgt = {k: v for k, v in tgt.items() if k not in ("hits", "aps")}
     save_pruned(model, out / "baseline.pt")
-    report = {"arch": cfg["model"]["arch"], "source": info["source_metrics"], "target_direct_transfer": tgt,
-              "checkpoint": "baseline.pt"}
+    report = {
+        "arch": cfg["model"]["arch"],
+        "source": info["source_metrics"],
+        "target_direct_transfer": tgt,
+        "checkpoint": "baseline.pt",
+    }
     (out / "train_report.json").write_text(json.dumps(report, indent=2))
-    print(f"source rank-1 {info['source_metrics']['rank1']:.3f} mAP {info['source_metrics']['mAP']:.3f}; "
-          f"target (direct transfer) rank-1 {tgt['rank1']:.3f} mAP {tgt['mAP']:.3f}; wrote {out}")
+    print(
+        f"source rank-1 {info['source_metrics']['rank1']:.3f} mAP {info['source_metrics']['mAP']:.3f}; "
+        f"target (direct transfer) rank-1 {tgt['rank1']:.3f} mAP {tgt['mAP']:.3f}; wrote {out}"
+    )
     return 0
 
 
@@ -188,8 +231,14 @@ def cmd_config(args: argparse.Namespace) -> int:
 def cmd_data(args: argparse.Namespace) -> int:
     from autoprune.data.synth import generate
 
-    path = generate(args.out, domain=args.domain, seed=args.seed, num_train_ids=args.num_train_ids,
-                    num_test_ids=args.num_test_ids, images_per_id_per_cam=args.images_per_id_per_cam)
+    path = generate(
+        args.out,
+        domain=args.domain,
+        seed=args.seed,
+        num_train_ids=args.num_train_ids,
+        num_test_ids=args.num_test_ids,
+        images_per_id_per_cam=args.images_per_id_per_cam,
+    )
     print(f"wrote synthetic domain {args.domain} to {path}")
     return 0
 
@@ -208,8 +257,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         pick = pick_from_front(report, args.budget)
         if pick is None:
             raise UserError(f"no complete trial at or under {args.budget:.0%} MACs; raise --budget")
-        print(f"\nbest at <= {args.budget:.0%} MACs: trial {pick['number']} (MACs ratio {pick['macs_ratio']:.3f}, "
-              f"rank-1 {pick['target']['rank1']:.3f}, mAP {pick['target']['mAP']:.3f})")
+        print(
+            f"\nbest at <= {args.budget:.0%} MACs: trial {pick['number']} (MACs ratio {pick['macs_ratio']:.3f}, "
+            f"rank-1 {pick['target']['rank1']:.3f}, mAP {pick['target']['mAP']:.3f})"
+        )
     print(f"\nwrote {write_markdown(run_dir, report)}")
     return 0
 
@@ -234,8 +285,19 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return run_worker(args)
 
 
-COMMANDS = {"plugin": cmd_plugin, "dashboard": cmd_dashboard, "latency": cmd_latency, "worker": cmd_worker, "report": cmd_report, "export": cmd_export, "search": cmd_search, "train": cmd_train, "plugins": cmd_plugins, "config": cmd_config,
-            "data": cmd_data}
+COMMANDS = {
+    "plugin": cmd_plugin,
+    "dashboard": cmd_dashboard,
+    "latency": cmd_latency,
+    "worker": cmd_worker,
+    "report": cmd_report,
+    "export": cmd_export,
+    "search": cmd_search,
+    "train": cmd_train,
+    "plugins": cmd_plugins,
+    "config": cmd_config,
+    "data": cmd_data,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,11 +11,18 @@ from typing import Any
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
     """The flags of every command that loads a run configuration."""
-    p.add_argument("--config", help="YAML run configuration (default: the demo preset; the checkpoint preset "
-                                    "with a checkpoint)")
+    p.add_argument(
+        "--config", help="YAML run configuration (default: the demo preset; the checkpoint preset with a checkpoint)"
+    )
     p.add_argument("--preset", help="a named preset from configs/ (demo, smoke, ...)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config key, e.g. --set search.n_trials=5 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config key, e.g. --set search.n_trials=5 (repeatable)",
+    )
     p.add_argument("--out", help="run directory (default: runs/<preset or config name>)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -38,8 +45,11 @@ def run_search_command(cfg: dict[str, Any], out: str | Path, quiet: bool) -> int
         return 130
     if report["best"] is None and any(t["state"] in ("RUNNING", "WAITING") for t in report["trials"]):
         # A worker sharing a study ends when every trial is claimed; the others may still be running them.
-        print("autoprune: no trial has completed yet; the study's other trials are still running in other "
-              "workers (rerun this command with the same storage once they finish)", file=sys.stderr)
+        print(
+            "autoprune: no trial has completed yet; the study's other trials are still running in other "
+            "workers (rerun this command with the same storage once they finish)",
+            file=sys.stderr,
+        )
         return 0
     if report["best"] is None:
         print(f"autoprune: error: {no_trial_completed(Path(out), report)}", file=sys.stderr)

@@ -26,31 +26,97 @@ from autoprune.errors import UserError
 
 DEFAULTS: dict[str, Any] = {
     # arch and last_stride null: from model.checkpoint where it shows them, else resnet18 and 1
-    "model": {"arch": None, "last_stride": None, "pooling": "avg", "weights": "none", "checkpoint": None,
-              "input_size": [128, 64]},
-    "data": {"source": "synth:A", "target": "synth:B", "root": "data", "batch_size": 32,
-             "num_instances": 4, "workers": 0, "random_erasing": 0.0, "check_images": True,
-             "val_fraction": 0.2,
-             "synth": {"num_train_ids": 100, "num_test_ids": 100, "images_per_id_per_cam": 2,
-                       "num_distractors": 50, "queries_per_id": 1, "seed": 0, "target_num_train_ids": None,
-                       "target_num_test_ids": None}},
-    "train": {"epochs": 12, "optimizer": "adam", "lr": 3.5e-4, "weight_decay": 5e-4, "momentum": 0.9,
-              "warmup_epochs": 1, "schedule": "cosine", "milestones": [], "gamma": 0.1,
-              "label_smoothing": 0.1, "triplet_weight": 1.0, "margin": 0.3, "center_weight": 0.0,
-              "device": "auto", "threads": 0, "amp": True, "channels_last": True, "precision": "auto",
-              "max_batches_per_epoch": 0},
-    "budget": {"macs_ratio": None, "gmacs": None, "round_to": 8, "min_keep": 0.1, "max_keep": 1.0,
-               "latency_ms": None, "latency_batch": 1, "latency_table": None},
-    "search": {"backend": "optuna", "sampler": "tpe", "n_trials": 20, "space": "groupwise",
-               "storage": None, "study_name": None, "objectives": "rank1", "pruner": "median",
-               "warm_start": [], "warm_start_global": False, "objective": "rank1", "final_epochs": 0,
-               "finalists": 2, "finalists_se": 0.0, "reduction_factor": 2, "timeout": None,
-               "screening": {"enabled": False, "batches": 8, "keep_fraction": 0.5, "candidates": 4},
-               "ray": {"address": None, "cpus_per_trial": 1, "gpus_per_trial": 0.0,
-                       "max_concurrent": 2}},
-    "trial": {"scenario": "prune_then_finetune", "criterion": "l1", "strategy": "one_shot",
-              "finetune_epochs": 2, "lr": 3.5e-4, "criterion_batches": 4, "eval_every_epoch": True,
-              "adapt_epochs": 0, "distill": {"logit": 0.0, "embedding": 0.0, "temperature": 4.0}},
+    "model": {
+        "arch": None,
+        "last_stride": None,
+        "pooling": "avg",
+        "weights": "none",
+        "checkpoint": None,
+        "input_size": [128, 64],
+    },
+    "data": {
+        "source": "synth:A",
+        "target": "synth:B",
+        "root": "data",
+        "batch_size": 32,
+        "num_instances": 4,
+        "workers": 0,
+        "random_erasing": 0.0,
+        "check_images": True,
+        "val_fraction": 0.2,
+        "synth": {
+            "num_train_ids": 100,
+            "num_test_ids": 100,
+            "images_per_id_per_cam": 2,
+            "num_distractors": 50,
+            "queries_per_id": 1,
+            "seed": 0,
+            "target_num_train_ids": None,
+            "target_num_test_ids": None,
+        },
+    },
+    "train": {
+        "epochs": 12,
+        "optimizer": "adam",
+        "lr": 3.5e-4,
+        "weight_decay": 5e-4,
+        "momentum": 0.9,
+        "warmup_epochs": 1,
+        "schedule": "cosine",
+        "milestones": [],
+        "gamma": 0.1,
+        "label_smoothing": 0.1,
+        "triplet_weight": 1.0,
+        "margin": 0.3,
+        "center_weight": 0.0,
+        "device": "auto",
+        "threads": 0,
+        "amp": True,
+        "channels_last": True,
+        "precision": "auto",
+        "max_batches_per_epoch": 0,
+    },
+    "budget": {
+        "macs_ratio": None,
+        "gmacs": None,
+        "round_to": 8,
+        "min_keep": 0.1,
+        "max_keep": 1.0,
+        "latency_ms": None,
+        "latency_batch": 1,
+        "latency_table": None,
+    },
+    "search": {
+        "backend": "optuna",
+        "sampler": "tpe",
+        "n_trials": 20,
+        "space": "groupwise",
+        "storage": None,
+        "study_name": None,
+        "objectives": "rank1",
+        "pruner": "median",
+        "warm_start": [],
+        "warm_start_global": False,
+        "objective": "rank1",
+        "final_epochs": 0,
+        "finalists": 2,
+        "finalists_se": 0.0,
+        "reduction_factor": 2,
+        "timeout": None,
+        "screening": {"enabled": False, "batches": 8, "keep_fraction": 0.5, "candidates": 4},
+        "ray": {"address": None, "cpus_per_trial": 1, "gpus_per_trial": 0.0, "max_concurrent": 2},
+    },
+    "trial": {
+        "scenario": "prune_then_finetune",
+        "criterion": "l1",
+        "strategy": "one_shot",
+        "finetune_epochs": 2,
+        "lr": 3.5e-4,
+        "criterion_batches": 4,
+        "eval_every_epoch": True,
+        "adapt_epochs": 0,
+        "distill": {"logit": 0.0, "embedding": 0.0, "temperature": 4.0},
+    },
     # Per-plugin options, {<registered name>: {<option>: value}}: checked against the plugins' own
     # declarations (the plugin host), not against this tree.
     "plugins": {},
@@ -95,14 +161,37 @@ RANGES: dict[str, tuple[float, float]] = {
     "budget.max_keep": (0.0, 1.0),
     "search.screening.keep_fraction": (0.0, 1.0),
 }
-POSITIVE = ("data.synth.target_num_train_ids", "data.synth.target_num_test_ids", "data.synth.queries_per_id",
-            "budget.latency_ms", "budget.latency_batch", "data.batch_size", "data.num_instances", "search.n_trials",
-            "search.finalists", "budget.round_to",
-            "train.lr", "trial.lr", "search.timeout", "search.screening.candidates", "search.screening.batches",
-            "trial.distill.temperature")
-NON_NEGATIVE = ("search.finalists_se", "train.epochs", "trial.finetune_epochs", "train.warmup_epochs", "data.workers",
-                "trial.criterion_batches", "search.final_epochs", "train.max_batches_per_epoch", "trial.adapt_epochs",
-                "trial.distill.logit", "trial.distill.embedding")
+POSITIVE = (
+    "data.synth.target_num_train_ids",
+    "data.synth.target_num_test_ids",
+    "data.synth.queries_per_id",
+    "budget.latency_ms",
+    "budget.latency_batch",
+    "data.batch_size",
+    "data.num_instances",
+    "search.n_trials",
+    "search.finalists",
+    "budget.round_to",
+    "train.lr",
+    "trial.lr",
+    "search.timeout",
+    "search.screening.candidates",
+    "search.screening.batches",
+    "trial.distill.temperature",
+)
+NON_NEGATIVE = (
+    "search.finalists_se",
+    "train.epochs",
+    "trial.finetune_epochs",
+    "train.warmup_epochs",
+    "data.workers",
+    "trial.criterion_batches",
+    "search.final_epochs",
+    "train.max_batches_per_epoch",
+    "trial.adapt_epochs",
+    "trial.distill.logit",
+    "trial.distill.embedding",
+)
 MAX_SEED = 2**32 - 1  # seeds NumPy (and so Optuna's samplers) accept
 
 
@@ -118,8 +207,8 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 _LEAVES = _flatten(DEFAULTS)
-MAX_INPUT_SIDE = 2048          # pixels; re-ID crops are a few hundred
-MAX_YAML_NODES = 100_000       # a config or search space expands to a few hundred; YAML aliases can make billions
+MAX_INPUT_SIDE = 2048  # pixels; re-ID crops are a few hundred
+MAX_YAML_NODES = 100_000  # a config or search space expands to a few hundred; YAML aliases can make billions
 
 
 def _type_name(types: tuple[type, ...]) -> str:
@@ -137,14 +226,20 @@ def _check_value(key: str, value: Any) -> Any:
     if isinstance(default, list):
         if not isinstance(value, list):
             raise UserError(f"config key {key!r} must be a list, got {value!r}")
-        if key == "model.input_size" and (len(value) != 2 or not all(
-                isinstance(v, int) and not isinstance(v, bool) and 16 <= v <= MAX_INPUT_SIDE for v in value)):
-            raise UserError(f"model.input_size must be [height, width] with integers in [16, {MAX_INPUT_SIDE}], "
-                            f"got {value!r}")
-        if key == "train.milestones" and not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
-                                                 for v in value):
-            raise UserError(f"train.milestones must be a list of epochs (integers >= 1) where the step schedule "
-                            f"lowers the learning rate, e.g. [40, 70]; got {value!r}")
+        if key == "model.input_size" and (
+            len(value) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and 16 <= v <= MAX_INPUT_SIDE for v in value)
+        ):
+            raise UserError(
+                f"model.input_size must be [height, width] with integers in [16, {MAX_INPUT_SIDE}], got {value!r}"
+            )
+        if key == "train.milestones" and not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value
+        ):
+            raise UserError(
+                f"train.milestones must be a list of epochs (integers >= 1) where the step schedule "
+                f"lowers the learning rate, e.g. [40, 70]; got {value!r}"
+            )
         return value
     if float in types and isinstance(value, str) and _EXPONENT.match(value):
         value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string; the user meant a number
@@ -174,8 +269,10 @@ def _check_value(key: str, value: Any) -> Any:
 
 def _unknown(key: str) -> UserError:
     if key in MOVED:
-        return UserError(f"config key {key!r} is now {MOVED[key]!r}; write --set {MOVED[key]}=... "
-                         f"(or a plugins: section in the YAML file)")
+        return UserError(
+            f"config key {key!r} is now {MOVED[key]!r}; write --set {MOVED[key]}=... "
+            f"(or a plugins: section in the YAML file)"
+        )
     close = difflib.get_close_matches(key, list(_LEAVES), n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return UserError(f"unknown config key {key!r}{hint}; `autoprune config` prints every key with its value")
@@ -202,8 +299,10 @@ def _merge_plugins(base: dict[str, Any], override: Any) -> None:
         raise UserError(f"config key 'plugins' is a section of {{plugin name: {{option: value}}}}, not {override!r}")
     for name, options in override.items():
         if not isinstance(options, dict):
-            raise UserError(f"config key 'plugins.{name}' must be a mapping of option names to values, "
-                            f"e.g. plugins: {{{name}: {{option: value}}}}; got {options!r}")
+            raise UserError(
+                f"config key 'plugins.{name}' must be a mapping of option names to values, "
+                f"e.g. plugins: {{{name}: {{option: value}}}}; got {options!r}"
+            )
         base.setdefault(str(name), {}).update({str(k): v for k, v in options.items()})
 
 
@@ -238,8 +337,10 @@ def parse_yaml(text: str, where: str) -> Any:
 def check_expansion(data: Any, where: str) -> None:
     """Refuse YAML whose aliases expand it beyond any real config (hashing or merging it would never end)."""
     if _expanded_size(data, MAX_YAML_NODES) > MAX_YAML_NODES:
-        raise UserError(f"{where} expands to more than {MAX_YAML_NODES} values (YAML aliases '*' repeat "
-                        f"whole blocks); write it without nested aliases")
+        raise UserError(
+            f"{where} expands to more than {MAX_YAML_NODES} values (YAML aliases '*' repeat "
+            f"whole blocks); write it without nested aliases"
+        )
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -257,7 +358,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise UserError(f"config file {p} must hold a mapping of sections (model:, data:, ...), not {type(data).__name__}")
+        raise UserError(
+            f"config file {p} must hold a mapping of sections (model:, data:, ...), not {type(data).__name__}"
+        )
     return data
 
 
@@ -293,7 +396,9 @@ def parse_override(item: str) -> tuple[str, Any]:
         return key, value
     if key not in _LEAVES:
         if any(leaf.startswith(key + ".") for leaf in _LEAVES):
-            raise UserError(f"--set {key}: {key!r} is a section; set one of its keys, e.g. {next(leaf for leaf in _LEAVES if leaf.startswith(key + '.'))}")
+            raise UserError(
+                f"--set {key}: {key!r} is a section; set one of its keys, e.g. {next(leaf for leaf in _LEAVES if leaf.startswith(key + '.'))}"
+            )
         raise _unknown(key)
     return key, value
 
@@ -308,8 +413,9 @@ def _nest(key: str, value: Any) -> dict[str, Any]:
     return out
 
 
-def load_config(config: str | Path | None = None, preset: str | None = None,
-                overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+def load_config(
+    config: str | Path | None = None, preset: str | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> dict[str, Any]:
     """Defaults <- preset (``demo``, or ``checkpoint`` with model.checkpoint, when neither a file nor a preset
     is given) <- file <- ``--set``."""
     cfg = copy.deepcopy(DEFAULTS)
@@ -339,41 +445,22 @@ def load_config(config: str | Path | None = None, preset: str | None = None,
 
 def validate(cfg: dict[str, Any]) -> None:
     """Checks across keys, after every layer is merged."""
-    b = cfg["budget"]
-    if b["macs_ratio"] is None and b["gmacs"] is None and b["latency_ms"] is None:
-        b["macs_ratio"] = 0.5  # the default budget: half the MACs
-    if b["latency_table"] is not None and b["latency_ms"] is None:
-        raise UserError("budget.latency_table is set but budget.latency_ms is not; give the latency budget "
-                        "(milliseconds per image), e.g. --set budget.latency_ms=12")
-    if b["min_keep"] > b["max_keep"]:
-        raise UserError(f"budget.min_keep ({b['min_keep']}) is above budget.max_keep ({b['max_keep']}); lower min_keep")
-    if not 0 <= cfg["data"]["val_fraction"] < 0.9:
-        raise UserError(f"data.val_fraction must be in [0, 0.9), got {cfg['data']['val_fraction']}; "
-                        f"0 searches on the test split itself")
+    _check_budget(cfg["budget"])
     if cfg["search"]["reduction_factor"] < 2:
-        raise UserError(f"search.reduction_factor must be an integer >= 2 (each rung keeps 1 in that many trials), "
-                        f"got {cfg['search']['reduction_factor']}")
-    if b["gmacs"] is not None and b["gmacs"] <= 0:
-        raise UserError(f"budget.gmacs must be > 0 GMACs, got {b['gmacs']}")
-    if cfg["data"]["batch_size"] % cfg["data"]["num_instances"]:
-        raise UserError(f"data.batch_size ({cfg['data']['batch_size']}) must be a multiple of data.num_instances "
-                        f"({cfg['data']['num_instances']}) for P x K identity batches")
+        raise UserError(
+            f"search.reduction_factor must be an integer >= 2 (each rung keeps 1 in that many trials), "
+            f"got {cfg['search']['reduction_factor']}"
+        )
     m = cfg["model"]
     if m["checkpoint"] is not None and not m["checkpoint"].strip():
         raise UserError("model.checkpoint is empty; give the path of a trained model file, or null")
     d = cfg["trial"]["distill"]
     if (d["logit"] > 0 or d["embedding"] > 0) and cfg["trial"]["adapt_epochs"] == 0:
-        raise UserError("trial.distill needs a teacher, the target-adapted unpruned model: set trial.adapt_epochs "
-                        "> 0 (e.g. 4), or set trial.distill.logit and trial.distill.embedding to 0")
-    for key in ("source", "target"):
-        spec = cfg["data"][key]
-        if spec is None and key == "source" and m["checkpoint"] is not None:
-            continue  # a trained model needs no source: nothing is trained there
-        if not isinstance(spec, str) or ":" not in spec:
-            hint = {"source": " (data.source: null needs model.checkpoint, a trained model)",
-                    "target": " (autoprune search --target KIND:ROOT sets it)"}[key] if spec is None else ""
-            raise UserError(f"data.{key} must look like KIND:ROOT (e.g. market1501:/data/market or synth:B), "
-                            f"got {spec!r}{hint}")
+        raise UserError(
+            "trial.distill needs a teacher, the target-adapted unpruned model: set trial.adapt_epochs "
+            "> 0 (e.g. 4), or set trial.distill.logit and trial.distill.embedding to 0"
+        )
+    _check_data(cfg["data"], has_checkpoint=m["checkpoint"] is not None)
     if cfg["plugins"]:
         from autoprune.host import get_host  # loads the plugins: only they know their options
 
@@ -385,6 +472,49 @@ def validate(cfg: dict[str, Any]) -> None:
         from autoprune.models.checkpoint import resolve_model_config
 
         resolve_model_config(m)
+
+
+def _check_budget(b: dict[str, Any]) -> None:
+    """The budget section's cross-key checks; no budget at all means half the MACs."""
+    if b["macs_ratio"] is None and b["gmacs"] is None and b["latency_ms"] is None:
+        b["macs_ratio"] = 0.5  # the default budget: half the MACs
+    if b["latency_table"] is not None and b["latency_ms"] is None:
+        raise UserError(
+            "budget.latency_table is set but budget.latency_ms is not; give the latency budget "
+            "(milliseconds per image), e.g. --set budget.latency_ms=12"
+        )
+    if b["min_keep"] > b["max_keep"]:
+        raise UserError(f"budget.min_keep ({b['min_keep']}) is above budget.max_keep ({b['max_keep']}); lower min_keep")
+    if b["gmacs"] is not None and b["gmacs"] <= 0:
+        raise UserError(f"budget.gmacs must be > 0 GMACs, got {b['gmacs']}")
+
+
+_DATA_HINTS = {
+    "source": " (data.source: null needs model.checkpoint, a trained model)",
+    "target": " (autoprune search --target KIND:ROOT sets it)",
+}
+
+
+def _check_data(data: dict[str, Any], *, has_checkpoint: bool) -> None:
+    """The data section's cross-key checks: the split, identity batches, and the two datasets' specs."""
+    if not 0 <= data["val_fraction"] < 0.9:
+        raise UserError(
+            f"data.val_fraction must be in [0, 0.9), got {data['val_fraction']}; 0 searches on the test split itself"
+        )
+    if data["batch_size"] % data["num_instances"]:
+        raise UserError(
+            f"data.batch_size ({data['batch_size']}) must be a multiple of data.num_instances "
+            f"({data['num_instances']}) for P x K identity batches"
+        )
+    for key in ("source", "target"):
+        spec = data[key]
+        if spec is None and key == "source" and has_checkpoint:
+            continue  # a trained model needs no source: nothing is trained there
+        if not isinstance(spec, str) or ":" not in spec:
+            hint = _DATA_HINTS[key] if spec is None else ""
+            raise UserError(
+                f"data.{key} must look like KIND:ROOT (e.g. market1501:/data/market or synth:B), got {spec!r}{hint}"
+            )
 
 
 @dataclass(frozen=True)
@@ -441,8 +571,14 @@ class SearchSettings:
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> SearchSettings:
         s = cfg["search"]
-        return cls(**{**s, "warm_start": tuple(s["warm_start"]), "screening": ScreeningSettings(**s["screening"]),
-                      "ray": RaySettings(**s["ray"])})
+        return cls(
+            **{
+                **s,
+                "warm_start": tuple(s["warm_start"]),
+                "screening": ScreeningSettings(**s["screening"]),
+                "ray": RaySettings(**s["ray"]),
+            }
+        )
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,10 @@ def make_server(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8080) 
 
     db = Path(run_dir) / "study.db"
     if not db.is_file():
-        raise UserError(f"{run_dir} has no study.db; give the --out folder of an `autoprune search` run "
-                        f"(a shared search.storage study opens with optuna-dashboard STORAGE_URL)")
+        raise UserError(
+            f"{run_dir} has no study.db; give the --out folder of an `autoprune search` run "
+            f"(a shared search.storage study opens with optuna-dashboard STORAGE_URL)"
+        )
     try:
         import optuna_dashboard
     except ImportError:

@@ -50,17 +50,22 @@ class Distillation:
     def __init__(self, settings: DistillSettings) -> None:
         self.settings = settings
 
-    def __call__(self, batch: tuple[torch.Tensor, torch.Tensor], student: Outputs,
-                 teacher: Outputs | None) -> torch.Tensor:
+    def __call__(
+        self, batch: tuple[torch.Tensor, torch.Tensor], student: Outputs, teacher: Outputs | None
+    ) -> torch.Tensor:
         if teacher is None:
-            raise ValueError("distillation needs the teacher's outputs; fine-tune through the host's services, "
-                             "which pass them when the search has an adapted model (trial.adapt_epochs > 0)")
+            raise ValueError(
+                "distillation needs the teacher's outputs; fine-tune through the host's services, "
+                "which pass them when the search has an adapted model (trial.adapt_epochs > 0)"
+            )
         s = self.settings
         loss = student.logits.new_zeros(())
         if s.logit:
             if student.logits.shape != teacher.logits.shape:
-                raise ValueError(f"the teacher scores {teacher.logits.shape[1]} identities and the student "
-                                 f"{student.logits.shape[1]}: logit distillation needs both on the target")
+                raise ValueError(
+                    f"the teacher scores {teacher.logits.shape[1]} identities and the student "
+                    f"{student.logits.shape[1]}: logit distillation needs both on the target"
+                )
             loss = loss + s.logit * kd_logit_loss(student.logits.float(), teacher.logits.float(), s.temperature)
         if s.embedding:
             loss = loss + s.embedding * embedding_distill_loss(student.embedding.float(), teacher.embedding.float())

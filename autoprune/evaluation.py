@@ -47,19 +47,26 @@ def _labels(x: Any) -> np.ndarray:
     return np.asarray(x).reshape(-1).astype(np.int64)
 
 
-def _check_labels(num_q: int, num_g: int, q_pids: np.ndarray, g_pids: np.ndarray, q_camids: np.ndarray,
-                  g_camids: np.ndarray) -> None:
+def _check_labels(
+    num_q: int, num_g: int, q_pids: np.ndarray, g_pids: np.ndarray, q_camids: np.ndarray, g_camids: np.ndarray
+) -> None:
     if len(q_pids) != num_q or len(q_camids) != num_q or len(g_pids) != num_g or len(g_camids) != num_g:
-        raise ValueError(f"{num_q} queries x {num_g} gallery items but {len(q_pids)} q_pids, {len(q_camids)} "
-                         f"q_camids, {len(g_pids)} g_pids, {len(g_camids)} g_camids")
+        raise ValueError(
+            f"{num_q} queries x {num_g} gallery items but {len(q_pids)} q_pids, {len(q_camids)} "
+            f"q_camids, {len(g_pids)} g_pids, {len(g_camids)} g_camids"
+        )
     if num_q == 0 or num_g == 0:
-        raise UserError(f"nothing to evaluate: {num_q} queries and {num_g} gallery images; check that the query "
-                        f"and gallery splits are not empty")
+        raise UserError(
+            f"nothing to evaluate: {num_q} queries and {num_g} gallery images; check that the query "
+            f"and gallery splits are not empty"
+        )
 
 
 def _no_valid_query() -> UserError:
-    return UserError("no query has a correct match in the gallery from a different camera, so CMC/mAP are "
-                     "undefined; check that query and gallery share pids and that camids are set per camera")
+    return UserError(
+        "no query has a correct match in the gallery from a different camera, so CMC/mAP are "
+        "undefined; check that query and gallery share pids and that camids are set per camera"
+    )
 
 
 def _first_and_ap(kept_rank: np.ndarray) -> tuple[int, float]:
@@ -97,11 +104,19 @@ def _cuhk03_ranks(kept_pids: np.ndarray, q_pid: int, rng: np.random.Generator) -
     starts = np.cumsum(counts) - counts
     pick = by_pid[starts + rng.integers(0, counts, size=(_CUHK03_REPEATS, len(counts)))]  # (repeats, pids)
     q_col = int(np.searchsorted(uniq, q_pid))
-    return np.count_nonzero(pick < pick[:, q_col:q_col + 1], axis=1)
+    return np.count_nonzero(pick < pick[:, q_col : q_col + 1], axis=1)
 
 
-def evaluate_rank(distmat: np.ndarray, q_pids: Any, g_pids: Any, q_camids: Any, g_camids: Any,
-                  max_rank: int = 50, use_metric_cuhk03: bool = False, seed: int = 0) -> tuple[np.ndarray, float]:
+def evaluate_rank(
+    distmat: np.ndarray,
+    q_pids: Any,
+    g_pids: Any,
+    q_camids: Any,
+    g_camids: Any,
+    max_rank: int = 50,
+    use_metric_cuhk03: bool = False,
+    seed: int = 0,
+) -> tuple[np.ndarray, float]:
     """(CMC of length max_rank, mAP) from a (num_q, num_g) distance matrix, torchreid's protocol.
 
     Gallery order comes from a stable argsort (ties keep gallery order). ``use_metric_cuhk03`` switches
@@ -118,18 +133,21 @@ def evaluate_rank(distmat: np.ndarray, q_pids: Any, g_pids: Any, q_camids: Any, 
     num_q, num_g = distmat.shape
     _check_labels(num_q, num_g, q_pids, g_pids, q_camids, g_camids)
     if num_g < max_rank:
-        warnings.warn(f"gallery has only {num_g} images, fewer than max_rank={max_rank}; CMC stops at rank "
-                      f"{num_g}", stacklevel=2)
+        warnings.warn(
+            f"gallery has only {num_g} images, fewer than max_rank={max_rank}; CMC stops at rank {num_g}", stacklevel=2
+        )
         max_rank = num_g
     rng = np.random.Generator(np.random.PCG64(seed))
     acc = _Accumulator(max_rank)
     for start in range(0, num_q, _BLOCK):
-        block = distmat[start:start + _BLOCK]
+        block = distmat[start : start + _BLOCK]
         if np.isnan(block).any():
-            raise UserError("the distance matrix contains NaN; the features are invalid (a diverged or broken "
-                            "model), fix the model or its checkpoint before evaluating")
+            raise UserError(
+                "the distance matrix contains NaN; the features are invalid (a diverged or broken "
+                "model), fix the model or its checkpoint before evaluating"
+            )
         order = np.argsort(block, axis=1, kind="stable")
-        qp, qc = q_pids[start:start + _BLOCK], q_camids[start:start + _BLOCK]
+        qp, qc = q_pids[start : start + _BLOCK], q_camids[start : start + _BLOCK]
         sorted_pids = g_pids[order]
         same = sorted_pids == qp[:, None]
         junk = same & (g_camids[order] == qc[:, None])
@@ -170,8 +188,7 @@ def _distance_chunk(q: torch.Tensor, gf: torch.Tensor, g_sq: torch.Tensor | None
 
 
 @torch.no_grad()
-def pairwise_distance(qf: torch.Tensor, gf: torch.Tensor, metric: str = "cosine",
-                      chunk_size: int = 4096) -> np.ndarray:
+def pairwise_distance(qf: torch.Tensor, gf: torch.Tensor, metric: str = "cosine", chunk_size: int = 4096) -> np.ndarray:
     """float32 (num_q, num_g) distances, computed ``chunk_size`` queries at a time on the features' device.
 
     cosine = 1 - dot of L2-normalised features; euclidean = squared euclidean (as torchreid; same ranking).
@@ -181,7 +198,7 @@ def pairwise_distance(qf: torch.Tensor, gf: torch.Tensor, metric: str = "cosine"
     g_sq = None if metric == "cosine" else (gf * gf).sum(1)
     out = np.empty((qf.shape[0], gf.shape[0]), dtype=np.float32)
     for start in range(0, qf.shape[0], max(1, chunk_size)):
-        out[start:start + chunk_size] = _distance_chunk(qf[start:start + chunk_size], gf, g_sq).cpu().numpy()
+        out[start : start + chunk_size] = _distance_chunk(qf[start : start + chunk_size], gf, g_sq).cpu().numpy()
     return out
 
 
@@ -195,7 +212,7 @@ def _stable_positions(d_row: np.ndarray, items: np.ndarray) -> np.ndarray:
     below = np.count_nonzero(d_row < v, axis=1)
     # An item tied with others also follows the tied items of lower gallery index.
     for j in np.flatnonzero(np.count_nonzero(d_row == v, axis=1) > 1):
-        below[j] += np.count_nonzero(d_row[:items[j]] == v[j, 0])
+        below[j] += np.count_nonzero(d_row[: items[j]] == v[j, 0])
     return below
 
 
@@ -205,8 +222,9 @@ def _pid_groups(g_pids: np.ndarray) -> dict[int, np.ndarray]:
     return dict(zip(uniq.tolist(), np.split(order, starts[1:])))
 
 
-def _rank_rows(dist: np.ndarray, q_pids: np.ndarray, q_camids: np.ndarray, groups: dict[int, np.ndarray],
-               g_camids: np.ndarray) -> list[tuple[int, float]]:
+def _rank_rows(
+    dist: np.ndarray, q_pids: np.ndarray, q_camids: np.ndarray, groups: dict[int, np.ndarray], g_camids: np.ndarray
+) -> list[tuple[int, float]]:
     """(first-match rank, AP) of each valid query row of a distance block; invalid queries are left out."""
     out = []
     for d_row, pid, cam in zip(dist, q_pids.tolist(), q_camids.tolist()):
@@ -225,9 +243,18 @@ def _rank_rows(dist: np.ndarray, q_pids: np.ndarray, q_camids: np.ndarray, group
 
 
 @torch.no_grad()
-def evaluate_features(qf: torch.Tensor, gf: torch.Tensor, q_pids: Any, g_pids: Any, q_camids: Any, g_camids: Any,
-                      metric: str = "cosine", max_rank: int = 50, chunk_size: int = 4096,
-                      per_query: bool = False) -> dict[str, Any]:
+def evaluate_features(
+    qf: torch.Tensor,
+    gf: torch.Tensor,
+    q_pids: Any,
+    g_pids: Any,
+    q_camids: Any,
+    g_camids: Any,
+    metric: str = "cosine",
+    max_rank: int = 50,
+    chunk_size: int = 4096,
+    per_query: bool = False,
+) -> dict[str, Any]:
     """rank1/rank5/rank10/mAP (python floats in [0, 1]) of query vs gallery features, Market-1501 protocol.
 
     Distances are computed ``chunk_size`` queries at a time and ranked at once, so memory stays at one
@@ -250,15 +277,23 @@ def evaluate_features(qf: torch.Tensor, gf: torch.Tensor, q_pids: Any, g_pids: A
     workers = max(1, min(cpus, 16, num_q // _BLOCK))
     with ThreadPoolExecutor(workers) as pool:
         for start in range(0, num_q, chunk_size):
-            dist = _distance_chunk(qf[start:start + chunk_size], gf, g_sq).cpu().numpy()
+            dist = _distance_chunk(qf[start : start + chunk_size], gf, g_sq).cpu().numpy()
             if np.isnan(dist).any():
-                raise UserError("query or gallery features contain NaN; the model diverged or its checkpoint is "
-                                "broken, fix it before evaluating")
+                raise UserError(
+                    "query or gallery features contain NaN; the model diverged or its checkpoint is "
+                    "broken, fix it before evaluating"
+                )
             step = max(1, -(-len(dist) // workers))
             cuts = [slice(a, a + step) for a in range(0, len(dist), step)]
-            qp, qc = q_pids[start:start + len(dist)], q_camids[start:start + len(dist)]
-            parts = pool.map(_rank_rows, [dist[c] for c in cuts], [qp[c] for c in cuts], [qc[c] for c in cuts],
-                             repeat(groups), repeat(g_camids))
+            qp, qc = q_pids[start : start + len(dist)], q_camids[start : start + len(dist)]
+            parts = pool.map(
+                _rank_rows,
+                [dist[c] for c in cuts],
+                [qp[c] for c in cuts],
+                [qc[c] for c in cuts],
+                repeat(groups),
+                repeat(g_camids),
+            )
             for first, ap in (row for part in parts for row in part):  # in query order, whatever the threads
                 acc.add(first, ap)
             del dist  # free this chunk before the next one is computed
@@ -272,14 +307,20 @@ def evaluate_features(qf: torch.Tensor, gf: torch.Tensor, q_pids: Any, g_pids: A
 
 def _reciprocal(ranks: np.ndarray, k: int) -> list[np.ndarray]:
     """k-reciprocal neighbours R(i, k): j in the top k+1 of i with i in the top k+1 of j."""
-    fwd = ranks[:, :k + 1]
+    fwd = ranks[:, : k + 1]
     mutual = (fwd[fwd] == np.arange(len(fwd))[:, None, None]).any(axis=2)  # (n, k+1)
     return [f[m] for f, m in zip(fwd, mutual)]
 
 
 # long: a line-by-line port of the authors' reference code, kept in its order so it can be checked against it.
-def re_ranking(q_g_dist: np.ndarray, q_q_dist: np.ndarray, g_g_dist: np.ndarray, k1: int = 20, k2: int = 6,
-               lambda_value: float = 0.3) -> np.ndarray:
+def re_ranking(
+    q_g_dist: np.ndarray,
+    q_q_dist: np.ndarray,
+    g_g_dist: np.ndarray,
+    k1: int = 20,
+    k2: int = 6,
+    lambda_value: float = 0.3,
+) -> np.ndarray:
     """k-reciprocal re-ranking (Zhong et al., CVPR 2017): (num_q, num_g) float32 re-ranked distances.
 
     Follows the authors' reference code: distances are squared and each row scaled by its maximum,
@@ -292,8 +333,10 @@ def re_ranking(q_g_dist: np.ndarray, q_q_dist: np.ndarray, g_g_dist: np.ndarray,
     q_g = np.asarray(q_g_dist, dtype=np.float32)
     nq, ng = q_g.shape
     if np.shape(q_q_dist) != (nq, nq) or np.shape(g_g_dist) != (ng, ng):
-        raise ValueError(f"q_q_dist must be {(nq, nq)} and g_g_dist {(ng, ng)} for q_g_dist {q_g.shape}, got "
-                         f"{np.shape(q_q_dist)} and {np.shape(g_g_dist)}")
+        raise ValueError(
+            f"q_q_dist must be {(nq, nq)} and g_g_dist {(ng, ng)} for q_g_dist {q_g.shape}, got "
+            f"{np.shape(q_q_dist)} and {np.shape(g_g_dist)}"
+        )
     if k1 < 1 or k2 < 1:
         raise ValueError(f"k1 and k2 must be >= 1, got k1={k1}, k2={k2}")
     n = nq + ng
@@ -311,7 +354,7 @@ def re_ranking(q_g_dist: np.ndarray, q_q_dist: np.ndarray, g_g_dist: np.ndarray,
     width = min(n, max(k1 + 1, k2))
     ranks = np.empty((n, width), dtype=np.int64)
     for s in range(0, n, 1024):
-        ranks[s:s + 1024] = np.argsort(d_rows(slice(s, s + 1024)), axis=1, kind="stable")[:, :width]
+        ranks[s : s + 1024] = np.argsort(d_rows(slice(s, s + 1024)), axis=1, kind="stable")[:, :width]
 
     r_full = _reciprocal(ranks, k1)
     r_half = _reciprocal(ranks, int(np.around(k1 / 2.0)))
@@ -327,12 +370,15 @@ def re_ranking(q_g_dist: np.ndarray, q_q_dist: np.ndarray, g_g_dist: np.ndarray,
         rows.append(np.full(len(nbrs), i))
         cols.append(nbrs)
         vals.append(w / w.sum())
-    v = sp.csr_matrix((np.concatenate(vals).astype(np.float32), (np.concatenate(rows), np.concatenate(cols))),
-                      shape=(n, n))
+    v = sp.csr_matrix(
+        (np.concatenate(vals).astype(np.float32), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)
+    )
     k2 = min(k2, n)
     if k2 != 1:  # query expansion: average the encodings of the k2 nearest neighbours
-        qe = sp.csr_matrix((np.full(n * k2, 1.0 / k2, dtype=np.float32),
-                            (np.repeat(np.arange(n), k2), ranks[:, :k2].reshape(-1))), shape=(n, n))
+        qe = sp.csr_matrix(
+            (np.full(n * k2, 1.0 / k2, dtype=np.float32), (np.repeat(np.arange(n), k2), ranks[:, :k2].reshape(-1))),
+            shape=(n, n),
+        )
         v = (qe @ v).tocsr()
 
     # Jaccard distance from the encodings: 1 - sum(min) / sum(max), with sum(max) = 2 - sum(min).

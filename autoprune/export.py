@@ -59,8 +59,10 @@ def export_model(run_dir: str | Path, fmt: str, out: str | Path | None = None, a
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if not (run_dir / "report.json").is_file() or not (run_dir / "model" / "pruned.pt").is_file():
-        raise UserError(f"{run_dir} is not a finished autoprune run (no report.json / model/pruned.pt); "
-                        f"give the --out folder of `autoprune search`")
+        raise UserError(
+            f"{run_dir} is not a finished autoprune run (no report.json / model/pruned.pt); "
+            f"give the --out folder of `autoprune search`"
+        )
     report = read_report(run_dir)
     refuse_links_out(run_dir)  # the default output is written there
     path = _output_path(run_dir, fmt, out)
@@ -80,8 +82,15 @@ def export_model(run_dir: str | Path, fmt: str, out: str | Path | None = None, a
             raise UserError("ONNX export check needs onnxruntime: pip install onnx onnxruntime") from None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, (x[:1],), str(path), input_names=["images"], output_names=["features"],
-                              dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}}, dynamo=False)
+            torch.onnx.export(
+                model,
+                (x[:1],),
+                str(path),
+                input_names=["images"],
+                output_names=["features"],
+                dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
+                dynamo=False,
+            )
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         got = sess.run(None, {"images": x.numpy()})[0]
     err = float(np.abs(got - expected).max())

@@ -78,8 +78,10 @@ def _option_error(where: str, option: str, default: Any, value: Any) -> UserErro
         ok = True
     if ok:
         return None
-    return UserError(f"{where}.{option} must be {kind.__name__} (the type of its default {default!r}), "
-                     f"got {type(value).__name__} {value!r}")
+    return UserError(
+        f"{where}.{option} must be {kind.__name__} (the type of its default {default!r}), "
+        f"got {type(value).__name__} {value!r}"
+    )
 
 
 def merge_options(obj: Any, given: Mapping[str, Any] | None, where: str) -> MappingProxyType:
@@ -136,8 +138,9 @@ class PluginHost:
         allowed = None if allow is None else {n.strip() for n in allow.split(",") if n.strip()}
         # An install made before the built-ins left the entry points still lists them: they are registered already.
         builtin = set(DEFAULT_PLUGINS.values())
-        entry_points = [ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
-                        if ep.value not in builtin]
+        entry_points = [
+            ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP) if ep.value not in builtin
+        ]
         if allowed:
             # The built-ins' names stay valid in the list (they always load), so lists written for earlier
             # versions, which had to name them, still work.
@@ -146,9 +149,11 @@ class PluginHost:
             unknown = sorted(allowed - known)
             if unknown:
                 names = sorted({ep.name for ep in entry_points} | set(DEFAULT_PLUGINS))
-                raise UserError(f"{ALLOW_ENV}={allow!r} names {', '.join(unknown)}, which no installed plugin "
-                                f"provides (installed: {', '.join(names)}); "
-                                f"fix the names in {ALLOW_ENV} or unset it to load every plugin")
+                raise UserError(
+                    f"{ALLOW_ENV}={allow!r} names {', '.join(unknown)}, which no installed plugin "
+                    f"provides (installed: {', '.join(names)}); "
+                    f"fix the names in {ALLOW_ENV} or unset it to load every plugin"
+                )
         for ep in entry_points:
             dist = ep.dist.name if ep.dist is not None else "?"
             label = f"{dist}:{ep.name}"
@@ -166,8 +171,9 @@ class PluginHost:
             version = ep.dist.version if ep.dist is not None else None
             self.register_plugin(module, name=label, distribution=dist, version=version)
 
-    def register_plugin(self, plugin: object, name: str, distribution: str = "<inline>",
-                        version: str | None = None) -> None:
+    def register_plugin(
+        self, plugin: object, name: str, distribution: str = "<inline>", version: str | None = None
+    ) -> None:
         """Register a plugin module or object (tests and notebooks use this for inline plugins)."""
         self.pm.register(plugin, name=name)
         self._dists[name] = (distribution, version)
@@ -179,15 +185,22 @@ class PluginHost:
         try:
             self.pm.check_pending()
         except pluggy.PluginValidationError:
-            specs = sorted(n for n, c in vars(self.pm.hook).items() if isinstance(c, pluggy.HookCaller) and c.has_spec())
-            typos = sorted(n for n, c in vars(self.pm.hook).items()
-                           if isinstance(c, pluggy.HookCaller) and not c.has_spec() and c.get_hookimpls())
+            specs = sorted(
+                n for n, c in vars(self.pm.hook).items() if isinstance(c, pluggy.HookCaller) and c.has_spec()
+            )
+            typos = sorted(
+                n
+                for n, c in vars(self.pm.hook).items()
+                if isinstance(c, pluggy.HookCaller) and not c.has_spec() and c.get_hookimpls()
+            )
             self.unregister_plugin(name)  # the host stays usable without it
             close = difflib.get_close_matches(typos[0], specs, n=1) if typos else []
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise PluginError(f"plugin {name!r} implements {', '.join(typos) or 'a hook'}, which is not an autoprune "
-                              f"hook{hint}; rename it (hooks: {', '.join(specs)}), or leave the plugin out with "
-                              f"{ALLOW_ENV}") from None
+            raise PluginError(
+                f"plugin {name!r} implements {', '.join(typos) or 'a hook'}, which is not an autoprune "
+                f"hook{hint}; rename it (hooks: {', '.join(specs)}), or leave the plugin out with "
+                f"{ALLOW_ENV}"
+            ) from None
 
     def unregister_plugin(self, name: str) -> None:
         self.pm.unregister(name=name)
@@ -202,8 +215,13 @@ class PluginHost:
                 plugin_name = impl.plugin_name
                 dist, version = self._dists.get(plugin_name, ("?", None))
 
-                def register(*args: Any, _kind: str = kind, _plugin: str = plugin_name, _dist: str = dist,
-                             _version: str | None = version) -> None:
+                def register(
+                    *args: Any,
+                    _kind: str = kind,
+                    _plugin: str = plugin_name,
+                    _dist: str = dist,
+                    _version: str | None = version,
+                ) -> None:
                     if len(args) == 1:  # a class carrying its own ``name``
                         obj = args[0]
                         name = getattr(obj, "name", None)
@@ -282,7 +300,8 @@ class PluginHost:
                     if name in out:
                         raise PluginError(
                             f"plugins.{name} would configure both {out[name].kind} {name!r} ({out[name].distribution}) "
-                            f"and {kind} {name!r} ({reg.distribution}); rename one of them")
+                            f"and {kind} {name!r} ({reg.distribution}); rename one of them"
+                        )
                     out[name] = reg
         return out
 
@@ -298,27 +317,38 @@ class PluginHost:
             if name not in configurable:
                 known = sorted(n for kind in KINDS for n in self.registry[kind])
                 if name in known:
-                    raise UserError(f"plugins.{name}: {name!r} takes no options; remove plugins.{name} "
-                                    f"(`autoprune plugins` shows which plugins take options)")
+                    raise UserError(
+                        f"plugins.{name}: {name!r} takes no options; remove plugins.{name} "
+                        f"(`autoprune plugins` shows which plugins take options)"
+                    )
                 close = difflib.get_close_matches(name, list(configurable) or known, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise UserError(f"plugins.{name}: no plugin is called {name!r}{hint}; plugins with options: "
-                                f"{', '.join(sorted(configurable)) or 'none'} (`autoprune plugins` lists them)")
+                raise UserError(
+                    f"plugins.{name}: no plugin is called {name!r}{hint}; plugins with options: "
+                    f"{', '.join(sorted(configurable)) or 'none'} (`autoprune plugins` lists them)"
+                )
             merged = merge_options(configurable[name].obj, given, f"plugins.{name}")
             out[name] = {k: merged[k] for k in given}
         return out
 
     def effective_plugins_section(self, plugins: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         """Every configurable plugin's effective options (defaults overridden by ``plugins``), by name."""
-        return {name: dict(merge_options(reg.obj, plugins.get(name), f"plugins.{name}"))
-                for name, reg in sorted(self.configurable().items())}
+        return {
+            name: dict(merge_options(reg.obj, plugins.get(name), f"plugins.{name}"))
+            for name, reg in sorted(self.configurable().items())
+        }
 
     def provenance(self, kind: str, name: str, plugins: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """What report.json records of a plugin a run used: who provides it, which version, which options."""
         reg = self.entry(kind, name)
         options = dict(merge_options(reg.obj, (plugins or {}).get(name), f"plugins.{name}"))
-        return {"name": name, "kind": kind, "distribution": reg.distribution, "version": reg.version,
-                "options": options}
+        return {
+            "name": name,
+            "kind": kind,
+            "distribution": reg.distribution,
+            "version": reg.version,
+            "options": options,
+        }
 
 
 def _version(distribution: str) -> str | None:
@@ -339,8 +369,13 @@ def describe(obj: Any) -> str:
 
 def catalog_markdown(host: PluginHost, distribution: str = "autoprune") -> str:
     """One table per kind of what ``distribution`` registers: name, options, one line each (docs/plugins.md)."""
-    titles = {"criterion": "Criteria", "strategy": "Strategies", "scenario": "Scenarios",
-              "dataset": "Dataset readers", "backbone": "Backbones"}
+    titles = {
+        "criterion": "Criteria",
+        "strategy": "Strategies",
+        "scenario": "Scenarios",
+        "dataset": "Dataset readers",
+        "backbone": "Backbones",
+    }
     lines: list[str] = []
     for kind in KINDS:
         lines += [f"**{titles[kind]}**", "", "| name | options | what it is |", "| --- | --- | --- |"]

@@ -27,8 +27,12 @@ def add_latency_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--min-keep", type=float, default=0.1, help="as budget.min_keep: the narrowest width profiled")
     s.add_argument("--points", type=int, default=6, help="grid points per width axis (default 6)")
     s.add_argument("--repeats", type=int, default=7, help="timed runs per point (the median is kept)")
-    s.add_argument("--clock", choices=["wall", "cpu"], default="wall",
-                   help="wall time (default), or this process's CPU time on a machine shared with other jobs")
+    s.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="wall time (default), or this process's CPU time on a machine shared with other jobs",
+    )
     s.add_argument("--force", action="store_true", help="profile again even if --out already matches")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -42,8 +46,9 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--input-size must be two integers >= 16, got {args.input_size}")
     for name in ("batch", "round_to", "points", "repeats"):
         if getattr(args, name) < (2 if name == "points" else 1):
-            raise UserError(f"--{name.replace('_', '-')} must be >= {2 if name == 'points' else 1}, "
-                            f"got {getattr(args, name)}")
+            raise UserError(
+                f"--{name.replace('_', '-')} must be >= {2 if name == 'points' else 1}, got {getattr(args, name)}"
+            )
     if not 0 < args.min_keep <= 1:
         raise UserError(f"--min-keep must be in (0, 1], got {args.min_keep}")
     if args.device.startswith("cuda") and args.runtime != "torch":
@@ -60,8 +65,19 @@ def cmd_profile(args: argparse.Namespace) -> int:
     _check_args(args)
     set_threads(args.threads)
     device = str(resolve_device(args.device))
-    key = make_key(args.arch, tuple(args.input_size), args.batch, args.runtime, device, torch.get_num_threads(),
-                   args.last_stride, args.pooling, args.round_to, args.min_keep, args.clock)
+    key = make_key(
+        args.arch,
+        tuple(args.input_size),
+        args.batch,
+        args.runtime,
+        device,
+        torch.get_num_threads(),
+        args.last_stride,
+        args.pooling,
+        args.round_to,
+        args.min_keep,
+        args.clock,
+    )
     out = Path(args.out)
     if out.is_file() and not args.force:
         try:
@@ -88,16 +104,22 @@ def summary(table: Any, out: Path) -> str:
     k = table.key
     points = sum(len(kind.cin) * len(kind.cout) for kind in table.kinds)
     full = next((p for p in table.calibration if p["keep"] == 1.0), None)
-    errs = [abs((table.scale * p["layers_ms"] + table.offset_ms) / p["measured_ms"] - 1)
-            for p in table.calibration if p["measured_ms"] > 0]
-    lines = [f"wrote {out}: {k.arch} at {k.input_size[0]}x{k.input_size[1]}, batch {k.batch}, {k.runtime} on "
-             f"{k.device}, {k.threads} threads; {len(table.kinds)} layer kinds, {points} points, "
-             f"{table.seconds:.0f} s"]
+    errs = [
+        abs((table.scale * p["layers_ms"] + table.offset_ms) / p["measured_ms"] - 1)
+        for p in table.calibration
+        if p["measured_ms"] > 0
+    ]
+    lines = [
+        f"wrote {out}: {k.arch} at {k.input_size[0]}x{k.input_size[1]}, batch {k.batch}, {k.runtime} on "
+        f"{k.device}, {k.threads} threads; {len(table.kinds)} layer kinds, {points} points, "
+        f"{table.seconds:.0f} s"
+    ]
     if full:
         lines.append(f"unpruned: {full['measured_ms'] / k.batch:.3f} ms per image measured end to end")
     if errs:
-        lines.append(f"calibration: whole = {table.scale:.3f} x layers + {table.offset_ms:.3f} ms; "
-                     f"predicted vs measured on {len(errs)} whole models: mean error {100 * sum(errs) / len(errs):.1f}%,"
-                     f" max {100 * max(errs):.1f}%")
+        lines.append(
+            f"calibration: whole = {table.scale:.3f} x layers + {table.offset_ms:.3f} ms; "
+            f"predicted vs measured on {len(errs)} whole models: mean error {100 * sum(errs) / len(errs):.1f}%,"
+            f" max {100 * max(errs):.1f}%"
+        )
     return "\n".join(lines)
-

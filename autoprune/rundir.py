@@ -19,12 +19,16 @@ def inside(run_dir: str | Path, rel: Any, source: str) -> Path:
     """``run_dir / rel`` resolved (links followed), if it stays inside ``run_dir``; ``source`` says where ``rel`` came from."""
     root = Path(run_dir).resolve()
     if not isinstance(rel, str) or not rel or "\x00" in rel:
-        raise UserError(f"{source} names the path {str(rel)[:80]!r}, which is not a file name; the file was edited: "
-                        f"delete it or start a new run with another --out")
+        raise UserError(
+            f"{source} names the path {str(rel)[:80]!r}, which is not a file name; the file was edited: "
+            f"delete it or start a new run with another --out"
+        )
     path = (root / rel).resolve()
     if path == root or not path.is_relative_to(root):
-        raise UserError(f"{source} names {rel[:120]!r}, which is outside the run directory {run_dir}; autoprune "
-                        f"touches nothing outside it: the file was edited, delete it or use another --out")
+        raise UserError(
+            f"{source} names {rel[:120]!r}, which is outside the run directory {run_dir}; autoprune "
+            f"touches nothing outside it: the file was edited, delete it or use another --out"
+        )
     return path
 
 
@@ -33,8 +37,9 @@ def own_file(run_dir: str | Path, name: str) -> Path:
     inside: what autoprune keeps in a run directory is never a link)."""
     path = Path(run_dir) / name
     if path.is_symlink():
-        raise UserError(f"{path} is a symbolic link; autoprune never follows links out of a run directory, "
-                        f"delete it and rerun")
+        raise UserError(
+            f"{path} is a symbolic link; autoprune never follows links out of a run directory, delete it and rerun"
+        )
     return path
 
 
@@ -47,9 +52,11 @@ def refuse_links_out(run_dir: str | Path) -> None:
         for name in dirs + files:
             entry = Path(parent) / name
             if entry.is_symlink() and not entry.resolve().is_relative_to(root):
-                raise UserError(f"run directory {run_dir} holds {entry.relative_to(root)}, a link to "
-                                f"{os.readlink(entry)} outside it; autoprune writes only inside its run directory: "
-                                f"remove the link or use another --out")
+                raise UserError(
+                    f"run directory {run_dir} holds {entry.relative_to(root)}, a link to "
+                    f"{os.readlink(entry)} outside it; autoprune writes only inside its run directory: "
+                    f"remove the link or use another --out"
+                )
 
 
 def open_no_follow(path: Path, flags: int, what: str) -> int:
@@ -58,6 +65,7 @@ def open_no_follow(path: Path, flags: int, what: str) -> int:
         return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o644)
     except OSError as exc:
         if exc.errno == errno.ELOOP or (exc.errno == errno.EEXIST and path.is_symlink()):
-            raise UserError(f"{path} is a symbolic link; autoprune never writes its {what} through a link: "
-                            f"delete {path}") from None
+            raise UserError(
+                f"{path} is a symbolic link; autoprune never writes its {what} through a link: delete {path}"
+            ) from None
         raise

@@ -8,8 +8,11 @@ from pathlib import Path
 from autoprune.errors import UserError
 
 KINDS = ("criterion", "strategy", "scenario")
-_HOOK = {"criterion": "autoprune_register_criteria", "strategy": "autoprune_register_strategies",
-         "scenario": "autoprune_register_scenarios"}
+_HOOK = {
+    "criterion": "autoprune_register_criteria",
+    "strategy": "autoprune_register_strategies",
+    "scenario": "autoprune_register_scenarios",
+}
 
 _CODE = {
     "criterion": '''
@@ -107,7 +110,7 @@ class Test{cls}({contract}):
     {kind}_class = {cls}
 '''
 
-_PYPROJECT = '''[build-system]
+_PYPROJECT = """[build-system]
 requires = ["setuptools>=68"]
 build-backend = "setuptools.build_meta"
 
@@ -130,9 +133,9 @@ packages = ["{package}"]
 
 [tool.pytest.ini_options]
 testpaths = ["tests"]
-'''
+"""
 
-_README = '''# {dist}
+_README = """# {dist}
 
 An autoprune {kind} plugin.
 
@@ -142,7 +145,7 @@ python -m pytest                      # the {kind} contract tests
 autoprune plugins                     # lists {name}, from {dist}
 autoprune search --set trial.{kind}={name}
 ```
-'''
+"""
 
 
 def new_plugin(kind: str, name: str, out: str | Path) -> list[Path]:
@@ -150,15 +153,24 @@ def new_plugin(kind: str, name: str, out: str | Path) -> list[Path]:
     if kind not in KINDS:
         raise UserError(f"autoprune plugin new: KIND must be one of {', '.join(KINDS)}, got {kind!r}")
     if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
-        raise UserError(f"autoprune plugin new: NAME {name!r} must be lower-case letters, digits and _, "
-                        f"starting with a letter (it is the config value, e.g. trial.{kind}={name})")
+        raise UserError(
+            f"autoprune plugin new: NAME {name!r} must be lower-case letters, digits and _, "
+            f"starting with a letter (it is the config value, e.g. trial.{kind}={name})"
+        )
     root = Path(out)
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise UserError(f"{root} exists and is not an empty folder; give --out a new folder")
     package = f"autoprune_{name}"
     cls = "".join(part.capitalize() for part in name.split("_")) + kind.capitalize()
-    fields = {"kind": kind, "name": name, "cls": cls, "package": package, "hook": _HOOK[kind],
-              "dist": f"autoprune-{name.replace('_', '-')}", "contract": f"{kind.capitalize()}Contract"}
+    fields = {
+        "kind": kind,
+        "name": name,
+        "cls": cls,
+        "package": package,
+        "hook": _HOOK[kind],
+        "dist": f"autoprune-{name.replace('_', '-')}",
+        "contract": f"{kind.capitalize()}Contract",
+    }
     files = {
         root / "pyproject.toml": _PYPROJECT.format(**fields),
         root / "README.md": _README.format(**fields),

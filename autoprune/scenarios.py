@@ -40,7 +40,7 @@ class ScenarioContext:
     """
 
     model: nn.Module
-    source: Domain | None              # None when a trained model is pruned without source data
+    source: Domain | None  # None when a trained model is pruned without source data
     target: Domain
     epochs: int
     prune: Callable[..., nn.Module]

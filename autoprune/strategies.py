@@ -30,12 +30,12 @@ class StrategyContext:
     """
 
     graph: PruningGraph
-    counts: dict[str, int]            # target channels per group
+    counts: dict[str, int]  # target channels per group
     criterion: BaseCriterion
     criterion_context: Callable[[], CriterionContext]
     finetune: FinetuneFn
-    epochs: int                       # fine-tuning epochs the strategy may spend in total
-    cost: CostModel | None = None     # MACs of any widths (for strategies that set widths themselves)
+    epochs: int  # fine-tuning epochs the strategy may spend in total
+    cost: CostModel | None = None  # MACs of any widths (for strategies that set widths themselves)
     budget: Budget | None = None
 
 

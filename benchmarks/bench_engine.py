@@ -41,8 +41,13 @@ def bench(arch: str, size: tuple[int, int], batch: int, batches: int, precision:
     s = TrainSettings(epochs=1, batch_size=batch, num_instances=4, warmup_epochs=0, precision=precision)
     torch.manual_seed(0)
     model = build_model(arch, 16)
-    fit(model, store, TrainSettings(epochs=1, batch_size=batch, num_instances=4, max_batches_per_epoch=1,
-                                    precision=precision), device, progress=False)  # oneDNN builds its kernels once
+    fit(
+        model,
+        store,
+        TrainSettings(epochs=1, batch_size=batch, num_instances=4, max_batches_per_epoch=1, precision=precision),
+        device,
+        progress=False,
+    )  # oneDNN builds its kernels once
     t0 = time.perf_counter()
     fit(model, store, s, device, progress=False)
     train = time.perf_counter() - t0
@@ -93,12 +98,16 @@ def main() -> None:
                 order = args.precisions if r % 2 == 0 else args.precisions[::-1]
                 for q in order:
                     runs[q].append(bench(arch, (h, w), args.batch, args.batches, q))
-            med = {q: {k: statistics.median(x[k] for x in runs[q]) for k in ("train_img_s", "infer_img_s")}
-                   for q in args.precisions}
+            med = {
+                q: {k: statistics.median(x[k] for x in runs[q]) for k in ("train_img_s", "infer_img_s")}
+                for q in args.precisions
+            }
             first, last = med[args.precisions[0]], med[args.precisions[-1]]
             cells = " | ".join(f"{med[q]['train_img_s']:.1f} | {med[q]['infer_img_s']:.1f}" for q in args.precisions)
-            line = (f"| {arch} | {size} | {cells} | {last['train_img_s'] / first['train_img_s']:.2f}x | "
-                    f"{last['infer_img_s'] / first['infer_img_s']:.2f}x |")
+            line = (
+                f"| {arch} | {size} | {cells} | {last['train_img_s'] / first['train_img_s']:.2f}x | "
+                f"{last['infer_img_s'] / first['infer_img_s']:.2f}x |"
+            )
             if args.bare:
                 line += f" {bare_loop(arch, (h, w), args.batch, args.batches):.1f} |"
             print(line, flush=True)

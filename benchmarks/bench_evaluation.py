@@ -34,24 +34,30 @@ def main() -> None:
     gf = torch.randn(args.num, args.dim, generator=gen).to(args.device)
     q_pids, g_pids = rng.integers(0, args.pids, args.num), rng.integers(0, args.pids, args.num)
     q_cams, g_cams = rng.integers(0, args.cams, args.num), rng.integers(0, args.cams, args.num)
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads "
-          f"{torch.get_num_threads()}, device {args.device}, {args.num} x {args.num} x {args.dim}")
+    print(
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads "
+        f"{torch.get_num_threads()}, device {args.device}, {args.num} x {args.num} x {args.dim}"
+    )
 
     t, cpu = time.perf_counter(), time.process_time()
     res = evaluate_features(qf, gf, q_pids, g_pids, q_cams, g_cams, chunk_size=args.chunk_size)
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
-    print(f"evaluate_features (chunked): {time.perf_counter() - t:.1f} s wall, {time.process_time() - cpu:.1f} s CPU"
-          f"  {res}")
+    print(
+        f"evaluate_features (chunked): {time.perf_counter() - t:.1f} s wall, {time.process_time() - cpu:.1f} s CPU"
+        f"  {res}"
+    )
 
     if args.dense:
         t, cpu = time.perf_counter(), time.process_time()
         dist = pairwise_distance(qf, gf, chunk_size=args.chunk_size)
         t_dist, cpu_dist = time.perf_counter() - t, time.process_time() - cpu
         cmc, mAP = evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams)
-        print(f"pairwise_distance: {t_dist:.1f} s wall, {cpu_dist:.1f} s CPU; evaluate_rank: "
-              f"{time.perf_counter() - t - t_dist:.1f} s wall, {time.process_time() - cpu - cpu_dist:.1f} s CPU  "
-              f"rank1 {cmc[0]:.6f} mAP {mAP:.6f}")
+        print(
+            f"pairwise_distance: {t_dist:.1f} s wall, {cpu_dist:.1f} s CPU; evaluate_rank: "
+            f"{time.perf_counter() - t - t_dist:.1f} s wall, {time.process_time() - cpu - cpu_dist:.1f} s CPU  "
+            f"rank1 {cmc[0]:.6f} mAP {mAP:.6f}"
+        )
 
 
 if __name__ == "__main__":

@@ -55,8 +55,10 @@ def main() -> None:
     args = p.parse_args()
     set_threads(args.threads)
     print(f"threads {torch.get_num_threads()}, clock {args.clock}, batch 1, median of {args.runs} runs per model")
-    print("| arch | input | policy | mean keep | predicted ms | measured ms | error | predicted / unpruned "
-          "| measured / unpruned | ratio error |")
+    print(
+        "| arch | input | policy | mean keep | predicted ms | measured ms | error | predicted / unpruned "
+        "| measured / unpruned | ratio error |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     summary = []
     for arch in args.archs:
@@ -66,8 +68,9 @@ def main() -> None:
             model = build_model(arch, 2).eval()
             key = make_key(arch, size, 1, threads=args.threads, clock=args.clock)
             t0 = time.perf_counter()
-            table = profile(model, key, wall_measure(threads=args.threads, repeats=args.repeats, clock=args.clock),
-                            progress=False)
+            table = profile(
+                model, key, wall_measure(threads=args.threads, repeats=args.repeats, clock=args.clock), progress=False
+            )
             secs = time.perf_counter() - t0
             graph = PruningGraph(model, size)
             lat = LatencyModel(table, graph)
@@ -89,17 +92,22 @@ def main() -> None:
                 errs.append(pred / got - 1)
                 ratio_errs.append((pred / pred_full) / (got / got_full) - 1)
                 measured.append({"policy": name, "widths": widths, "measured_ms": got, "unpruned_ms": got_full})
-                print(f"| {arch} | {size_s} | {name} | {keep:.2f} | {pred:.2f} | {got:.2f} | {pred / got - 1:+.1%} "
-                      f"| {pred / pred_full:.3f} | {got / got_full:.3f} | {ratio_errs[-1]:+.1%} |", flush=True)
+                print(
+                    f"| {arch} | {size_s} | {name} | {keep:.2f} | {pred:.2f} | {got:.2f} | {pred / got - 1:+.1%} "
+                    f"| {pred / pred_full:.3f} | {got / got_full:.3f} | {ratio_errs[-1]:+.1%} |",
+                    flush=True,
+                )
             if args.save:
                 Path(args.save).mkdir(parents=True, exist_ok=True)
                 table.save(Path(args.save) / f"{arch}-{size_s}.json")
                 (Path(args.save) / f"{arch}-{size_s}-measured.json").write_text(json.dumps(measured))
             points = sum(len(k.cin) * len(k.cout) for k in table.kinds)
-            summary.append(f"{arch} {size_s}: profile {secs:.0f} s ({len(table.kinds)} kinds, {points} points), "
-                           f"mean |error| {statistics.fmean(abs(e) for e in errs):.1%}, max {max(abs(e) for e in errs):.1%}; "
-                           f"ratio to unpruned: mean |error| {statistics.fmean(abs(e) for e in ratio_errs):.1%}, "
-                           f"max {max(abs(e) for e in ratio_errs):.1%}")
+            summary.append(
+                f"{arch} {size_s}: profile {secs:.0f} s ({len(table.kinds)} kinds, {points} points), "
+                f"mean |error| {statistics.fmean(abs(e) for e in errs):.1%}, max {max(abs(e) for e in errs):.1%}; "
+                f"ratio to unpruned: mean |error| {statistics.fmean(abs(e) for e in ratio_errs):.1%}, "
+                f"max {max(abs(e) for e in ratio_errs):.1%}"
+            )
     print()
     for line in summary:
         print(line)

@@ -32,16 +32,54 @@ ROOT = Path(__file__).resolve().parent
 CACHE = ROOT / "cache" / "latency_budget"
 ARCH, SIZE, LAST_STRIDE = "resnet18", (128, 64), 2
 TABLE = CACHE / f"{ARCH}-{SIZE[0]}x{SIZE[1]}-ls{LAST_STRIDE}.json"
-PROFILE = ["latency", "profile", "--arch", ARCH, "--input-size", str(SIZE[0]), str(SIZE[1]), "--last-stride",
-           str(LAST_STRIDE), "--threads", "1", "--clock", "cpu", "--repeats", "5", "--out", str(TABLE), "--quiet"]
+PROFILE = [
+    "latency",
+    "profile",
+    "--arch",
+    ARCH,
+    "--input-size",
+    str(SIZE[0]),
+    str(SIZE[1]),
+    "--last-stride",
+    str(LAST_STRIDE),
+    "--threads",
+    "1",
+    "--clock",
+    "cpu",
+    "--repeats",
+    "5",
+    "--out",
+    str(TABLE),
+    "--quiet",
+]
 # Small synthetic source/target (a larger target test split for less noisy rank-1), short training, no final round.
-COMMON = [f"model.arch={ARCH}", f"model.input_size=[{SIZE[0]},{SIZE[1]}]", f"model.last_stride={LAST_STRIDE}",
-          f"data.root={CACHE / 'data'}", "data.source=synth:A", "data.target=synth:B", "data.synth.num_train_ids=64",
-          "data.synth.num_test_ids=16", "data.synth.images_per_id_per_cam=2", "data.synth.num_distractors=16",
-          "data.synth.target_num_test_ids=100", "train.epochs=12", "train.lr=2.0e-3", "train.warmup_epochs=1",
-          "train.threads=1", "train.device=cpu", "trial.scenario=finetune_then_prune", "trial.adapt_epochs=2",
-          "trial.finetune_epochs=2", "trial.lr=1.0e-3", "search.final_epochs=0", "search.pruner=none",
-          "search.sampler=tpe", "search.space=groupwise", "budget.macs_ratio=null"]
+COMMON = [
+    f"model.arch={ARCH}",
+    f"model.input_size=[{SIZE[0]},{SIZE[1]}]",
+    f"model.last_stride={LAST_STRIDE}",
+    f"data.root={CACHE / 'data'}",
+    "data.source=synth:A",
+    "data.target=synth:B",
+    "data.synth.num_train_ids=64",
+    "data.synth.num_test_ids=16",
+    "data.synth.images_per_id_per_cam=2",
+    "data.synth.num_distractors=16",
+    "data.synth.target_num_test_ids=100",
+    "train.epochs=12",
+    "train.lr=2.0e-3",
+    "train.warmup_epochs=1",
+    "train.threads=1",
+    "train.device=cpu",
+    "trial.scenario=finetune_then_prune",
+    "trial.adapt_epochs=2",
+    "trial.finetune_epochs=2",
+    "trial.lr=1.0e-3",
+    "search.final_epochs=0",
+    "search.pruner=none",
+    "search.sampler=tpe",
+    "search.space=groupwise",
+    "budget.macs_ratio=null",
+]
 RUNS = 50
 
 
@@ -102,7 +140,9 @@ def uniform_latency(ckpt: Path, macs_ratio: float) -> float:
     cost = CostModel(PruningGraph(model, SIZE))
     counts = project(cost, dict.fromkeys(cost.base_widths, 1.0), Budget(int(macs_ratio * cost.base_macs), 0.1, 1.0, 8))
     key = make_key(ARCH, SIZE, 1, threads=1)
-    return measure_model(skeleton(model, SIZE, counts), key, wall_measure(threads=1, repeats=30, clock="cpu"))["median_ms"]
+    return measure_model(skeleton(model, SIZE, counts), key, wall_measure(threads=1, repeats=30, clock="cpu"))[
+        "median_ms"
+    ]
 
 
 def matching_macs_ratio(ckpt: Path, target_ms: float) -> dict[str, Any]:
@@ -128,19 +168,29 @@ def cell(name: str, args: list[str], state: dict[str, Any], budget_ms: float | N
     report = json.loads((run_dir / "report.json").read_text())
     best = report["best"]
     timing = time_model(run_dir / best["model"])
-    out = {"command": "autoprune " + " ".join(args), "seconds": round(time.perf_counter() - t0, 1),
-           "budget_ms": budget_ms, "macs_ratio": best["macs_ratio"], "trial": best["trial"],
-           "rank1": best["target"]["rank1"], "mAP": best["target"]["mAP"],
-           "val_rank1": (best.get("target_val") or {}).get("rank1"),
-           "search_latency_ms": best.get("latency_ms"), "predicted_ms": best.get("latency_predicted_ms"),
-           "trials_predicted_ms": [t.get("latency_ms") for t in report["trials"]],
-           "unpruned_rank1": report["baseline"]["target"]["rank1"], **timing}
+    out = {
+        "command": "autoprune " + " ".join(args),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "budget_ms": budget_ms,
+        "macs_ratio": best["macs_ratio"],
+        "trial": best["trial"],
+        "rank1": best["target"]["rank1"],
+        "mAP": best["target"]["mAP"],
+        "val_rank1": (best.get("target_val") or {}).get("rank1"),
+        "search_latency_ms": best.get("latency_ms"),
+        "predicted_ms": best.get("latency_predicted_ms"),
+        "trials_predicted_ms": [t.get("latency_ms") for t in report["trials"]],
+        "unpruned_rank1": report["baseline"]["target"]["rank1"],
+        **timing,
+    }
     if budget_ms is not None:
         out["meets_budget"] = timing["cpu_median_ms"] <= budget_ms
     state["cells"][name] = out
     save(state)
-    log(f"  {name}: rank-1 {out['rank1']:.3f}, MACs {out['macs_ratio']:.3f}, measured {timing['cpu_median_ms']:.3f} ms"
-        + (f" (budget {budget_ms})" if budget_ms else ""))
+    log(
+        f"  {name}: rank-1 {out['rank1']:.3f}, MACs {out['macs_ratio']:.3f}, measured {timing['cpu_median_ms']:.3f} ms"
+        + (f" (budget {budget_ms})" if budget_ms else "")
+    )
     return out
 
 
@@ -156,8 +206,13 @@ RECIPES = {"base": [], "strong": ["trial.finetune_epochs=3", "trial.distill.embe
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--budgets", type=float, nargs="+", default=[0.6, 0.4],
-                   help="(a): latency budgets as fractions of the predicted unpruned latency (first seed)")
+    p.add_argument(
+        "--budgets",
+        type=float,
+        nargs="+",
+        default=[0.6, 0.4],
+        help="(a): latency budgets as fractions of the predicted unpruned latency (first seed)",
+    )
     p.add_argument("--compare", type=float, default=0.6, help="(c): the latency budget of the comparison")
     p.add_argument("--recipe", choices=sorted(RECIPES), default="strong", help="recovery recipe of the comparison")
     p.add_argument("--trials", type=int, default=4)
@@ -184,7 +239,7 @@ def main() -> None:
         b = [f"budget.latency_ms={budget_ms[frac]}", f"budget.latency_table={TABLE}", *RECIPES[recipe]]
         return cell(name, search_args(name, ckpt, seed, args.trials, b), state, budget_ms[frac])
 
-    for frac in args.budgets:                                   # (a)
+    for frac in args.budgets:  # (a)
         lat_cell(frac, args.seeds[0])
     key = f"macs_for_{args.compare:g}"
     if key not in state:
@@ -192,30 +247,45 @@ def main() -> None:
         state[key] = matching_macs_ratio(ckpt, budget_ms[args.compare])
         save(state)
     ratio = state[key]["macs_ratio"]
-    comp = {"recipe": args.recipe, "frac": args.compare, "budget_ms": budget_ms[args.compare], "macs_ratio": ratio,
-            "seeds": args.seeds, "pairs": []}
+    comp = {
+        "recipe": args.recipe,
+        "frac": args.compare,
+        "budget_ms": budget_ms[args.compare],
+        "macs_ratio": ratio,
+        "seeds": args.seeds,
+        "pairs": [],
+    }
     tag = "" if args.recipe == "base" else args.recipe + "-"
-    for seed in args.seeds:                                     # (c)
+    for seed in args.seeds:  # (c)
         a = lat_cell(args.compare, seed, args.recipe)
         name = f"{tag}macs{ratio:g}-s{seed}"
-        m = cell(name, search_args(name, ckpt, seed, args.trials, [f"budget.macs_ratio={ratio}", *RECIPES[args.recipe]]),
-                 state, None)
+        m = cell(
+            name,
+            search_args(name, ckpt, seed, args.trials, [f"budget.macs_ratio={ratio}", *RECIPES[args.recipe]]),
+            state,
+            None,
+        )
         comp["pairs"].append({"seed": seed, "latency": a, "macs": m})
     comps = [c for c in state.get("comparisons", []) if (c["recipe"], c["frac"]) != (args.recipe, args.compare)]
     state["comparisons"] = [*comps, comp]
     state.setdefault("commands", {})[f"{args.recipe} {args.compare:g}"] = command(args)
     for name, c in state["cells"].items():  # how much a 50-run median moves between timings on this machine
         if c.get("budget_ms") is not None and "repeat_cpu_medians_ms" not in c:
-            c["repeat_cpu_medians_ms"] = [round(time_model(CACHE / "runs" / name / "model" / "pruned.pt")["cpu_median_ms"], 4)
-                                          for _ in range(5)]
+            c["repeat_cpu_medians_ms"] = [
+                round(time_model(CACHE / "runs" / name / "model" / "pruned.pt")["cpu_median_ms"], 4) for _ in range(5)
+            ]
             save(state)
     write_results(state, table)
 
 
 def command(args: argparse.Namespace) -> str:
-    return (".venv/bin/python -m benchmarks.bench_latency_budget --seeds " + " ".join(map(str, args.seeds))
-            + " --budgets " + " ".join(f"{b:g}" for b in args.budgets)
-            + f" --compare {args.compare:g} --recipe {args.recipe} --trials {args.trials}")
+    return (
+        ".venv/bin/python -m benchmarks.bench_latency_budget --seeds "
+        + " ".join(map(str, args.seeds))
+        + " --budgets "
+        + " ".join(f"{b:g}" for b in args.budgets)
+        + f" --compare {args.compare:g} --recipe {args.recipe} --trials {args.trials}"
+    )
 
 
 def _stats(xs: list[float]) -> str:
@@ -225,56 +295,86 @@ def _stats(xs: list[float]) -> str:
 def write_results(state: dict[str, Any], table: Any) -> None:
     cells = state["cells"]
     u = state["unpruned"]
-    lines = ["# Latency budgets end to end (issue 17)", "", "Commands, in the order they ran (each resumes the cache "
-             "of the ones before):", "", *[f"- `{c}`" for c in state["commands"].values()], "",
-             f"ResNet-18 at {SIZE[0]}x{SIZE[1]} (last stride {LAST_STRIDE}), batch 1, one thread, CPU clock "
-             f"({table.key.device}; the machine is shared, so the budget's clock is this process's CPU time). "
-             f"Table: `autoprune {' '.join(PROFILE[:-3])}` ({len(table.kinds)} kinds). Searches: "
-             f"{cells[next(iter(cells))]['command'].split('search.n_trials=')[1].split()[0]} trials each (Optuna "
-             f"TPE, trial 0 the uniform policy), the unpruned model adapted to the target for 2 epochs once per "
-             f"search, no final round, one 12-epoch source baseline shared by all (synthetic A -> B, 64 source "
-             f"identities, 100 target test identities and queries). Recipes: `base` recovers each pruned model 2 "
-             f"epochs; `strong` 3 epochs, distilling the adapted model's embedding. Every written model is loaded "
-             f"and timed here again, in this process, {RUNS} runs, median.", "",
-             f"Unpruned: predicted {u['predicted_ms']:.3f} ms, measured {u['cpu_median_ms']:.3f} ms "
-             f"(CPU clock; wall clock {u['wall_median_ms']:.3f} ms).", "",
-             "## (a) Every model written under a latency budget meets it", "",
-             "| run | budget ms | predicted ms | measured in the search | measured here, median of 50 (IQR) | "
-             "5 more medians of 50, min-max | wall clock | meets |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "# Latency budgets end to end (issue 17)",
+        "",
+        "Commands, in the order they ran (each resumes the cache of the ones before):",
+        "",
+        *[f"- `{c}`" for c in state["commands"].values()],
+        "",
+        f"ResNet-18 at {SIZE[0]}x{SIZE[1]} (last stride {LAST_STRIDE}), batch 1, one thread, CPU clock "
+        f"({table.key.device}; the machine is shared, so the budget's clock is this process's CPU time). "
+        f"Table: `autoprune {' '.join(PROFILE[:-3])}` ({len(table.kinds)} kinds). Searches: "
+        f"{cells[next(iter(cells))]['command'].split('search.n_trials=')[1].split()[0]} trials each (Optuna "
+        f"TPE, trial 0 the uniform policy), the unpruned model adapted to the target for 2 epochs once per "
+        f"search, no final round, one 12-epoch source baseline shared by all (synthetic A -> B, 64 source "
+        f"identities, 100 target test identities and queries). Recipes: `base` recovers each pruned model 2 "
+        f"epochs; `strong` 3 epochs, distilling the adapted model's embedding. Every written model is loaded "
+        f"and timed here again, in this process, {RUNS} runs, median.",
+        "",
+        f"Unpruned: predicted {u['predicted_ms']:.3f} ms, measured {u['cpu_median_ms']:.3f} ms "
+        f"(CPU clock; wall clock {u['wall_median_ms']:.3f} ms).",
+        "",
+        "## (a) Every model written under a latency budget meets it",
+        "",
+        "| run | budget ms | predicted ms | measured in the search | measured here, median of 50 (IQR) | "
+        "5 more medians of 50, min-max | wall clock | meets |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for name, c in cells.items():
         if c.get("budget_ms") is not None:
             rep = c.get("repeat_cpu_medians_ms") or [float("nan")]
-            lines.append(f"| {name} | {c['budget_ms']:.3f} | {c['predicted_ms']:.3f} | {c['search_latency_ms']:.3f} | "
-                         f"{c['cpu_median_ms']:.3f} ({c['cpu_q1_ms']:.3f}-{c['cpu_q3_ms']:.3f}) | "
-                         f"{min(rep):.3f}-{max(rep):.3f} | {c['wall_median_ms']:.3f} | "
-                         f"{'yes' if c['meets_budget'] else '**no**'} |")
+            lines.append(
+                f"| {name} | {c['budget_ms']:.3f} | {c['predicted_ms']:.3f} | {c['search_latency_ms']:.3f} | "
+                f"{c['cpu_median_ms']:.3f} ({c['cpu_q1_ms']:.3f}-{c['cpu_q3_ms']:.3f}) | "
+                f"{min(rep):.3f}-{max(rep):.3f} | {c['wall_median_ms']:.3f} | "
+                f"{'yes' if c['meets_budget'] else '**no**'} |"
+            )
     if state.get("floor_note"):
-        lines += ["", "An earlier pass compared the searches at 40% with the `base` recipe: every pruned model was at "
-                  "the floor (test rank-1 " + ", ".join(f"{n} {c['rank1']:.2f}" for n, c in state["floor_note"].items())
-                  + "), so the comparison below uses the `strong` recipe at 60%. That pass's end-to-end check "
-                  "accepted a policy on its median; one of its three latency-budgeted models measured 1% over its "
-                  "budget when timed independently (" + ", ".join(
-                      f"{n} {c['cpu_median_ms']:.3f} ms for {c['budget_ms']}" for n, c in state["floor_note"].items()
-                      if c["budget_ms"]) + "), which is why the check now uses the upper quartile."]
+        lines += [
+            "",
+            "An earlier pass compared the searches at 40% with the `base` recipe: every pruned model was at "
+            "the floor (test rank-1 "
+            + ", ".join(f"{n} {c['rank1']:.2f}" for n, c in state["floor_note"].items())
+            + "), so the comparison below uses the `strong` recipe at 60%. That pass's end-to-end check "
+            "accepted a policy on its median; one of its three latency-budgeted models measured 1% over its "
+            "budget when timed independently ("
+            + ", ".join(
+                f"{n} {c['cpu_median_ms']:.3f} ms for {c['budget_ms']}"
+                for n, c in state["floor_note"].items()
+                if c["budget_ms"]
+            )
+            + "), which is why the check now uses the upper quartile.",
+        ]
     for comp in state.get("comparisons", []):
-        lines += ["", f"## (c) Latency-budgeted vs MACs-budgeted search, recipe `{comp['recipe']}`", "",
-                  f"Latency budget {comp['budget_ms']} ms ({comp['frac']:.0%} of the predicted unpruned); MACs budget "
-                  f"{comp['macs_ratio']:.4f}, the ratio whose uniform policy measures that latency (bisection on "
-                  f"measured latency). Same seeds, trials and recipe. Target test rank-1 of the best trial (chosen "
-                  f"on validation), its MACs ratio and its latency measured here.", "",
-                  "| seed | latency search: rank-1 | MACs | ms | MACs search: rank-1 | MACs | ms | rank-1 difference |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [
+            "",
+            f"## (c) Latency-budgeted vs MACs-budgeted search, recipe `{comp['recipe']}`",
+            "",
+            f"Latency budget {comp['budget_ms']} ms ({comp['frac']:.0%} of the predicted unpruned); MACs budget "
+            f"{comp['macs_ratio']:.4f}, the ratio whose uniform policy measures that latency (bisection on "
+            f"measured latency). Same seeds, trials and recipe. Target test rank-1 of the best trial (chosen "
+            f"on validation), its MACs ratio and its latency measured here.",
+            "",
+            "| seed | latency search: rank-1 | MACs | ms | MACs search: rank-1 | MACs | ms | rank-1 difference |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
         pairs = comp["pairs"]
         for pr in pairs:
             a, m = pr["latency"], pr["macs"]
-            lines.append(f"| {pr['seed']} | {a['rank1']:.3f} | {a['macs_ratio']:.3f} | {a['cpu_median_ms']:.3f} | "
-                         f"{m['rank1']:.3f} | {m['macs_ratio']:.3f} | {m['cpu_median_ms']:.3f} | "
-                         f"{a['rank1'] - m['rank1']:+.3f} |")
+            lines.append(
+                f"| {pr['seed']} | {a['rank1']:.3f} | {a['macs_ratio']:.3f} | {a['cpu_median_ms']:.3f} | "
+                f"{m['rank1']:.3f} | {m['macs_ratio']:.3f} | {m['cpu_median_ms']:.3f} | "
+                f"{a['rank1'] - m['rank1']:+.3f} |"
+            )
         a_s, m_s = [pr["latency"] for pr in pairs], [pr["macs"] for pr in pairs]
-        lines += ["", f"Over {len(pairs)} seeds (mean ± standard deviation): latency search rank-1 "
-                  f"{_stats([a['rank1'] for a in a_s])} at {_stats([a['cpu_median_ms'] for a in a_s])} ms; MACs search "
-                  f"rank-1 {_stats([m['rank1'] for m in m_s])} at {_stats([m['cpu_median_ms'] for m in m_s])} ms; "
-                  f"paired rank-1 difference {_stats([a['rank1'] - m['rank1'] for a, m in zip(a_s, m_s)])}."]
+        lines += [
+            "",
+            f"Over {len(pairs)} seeds (mean ± standard deviation): latency search rank-1 "
+            f"{_stats([a['rank1'] for a in a_s])} at {_stats([a['cpu_median_ms'] for a in a_s])} ms; MACs search "
+            f"rank-1 {_stats([m['rank1'] for m in m_s])} at {_stats([m['cpu_median_ms'] for m in m_s])} ms; "
+            f"paired rank-1 difference {_stats([a['rank1'] - m['rank1'] for a, m in zip(a_s, m_s)])}.",
+        ]
     (ROOT / "latency_budget.md").write_text("\n".join(lines) + "\n")
     # paths relative to the repository, as a user would type them from its root
     (ROOT / "latency_budget.json").write_text(json.dumps(state, indent=1).replace(str(ROOT.parent) + "/", ""))

@@ -43,9 +43,16 @@ def pruned(model: torch.nn.Module, size: tuple[int, int], ratio: float, round_to
     g = PruningGraph(m, size)
     cost = CostModel(g)
     counts = project(cost, uniform_ratios(cost), Budget(int(ratio * cost.base_macs), round_to=round_to))
-    scores = {n: torch.cat([m.get_submodule(o).weight.detach().flatten(1).abs().sum(1)
-                            for o in pg.out_modules if isinstance(m.get_submodule(o), torch.nn.Conv2d)][:1])
-              for n, pg in g.groups.items()}
+    scores = {
+        n: torch.cat(
+            [
+                m.get_submodule(o).weight.detach().flatten(1).abs().sum(1)
+                for o in pg.out_modules
+                if isinstance(m.get_submodule(o), torch.nn.Conv2d)
+            ][:1]
+        )
+        for n, pg in g.groups.items()
+    }
     prune_to_counts(g, counts, scores)
     return m, count_macs(m, size)[0] / cost.base_macs
 
@@ -68,7 +75,9 @@ def main() -> None:
             for round_to in (8, 1):
                 m, macs_ratio = pruned(base, size, ratio, round_to)
                 r = {b: latency(m, size, b, args.repeats) / base_lat[b] for b in (1, 32)}
-                print(f"| {arch} | {ratio:.0%} | {round_to} | {macs_ratio:.3f} | {r[1]:.3f} | {r[32]:.3f} |", flush=True)
+                print(
+                    f"| {arch} | {ratio:.0%} | {round_to} | {macs_ratio:.3f} | {r[1]:.3f} | {r[32]:.3f} |", flush=True
+                )
     model = build_model("resnet50", 10)
     t0 = time.perf_counter()
     g = PruningGraph(model, size)
@@ -80,8 +89,10 @@ def main() -> None:
     t3 = time.perf_counter()
     count_macs(model, size)
     t4 = time.perf_counter()
-    print(f"\nResNet-50 at {size}: discovery {t1 - t0:.2f}s, cost model + projection {t2 - t1:.2f}s, "
-          f"surgery {t3 - t2:.2f}s, MACs count {t4 - t3:.2f}s, total {t4 - t0:.2f}s")
+    print(
+        f"\nResNet-50 at {size}: discovery {t1 - t0:.2f}s, cost model + projection {t2 - t1:.2f}s, "
+        f"surgery {t3 - t2:.2f}s, MACs count {t4 - t3:.2f}s, total {t4 - t0:.2f}s"
+    )
 
 
 if __name__ == "__main__":

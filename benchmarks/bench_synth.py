@@ -116,5 +116,6 @@ def main() -> None:
                 contact_sheet(root, out)
                 print(f"contact sheet: {out}")
 
+
 if __name__ == "__main__":
     main()

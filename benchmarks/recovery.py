@@ -26,10 +26,18 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent
 CACHE = ROOT / "cache" / "recovery"
-COMMON = ["model.input_size=[96, 48]", "train.epochs=12", "trial.finetune_epochs=4", "search.final_epochs=4",
-          "train.threads=1", f"data.root={ROOT / 'cache' / 'data'}",
-          # the recipe is set per cell, whatever the demo preset's default is
-          "trial.distill.logit=0", "trial.distill.embedding=0", "trial.distill.temperature=4"]
+COMMON = [
+    "model.input_size=[96, 48]",
+    "train.epochs=12",
+    "trial.finetune_epochs=4",
+    "search.final_epochs=4",
+    "train.threads=1",
+    f"data.root={ROOT / 'cache' / 'data'}",
+    # the recipe is set per cell, whatever the demo preset's default is
+    "trial.distill.logit=0",
+    "trial.distill.embedding=0",
+    "trial.distill.temperature=4",
+]
 LOGIT, EMBEDDING = ["trial.distill.logit=1.0"], ["trial.distill.embedding=1.0"]
 ADAPT = ["trial.scenario=finetune_then_prune", "trial.adapt_epochs=4"]
 PTF = ["trial.scenario=prune_then_finetune", "trial.adapt_epochs=4"]  # adapted model only as the teacher
@@ -92,10 +100,18 @@ class Seed:
             counts = env.counts_for(env.space.uniform_values())
             result = env.run(env.space.uniform_values(), counts=counts, epochs=epochs)
         target = result.metrics["target"]
-        out = {"cell": name, "seed": self.seed, "rank1": target["rank1"], "mAP": target["mAP"],
-               "val_rank1": target["val"]["rank1"], "val_mAP": target["val"]["mAP"],
-               "macs_ratio": result.macs_ratio, "target_epochs": epochs + (env.adapt_epochs if env.cfg["trial"]["scenario"] == "finetune_then_prune" else 0),
-               "seconds": round(time.perf_counter() - start, 1)}
+        out = {
+            "cell": name,
+            "seed": self.seed,
+            "rank1": target["rank1"],
+            "mAP": target["mAP"],
+            "val_rank1": target["val"]["rank1"],
+            "val_mAP": target["val"]["mAP"],
+            "macs_ratio": result.macs_ratio,
+            "target_epochs": epochs
+            + (env.adapt_epochs if env.cfg["trial"]["scenario"] == "finetune_then_prune" else 0),
+            "seconds": round(time.perf_counter() - start, 1),
+        }
         path.write_text(json.dumps(out, indent=1))
         log(f"seed {self.seed} {name}: val {out['val_rank1']:.3f} test {out['rank1']:.3f} ({out['seconds']:.0f} s)")
         return out
@@ -106,13 +122,19 @@ class Seed:
         if path.is_file():
             return json.loads(path.read_text())
         out: dict[str, Any] = {}
-        for name, overrides in (("per_trial", ["trial.scenario=finetune_then_prune", "trial.adapt_epochs=0"]),
-                                ("adapt_once", ADAPT), ("prune_then_finetune", ["trial.scenario=prune_then_finetune"])):
+        for name, overrides in (
+            ("per_trial", ["trial.scenario=finetune_then_prune", "trial.adapt_epochs=0"]),
+            ("adapt_once", ADAPT),
+            ("prune_then_finetune", ["trial.scenario=prune_then_finetune"]),
+        ):
             env = self.env(overrides)
             values = env.space.uniform_values()
             result = env.run(values, counts=env.counts_for(values))
-            out[name] = {"seconds": round(result.seconds, 1), "val_rank1": result.metrics["target"]["val"]["rank1"],
-                         "rank1": result.metrics["target"]["rank1"]}
+            out[name] = {
+                "seconds": round(result.seconds, 1),
+                "val_rank1": result.metrics["target"]["val"]["rank1"],
+                "rank1": result.metrics["target"]["rank1"],
+            }
             log(f"seed {self.seed} trial cost {name}: {result.seconds:.1f} s")
         path.write_text(json.dumps(out, indent=1))
         return out
@@ -148,9 +170,12 @@ def collect(seeds: list[int]) -> dict[str, Any]:
             # Same process, same seed: a trial that adapts its own copy first (finetune_then_prune before
             # adapt-once) costs the adaptation plus the recovery; with adapt-once only the recovery.
             a = json.loads(adapted.read_text())["seconds"]
-            costs.setdefault(seed, {})["derived"] = {"adapt_seconds": a, "recovery_seconds": ftp["seconds"],
-                                                     "per_trial_adaptation": round(a + ftp["seconds"], 1),
-                                                     "adapt_once": ftp["seconds"]}
+            costs.setdefault(seed, {})["derived"] = {
+                "adapt_seconds": a,
+                "recovery_seconds": ftp["seconds"],
+                "per_trial_adaptation": round(a + ftp["seconds"], 1),
+                "adapt_once": ftp["seconds"],
+            }
     return {"cells": cells, "trial_cost": costs}
 
 
@@ -159,15 +184,24 @@ def write(seeds: list[int]) -> dict[str, Any]:
     (ROOT / "recovery.json").write_text(json.dumps(data, indent=1, sort_keys=True))
     cells = data["cells"]
     rows = []
-    for pruned, ref, label in (("ftp_off", "unpruned_adapted", "finetune_then_prune, adapted once (the default)"),
-                               ("ftp_both", "unpruned_adapted", "finetune_then_prune + distillation (logit + embedding)"),
-                               ("ptf_off", "unpruned_source", "prune_then_finetune (the old default)")):
+    for pruned, ref, label in (
+        ("ftp_off", "unpruned_adapted", "finetune_then_prune, adapted once (the default)"),
+        ("ftp_both", "unpruned_adapted", "finetune_then_prune + distillation (logit + embedding)"),
+        ("ptf_off", "unpruned_source", "prune_then_finetune (the old default)"),
+    ):
         common = sorted(set(cells.get(pruned, {})) & set(cells.get(ref, {})))
         if common:
-            rows.append({"condition": "small", "recipe": label, "macs_ratio": 0.5,
-                         "pruned_rank1": round(statistics.mean(cells[pruned][s]["rank1"] for s in common), 4),
-                         "unpruned_rank1": round(statistics.mean(cells[ref][s]["rank1"] for s in common), 4),
-                         "target_epochs": LABELS[pruned][3], "seeds": common})
+            rows.append(
+                {
+                    "condition": "small",
+                    "recipe": label,
+                    "macs_ratio": 0.5,
+                    "pruned_rank1": round(statistics.mean(cells[pruned][s]["rank1"] for s in common), 4),
+                    "unpruned_rank1": round(statistics.mean(cells[ref][s]["rank1"] for s in common), 4),
+                    "target_epochs": LABELS[pruned][3],
+                    "seeds": common,
+                }
+            )
     full = ROOT / "results_full.json"
     results = json.loads(full.read_text()) if full.is_file() else {}
     results["table1"] = rows
@@ -193,25 +227,34 @@ LABELS = {
 
 def markdown(data: dict[str, Any]) -> str:
     """The ablation table (validation chooses, test reports) and the trial costs, from the cache."""
-    lines = ["| model | recipe | distillation | target epochs | val rank-1 | test rank-1 | test mAP | seeds |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| model | recipe | distillation | target epochs | val rank-1 | test rank-1 | test mAP | seeds |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for name, (model, rec, dist, epochs) in LABELS.items():
         by_seed = data["cells"].get(name, {})
         seeds = sorted(by_seed)
         if not seeds:
             lines.append(f"| {model} | {rec} | {dist} | {epochs} | not run | | | |")
             continue
-        lines.append(f"| {model} | {rec} | {dist} | {epochs} | {mean_sd([by_seed[s]['val_rank1'] for s in seeds])} | "
-                     f"{mean_sd([by_seed[s]['rank1'] for s in seeds])} | {mean_sd([by_seed[s]['mAP'] for s in seeds])} | "
-                     f"{', '.join(map(str, seeds))} |")
+        lines.append(
+            f"| {model} | {rec} | {dist} | {epochs} | {mean_sd([by_seed[s]['val_rank1'] for s in seeds])} | "
+            f"{mean_sd([by_seed[s]['rank1'] for s in seeds])} | {mean_sd([by_seed[s]['mAP'] for s in seeds])} | "
+            f"{', '.join(map(str, seeds))} |"
+        )
     costs = data["trial_cost"]
     if costs:
-        lines += ["", "| seed | adaptation (4 epochs) s | trial adapting its own copy s | trial with adapt-once s |",
-                  "| --- | --- | --- | --- |"]
+        lines += [
+            "",
+            "| seed | adaptation (4 epochs) s | trial adapting its own copy s | trial with adapt-once s |",
+            "| --- | --- | --- | --- |",
+        ]
         for seed, c in sorted(costs.items()):
             d = c.get("derived")
             if d:
-                lines.append(f"| {seed} | {d['adapt_seconds']:.0f} | {d['per_trial_adaptation']:.0f} | {d['adapt_once']:.0f} |")
+                lines.append(
+                    f"| {seed} | {d['adapt_seconds']:.0f} | {d['per_trial_adaptation']:.0f} | {d['adapt_once']:.0f} |"
+                )
     return "\n".join(lines)
 
 

@@ -42,24 +42,53 @@ ROOT = Path(__file__).resolve().parent
 # identities (about 500 validation queries) to rank policies on. One query per identity would need a
 # 1,500-identity gallery, where every model was at the floor (unpruned rank-1 0.06). The source and the 100
 # fine-tuning identities stay the size they were, so a trial costs what it did apart from evaluation.
-TARGET_2PT = ["data.synth.target_num_test_ids=450", "data.synth.queries_per_id=5",
-              "data.synth.target_num_train_ids=250", "data.val_fraction=0.6"]
+TARGET_2PT = [
+    "data.synth.target_num_test_ids=450",
+    "data.synth.queries_per_id=5",
+    "data.synth.target_num_train_ids=250",
+    "data.val_fraction=0.6",
+]
 # The search: multi-fidelity (successive halving over the trials' epochs, decided on validation), warm-started
 # with the uniform and the global-ranking policies (both kept in the final round), a final round of the
 # trials within 2 standard errors of the best on validation.
-SEARCH = ["search.pruner=successive_halving", "search.warm_start_global=true", "search.finalists_se=2",
-          "search.finalists=3"]
+SEARCH = [
+    "search.pruner=successive_halving",
+    "search.warm_start_global=true",
+    "search.finalists_se=2",
+    "search.finalists=3",
+]
 SCALES: dict[str, dict[str, Any]] = {
-    "quick": {"overrides": ["model.input_size=[96, 48]", "train.epochs=12", "trial.finetune_epochs=2",
-                            "search.final_epochs=4"],
-              "n_trials": 6, "seeds": [0, 1], "budgets": [0.5, 0.3, 0.15], "random_policies": 12,
-              "criteria": ["l1", "taylor", "random"], "scenarios": ["prune_then_finetune", "finetune_then_prune"]},
-    "full": {"overrides": ["model.input_size=[96, 48]", "train.epochs=12", "trial.finetune_epochs=4",
-                           "search.final_epochs=8", *TARGET_2PT, *SEARCH],
-             "n_trials": 20, "seeds": [0, 1, 2], "budgets": [0.5, 0.3, 0.15], "random_policies": 24,
-             "global_from_search": True,
-             "criteria": ["l1", "l2", "fpgm", "bn_scale", "taylor", "random"],
-             "scenarios": ["prune_then_finetune", "finetune_then_prune", "direct_transfer"]},
+    "quick": {
+        "overrides": [
+            "model.input_size=[96, 48]",
+            "train.epochs=12",
+            "trial.finetune_epochs=2",
+            "search.final_epochs=4",
+        ],
+        "n_trials": 6,
+        "seeds": [0, 1],
+        "budgets": [0.5, 0.3, 0.15],
+        "random_policies": 12,
+        "criteria": ["l1", "taylor", "random"],
+        "scenarios": ["prune_then_finetune", "finetune_then_prune"],
+    },
+    "full": {
+        "overrides": [
+            "model.input_size=[96, 48]",
+            "train.epochs=12",
+            "trial.finetune_epochs=4",
+            "search.final_epochs=8",
+            *TARGET_2PT,
+            *SEARCH,
+        ],
+        "n_trials": 20,
+        "seeds": [0, 1, 2],
+        "budgets": [0.5, 0.3, 0.15],
+        "random_policies": 24,
+        "global_from_search": True,
+        "criteria": ["l1", "l2", "fpgm", "bn_scale", "taylor", "random"],
+        "scenarios": ["prune_then_finetune", "finetune_then_prune", "direct_transfer"],
+    },
 }
 # What the unpruned reference of a run (its baseline.json) depends on; runs that agree on these share it.
 BASELINE_KEYS = ("model", "data", "train", "seed")
@@ -86,15 +115,17 @@ class Suite:
         self.cached_only = False  # --cached-only: write the tables from finished cells, run nothing
         s = self.s
         # t2 (searched + global per budget and seed), t3, t4 (2), t5 screened searches, t6 random searches
-        self.cells_total = (2 * len(s["budgets"]) * len(s["seeds"]) + len(s["criteria"]) * len(s["scenarios"]) + 2
-                            + 2 * len(s["seeds"]))
+        self.cells_total = (
+            2 * len(s["budgets"]) * len(s["seeds"]) + len(s["criteria"]) * len(s["scenarios"]) + 2 + 2 * len(s["seeds"])
+        )
 
     def log(self, msg: str) -> None:
         print(f"[{time.perf_counter() - self.started:7.0f}s] {msg}", flush=True)
 
     def config(self, overrides: list[str]) -> dict[str, Any]:
-        return load_config(preset="demo", overrides=[f"data.root={self.data_root}", *self.s["overrides"],
-                                                     *overrides, *self.extra])
+        return load_config(
+            preset="demo", overrides=[f"data.root={self.data_root}", *self.s["overrides"], *overrides, *self.extra]
+        )
 
     def cell(self, name: str, overrides: list[str]) -> dict[str, Any]:
         """One search, cached: a finished report with enough trials is read back, anything else resumes."""
@@ -112,8 +143,9 @@ class Suite:
         if report_path.is_file():
             report = json.loads(report_path.read_text())
             final_epochs = cfg["search"]["final_epochs"]
-            if report["best"] and (report["best"]["final_epochs"] != final_epochs
-                                   or (final_epochs and "finalists" not in report)):
+            if report["best"] and (
+                report["best"]["final_epochs"] != final_epochs or (final_epochs and "finalists" not in report)
+            ):
                 report_path.unlink()  # the search is reused; finish() redoes the final fine-tune
                 return self.cell(name, overrides)
             finished = [t for t in report["trials"] if t["state"] in ("COMPLETE", "PRUNED", "FAIL")]
@@ -127,8 +159,12 @@ class Suite:
             raise NotCached(name)
         self._share_baseline(cfg, out)
         self.log(f"cell {label}: running {cfg['search']['n_trials']} trial(s)")
-        report = run_search(cfg, out, progress=False,
-                            log=lambda m: self.log(f"  {label}: {m}") if m.startswith(("trial", "final")) else None)
+        report = run_search(
+            cfg,
+            out,
+            progress=False,
+            log=lambda m: self.log(f"  {label}: {m}") if m.startswith(("trial", "final")) else None,
+        )
         self.cells_done += 1
         return report
 
@@ -138,8 +174,9 @@ class Suite:
         The reference is the seeded, deterministic fine-tune of the unpruned model, so reusing it changes no
         figure; it saves one target fine-tune per cell.
         """
-        key = json.dumps([{k: cfg[k] for k in BASELINE_KEYS}, {k: cfg["trial"][k] for k in BASELINE_TRIAL_KEYS}],
-                         sort_keys=True)
+        key = json.dumps(
+            [{k: cfg[k] for k in BASELINE_KEYS}, {k: cfg["trial"][k] for k in BASELINE_TRIAL_KEYS}], sort_keys=True
+        )
         index_path = self.cache / "baselines.json"
         index = json.loads(index_path.read_text()) if index_path.is_file() else {}
         mine = out / "baseline.json"
@@ -158,8 +195,12 @@ class Suite:
 
         cfg = self.config([])
         data = cfg["data"]
-        return [pid for _, pid, _ in load_dataset(data["target"], data_root=data["root"],
-                                                  synth=target_synth(data["synth"])).query]
+        return [
+            pid
+            for _, pid, _ in load_dataset(
+                data["target"], data_root=data["root"], synth=target_synth(data["synth"])
+            ).query
+        ]
 
     def env(self, overrides: list[str]) -> Any:
         """A SearchEnv for direct use (screening, equal-epoch references), the source baseline cached."""
@@ -178,6 +219,7 @@ class Suite:
 
 # ---- the tables ---------------------------------------------------------------------------------------
 
+
 def mean_sd(xs: list[float]) -> str:
     xs = [x for x in xs if x is not None]
     if not xs:
@@ -187,8 +229,9 @@ def mean_sd(xs: list[float]) -> str:
     return f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs):.3f}"
 
 
-def t2_search_vs_uniform(suite: Suite, budgets: list[float] | None = None,
-                         seeds: list[int] | None = None) -> dict[Any, Any]:
+def t2_search_vs_uniform(
+    suite: Suite, budgets: list[float] | None = None, seeds: list[int] | None = None
+) -> dict[Any, Any]:
     """Searched vs uniform vs global per (budget, seed), with the per-query test hits of each model.
 
     The global ranking comes from its own cell (the ``global`` strategy, one trial and the same final
@@ -200,8 +243,10 @@ def t2_search_vs_uniform(suite: Suite, budgets: list[float] | None = None,
         for seed in seeds or suite.s["seeds"]:
             tag = f"b{int(budget * 100)}_s{seed}"
             try:
-                searched = suite.cell(f"t2_search_{tag}", [f"budget.macs_ratio={budget}", f"seed={seed}",
-                                                           f"search.n_trials={suite.s['n_trials']}"])
+                searched = suite.cell(
+                    f"t2_search_{tag}",
+                    [f"budget.macs_ratio={budget}", f"seed={seed}", f"search.n_trials={suite.s['n_trials']}"],
+                )
             except NotCached:
                 suite.log(f"cell t2_search_{tag}: not finished, left out (--cached-only)")
                 continue
@@ -212,26 +257,38 @@ def t2_search_vs_uniform(suite: Suite, budgets: list[float] | None = None,
                 glob_rank1 = (g.get("final_target") or g.get("target") or {}).get("rank1")
                 glob_hits = g.get("final_hits") or trial_hits.get(g.get("trial"))
             else:
-                glob = suite.cell(f"t2_global_{tag}", [f"budget.macs_ratio={budget}", f"seed={seed}",
-                                                       "search.n_trials=1", "search.space=uniform",
-                                                       "trial.strategy=global"])
+                glob = suite.cell(
+                    f"t2_global_{tag}",
+                    [
+                        f"budget.macs_ratio={budget}",
+                        f"seed={seed}",
+                        "search.n_trials=1",
+                        "search.space=uniform",
+                        "trial.strategy=global",
+                    ],
+                )
                 glob_rank1 = glob["best"]["target"]["rank1"] if glob["best"] else None
                 glob_hits = glob["best"].get("hits") if glob["best"] else None
-            rows[(budget, seed)] = {"searched": searched["best"]["target"]["rank1"],
-                                    # what the search alone picked (best on validation after the trials' epochs)
-                                    "top_trial": (searched.get("finalists") or [searched["best"]])[0]["target"]["rank1"],
-                                    # the same final fine-tune as the searched best, when there is one
-                                    "uniform": (uniform.get("final_target") or uniform["target"])["rank1"],
-                                    "global": glob_rank1,
-                                    "hits": {"searched": searched["best"].get("hits"),
-                                             "uniform": uniform.get("final_hits") or trial_hits.get(uniform.get("trial")),
-                                             "global": glob_hits},
-                                    "report": searched}
+            rows[(budget, seed)] = {
+                "searched": searched["best"]["target"]["rank1"],
+                # what the search alone picked (best on validation after the trials' epochs)
+                "top_trial": (searched.get("finalists") or [searched["best"]])[0]["target"]["rank1"],
+                # the same final fine-tune as the searched best, when there is one
+                "uniform": (uniform.get("final_target") or uniform["target"])["rank1"],
+                "global": glob_rank1,
+                "hits": {
+                    "searched": searched["best"].get("hits"),
+                    "uniform": uniform.get("final_hits") or trial_hits.get(uniform.get("trial")),
+                    "global": glob_hits,
+                },
+                "report": searched,
+            }
     return rows
 
 
-def paired_diff(a: list[str | None], b: list[str | None], n_boot: int = 4000, seed: int = 0,
-                groups: list[int] | None = None) -> dict[str, Any] | None:
+def paired_diff(
+    a: list[str | None], b: list[str | None], n_boot: int = 4000, seed: int = 0, groups: list[int] | None = None
+) -> dict[str, Any] | None:
     """Mean of a - b (fractions) over the queries and seeds, with a 95% bootstrap interval.
 
     ``a[i]``/``b[i]``: seed i's per-query rank-1 hits ("0"/"1" strings, the same queries in the same order)
@@ -247,8 +304,9 @@ def paired_diff(a: list[str | None], b: list[str | None], n_boot: int = 4000, se
     pairs = [(x, y) for x, y in zip(a, b) if x and y]
     if not pairs or len(pairs) < len(a) or len({len(x) for x, y in pairs} | {len(y) for x, y in pairs}) != 1:
         return None
-    d = np.array([[int(c) for c in x] for x, _ in pairs], dtype=np.float64) - \
-        np.array([[int(c) for c in y] for _, y in pairs], dtype=np.float64)  # seeds x queries
+    d = np.array([[int(c) for c in x] for x, _ in pairs], dtype=np.float64) - np.array(
+        [[int(c) for c in y] for _, y in pairs], dtype=np.float64
+    )  # seeds x queries
     n_seeds, n_q = d.shape
     if groups is not None and len(groups) != n_q:
         groups = None  # not this split's queries: fall back to independent queries
@@ -263,8 +321,13 @@ def paired_diff(a: list[str | None], b: list[str | None], n_boot: int = 4000, se
         cols = rng.integers(0, n_groups, n_groups)
         means[i] = sums[np.ix_(rows, cols)].sum() / (len(rows) * sizes[cols].sum())
     lo, hi = np.percentile(means, [2.5, 97.5])
-    return {"mean": float(d.mean()), "ci95": [float(lo), float(hi)], "queries": n_q, "seeds": n_seeds,
-            "resampled": "identities" if groups is not None else "queries"}
+    return {
+        "mean": float(d.mean()),
+        "ci95": [float(lo), float(hi)],
+        "queries": n_q,
+        "seeds": n_seeds,
+        "resampled": "identities" if groups is not None else "queries",
+    }
 
 
 def search_taus(report: dict[str, Any]) -> dict[str, float | None]:
@@ -295,63 +358,100 @@ def t2_summary(suite: Suite, t2: dict[Any, Any]) -> dict[str, Any]:
             values = [r[key] for _, r in cells if r[key] is not None]
             return statistics.mean(values) if values else None
 
-        diff = paired_diff([r["hits"]["searched"] for _, r in cells], [r["hits"]["uniform"] for _, r in cells],
-                           groups=groups)
-        diff_g = paired_diff([r["hits"]["searched"] for _, r in cells], [r["hits"]["global"] for _, r in cells],
-                             groups=groups)
+        diff = paired_diff(
+            [r["hits"]["searched"] for _, r in cells], [r["hits"]["uniform"] for _, r in cells], groups=groups
+        )
+        diff_g = paired_diff(
+            [r["hits"]["searched"] for _, r in cells], [r["hits"]["global"] for _, r in cells], groups=groups
+        )
         rep = cells[0][1]["report"]
-        rows.append({"macs_ratio": budget, "seeds": [seed for seed, _ in cells],
-                     "achieved_macs_ratio": statistics.mean(r["report"]["best"]["macs_ratio"] for _, r in cells),
-                     "searched_rank1": mean("searched"), "uniform_rank1": mean("uniform"),
-                     "global_rank1": mean("global"), "top_trial_rank1": mean("top_trial"),
-                     "per_seed": [{"seed": seed, "searched": r["searched"], "uniform": r["uniform"], "global": r["global"],
-                                   "chosen_trial": r["report"]["best"]["trial"],
-                                   "uniform_trial": (r["report"]["uniform"] or {}).get("trial"),
-                                   "global_trial": (r["report"].get("global") or {}).get("trial"),
-                                   "trials": len(r["report"]["trials"]),
-                                   "complete": sum(t["state"] == "COMPLETE" for t in r["report"]["trials"]),
-                                   "search_seconds": trial_seconds(r["report"]),
-                                   "tau": search_taus(r["report"])} for seed, r in cells],
-                     "diff": diff["mean"] if diff else None, "diff_ci95": diff["ci95"] if diff else None,
-                     "diff_global": diff_g["mean"] if diff_g else None,
-                     "diff_global_ci95": diff_g["ci95"] if diff_g else None,
-                     "uniform_trial_epochs": rep["config"]["finetune_epochs"]})
+        rows.append(
+            {
+                "macs_ratio": budget,
+                "seeds": [seed for seed, _ in cells],
+                "achieved_macs_ratio": statistics.mean(r["report"]["best"]["macs_ratio"] for _, r in cells),
+                "searched_rank1": mean("searched"),
+                "uniform_rank1": mean("uniform"),
+                "global_rank1": mean("global"),
+                "top_trial_rank1": mean("top_trial"),
+                "per_seed": [
+                    {
+                        "seed": seed,
+                        "searched": r["searched"],
+                        "uniform": r["uniform"],
+                        "global": r["global"],
+                        "chosen_trial": r["report"]["best"]["trial"],
+                        "uniform_trial": (r["report"]["uniform"] or {}).get("trial"),
+                        "global_trial": (r["report"].get("global") or {}).get("trial"),
+                        "trials": len(r["report"]["trials"]),
+                        "complete": sum(t["state"] == "COMPLETE" for t in r["report"]["trials"]),
+                        "search_seconds": trial_seconds(r["report"]),
+                        "tau": search_taus(r["report"]),
+                    }
+                    for seed, r in cells
+                ],
+                "diff": diff["mean"] if diff else None,
+                "diff_ci95": diff["ci95"] if diff else None,
+                "diff_global": diff_g["mean"] if diff_g else None,
+                "diff_global_ci95": diff_g["ci95"] if diff_g else None,
+                "uniform_trial_epochs": rep["config"]["finetune_epochs"],
+            }
+        )
     any_hits = next((r["hits"]["uniform"] for r in t2.values() if r["hits"]["uniform"]), None)
-    any_val = next((f.get("val_hits") for r in t2.values() for f in r["report"].get("finalists", [])
-                    if f.get("val_hits")), None)
+    any_val = next(
+        (f.get("val_hits") for r in t2.values() for f in r["report"].get("finalists", []) if f.get("val_hits")), None
+    )
     n_q = len(any_hits) if any_hits else None
     p = statistics.mean(r["uniform"] for r in t2.values())
-    return {"scale": {"target_test_queries": n_q, "target_val_queries": len(any_val) if any_val else None,
-                      "rank1_standard_error": (p * (1 - p) / n_q) ** 0.5 if n_q else None,
-                      "at_rank1": p, "n_trials": suite.s["n_trials"], "overrides": suite.s["overrides"] + suite.extra},
-            "table2": rows}
+    return {
+        "scale": {
+            "target_test_queries": n_q,
+            "target_val_queries": len(any_val) if any_val else None,
+            "rank1_standard_error": (p * (1 - p) / n_q) ** 0.5 if n_q else None,
+            "at_rank1": p,
+            "n_trials": suite.s["n_trials"],
+            "overrides": suite.s["overrides"] + suite.extra,
+        },
+        "table2": rows,
+    }
 
 
 def t2_markdown(summary: dict[str, Any]) -> list[str]:
     """Table 2 with the paired difference and its interval, and the validation/test taus."""
     sc = summary["scale"]
-    lines = [f"Target test split: {sc['target_test_queries']} queries (standard error of one model's rank-1 near "
-             f"{sc['at_rank1']:.2f}: {100 * (sc['rank1_standard_error'] or 0):.1f} points); validation: "
-             f"{sc['target_val_queries']} queries. *searched - uniform*: paired on the same test queries and "
-             f"seeds, mean and 95% bootstrap interval over queries and seeds.", "",
-             "| MACs budget | seeds | searched | top trial | uniform (paper) | global ranking | searched - uniform (points, 95% CI) | searched - global |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"Target test split: {sc['target_test_queries']} queries (standard error of one model's rank-1 near "
+        f"{sc['at_rank1']:.2f}: {100 * (sc['rank1_standard_error'] or 0):.1f} points); validation: "
+        f"{sc['target_val_queries']} queries. *searched - uniform*: paired on the same test queries and "
+        f"seeds, mean and 95% bootstrap interval over queries and seeds.",
+        "",
+        "| MACs budget | seeds | searched | top trial | uniform (paper) | global ranking | searched - uniform (points, 95% CI) | searched - global |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     ci = lambda m, c: "-" if m is None else f"{100 * m:+.1f} [{100 * c[0]:+.1f}, {100 * c[1]:+.1f}]"  # noqa: E731
     for r in summary["table2"]:
-        lines.append(f"| {r['macs_ratio']:.0%} | {len(r['seeds'])} | {f(r['searched_rank1'])} | {f(r['top_trial_rank1'])} | "
-                     f"{f(r['uniform_rank1'])} | {f(r['global_rank1'])} | {ci(r['diff'], r['diff_ci95'])} | "
-                     f"{ci(r['diff_global'], r['diff_global_ci95'])} |")
-    lines += ["", "Per search: trials (complete), the final choice, and Kendall tau between the validation objective "
-              "(rank-1 / mAP / mix) and test rank-1 over its complete trials:", "",
-              "| budget | seed | searched | uniform | global | trials (complete) | chosen trial | tau rank-1 | tau mAP | tau mix |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines.append(
+            f"| {r['macs_ratio']:.0%} | {len(r['seeds'])} | {f(r['searched_rank1'])} | {f(r['top_trial_rank1'])} | "
+            f"{f(r['uniform_rank1'])} | {f(r['global_rank1'])} | {ci(r['diff'], r['diff_ci95'])} | "
+            f"{ci(r['diff_global'], r['diff_global_ci95'])} |"
+        )
+    lines += [
+        "",
+        "Per search: trials (complete), the final choice, and Kendall tau between the validation objective "
+        "(rank-1 / mAP / mix) and test rank-1 over its complete trials:",
+        "",
+        "| budget | seed | searched | uniform | global | trials (complete) | chosen trial | tau rank-1 | tau mAP | tau mix |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     t = lambda v: "-" if v is None else f"{v:+.2f}"  # noqa: E731
     for r in summary["table2"]:
         for p in r["per_seed"]:
-            lines.append(f"| {r['macs_ratio']:.0%} | {p['seed']} | {f(p['searched'])} | {f(p['uniform'])} | "
-                         f"{f(p['global'])} | {p['trials']} ({p['complete']}) | {p['chosen_trial']} | "
-                         f"{t(p['tau']['rank1'])} | {t(p['tau']['mAP'])} | {t(p['tau']['mix'])} |")
+            lines.append(
+                f"| {r['macs_ratio']:.0%} | {p['seed']} | {f(p['searched'])} | {f(p['uniform'])} | "
+                f"{f(p['global'])} | {p['trials']} ({p['complete']}) | {p['chosen_trial']} | "
+                f"{t(p['tau']['rank1'])} | {t(p['tau']['mAP'])} | {t(p['tau']['mix'])} |"
+            )
     return lines
 
 
@@ -359,8 +459,13 @@ def write_json_results(suite: Suite, t2: dict[Any, Any], command: str, full: boo
     """benchmarks/results_<tag>.json: table 2 as data, the command and the wall time of this run."""
     path = ROOT / f"results_{suite.tag}.json"
     out = t2_summary(suite, t2)
-    out.update(command=command, seconds_total=time.perf_counter() - suite.started, complete_suite=full,
-               cells_computed=suite.cells_done, date=date.today().isoformat())
+    out.update(
+        command=command,
+        seconds_total=time.perf_counter() - suite.started,
+        complete_suite=full,
+        cells_computed=suite.cells_done,
+        date=date.today().isoformat(),
+    )
     path.write_text(json.dumps(out, indent=1))
     return out
 
@@ -369,9 +474,16 @@ def table2_only(suite: Suite, budgets: list[float] | None, seeds: list[int] | No
     """``--table 2 [--budget B] [--seed S]``: those cells only, then results_<tag>_t2.md/.json from them."""
     t2 = t2_search_vs_uniform(suite, budgets, seeds)
     out = write_json_results(suite, t2, command, full=False)
-    lines = [f"## Table 2 only, scale `{suite.tag}`", "", f"Command: `{command}`  ",
-             f"Wall time of this run: {out['seconds_total']:.0f} s ({out['cells_computed']} cells computed, the rest "
-             f"read from the cache); {suite.s['n_trials']} trials per search.", "", *t2_markdown(out), ""]
+    lines = [
+        f"## Table 2 only, scale `{suite.tag}`",
+        "",
+        f"Command: `{command}`  ",
+        f"Wall time of this run: {out['seconds_total']:.0f} s ({out['cells_computed']} cells computed, the rest "
+        f"read from the cache); {suite.s['n_trials']} trials per search.",
+        "",
+        *t2_markdown(out),
+        "",
+    ]
     (ROOT / f"results_{suite.tag}_t2.md").write_text("\n".join(lines))
     suite.log(f"wrote benchmarks/results_{suite.tag}_t2.md and results_{suite.tag}.json")
     return 0
@@ -395,9 +507,17 @@ def t3_criteria_scenarios(suite: Suite) -> dict[tuple[str, str], float]:
     out = {}
     for scenario in suite.s["scenarios"]:
         for criterion in suite.s["criteria"]:
-            r = suite.cell(f"t3_{criterion}_{scenario}", ["budget.macs_ratio=0.5", "search.space=uniform",
-                                                          "search.n_trials=1", "search.final_epochs=0", f"trial.criterion={criterion}",
-                                                          f"trial.scenario={scenario}"])
+            r = suite.cell(
+                f"t3_{criterion}_{scenario}",
+                [
+                    "budget.macs_ratio=0.5",
+                    "search.space=uniform",
+                    "search.n_trials=1",
+                    "search.final_epochs=0",
+                    f"trial.criterion={criterion}",
+                    f"trial.scenario={scenario}",
+                ],
+            )
             out[(criterion, scenario)] = r["best"]["target"]["rank1"] if r["best"] else None
     return out
 
@@ -410,13 +530,27 @@ def t4_larger_pruned(suite: Suite) -> dict[str, Any]:
     size = tuple(cfg["model"]["input_size"])
     r18_macs = count_macs(build_model("resnet18", 2, last_stride=cfg["model"]["last_stride"]), size)[0]
     # Both get the trials' target fine-tuning and nothing more (no final epochs): trained the same way.
-    r34 = suite.cell("t4_r34_at_r18", ["model.arch=resnet34", f"budget.gmacs={r18_macs / 1e9}", "search.space=uniform",
-                                       "search.n_trials=1", "search.final_epochs=0"])
-    r18 = suite.cell("t4_r18_unpruned_ref", ["budget.macs_ratio=0.99", "search.space=uniform", "search.n_trials=1",
-                                             "search.final_epochs=0"])
-    return {"r34_pruned": r34["best"]["target"]["rank1"], "r34_macs": r34["best"]["macs"],
-            "r34_unpruned": r34["baseline"]["target"]["rank1"], "r18": r18["baseline"]["target"]["rank1"],
-            "r18_macs": r18_macs}
+    r34 = suite.cell(
+        "t4_r34_at_r18",
+        [
+            "model.arch=resnet34",
+            f"budget.gmacs={r18_macs / 1e9}",
+            "search.space=uniform",
+            "search.n_trials=1",
+            "search.final_epochs=0",
+        ],
+    )
+    r18 = suite.cell(
+        "t4_r18_unpruned_ref",
+        ["budget.macs_ratio=0.99", "search.space=uniform", "search.n_trials=1", "search.final_epochs=0"],
+    )
+    return {
+        "r34_pruned": r34["best"]["target"]["rank1"],
+        "r34_macs": r34["best"]["macs"],
+        "r34_unpruned": r34["baseline"]["target"]["rank1"],
+        "r18": r18["baseline"]["target"]["rank1"],
+        "r18_macs": r18_macs,
+    }
 
 
 def t5_screening(suite: Suite) -> dict[str, Any]:
@@ -430,8 +564,10 @@ def t5_screening(suite: Suite) -> dict[str, Any]:
     if len(rows) < suite.s["random_policies"]:
         env = suite.env(["budget.macs_ratio=0.3"])
         rng = random.Random(123)
-        policies = [{p.name: rng.uniform(p.low, p.high) for p in env.space.params.values()}
-                    for _ in range(suite.s["random_policies"])]
+        policies = [
+            {p.name: rng.uniform(p.low, p.high) for p in env.space.params.values()}
+            for _ in range(suite.s["random_policies"])
+        ]
         while len(rows) < suite.s["random_policies"]:
             values = policies[len(rows)]  # a resumed run continues the same sequence
             counts = env.counts_for(values)
@@ -439,9 +575,15 @@ def t5_screening(suite: Suite) -> dict[str, Any]:
             score = env.screen_score(counts)
             screen_s = time.perf_counter() - t0
             result = env.run(values, counts=counts)
-            rows.append({"screen": score, "val": result.metrics["target"]["val"]["rank1"],
-                         "test": result.metrics["target"]["rank1"], "screen_seconds": screen_s,
-                         "trial_seconds": result.seconds})
+            rows.append(
+                {
+                    "screen": score,
+                    "val": result.metrics["target"]["val"]["rank1"],
+                    "test": result.metrics["target"]["rank1"],
+                    "screen_seconds": screen_s,
+                    "trial_seconds": result.seconds,
+                }
+            )
             path.write_text(json.dumps(rows))
             suite.log(f"  t5 policy {len(rows)}: adaptive-BN {score:.3f}, after fine-tune val {rows[-1]['val']:.3f}")
     tau_val = kendalltau([r["screen"] for r in rows], [r["val"] for r in rows])
@@ -449,15 +591,37 @@ def t5_screening(suite: Suite) -> dict[str, Any]:
     cost = statistics.mean(r["screen_seconds"] for r in rows) / statistics.mean(r["trial_seconds"] for r in rows)
     with_screening = []
     for seed in suite.s["seeds"]:
-        plain = suite.cell(f"t2_search_b30_s{seed}", ["budget.macs_ratio=0.3", f"seed={seed}",
-                                                      f"search.n_trials={suite.s['n_trials']}"])
-        screened = suite.cell(f"t5_screened_b30_s{seed}", ["budget.macs_ratio=0.3", f"seed={seed}",
-                                                           f"search.n_trials={suite.s['n_trials']}",
-                                                           "search.screening.enabled=true"])
-        with_screening.append({"seed": seed, "plain": plain["best"]["target"]["rank1"], "plain_s": trial_seconds(plain),
-                               "screened": screened["best"]["target"]["rank1"], "screened_s": trial_seconds(screened)})
-    return {"n": len(rows), "searches": with_screening, "tau_val": tau_val.statistic, "p_val": tau_val.pvalue, "tau_test": tau_test.statistic,
-            "p_test": tau_test.pvalue, "cost_ratio": cost}
+        plain = suite.cell(
+            f"t2_search_b30_s{seed}",
+            ["budget.macs_ratio=0.3", f"seed={seed}", f"search.n_trials={suite.s['n_trials']}"],
+        )
+        screened = suite.cell(
+            f"t5_screened_b30_s{seed}",
+            [
+                "budget.macs_ratio=0.3",
+                f"seed={seed}",
+                f"search.n_trials={suite.s['n_trials']}",
+                "search.screening.enabled=true",
+            ],
+        )
+        with_screening.append(
+            {
+                "seed": seed,
+                "plain": plain["best"]["target"]["rank1"],
+                "plain_s": trial_seconds(plain),
+                "screened": screened["best"]["target"]["rank1"],
+                "screened_s": trial_seconds(screened),
+            }
+        )
+    return {
+        "n": len(rows),
+        "searches": with_screening,
+        "tau_val": tau_val.statistic,
+        "p_val": tau_val.pvalue,
+        "tau_test": tau_test.statistic,
+        "p_test": tau_test.pvalue,
+        "cost_ratio": cost,
+    }
 
 
 def trial_seconds(report: dict[str, Any]) -> float:
@@ -470,8 +634,15 @@ def t6_sampler(suite: Suite, t2: dict) -> dict[str, Any]:
     out: dict[str, list[list[float]]] = {"tpe": [], "random": []}
     for seed in suite.s["seeds"]:
         tpe = t2[(0.3, seed)]["report"]
-        rnd = suite.cell(f"t6_random_b30_s{seed}", ["budget.macs_ratio=0.3", f"seed={seed}", "search.sampler=random",
-                                                    f"search.n_trials={suite.s['n_trials']}"])
+        rnd = suite.cell(
+            f"t6_random_b30_s{seed}",
+            [
+                "budget.macs_ratio=0.3",
+                f"seed={seed}",
+                "search.sampler=random",
+                f"search.n_trials={suite.s['n_trials']}",
+            ],
+        )
         for name, report in (("tpe", tpe), ("random", rnd)):
             best, curve = float("-inf"), []
             for t in sorted(report["trials"], key=lambda t: t["number"]):
@@ -519,77 +690,134 @@ def t8_overhead(t2: dict) -> dict[str, float]:
 
 # ---- the write-up -------------------------------------------------------------------------------------
 
+
 def write_results(suite: Suite, t1, t2, t3, t4, t5, t6, t7, t8, command: str) -> Path:
     s = suite.s
-    lines = [f"## Scale `{suite.tag}`", "",
-             f"Command: `{command}`  ",
-             f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-             f"torch {torch.__version__}, CPU only. Date: {date.today().isoformat()}. Seeds: {s['seeds']}.  ",
-             f"Setup: demo preset (ResNet-18, synthetic source A -> target B) with {' '.join(s['overrides'] + suite.extra)}; "
-             f"searches run {s['n_trials']} Optuna trials (TPE, groupwise space; trial 0 is the uniform policy); "
-             f"trials are selected on held-out target identities (validation) and every figure below is target "
-             f"*test* rank-1.", ""]
-    lines += ["### 1. Headline: 50% MACs, searched policy vs unpruned", "",
-              f"Both get the same target fine-tuning: the searched best is retrained from the pruned source model "
-              f"for `search.final_epochs` = {suite.config([])['search']['final_epochs']} epochs, the unpruned model "
-              f"for as many. Goal: within 1 point.", "",
-              "| seed | unpruned rank-1 | searched rank-1 | gap (points) | uniform rank-1 | gap (points) |",
-              "| --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"## Scale `{suite.tag}`",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}, CPU only. Date: {date.today().isoformat()}. Seeds: {s['seeds']}.  ",
+        f"Setup: demo preset (ResNet-18, synthetic source A -> target B) with {' '.join(s['overrides'] + suite.extra)}; "
+        f"searches run {s['n_trials']} Optuna trials (TPE, groupwise space; trial 0 is the uniform policy); "
+        f"trials are selected on held-out target identities (validation) and every figure below is target "
+        f"*test* rank-1.",
+        "",
+    ]
+    lines += [
+        "### 1. Headline: 50% MACs, searched policy vs unpruned",
+        "",
+        f"Both get the same target fine-tuning: the searched best is retrained from the pruned source model "
+        f"for `search.final_epochs` = {suite.config([])['search']['final_epochs']} epochs, the unpruned model "
+        f"for as many. Goal: within 1 point.",
+        "",
+        "| seed | unpruned rank-1 | searched rank-1 | gap (points) | uniform rank-1 | gap (points) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for seed in s["seeds"]:
         r, u = t2[(0.5, seed)], t1[seed]
-        lines.append(f"| {seed} | {u:.3f} | {r['searched']:.3f} | {100 * (r['searched'] - u):+.1f} | "
-                     f"{r['uniform']:.3f} | {100 * (r['uniform'] - u):+.1f} |")
+        lines.append(
+            f"| {seed} | {u:.3f} | {r['searched']:.3f} | {100 * (r['searched'] - u):+.1f} | "
+            f"{r['uniform']:.3f} | {100 * (r['uniform'] - u):+.1f} |"
+        )
     gaps = [100 * (t2[(0.5, seed)]["searched"] - t1[seed]) for seed in s["seeds"]]
-    lines.append(f"| mean | {statistics.mean(t1[x] for x in s['seeds']):.3f} | "
-                 f"{statistics.mean(t2[(0.5, x)]['searched'] for x in s['seeds']):.3f} | {statistics.mean(gaps):+.1f} | "
-                 f"{statistics.mean(t2[(0.5, x)]['uniform'] for x in s['seeds']):.3f} | "
-                 f"{statistics.mean(100 * (t2[(0.5, x)]['uniform'] - t1[x]) for x in s['seeds']):+.1f} |")
-    lines += ["", "### 2. Search vs hand-picked (uniform) vs global ranking", "",
-              "Mean ± standard deviation over the seeds of target test rank-1; every policy gets the same final "
-              "fine-tune. *searched*: autoprune's result (the final round picks, on validation, among the top "
-              "trials and the uniform policy); *top trial*: the search's best trial on validation, had it been "
-              "taken as is.", "",
-              "| MACs budget | searched | top trial | uniform (paper) | global ranking | searched - uniform (points) |",
-              "| --- | --- | --- | --- | --- | --- |"]
+    lines.append(
+        f"| mean | {statistics.mean(t1[x] for x in s['seeds']):.3f} | "
+        f"{statistics.mean(t2[(0.5, x)]['searched'] for x in s['seeds']):.3f} | {statistics.mean(gaps):+.1f} | "
+        f"{statistics.mean(t2[(0.5, x)]['uniform'] for x in s['seeds']):.3f} | "
+        f"{statistics.mean(100 * (t2[(0.5, x)]['uniform'] - t1[x]) for x in s['seeds']):+.1f} |"
+    )
+    lines += [
+        "",
+        "### 2. Search vs hand-picked (uniform) vs global ranking",
+        "",
+        "Mean ± standard deviation over the seeds of target test rank-1; every policy gets the same final "
+        "fine-tune. *searched*: autoprune's result (the final round picks, on validation, among the top "
+        "trials and the uniform policy); *top trial*: the search's best trial on validation, had it been "
+        "taken as is.",
+        "",
+        "| MACs budget | searched | top trial | uniform (paper) | global ranking | searched - uniform (points) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for budget in s["budgets"]:
         rows = [t2[(budget, seed)] for seed in s["seeds"]]
         diff = [100 * (r["searched"] - r["uniform"]) for r in rows]
-        lines.append(f"| {budget:.0%} | {mean_sd([r['searched'] for r in rows])} | {mean_sd([r['top_trial'] for r in rows])} | "
-                     f"{mean_sd([r['uniform'] for r in rows])} | "
-                     f"{mean_sd([r['global'] for r in rows])} | {statistics.mean(diff):+.1f} (per seed: "
-                     f"{', '.join(f'{d:+.1f}' for d in diff)}) |")
-    lines += ["", *t2_markdown(t2_summary(suite, t2)), "", f"![search vs uniform](plots/t2_{suite.tag}.png)", "",
-              "### 3. Criteria x scenarios at 50% MACs (uniform policy, seed 0)", "",
-              "| criterion | " + " | ".join(s["scenarios"]) + " |", "| --- |" + " --- |" * len(s["scenarios"])]
+        lines.append(
+            f"| {budget:.0%} | {mean_sd([r['searched'] for r in rows])} | {mean_sd([r['top_trial'] for r in rows])} | "
+            f"{mean_sd([r['uniform'] for r in rows])} | "
+            f"{mean_sd([r['global'] for r in rows])} | {statistics.mean(diff):+.1f} (per seed: "
+            f"{', '.join(f'{d:+.1f}' for d in diff)}) |"
+        )
+    lines += [
+        "",
+        *t2_markdown(t2_summary(suite, t2)),
+        "",
+        f"![search vs uniform](plots/t2_{suite.tag}.png)",
+        "",
+        "### 3. Criteria x scenarios at 50% MACs (uniform policy, seed 0)",
+        "",
+        "| criterion | " + " | ".join(s["scenarios"]) + " |",
+        "| --- |" + " --- |" * len(s["scenarios"]),
+    ]
     for c in s["criteria"]:
-        lines.append(f"| {c} | " + " | ".join(f"{t3[(c, sc)]:.3f}" if t3[(c, sc)] is not None else "-" for sc in s["scenarios"]) + " |")
-    lines += ["", "### 4. Larger pruned vs smaller trained", "",
-              f"ResNet-34 pruned (uniform) to ResNet-18's {t4['r18_macs'] / 1e6:.1f} MMACs: rank-1 {t4['r34_pruned']:.3f} "
-              f"({t4['r34_macs'] / 1e6:.1f} MMACs); ResNet-18 trained the same way: {t4['r18']:.3f}; unpruned ResNet-34: "
-              f"{t4['r34_unpruned']:.3f}.", "",
-              "### 5. Adaptive-BN screening", "",
-              f"{t5['n']} random policies at 30% MACs: Kendall tau between the adaptive-BN score and rank-1 after "
-              f"fine-tuning = {t5['tau_val']:.2f} (validation, p={t5['p_val']:.3f}), {t5['tau_test']:.2f} (test, "
-              f"p={t5['p_test']:.3f}); screening costs {t5['cost_ratio']:.1%} of one trial.", "",
-              f"Search with and without screening ({s['n_trials']} trials at 30% MACs; test rank-1 of the best, "
-              f"after the final fine-tune; search time = the sum of its trials' times):", "",
-              "| seed | without: rank-1 | without: search s | with: rank-1 | with: search s |", "| --- | --- | --- | --- | --- |",
-              *[f"| {r['seed']} | {r['plain']:.3f} | {r['plain_s']:.0f} | {r['screened']:.3f} | {r['screened_s']:.0f} |"
-                for r in t5["searches"]], "",
-              "### 6. Sample efficiency at 30% MACs (best validation rank-1 after N trials, mean of seeds)", "",
-              "| N | " + " | ".join(str(i + 1) for i in range(s["n_trials"])) + " |", "| --- |" + " --- |" * s["n_trials"]]
+        lines.append(
+            f"| {c} | "
+            + " | ".join(f"{t3[(c, sc)]:.3f}" if t3[(c, sc)] is not None else "-" for sc in s["scenarios"])
+            + " |"
+        )
+    lines += [
+        "",
+        "### 4. Larger pruned vs smaller trained",
+        "",
+        f"ResNet-34 pruned (uniform) to ResNet-18's {t4['r18_macs'] / 1e6:.1f} MMACs: rank-1 {t4['r34_pruned']:.3f} "
+        f"({t4['r34_macs'] / 1e6:.1f} MMACs); ResNet-18 trained the same way: {t4['r18']:.3f}; unpruned ResNet-34: "
+        f"{t4['r34_unpruned']:.3f}.",
+        "",
+        "### 5. Adaptive-BN screening",
+        "",
+        f"{t5['n']} random policies at 30% MACs: Kendall tau between the adaptive-BN score and rank-1 after "
+        f"fine-tuning = {t5['tau_val']:.2f} (validation, p={t5['p_val']:.3f}), {t5['tau_test']:.2f} (test, "
+        f"p={t5['p_test']:.3f}); screening costs {t5['cost_ratio']:.1%} of one trial.",
+        "",
+        f"Search with and without screening ({s['n_trials']} trials at 30% MACs; test rank-1 of the best, "
+        f"after the final fine-tune; search time = the sum of its trials' times):",
+        "",
+        "| seed | without: rank-1 | without: search s | with: rank-1 | with: search s |",
+        "| --- | --- | --- | --- | --- |",
+        *[
+            f"| {r['seed']} | {r['plain']:.3f} | {r['plain_s']:.0f} | {r['screened']:.3f} | {r['screened_s']:.0f} |"
+            for r in t5["searches"]
+        ],
+        "",
+        "### 6. Sample efficiency at 30% MACs (best validation rank-1 after N trials, mean of seeds)",
+        "",
+        "| N | " + " | ".join(str(i + 1) for i in range(s["n_trials"])) + " |",
+        "| --- |" + " --- |" * s["n_trials"],
+    ]
     for name in ("tpe", "random"):
         curves = t6[name]
         means = [statistics.mean(c[i] for c in curves) for i in range(min(len(c) for c in curves))]
         lines.append(f"| {name} | " + " | ".join(f"{m:.3f}" for m in means) + " |")
-    lines += ["", "### 7. CPU latency vs MACs (best policy of seed 0; pruned / unpruned)", "",
-              "| budget | MACs ratio | latency ratio, batch 1 | latency ratio, batch 32 |", "| --- | --- | --- | --- |"]
+    lines += [
+        "",
+        "### 7. CPU latency vs MACs (best policy of seed 0; pruned / unpruned)",
+        "",
+        "| budget | MACs ratio | latency ratio, batch 1 | latency ratio, batch 32 |",
+        "| --- | --- | --- | --- |",
+    ]
     for r in t7:
         lines.append(f"| {r['budget']:.0%} | {r['macs_ratio']:.3f} | {r['ratio_b1']:.3f} | {r['ratio_b32']:.3f} |")
-    lines += ["", f"![sample efficiency and latency](plots/t6_t7_{suite.tag}.png)", "",
-              "### 8. Framework overhead per trial", "",
-              f"Time outside training and evaluation (projection, surgery, MACs counting, storage, saving): "
-              f"{t8['mean']:.1%} of trial time on average, {t8['max']:.1%} at most, over {t8['n']} trials.", ""]
+    lines += [
+        "",
+        f"![sample efficiency and latency](plots/t6_t7_{suite.tag}.png)",
+        "",
+        "### 8. Framework overhead per trial",
+        "",
+        f"Time outside training and evaluation (projection, surgery, MACs counting, storage, saving): "
+        f"{t8['mean']:.1%} of trial time on average, {t8['max']:.1%} at most, over {t8['n']} trials.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -600,8 +828,12 @@ def plot_t2(suite: Suite, t1: dict, t2: dict) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for key, label in (("searched", "searched (groupwise TPE + final round)"), ("top_trial", "top trial, no final round"),
-                       ("uniform", "uniform (paper)"), ("global", "global ranking")):
+    for key, label in (
+        ("searched", "searched (groupwise TPE + final round)"),
+        ("top_trial", "top trial, no final round"),
+        ("uniform", "uniform (paper)"),
+        ("global", "global ranking"),
+    ):
         xs, ys, es = [], [], []
         for budget in suite.s["budgets"]:
             vals = [t2[(budget, s)][key] for s in suite.s["seeds"] if t2[(budget, s)][key] is not None]
@@ -662,8 +894,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--final-epochs", type=int, help="final-round epochs (default: the scale's)")
     parser.add_argument("--finalists", type=int, help="most top trials in the final round (default: the scale's)")
     parser.add_argument("--threads", type=int, help="CPU threads per process (train.threads)")
-    parser.add_argument("--cached-only", action="store_true",
-                        help="with --table 2: tables from the finished cells only (e.g. while other processes run)")
+    parser.add_argument(
+        "--cached-only",
+        action="store_true",
+        help="with --table 2: tables from the finished cells only (e.g. while other processes run)",
+    )
     args = parser.parse_args(argv)
     import optuna
 
@@ -671,13 +906,18 @@ def main(argv: list[str] | None = None) -> int:
     suite = Suite("quick" if args.quick else "full", args.extra)
     if args.trials:
         suite.s = {**suite.s, "n_trials": args.trials}
-    for flag, key in ((args.final_epochs, "search.final_epochs"), (args.finalists, "search.finalists"),
-                      (args.threads, "train.threads")):
+    for flag, key in (
+        (args.final_epochs, "search.final_epochs"),
+        (args.finalists, "search.finalists"),
+        (args.threads, "train.threads"),
+    ):
         if flag is not None:
             suite.s = {**suite.s, "overrides": [*suite.s["overrides"], f"{key}={flag}"]}
     suite.cached_only = args.cached_only
     if args.table == 2:
-        return table2_only(suite, args.budget, args.seed, command=" ".join(["python -m benchmarks.suite", *(argv or sys.argv[1:])]))
+        return table2_only(
+            suite, args.budget, args.seed, command=" ".join(["python -m benchmarks.suite", *(argv or sys.argv[1:])])
+        )
     t2 = t2_search_vs_uniform(suite)
     t1 = t1_unpruned_equal_epochs(suite)
     plot_t2(suite, t1, t2)

@@ -42,8 +42,12 @@ def _filters(model: nn.Module, group: str, ctx: CriterionContext) -> list[torch.
 def _params(group: str, ctx: CriterionContext) -> list[torch.Tensor]:
     """Every weight and bias of the group's out-modules: what is removed with its channels (dim 0)."""
     modules = ctx.graph.modules
-    return [p for n in ctx.graph.groups[group].out_modules for pname in ("weight", "bias")
-            if isinstance(p := getattr(modules[n], pname, None), torch.Tensor)]
+    return [
+        p
+        for n in ctx.graph.groups[group].out_modules
+        for pname in ("weight", "bias")
+        if isinstance(p := getattr(modules[n], pname, None), torch.Tensor)
+    ]
 
 
 @contextlib.contextmanager
@@ -124,8 +128,9 @@ class FPGMCriterion(BaseCriterion):
     name = "fpgm"
 
     def score(self, model: nn.Module, group: str, ctx: CriterionContext) -> torch.Tensor:
-        return cast(torch.Tensor, sum(torch.cdist(w[None], w[None]).squeeze(0).sum(dim=1)
-                                      for w in _filters(model, group, ctx)))
+        return cast(
+            torch.Tensor, sum(torch.cdist(w[None], w[None]).squeeze(0).sum(dim=1) for w in _filters(model, group, ctx))
+        )
 
 
 class BNScaleCriterion(BaseCriterion):
@@ -163,8 +168,11 @@ class TaylorCriterion(BaseCriterion):
 
         def accumulate() -> None:
             for group in ctx.graph.groups:
-                first_order = sum((p.detach() * p.grad).reshape(p.shape[0], -1).sum(dim=1)
-                                  for p in _params(group, ctx) if p.grad is not None)
+                first_order = sum(
+                    (p.detach() * p.grad).reshape(p.shape[0], -1).sum(dim=1)
+                    for p in _params(group, ctx)
+                    if p.grad is not None
+                )
                 if isinstance(first_order, torch.Tensor):
                     _add(sums, group, first_order.pow(2).cpu())
 
@@ -205,6 +213,7 @@ class TaylorActivationCriterion(BaseCriterion):
                 # ResNet blocks modify a BN output in place (ReLU(inplace), "out += identity"); handing
                 # on a copy keeps the tensor whose value and gradient we read untouched.
                 return output.clone()
+
             return forward_hook
 
         handles = [modules[n].register_forward_hook(hook(n)) for n in bns]
@@ -271,6 +280,14 @@ class RandomCriterion(BaseCriterion):
 
 @hookimpl
 def autoprune_register_criteria(register: Callable[..., None]) -> None:
-    for cls in (L1Criterion, L2Criterion, FPGMCriterion, BNScaleCriterion, TaylorCriterion,
-                TaylorActivationCriterion, GradientCriterion, RandomCriterion):
+    for cls in (
+        L1Criterion,
+        L2Criterion,
+        FPGMCriterion,
+        BNScaleCriterion,
+        TaylorCriterion,
+        TaylorActivationCriterion,
+        GradientCriterion,
+        RandomCriterion,
+    ):
         register(cls)

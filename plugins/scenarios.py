@@ -88,6 +88,10 @@ class DirectTransferScenario(BaseScenario):
 
 @hookimpl
 def autoprune_register_scenarios(register: Callable[..., None]) -> None:
-    for cls in (PruneThenFinetuneScenario, FinetuneThenPruneScenario, PruneDuringFinetuneScenario,
-                DirectTransferScenario):
+    for cls in (
+        PruneThenFinetuneScenario,
+        FinetuneThenPruneScenario,
+        PruneDuringFinetuneScenario,
+        DirectTransferScenario,
+    ):
         register(cls)

@@ -18,8 +18,13 @@ from autoprune.strategies import BaseStrategy, StrategyContext
 SCHEDULES = ("linear", "exponential")
 
 
-def step_widths(start: dict[str, int], target: dict[str, int], steps: int, schedule: str = "linear",
-                channel_groups: dict[str, int] | None = None) -> list[dict[str, int]]:
+def step_widths(
+    start: dict[str, int],
+    target: dict[str, int],
+    steps: int,
+    schedule: str = "linear",
+    channel_groups: dict[str, int] | None = None,
+) -> list[dict[str, int]]:
     """Widths after each of ``steps`` steps from ``start`` to ``target``; the last one is ``target``.
 
     ``linear``: each step removes an equal part of the channels to remove. ``exponential``: the kept
@@ -97,8 +102,9 @@ class IterativeStrategy(BaseStrategy):
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {options['schedule']!r}")
 
     def run(self, model: nn.Module, ctx: StrategyContext) -> nn.Module:
-        stages = step_widths(ctx.graph.widths(), ctx.counts, self.options["steps"], self.options["schedule"],
-                             ctx.graph.channel_groups())
+        stages = step_widths(
+            ctx.graph.widths(), ctx.counts, self.options["steps"], self.options["schedule"], ctx.graph.channel_groups()
+        )
         per_step, remainder = divmod(ctx.epochs, len(stages))
         for k, widths in enumerate(stages):
             scores = score_groups(model, ctx.criterion, ctx.criterion_context())

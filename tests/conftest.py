@@ -45,7 +45,8 @@ def install_entry_points(package: Path, site: Path) -> None:
     info.mkdir(parents=True)
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n")
     (info / "entry_points.txt").write_text(
-        "[autoprune]\n" + "".join(f"{k} = {v}\n" for k, v in project["entry-points"]["autoprune"].items()))
+        "[autoprune]\n" + "".join(f"{k} = {v}\n" for k, v in project["entry-points"]["autoprune"].items())
+    )
 
 
 @pytest.fixture

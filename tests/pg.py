@@ -52,8 +52,7 @@ class PostgresServer:
         cmd = [str(a) for a in args]
         if self.owner:
             cmd = ["runuser", "-u", self.owner, "--", *cmd]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env, cwd="/",
-                              check=False)
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env, cwd="/", check=False)
 
     def _check(self, proc: subprocess.CompletedProcess, what: str) -> None:
         if proc.returncode != 0:
@@ -70,14 +69,34 @@ class PostgresServer:
             for path in (self.dir, pwfile):
                 os.chown(path, entry.pw_uid, entry.pw_gid)
         # Password (scram) over TCP, trust only on the cluster's own unix socket in its private folder.
-        self._check(self._run(self.bin / "initdb", "-D", data, "-U", USER, f"--pwfile={pwfile}", "-E", "UTF8",
-                              "--auth-host=scram-sha-256", "--auth-local=trust", "--no-sync"), "initdb")
+        self._check(
+            self._run(
+                self.bin / "initdb",
+                "-D",
+                data,
+                "-U",
+                USER,
+                f"--pwfile={pwfile}",
+                "-E",
+                "UTF8",
+                "--auth-host=scram-sha-256",
+                "--auth-local=trust",
+                "--no-sync",
+            ),
+            "initdb",
+        )
         opts = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.dir} -c fsync=off"
-        self._check(self._run(self.bin / "pg_ctl", "-D", data, "-o", opts, "-l", self.dir / "server.log",
-                              "-w", "-t", "30", "start"), "start")
+        self._check(
+            self._run(
+                self.bin / "pg_ctl", "-D", data, "-o", opts, "-l", self.dir / "server.log", "-w", "-t", "30", "start"
+            ),
+            "start",
+        )
         env = {**os.environ, "PGPASSWORD": PASSWORD}
-        self._check(self._run(self.bin / "createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", USER,
-                              DATABASE, env=env), "createdb")
+        self._check(
+            self._run(self.bin / "createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", USER, DATABASE, env=env),
+            "createdb",
+        )
         return self
 
     def stop(self) -> None:

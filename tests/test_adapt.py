@@ -10,9 +10,17 @@ import torch
 
 from autoprune.errors import UserError
 
-TINY = ["train.epochs=1", "train.precision=fp32", "train.max_batches_per_epoch=2", "model.input_size=[32, 16]", "trial.criterion_batches=1",
-        "trial.eval_every_epoch=false", "trial.finetune_epochs=1", "trial.scenario=finetune_then_prune",
-        "trial.adapt_epochs=2"]
+TINY = [
+    "train.epochs=1",
+    "train.precision=fp32",
+    "train.max_batches_per_epoch=2",
+    "model.input_size=[32, 16]",
+    "trial.criterion_batches=1",
+    "trial.eval_every_epoch=false",
+    "trial.finetune_epochs=1",
+    "trial.scenario=finetune_then_prune",
+    "trial.adapt_epochs=2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +61,9 @@ def test_adapted_once_then_read_back_by_another_process(parts, tmp_path):
     env = make_env(parts)
     lines = []
     meta = load_or_adapt(env, tmp_path, log=lines.append)
-    assert meta["epochs"] == 2 and (tmp_path / "adapted.pt").is_file() and not (tmp_path / "adapted.partial.pt").exists()
+    assert (
+        meta["epochs"] == 2 and (tmp_path / "adapted.pt").is_file() and not (tmp_path / "adapted.partial.pt").exists()
+    )
     assert any("fine-tuning the unpruned model" in line for line in lines)
     other = make_env(parts)  # a worker: same config, same run directory
     other.adapt = lambda *a, **k: pytest.fail("the adapted model was trained again")
@@ -109,6 +119,7 @@ def test_interrupted_adaptation_resumes_to_the_same_model(parts, tmp_path):
         def ckpt(state):
             checkpoint(state)
             raise KeyboardInterrupt
+
         return real(model, resume=resume, checkpoint=ckpt)
 
     env.adapt = killed_after_one_epoch
@@ -172,8 +183,22 @@ def test_search_reports_the_recipe_and_an_equal_epoch_reference(parts, tmp_path)
 
     root = parts[0]
     out = tmp_path / "run"
-    args = ["search", "--preset", "smoke", "--quiet", "--out", str(out), "--set", f"data.root={root}",
-            "--set", "search.n_trials=1", "--set", "search.final_epochs=2", "--set", "trial.distill.logit=1.0"]
+    args = [
+        "search",
+        "--preset",
+        "smoke",
+        "--quiet",
+        "--out",
+        str(out),
+        "--set",
+        f"data.root={root}",
+        "--set",
+        "search.n_trials=1",
+        "--set",
+        "search.final_epochs=2",
+        "--set",
+        "trial.distill.logit=1.0",
+    ]
     for s in TINY:
         args += ["--set", s]
     assert main(args) == 0
@@ -184,5 +209,6 @@ def test_search_reports_the_recipe_and_an_equal_epoch_reference(parts, tmp_path)
     assert (out / "adapted.pt").is_file()
     from autoprune.search.report import summary_table
 
-    assert "finetune_then_prune, adapted once (2 target epochs), distillation (logit KL x1 at T=4)" in \
-        summary_table(report)
+    assert "finetune_then_prune, adapted once (2 target epochs), distillation (logit KL x1 at T=4)" in summary_table(
+        report
+    )

@@ -67,7 +67,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         path.pop()
@@ -105,30 +105,78 @@ def _under(module: str, prefixes: tuple[str, ...]) -> bool:
 # The dependency rules docs/architecture.md states: (rule, importers, importers exempt, forbidden imports,
 # imports exempt). Imports of the package root (``hookimpl``) are already left out of the graph.
 FRONT_ENDS = ("autoprune.cli", "autoprune.cli_common", "autoprune.latency_cli", "autoprune.export")
-CORE = ("autoprune.errors", "autoprune.hookspecs", "autoprune.choices", "autoprune.host", "autoprune.config", "autoprune.evaluation",
-        "autoprune.criteria", "autoprune.strategies", "autoprune.scenarios", "autoprune.data", "autoprune.models",
-        "autoprune.pruning")
-PLUGIN_API = ("autoprune.errors", "autoprune.hookspecs", "autoprune.criteria", "autoprune.strategies",
-              "autoprune.scenarios", "autoprune.data", "autoprune.models", "autoprune.pruning", "autoprune.engine",
-              "autoprune.distill")
+CORE = (
+    "autoprune.errors",
+    "autoprune.hookspecs",
+    "autoprune.choices",
+    "autoprune.host",
+    "autoprune.config",
+    "autoprune.evaluation",
+    "autoprune.criteria",
+    "autoprune.strategies",
+    "autoprune.scenarios",
+    "autoprune.data",
+    "autoprune.models",
+    "autoprune.pruning",
+)
+PLUGIN_API = (
+    "autoprune.errors",
+    "autoprune.hookspecs",
+    "autoprune.criteria",
+    "autoprune.strategies",
+    "autoprune.scenarios",
+    "autoprune.data",
+    "autoprune.models",
+    "autoprune.pruning",
+    "autoprune.engine",
+    "autoprune.distill",
+)
 RULES: list[tuple[str, tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = [
-    ("errors, hookspecs and choices import nothing of autoprune",
-     ("autoprune.errors", "autoprune.hookspecs", "autoprune.choices"), (),
-     ("autoprune", "autoprune_plugins"), ()),
-    ("the core (plugin APIs, data, models, pruning, host, config) never imports the engine, the search, the "
-     "front ends or the contract kit", CORE, (),
-     ("autoprune.engine", "autoprune.search", "autoprune.testing", "autoprune_plugins", *FRONT_ENDS), ()),
-    ("only the search itself and the front ends import the search", ("autoprune", "autoprune_plugins"),
-     ("autoprune.search", *FRONT_ENDS),
-     ("autoprune.search",), ()),
+    (
+        "errors, hookspecs and choices import nothing of autoprune",
+        ("autoprune.errors", "autoprune.hookspecs", "autoprune.choices"),
+        (),
+        ("autoprune", "autoprune_plugins"),
+        (),
+    ),
+    (
+        "the core (plugin APIs, data, models, pruning, host, config) never imports the engine, the search, the "
+        "front ends or the contract kit",
+        CORE,
+        (),
+        ("autoprune.engine", "autoprune.search", "autoprune.testing", "autoprune_plugins", *FRONT_ENDS),
+        (),
+    ),
+    (
+        "only the search itself and the front ends import the search",
+        ("autoprune", "autoprune_plugins"),
+        ("autoprune.search", *FRONT_ENDS),
+        ("autoprune.search",),
+        (),
+    ),
     ("nothing imports the command line", ("autoprune", "autoprune_plugins"), (), ("autoprune.cli",), ()),
-    ("the built-in plugins use only the plugin API, as a third party would", ("autoprune_plugins",), (),
-     ("autoprune",), PLUGIN_API),
-    ("the package reaches the built-in plugins through the host, except the contract kit's default criterion",
-     ("autoprune",), ("autoprune.testing.contracts",), ("autoprune_plugins",), ()),
-    ("neither backend imports the other (what they share is in autoprune.search.backend and "
-     "autoprune.search.records)", ("autoprune.search.optuna_backend", "autoprune.search.ray_backend"), (),
-     ("autoprune.search.optuna_backend", "autoprune.search.ray_backend"), ()),
+    (
+        "the built-in plugins use only the plugin API, as a third party would",
+        ("autoprune_plugins",),
+        (),
+        ("autoprune",),
+        PLUGIN_API,
+    ),
+    (
+        "the package reaches the built-in plugins through the host, except the contract kit's default criterion",
+        ("autoprune",),
+        ("autoprune.testing.contracts",),
+        ("autoprune_plugins",),
+        (),
+    ),
+    (
+        "neither backend imports the other (what they share is in autoprune.search.backend and "
+        "autoprune.search.records)",
+        ("autoprune.search.optuna_backend", "autoprune.search.ray_backend"),
+        (),
+        ("autoprune.search.optuna_backend", "autoprune.search.ray_backend"),
+        (),
+    ),
 ]
 
 
@@ -139,8 +187,11 @@ def broken_rules(graph: dict[str, set[str]]) -> list[str]:
         for module, imports in sorted(graph.items()):
             if not _under(module, importers) or _under(module, exempt):
                 continue
-            broken += [f"{rule}: {module} -> {imported}" for imported in sorted(imports)
-                       if _under(imported, forbidden) and not _under(imported, allowed)]
+            broken += [
+                f"{rule}: {module} -> {imported}"
+                for imported in sorted(imports)
+                if _under(imported, forbidden) and not _under(imported, allowed)
+            ]
     return broken
 
 
@@ -155,12 +206,16 @@ def test_dependency_rules_catch_a_breach() -> None:
     graph["autoprune.errors"] = {"autoprune.config"}
     graph["autoprune.search.ray_backend"] = graph["autoprune.search.ray_backend"] | {"autoprune.search.optuna_backend"}
     broken = broken_rules(graph)
-    assert sorted(b.partition(":")[0] for b in broken) == sorted([
-        RULES[0][0],                # errors -> config
-        RULES[1][0], RULES[2][0],   # pruning -> search: core rule, search rule
-        RULES[2][0], RULES[4][0],   # built-in plugin -> search: search rule, plugin API rule
-        RULES[6][0],                # one backend -> the other
-    ])
+    assert sorted(b.partition(":")[0] for b in broken) == sorted(
+        [
+            RULES[0][0],  # errors -> config
+            RULES[1][0],
+            RULES[2][0],  # pruning -> search: core rule, search rule
+            RULES[2][0],
+            RULES[4][0],  # built-in plugin -> search: search rule, plugin API rule
+            RULES[6][0],  # one backend -> the other
+        ]
+    )
     assert sum(b.endswith("autoprune.pruning.flops -> autoprune.search.run") for b in broken) == 2
 
 
@@ -228,8 +283,11 @@ def long_functions(source: str, limit: int = MAX_LINES) -> list[tuple[str, int]]
 
 def test_long_functions_need_a_written_reason() -> None:
     """No function on the package's path runs past a screen without a `# long:` reason beside it."""
-    offenders = [f"{path.relative_to(ROOT)}:{line} {name}" for path in _modules().values()
-                 for name, line in long_functions(path.read_text())]
+    offenders = [
+        f"{path.relative_to(ROOT)}:{line} {name}"
+        for path in _modules().values()
+        for name, line in long_functions(path.read_text())
+    ]
     assert offenders == []
 
 

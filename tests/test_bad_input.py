@@ -33,7 +33,7 @@ def corpus(kind: str) -> list:
         expect = header[0].decode().removeprefix("# expect:").strip()
         marks = []
         if header[1].startswith(b"# xfail:"):
-            marks = [pytest.mark.xfail(strict=True, reason=header[1].decode()[len("# xfail:"):].strip())]
+            marks = [pytest.mark.xfail(strict=True, reason=header[1].decode()[len("# xfail:") :].strip())]
         params.append(pytest.param(path, expect, id=f"{kind}/{path.stem}", marks=marks))
     return params
 
@@ -67,8 +67,16 @@ def refused(sandbox: Path, capsys, argv: list[str], out: Path | None = None) -> 
 
 
 def search(sandbox: Path, *sets: str, config: Path | None = None) -> list[str]:
-    argv = ["search", "--preset", "smoke", "--quiet", "--out", str(sandbox / "run"),
-            "--set", f"data.root={sandbox / 'data'}"]
+    argv = [
+        "search",
+        "--preset",
+        "smoke",
+        "--quiet",
+        "--out",
+        str(sandbox / "run"),
+        "--set",
+        f"data.root={sandbox / 'data'}",
+    ]
     if config is not None:
         argv += ["--config", str(config)]
     for s in sets:
@@ -77,6 +85,7 @@ def search(sandbox: Path, *sets: str, config: Path | None = None) -> list[str]:
 
 
 # -- config and search-space files ------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("path, fragment", corpus("config"))
 def test_bad_config_file(sandbox, capsys, path, fragment):
@@ -98,12 +107,10 @@ SETTINGS = [
     (["train.milestones=[0, 5]"], "train.milestones must be a list of epochs (integers >= 1)"),
     (["train.milestones=[1.5]"], "train.milestones must be a list of epochs (integers >= 1)"),
     (["search.warm_start=" + "[" * 3000 + "]" * 3000], "--set search.warm_start: the value nests too deeply"),
-
     (["budget.macs_ratio=0"], "config key 'budget.macs_ratio' must be in (0.0, 1.0], got 0"),
     (["budget.macs_ratio=-0.25"], "config key 'budget.macs_ratio' must be in (0.0, 1.0], got -0.25"),
     (["budget.macs_ratio=1.2"], "config key 'budget.macs_ratio' must be in (0.0, 1.0], got 1.2"),
-    (["budget.macs_ratio=0.05", "budget.min_keep=0.5"],
-     "is below what budget.min_keep=0.5 allows"),
+    (["budget.macs_ratio=0.05", "budget.min_keep=0.5"], "is below what budget.min_keep=0.5 allows"),
     (["budget.gmacs=100"], "budget.gmacs 100.0 is above the unpruned model's"),
     (["budget.gmacs=-1"], "budget.gmacs must be > 0 GMACs, got -1.0"),
     (["trial.criterion=taylr"], "unknown criterion 'taylr' (did you mean 'taylor'?); known: "),
@@ -111,12 +118,17 @@ SETTINGS = [
     (["trial.scenario=prune_then_tune"], "unknown scenario 'prune_then_tune' (did you mean 'prune_then_finetune'?)"),
     (["model.arch=resnet19"], "unknown backbone 'resnet19' (did you mean 'resnet18'?)"),
     (["data.target=imagenet:/data/imagenet"], "unknown dataset 'imagenet'"),
-    (["search.warm_start=[{layer9.out: 0.5}]"], "search.warm_start entries must map search-space parameters to "
-                                               "keep ratios, e.g. {"),
+    (
+        ["search.warm_start=[{layer9.out: 0.5}]"],
+        "search.warm_start entries must map search-space parameters to keep ratios, e.g. {",
+    ),
     (["search.warm_start=[{layer9.out: 0.5}]"], "unknown parameter(s) ['layer9.out']"),
     (["search.warm_start=[0.5]"], "; got 0.5"),
     (["search.warm_start=[{layer1.out: 2}]"], "layer1.out: 2 is not a keep ratio in (0, 1]"),
-    (["search.storage=redis://localhost/0"], "search.storage 'redis://localhost/0' is not a database URL or journal:PATH"),
+    (
+        ["search.storage=redis://localhost/0"],
+        "search.storage 'redis://localhost/0' is not a database URL or journal:PATH",
+    ),
     (["search.space=no_such_space"], "search space 'no_such_space' is neither a built-in"),
     (["model.weights=/nonexistent/model.pth"], "model.weights: /nonexistent/model.pth does not exist"),
     (["model.weights=imagenet", "model.arch=resnet10"], "no ImageNet weights are known for 'resnet10'"),
@@ -140,8 +152,11 @@ def test_number_with_an_exponent_but_no_dot_is_a_number():
 def test_diverging_baseline(sandbox, capsys):
     """A learning rate that blows the loss up stops before any trial, naming the keys to lower."""
     spec = f"market1501:{market(sandbox / 'market')}"
-    line = refused(sandbox, capsys, search(sandbox, f"data.source={spec}", f"data.target={spec}", "train.lr=1e30",
-                                           "train.warmup_epochs=0"))
+    line = refused(
+        sandbox,
+        capsys,
+        search(sandbox, f"data.source={spec}", f"data.target={spec}", "train.lr=1e30", "train.warmup_epochs=0"),
+    )
     assert "training the baseline on the source diverged (loss is " in line
     assert "lower train.lr and trial.lr" in line
 
@@ -149,6 +164,7 @@ def test_diverging_baseline(sandbox, capsys):
 def test_cmaes_sampler_without_its_package(sandbox, capsys):
     try:
         import cmaes  # noqa: F401
+
         pytest.skip("cmaes is installed")
     except ImportError:
         pass
@@ -162,15 +178,18 @@ def test_missing_config_file(sandbox, capsys):
 
 
 def test_config_path_is_a_folder(sandbox, capsys):
-    assert "does not exist; give --config an existing YAML file" in refused(sandbox, capsys,
-                                                                          search(sandbox, config=CORPUS))
+    assert "does not exist; give --config an existing YAML file" in refused(
+        sandbox, capsys, search(sandbox, config=CORPUS)
+    )
 
 
 # -- dataset folders --------------------------------------------------------------------------------
 
-GOOD = {"bounding_box_train": [f"{p:04d}_c{c}s1_00{p}{c}00_01.jpg" for p in range(1, 9) for c in (1, 2)],
-        "query": [f"{p:04d}_c1s1_00{p}900_00.jpg" for p in (20, 21, 22)],
-        "bounding_box_test": [f"{p:04d}_c2s1_00{p}800_00.jpg" for p in (20, 21, 22)] + ["0000_c3s1_000001_00.jpg"]}
+GOOD = {
+    "bounding_box_train": [f"{p:04d}_c{c}s1_00{p}{c}00_01.jpg" for p in range(1, 9) for c in (1, 2)],
+    "query": [f"{p:04d}_c1s1_00{p}900_00.jpg" for p in (20, 21, 22)],
+    "bounding_box_test": [f"{p:04d}_c2s1_00{p}800_00.jpg" for p in (20, 21, 22)] + ["0000_c3s1_000001_00.jpg"],
+}
 
 
 def jpeg(path: Path) -> None:
@@ -193,30 +212,61 @@ def truncate(path: Path) -> None:
 
 
 DATASETS = [
-    ("missing_root", lambda r: Path("/nonexistent/market"),
-     "Market-1501 root /nonexistent/market does not exist or is not a folder; pass the folder that contains "
-     "bounding_box_train"),
+    (
+        "missing_root",
+        lambda r: Path("/nonexistent/market"),
+        "Market-1501 root /nonexistent/market does not exist or is not a folder; pass the folder that contains "
+        "bounding_box_train",
+    ),
     ("missing_query_folder", lambda r: market(r, query=None), "Market-1501: expected {root}/query is missing"),
-    ("empty_train_folder", lambda r: market(r, bounding_box_train=[]),
-     "no images (.jpg/.jpeg/.png) in {root}/bounding_box_train; put the split's images there"),
-    ("unparsable_name", lambda r: market(r, query=["query_0001.jpg"]),
-     "Market-1501: cannot parse pid/camera from {root}/query/query_0001.jpg; expected names like <pid>_c<cam>_..."),
-    ("camera_out_of_range", lambda r: market(r, query=["0020_c9s1_000451_00.jpg"]),
-     "Market-1501: camera c9 in {root}/query/0020_c9s1_000451_00.jpg is out of range c1..c6"),
-    ("only_junk_in_train", lambda r: market(r, bounding_box_train=["-1_c1s1_000001_00.jpg"]),
-     "the train split in {root}/bounding_box_train is empty after dropping junk (pid -1) and distractors (pid 0)"),
-    ("query_without_match", lambda r: market(r, query=["0030_c1s1_000451_00.jpg"]),
-     "Market-1501: no query in {root} has a gallery image of the same pid from a different camera"),
-    ("truncated_jpeg", lambda r: (market(r), truncate(r / "query" / GOOD["query"][0]))[0],
-     "image {root}/query/" + GOOD["query"][0] + " cannot be read (OSError: "),
-    ("text_named_jpg", lambda r: (market(r), (r / "bounding_box_test" / "0020_c3s1_000001_00.jpg").write_text("hi"))[0],
-     "image {root}/bounding_box_test/0020_c3s1_000001_00.jpg cannot be read (UnidentifiedImageError"),
-    ("person_id_beyond_64_bits", lambda r: market(r, query=["99999999999999999999999_c1s1_000451_00.jpg"]),
-     "Market-1501: the person id 99999999999999999999999 in {root}/query/99999999999999999999999_c1s1_000451_00.jpg "
-     "does not fit in 64 bits; renumber"),
-    ("one_camera_per_identity",
-     lambda r: market(r, bounding_box_train=[f"{p:04d}_c1s1_00{p}{k}00_01.jpg" for p in range(1, 9) for k in (1, 2)]),
-     "no training identity is seen by two cameras, so no validation split can be held out; set data.val_fraction: 0"),
+    (
+        "empty_train_folder",
+        lambda r: market(r, bounding_box_train=[]),
+        "no images (.jpg/.jpeg/.png) in {root}/bounding_box_train; put the split's images there",
+    ),
+    (
+        "unparsable_name",
+        lambda r: market(r, query=["query_0001.jpg"]),
+        "Market-1501: cannot parse pid/camera from {root}/query/query_0001.jpg; expected names like <pid>_c<cam>_...",
+    ),
+    (
+        "camera_out_of_range",
+        lambda r: market(r, query=["0020_c9s1_000451_00.jpg"]),
+        "Market-1501: camera c9 in {root}/query/0020_c9s1_000451_00.jpg is out of range c1..c6",
+    ),
+    (
+        "only_junk_in_train",
+        lambda r: market(r, bounding_box_train=["-1_c1s1_000001_00.jpg"]),
+        "the train split in {root}/bounding_box_train is empty after dropping junk (pid -1) and distractors (pid 0)",
+    ),
+    (
+        "query_without_match",
+        lambda r: market(r, query=["0030_c1s1_000451_00.jpg"]),
+        "Market-1501: no query in {root} has a gallery image of the same pid from a different camera",
+    ),
+    (
+        "truncated_jpeg",
+        lambda r: (market(r), truncate(r / "query" / GOOD["query"][0]))[0],
+        "image {root}/query/" + GOOD["query"][0] + " cannot be read (OSError: ",
+    ),
+    (
+        "text_named_jpg",
+        lambda r: (market(r), (r / "bounding_box_test" / "0020_c3s1_000001_00.jpg").write_text("hi"))[0],
+        "image {root}/bounding_box_test/0020_c3s1_000001_00.jpg cannot be read (UnidentifiedImageError",
+    ),
+    (
+        "person_id_beyond_64_bits",
+        lambda r: market(r, query=["99999999999999999999999_c1s1_000451_00.jpg"]),
+        "Market-1501: the person id 99999999999999999999999 in {root}/query/99999999999999999999999_c1s1_000451_00.jpg "
+        "does not fit in 64 bits; renumber",
+    ),
+    (
+        "one_camera_per_identity",
+        lambda r: market(
+            r, bounding_box_train=[f"{p:04d}_c1s1_00{p}{k}00_01.jpg" for p in range(1, 9) for k in (1, 2)]
+        ),
+        "no training identity is seen by two cameras, so no validation split can be held out; set data.val_fraction: 0",
+    ),
 ]
 
 
@@ -255,7 +305,9 @@ def test_msmt_list_with_a_huge_or_odd_id(tmp_path):
     for name in ("list_query.txt", "list_gallery.txt"):
         (root / name).write_text("0000/0000_000_01_0303morning_0015_0.jpg 0\n")
     (root / "list_train.txt").write_text("0000/0000_000_01_0303morning_0015_0.jpg 1" + "0" * 30 + "\n")
-    with pytest.raises(UserError, match=r"person id 10000000000000000000\.\.\. in line 1 of .* does not fit in 64 bits"):
+    with pytest.raises(
+        UserError, match=r"person id 10000000000000000000\.\.\. in line 1 of .* does not fit in 64 bits"
+    ):
         read_msmt17(tmp_path)
     (root / "list_train.txt").write_text("0000/0000_000_01_0303morning_0015_0.jpg \u00b2\n")  # isdigit, not int
     with pytest.raises(UserError, match="cannot parse line 1"):
@@ -266,6 +318,7 @@ def test_msmt_list_with_a_huge_or_odd_id(tmp_path):
 
 
 # -- checkpoints (model.weights) ----------------------------------------------------------------------
+
 
 class _Evil:
     """Unpickling this would run code: a checkpoint loader that executes pickles creates ``marker``."""
@@ -296,10 +349,13 @@ def test_pickled_code_checkpoint_is_never_executed(sandbox, capsys, payload):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("content", [
-    pytest.param(b"not a checkpoint", id="garbage"),
-    pytest.param("tensor", id="bare-tensor"),
-])
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(b"not a checkpoint", id="garbage"),
+        pytest.param("tensor", id="bare-tensor"),
+    ],
+)
 def test_checkpoint_that_is_not_a_state_dict(sandbox, capsys, content):
     ckpt = sandbox / "model.pth"
     if content == "tensor":
@@ -311,6 +367,7 @@ def test_checkpoint_that_is_not_a_state_dict(sandbox, capsys, content):
 
 
 # -- run directories --------------------------------------------------------------------------------
+
 
 def test_run_directory_of_another_config(sandbox, capsys):
     from autoprune.config import load_config
@@ -344,13 +401,31 @@ def test_typo_in_a_dataset_path_does_not_claim_the_run_directory(sandbox, capsys
 
 # -- security: secrets and code never come from a config ----------------------------------------------
 
+
 @pytest.mark.slow
 def test_storage_password_is_never_printed(tmp_path):
     """The database is unreachable (port 1); the error names the storage with the password hidden."""
     url = "postgresql://autoprune:s3cr3t-pw@127.0.0.1:1/studies"
-    r = subprocess.run([sys.executable, "-m", "autoprune.cli", "search", "--preset", "smoke", "--quiet",
-                        "--out", str(tmp_path / "run"), "--set", f"data.root={tmp_path / 'data'}",
-                        "--set", f"search.storage={url}"], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "autoprune.cli",
+            "search",
+            "--preset",
+            "smoke",
+            "--quiet",
+            "--out",
+            str(tmp_path / "run"),
+            "--set",
+            f"data.root={tmp_path / 'data'}",
+            "--set",
+            f"search.storage={url}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 2
     assert "s3cr3t-pw" not in r.stdout + r.stderr
     assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "Traceback" not in r.stderr
@@ -373,22 +448,45 @@ def test_plugins_only_come_from_entry_points(sandbox, capsys, key, name):
     evil.write_text(f"open({str(sandbox / 'pwned')!r}, 'w').close()\n")
     value = name.format(evil=evil)
     line = refused(sandbox, capsys, search(sandbox, f"{key}={value}"))
-    kind = {"trial.criterion": "criterion", "trial.strategy": "strategy", "trial.scenario": "scenario",
-            "model.arch": "backbone"}[key]
+    kind = {
+        "trial.criterion": "criterion",
+        "trial.strategy": "strategy",
+        "trial.scenario": "scenario",
+        "model.arch": "backbone",
+    }[key]
     assert f"unknown {kind} {value!r}" in line
     assert not (sandbox / "pwned").exists() and "evil_module" not in sys.modules
 
 
 # -- subprocess: the real stderr of an installed CLI ----------------------------------------------------
 
+
 @pytest.mark.slow
 def test_corrupt_image_through_the_real_cli(tmp_path):
     root = market(tmp_path / "market")
     truncate(root / "bounding_box_train" / GOOD["bounding_box_train"][3])
     spec = f"market1501:{root}"
-    r = subprocess.run([sys.executable, "-m", "autoprune.cli", "search", "--preset", "smoke", "--quiet",
-                        "--out", str(tmp_path / "run"), "--set", f"data.source={spec}", "--set", f"data.target={spec}"],
-                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "autoprune.cli",
+            "search",
+            "--preset",
+            "smoke",
+            "--quiet",
+            "--out",
+            str(tmp_path / "run"),
+            "--set",
+            f"data.source={spec}",
+            "--set",
+            f"data.target={spec}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "Traceback" not in r.stderr
     bad = root / "bounding_box_train" / GOOD["bounding_box_train"][3]
@@ -399,9 +497,21 @@ def test_corrupt_image_through_the_real_cli(tmp_path):
 
 @pytest.mark.slow
 def test_debug_shows_the_traceback_of_a_bad_input(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "autoprune.cli", "--debug", "search", "--config",
-                        str(CORPUS / "config" / "unknown_key.yaml")], capture_output=True, text=True,
-                       timeout=300, cwd=tmp_path)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "autoprune.cli",
+            "--debug",
+            "search",
+            "--config",
+            str(CORPUS / "config" / "unknown_key.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert r.returncode != 0 and "Traceback" in r.stderr and "UserError: unknown config key" in r.stderr
 
 
@@ -409,8 +519,9 @@ def test_debug_shows_the_traceback_of_a_bad_input(tmp_path):
 
 _names = st.one_of(
     st.from_regex(r"\A-?\d{1,5}_c-?\d{1,3}(s\d_\d{6}_\d{2})?\.(jpg|JPG|jpeg|png|txt)\Z"),
-    st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="/\x00"), min_size=1, max_size=40)
-    .map(lambda s: s + ".jpg"),
+    st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="/\x00"), min_size=1, max_size=40).map(
+        lambda s: s + ".jpg"
+    ),
     st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="/\x00"), min_size=1, max_size=60),
 ).filter(lambda n: n not in (".", "..") and len(n.encode()) <= 255)
 

@@ -9,11 +9,25 @@ from benchmarks import suite
 
 pytestmark = pytest.mark.slow
 
-TOY = {"overrides": ["model.input_size=[64, 32]", "train.epochs=1", "train.max_batches_per_epoch=2",
-                     "trial.finetune_epochs=1", "search.final_epochs=1", "trial.criterion_batches=1",
-                     "data.synth.num_train_ids=24", "data.synth.num_test_ids=12", "data.synth.num_distractors=4"],
-       "n_trials": 2, "seeds": [0], "budgets": [0.5, 0.3], "random_policies": 3,
-       "criteria": ["l1"], "scenarios": ["prune_then_finetune"]}
+TOY = {
+    "overrides": [
+        "model.input_size=[64, 32]",
+        "train.epochs=1",
+        "train.max_batches_per_epoch=2",
+        "trial.finetune_epochs=1",
+        "search.final_epochs=1",
+        "trial.criterion_batches=1",
+        "data.synth.num_train_ids=24",
+        "data.synth.num_test_ids=12",
+        "data.synth.num_distractors=4",
+    ],
+    "n_trials": 2,
+    "seeds": [0],
+    "budgets": [0.5, 0.3],
+    "random_policies": 3,
+    "criteria": ["l1"],
+    "scenarios": ["prune_then_finetune"],
+}
 
 
 class Stop(Exception):
@@ -79,7 +93,9 @@ def test_paired_interval_draws_an_identitys_queries_together():
 
 
 def test_taus_compare_each_validation_objective_with_test_rank1():
-    trials = [{"state": "COMPLETE", "target": {"rank1": r}, "target_val": {"rank1": v, "mAP": m}}
-              for r, v, m in [(0.1, 0.3, 0.4), (0.2, 0.2, 0.5), (0.3, 0.1, 0.6)]]
+    trials = [
+        {"state": "COMPLETE", "target": {"rank1": r}, "target_val": {"rank1": v, "mAP": m}}
+        for r, v, m in [(0.1, 0.3, 0.4), (0.2, 0.2, 0.5), (0.3, 0.1, 0.6)]
+    ]
     taus = suite.search_taus({"trials": trials + [{"state": "PRUNED", "target": None, "target_val": None}]})
     assert taus["n"] == 3 and taus["rank1"] == pytest.approx(-1) and taus["mAP"] == pytest.approx(1)

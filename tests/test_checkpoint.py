@@ -29,8 +29,11 @@ def _trained_like(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     with torch.no_grad():
         for name, t in net.state_dict().items():
             if t.is_floating_point():
-                t.copy_(torch.rand(t.shape, generator=gen) * 0.5 + 0.5 if "running_var" in name
-                        else torch.randn(t.shape, generator=gen) * 0.05)
+                t.copy_(
+                    torch.rand(t.shape, generator=gen) * 0.5 + 0.5
+                    if "running_var" in name
+                    else torch.randn(t.shape, generator=gen) * 0.05
+                )
     return net.eval()
 
 
@@ -66,13 +69,20 @@ def _fastreid_file(path: Path, net: torch.nn.Module, num_classes: int = 751) -> 
     """fast-reid's Checkpointer: {"model": backbone.* + heads.* + pixel stats, "optimizer", "iteration"}."""
     feat = 2048 if hasattr(net.layer1[0], "conv3") else 512
     state = {f"backbone.{k}": v for k, v in net.state_dict().items()}
-    state.update({"heads.bottleneck.0.weight": torch.ones(feat), "heads.bottleneck.0.bias": torch.zeros(feat),
-                  "heads.bottleneck.0.running_mean": torch.randn(feat), "heads.bottleneck.0.running_var": torch.ones(feat),
-                  "heads.weight": torch.randn(num_classes, feat),
-                  "pixel_mean": torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1),
-                  "pixel_std": torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1)})
-    torch.save({"model": state, "optimizer": _optimizer_state(net), "scheduler": {"last_epoch": 59},
-                "iteration": 12000}, path)
+    state.update(
+        {
+            "heads.bottleneck.0.weight": torch.ones(feat),
+            "heads.bottleneck.0.bias": torch.zeros(feat),
+            "heads.bottleneck.0.running_mean": torch.randn(feat),
+            "heads.bottleneck.0.running_var": torch.ones(feat),
+            "heads.weight": torch.randn(num_classes, feat),
+            "pixel_mean": torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1),
+            "pixel_std": torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1),
+        }
+    )
+    torch.save(
+        {"model": state, "optimizer": _optimizer_state(net), "scheduler": {"last_epoch": 59}, "iteration": 12000}, path
+    )
     return path
 
 
@@ -141,7 +151,9 @@ def _save_resnet18(tmp_path: Path, prefixes: tuple[str, ...] = ("module.",)) -> 
 
 def test_arch_disagreeing_with_the_checkpoint_is_refused(tmp_path):
     path = _save_resnet18(tmp_path)
-    with pytest.raises(UserError, match=r"model.arch is resnet34 but .*r18.pth holds a resnet18 \(basic blocks 2-2-2-2"):
+    with pytest.raises(
+        UserError, match=r"model.arch is resnet34 but .*r18.pth holds a resnet18 \(basic blocks 2-2-2-2"
+    ):
         _cfg(path, "model.arch=resnet34")
     assert _cfg(path, "model.arch=resnet18")["model"]["arch"] == "resnet18"
 
@@ -174,11 +186,14 @@ def test_unknown_structure_needs_model_arch(tmp_path):
         _cfg(tmp_path / "osnet.pth")
 
 
-@pytest.mark.parametrize("overrides, fragment", [
-    (["model.weights=/x.pth"], "model.weights (an initialisation for training) and model.checkpoint"),
-    (["model.checkpoint=/nonexistent.pth"], "model.checkpoint: /nonexistent.pth does not exist"),
-    (["model.checkpoint=' '"], "model.checkpoint is empty"),
-])
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        (["model.weights=/x.pth"], "model.weights (an initialisation for training) and model.checkpoint"),
+        (["model.checkpoint=/nonexistent.pth"], "model.checkpoint: /nonexistent.pth does not exist"),
+        (["model.checkpoint=' '"], "model.checkpoint is empty"),
+    ],
+)
 def test_checkpoint_config_errors(tmp_path, overrides, fragment):
     path = _save_resnet18(tmp_path)
     with pytest.raises(UserError) as err:
@@ -196,14 +211,29 @@ def test_search_shortcuts_map_to_config_keys_and_pick_the_checkpoint_preset(tmp_
     from autoprune.cli import _default_out, _load
 
     path = _save_resnet18(tmp_path)
-    args = build_parser().parse_args(["search", "--checkpoint", str(path), "--target", "market1501:/data/M",
-                                      "--budget", "0.3", "--input-size", "96", "48"])
+    args = build_parser().parse_args(
+        [
+            "search",
+            "--checkpoint",
+            str(path),
+            "--target",
+            "market1501:/data/M",
+            "--budget",
+            "0.3",
+            "--input-size",
+            "96",
+            "48",
+        ]
+    )
     cfg = _load(args)
     assert cfg["model"]["checkpoint"] == str(path) and cfg["model"]["arch"] == "resnet18"
     assert cfg["data"]["target"] == "market1501:/data/M" and cfg["data"]["source"] is None  # checkpoint preset
     assert cfg["budget"]["macs_ratio"] == 0.3 and cfg["model"]["input_size"] == [96, 48]
     assert _default_out(args) == str(Path("runs") / "r18.pth")
-    assert load_config(overrides=[f"model.checkpoint={path}", "data.target=synth:B"])["model"]["input_size"] == [256, 128]
+    assert load_config(overrides=[f"model.checkpoint={path}", "data.target=synth:B"])["model"]["input_size"] == [
+        256,
+        128,
+    ]
     usage = build_parser()._subparsers._group_actions[0].choices["search"].format_help()
     options = re.findall(r"^  (--[a-z-]+)", usage, re.MULTILINE)
     assert options[:6] == ["--checkpoint", "--target", "--budget", "--arch", "--input-size", "--source"]
@@ -211,10 +241,28 @@ def test_search_shortcuts_map_to_config_keys_and_pick_the_checkpoint_preset(tmp_
 
 def test_direct_transfer_without_a_source_is_refused_up_front(tmp_path, capsys):
     path = _save_resnet18(tmp_path)
-    rc = main(["search", "--preset", "smoke", "--checkpoint", str(path), "--set", "data.source=null", "--set",
-               "trial.scenario=direct_transfer", "--out", str(tmp_path / "run"), "--set", f"data.root={tmp_path}"])
+    rc = main(
+        [
+            "search",
+            "--preset",
+            "smoke",
+            "--checkpoint",
+            str(path),
+            "--set",
+            "data.source=null",
+            "--set",
+            "trial.scenario=direct_transfer",
+            "--out",
+            str(tmp_path / "run"),
+            "--set",
+            f"data.root={tmp_path}",
+        ]
+    )
     assert rc == 2
-    assert "trial.scenario 'direct_transfer' prunes on the source domain, but data.source is null" in capsys.readouterr().err
+    assert (
+        "trial.scenario 'direct_transfer' prunes on the source domain, but data.source is null"
+        in capsys.readouterr().err
+    )
     assert not (tmp_path / "synth").exists()  # refused before any data was read
 
 
@@ -257,15 +305,38 @@ def test_search_from_a_checkpoint_without_source_data(tmp_path, capsys):
     path = tmp_path / "model.pth.tar-60"
     torch.save({"state_dict": state, "epoch": 60, "optimizer": _optimizer_state(src)}, path)
     out, root = tmp_path / "run", tmp_path / "data"
-    rc = main(["search", "--preset", "smoke", "--checkpoint", str(path), "--target", "synth:B", "--budget", "0.5",
-               "--quiet", "--out", str(out), "--set", "data.source=null", "--set", f"data.root={root}",
-               "--set", "search.n_trials=1"])
+    rc = main(
+        [
+            "search",
+            "--preset",
+            "smoke",
+            "--checkpoint",
+            str(path),
+            "--target",
+            "synth:B",
+            "--budget",
+            "0.5",
+            "--quiet",
+            "--out",
+            str(out),
+            "--set",
+            "data.source=null",
+            "--set",
+            f"data.root={root}",
+            "--set",
+            "search.n_trials=1",
+        ]
+    )
     printed = capsys.readouterr().out
     assert rc == 0
     report = json.loads((out / "report.json").read_text())
     ck = report["baseline"]["checkpoint"]
-    assert ck == {"path": str(path.resolve()), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-                  "format": "torchreid", "arch": "resnet10"}
+    assert ck == {
+        "path": str(path.resolve()),
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "format": "torchreid",
+        "arch": "resnet10",
+    }
     assert report["baseline"]["source"] is None
     assert "no source training" in printed and "baseline: training" not in printed
     assert f"torchreid checkpoint {path.resolve()} (sha256 {ck['sha256'][:16]})" in printed  # the summary

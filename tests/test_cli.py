@@ -15,8 +15,22 @@ def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "autoprune.cli", *args], capture_output=True, text=True, timeout=120)
 
 
-HELP_COMMANDS = [[], ["search"], ["train"], ["worker"], ["latency"], ["plugins"], ["plugin"], ["plugin", "new"],
-                 ["dashboard"], ["report"], ["export"], ["config"], ["data"], ["data", "synth"]]
+HELP_COMMANDS = [
+    [],
+    ["search"],
+    ["train"],
+    ["worker"],
+    ["latency"],
+    ["plugins"],
+    ["plugin"],
+    ["plugin", "new"],
+    ["dashboard"],
+    ["report"],
+    ["export"],
+    ["config"],
+    ["data"],
+    ["data", "synth"],
+]
 
 
 @pytest.mark.parametrize("cmd", HELP_COMMANDS)
@@ -43,8 +57,17 @@ def test_plugins_lists_names_and_distributions():
 
 
 def test_user_error_is_one_line_exit_2_no_traceback(tmp_path):
-    r = run("search", "--preset", "smoke", "--set", "trial.criterion=nope", "--out", str(tmp_path / "r"),
-            "--set", f"data.root={tmp_path / 'd'}")
+    r = run(
+        "search",
+        "--preset",
+        "smoke",
+        "--set",
+        "trial.criterion=nope",
+        "--out",
+        str(tmp_path / "r"),
+        "--set",
+        f"data.root={tmp_path / 'd'}",
+    )
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines() == [r.stderr.strip()]
@@ -123,10 +146,13 @@ def test_plugin_new_writes_a_package_whose_tests_pass(kind, tmp_path, monkeypatc
     assert f"my_{kind}" in h.names(kind) and h.registry[kind][f"my_{kind}"].options
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["plugin", "new", "sampler", "x"], "KIND must be one of criterion, strategy, scenario"),
-    (["plugin", "new", "criterion", "My-Crit"], "NAME 'My-Crit' must be lower-case"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["plugin", "new", "sampler", "x"], "KIND must be one of criterion, strategy, scenario"),
+        (["plugin", "new", "criterion", "My-Crit"], "NAME 'My-Crit' must be lower-case"),
+    ],
+)
 def test_plugin_new_refuses_bad_kinds_and_names(argv, message, tmp_path, capsys):
     assert main([*argv, "--out", str(tmp_path / "p")]) == 2
     assert message in capsys.readouterr().err
@@ -144,14 +170,19 @@ def _one_line_error(capsys, argv):
     return err
 
 
-@pytest.mark.parametrize("damage, fragment", [
-    (lambda text: text[: len(text) // 2], "is truncated or not JSON"),
-    (lambda text: json.dumps({k: v for k, v in json.loads(text).items() if k != "baseline"}),
-     "is incomplete or was edited (baseline metrics missing)"),
-    (lambda text: json.dumps({**json.loads(text), "best": {"trial": 0}}), "best is missing its trial"),
-    (lambda text: json.dumps({**json.loads(text), "plots": ["../../etc/passwd"]}), "plots must be file names"),
-    (lambda text: "[]", "(not an object)"),
-])
+@pytest.mark.parametrize(
+    "damage, fragment",
+    [
+        (lambda text: text[: len(text) // 2], "is truncated or not JSON"),
+        (
+            lambda text: json.dumps({k: v for k, v in json.loads(text).items() if k != "baseline"}),
+            "is incomplete or was edited (baseline metrics missing)",
+        ),
+        (lambda text: json.dumps({**json.loads(text), "best": {"trial": 0}}), "best is missing its trial"),
+        (lambda text: json.dumps({**json.loads(text), "plots": ["../../etc/passwd"]}), "plots must be file names"),
+        (lambda text: "[]", "(not an object)"),
+    ],
+)
 def test_report_on_a_damaged_report_json(smoke_run, tmp_path, capsys, damage, fragment):
     out, _ = smoke_run
     run = tmp_path / "run"
@@ -164,21 +195,28 @@ def test_report_on_a_damaged_report_json(smoke_run, tmp_path, capsys, damage, fr
 
 def test_report_budget_must_be_a_ratio(smoke_run, capsys):
     out, _ = smoke_run
-    assert "--budget is a MACs ratio in (0, 1], got nan" in _one_line_error(capsys, ["report", str(out), "--budget", "nan"])
+    assert "--budget is a MACs ratio in (0, 1], got nan" in _one_line_error(
+        capsys, ["report", str(out), "--budget", "nan"]
+    )
 
 
 def test_train_out_naming_an_existing_file(tmp_path, capsys):
     (tmp_path / "model.pt").write_text("mine")
-    err = _one_line_error(capsys, ["train", "--preset", "smoke", "--out", str(tmp_path / "model.pt"),
-                                   "--set", f"data.root={tmp_path / 'data'}"])
+    err = _one_line_error(
+        capsys,
+        ["train", "--preset", "smoke", "--out", str(tmp_path / "model.pt"), "--set", f"data.root={tmp_path / 'data'}"],
+    )
     assert f"--out {tmp_path / 'model.pt'} is a file" in err and "give a folder path" in err
     assert (tmp_path / "model.pt").read_text() == "mine" and not (tmp_path / "data").exists()
 
 
-@pytest.mark.parametrize("where, fragment", [
-    ("missing/model.onnx", "the folder {tmp}/missing does not exist; create it or choose another path"),
-    (".", "is a folder; give a file path, e.g. {tmp}/pruned.onnx"),
-])
+@pytest.mark.parametrize(
+    "where, fragment",
+    [
+        ("missing/model.onnx", "the folder {tmp}/missing does not exist; create it or choose another path"),
+        (".", "is a folder; give a file path, e.g. {tmp}/pruned.onnx"),
+    ],
+)
 def test_export_out_into_a_missing_folder_or_onto_a_folder(smoke_run, tmp_path, capsys, monkeypatch, where, fragment):
     out, _ = smoke_run
     import autoprune.export as export

@@ -20,9 +20,9 @@ def test_layers_apply_in_order(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("search: {n_trials: 7}\nbudget: {macs_ratio: 0.3}\n")
     cfg = load_config(f, preset="smoke", overrides=["search.n_trials=2", "model.input_size=[96, 48]"])
-    assert cfg["model"]["arch"] == "resnet10"          # preset
-    assert cfg["budget"]["macs_ratio"] == 0.3          # file over preset
-    assert cfg["search"]["n_trials"] == 2              # --set over file
+    assert cfg["model"]["arch"] == "resnet10"  # preset
+    assert cfg["budget"]["macs_ratio"] == 0.3  # file over preset
+    assert cfg["search"]["n_trials"] == 2  # --set over file
     assert cfg["model"]["input_size"] == [96, 48]
 
 
@@ -31,21 +31,24 @@ def test_int_accepted_for_float_and_null_for_optional():
     assert cfg["train"]["lr"] == 1.0 and isinstance(cfg["train"]["lr"], float)
 
 
-@pytest.mark.parametrize("override, fragment", [
-    ("search.n_trails=3", "unknown config key 'search.n_trails' (did you mean 'search.n_trials'?)"),
-    ("budget.macs_ratio=0", "'budget.macs_ratio' must be in (0.0, 1.0], got 0"),
-    ("budget.macs_ratio=1.5", "must be in (0.0, 1.0], got 1.5"),
-    ("budget.macs_ratio=-0.2", "must be in (0.0, 1.0], got -0.2"),
-    ("budget.macs_ratio=half", "'budget.macs_ratio' must be float or null, got str 'half'"),
-    ("search.n_trials=0", "'search.n_trials' must be > 0"),
-    ("search.sampler=tpee", "(did you mean 'tpe'?)"),
-    ("model.input_size=[128]", "model.input_size must be [height, width]"),
-    ("search=3", "'search' is a section"),
-    ("nokey", "must look like dotted.key=value"),
-    ("data.source=market", "data.source must look like KIND:ROOT"),
-    ("data.batch_size=30", "must be a multiple of data.num_instances"),
-    ("budget.min_keep=0.9", None),
-])
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("search.n_trails=3", "unknown config key 'search.n_trails' (did you mean 'search.n_trials'?)"),
+        ("budget.macs_ratio=0", "'budget.macs_ratio' must be in (0.0, 1.0], got 0"),
+        ("budget.macs_ratio=1.5", "must be in (0.0, 1.0], got 1.5"),
+        ("budget.macs_ratio=-0.2", "must be in (0.0, 1.0], got -0.2"),
+        ("budget.macs_ratio=half", "'budget.macs_ratio' must be float or null, got str 'half'"),
+        ("search.n_trials=0", "'search.n_trials' must be > 0"),
+        ("search.sampler=tpee", "(did you mean 'tpe'?)"),
+        ("model.input_size=[128]", "model.input_size must be [height, width]"),
+        ("search=3", "'search' is a section"),
+        ("nokey", "must look like dotted.key=value"),
+        ("data.source=market", "data.source must look like KIND:ROOT"),
+        ("data.batch_size=30", "must be a multiple of data.num_instances"),
+        ("budget.min_keep=0.9", None),
+    ],
+)
 def test_bad_overrides_name_the_key(override, fragment):
     if fragment is None:  # min_keep 0.9 > max_keep 1.0 is fine; min above max is not
         load_config(overrides=[override])
@@ -77,9 +80,13 @@ def test_unknown_preset():
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
-                    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
-                    max_leaves=8))
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+        lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
+        max_leaves=8,
+    )
+)
 def test_fuzzed_config_files_give_user_errors_only(tmp_path_factory, data):
     """Whatever YAML a user writes, loading either works or raises a UserError: never a traceback."""
     f = tmp_path_factory.mktemp("fuzz") / "c.yaml"
@@ -91,8 +98,10 @@ def test_fuzzed_config_files_give_user_errors_only(tmp_path_factory, data):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.sampled_from(sorted({f"{s}.{k}" for s, v in DEFAULTS.items() if isinstance(v, dict) for k in v})),
-       st.text(max_size=12))
+@given(
+    st.sampled_from(sorted({f"{s}.{k}" for s, v in DEFAULTS.items() if isinstance(v, dict) for k in v})),
+    st.text(max_size=12),
+)
 def test_fuzzed_overrides_give_user_errors_only(key, raw):
     try:
         load_config(preset="smoke", overrides=[f"{key}={raw}"])
@@ -100,14 +109,17 @@ def test_fuzzed_overrides_give_user_errors_only(key, raw):
         pass
 
 
-@pytest.mark.parametrize("override, message", [
-    ("train.precision=fp16", "choose one of: auto, bf16, fp32"),
-    ("search.objective=rank5", "choose one of: rank1, mAP, mix"),
-    ("search.pruner=asha", "successive_halving"),
-    ("search.reduction_factor=1", "search.reduction_factor must be an integer >= 2"),
-    ("search.finalists_se=-1", "search.finalists_se"),
-    ("data.synth.target_num_test_ids=0", "data.synth.target_num_test_ids"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.precision=fp16", "choose one of: auto, bf16, fp32"),
+        ("search.objective=rank5", "choose one of: rank1, mAP, mix"),
+        ("search.pruner=asha", "successive_halving"),
+        ("search.reduction_factor=1", "search.reduction_factor must be an integer >= 2"),
+        ("search.finalists_se=-1", "search.finalists_se"),
+        ("data.synth.target_num_test_ids=0", "data.synth.target_num_test_ids"),
+    ],
+)
 def test_new_search_and_precision_keys_are_validated(override, message):
     with pytest.raises(UserError, match=message):
         load_config(overrides=[override])
@@ -131,7 +143,9 @@ def test_search_settings_are_the_search_section_typed_and_frozen():
     def fields(cls) -> set[str]:
         return {f.name for f in dataclasses.fields(cls)}
 
-    s = SearchSettings.from_config(load_config(preset="smoke", overrides=["search.n_trials=7", "search.ray.max_concurrent=3"]))
+    s = SearchSettings.from_config(
+        load_config(preset="smoke", overrides=["search.n_trials=7", "search.ray.max_concurrent=3"])
+    )
     assert fields(SearchSettings) == set(DEFAULTS["search"])
     assert fields(type(s.screening)) == set(DEFAULTS["search"]["screening"])
     assert fields(type(s.ray)) == set(DEFAULTS["search"]["ray"])
@@ -158,7 +172,11 @@ def test_choice_lists_are_kept_once_and_every_choice_is_acted_on():
         except UserError as exc:  # an optional package missing is fine; an unknown name is not
             assert "unknown" not in str(exc)
     assert {type(make_pruner(name, multi=False)).__name__ for name in choices.PRUNERS} == {
-        "MedianPruner", "HyperbandPruner", "SuccessiveHalvingPruner", "NopPruner"}
+        "MedianPruner",
+        "HyperbandPruner",
+        "SuccessiveHalvingPruner",
+        "NopPruner",
+    }
 
 
 def test_trial_settings_are_the_trial_section_typed_and_frozen():

@@ -12,13 +12,19 @@ import pytest
 from autoprune.cli import main
 from autoprune.dashboard import dashboard_attrs, make_server
 
-RECORD = {"policy": {"layer1.out": 0.5}, "macs_ratio": 0.498, "target": {"rank1": 0.31, "mAP": 0.2},
-          "target_val": {"rank1": 0.42, "mAP": 0.3}, "error": None}
+RECORD = {
+    "policy": {"layer1.out": 0.5},
+    "macs_ratio": 0.498,
+    "target": {"rank1": 0.31, "mAP": 0.2},
+    "target_val": {"rank1": 0.42, "mAP": 0.3},
+    "error": None,
+}
 
 
 def test_dashboard_serves_the_study_with_policy_macs_and_metrics(tmp_path):
-    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="autoprune",
-                                direction="maximize")
+    study = optuna.create_study(
+        storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="autoprune", direction="maximize"
+    )
     trial = study.ask()
     for key, value in dashboard_attrs(RECORD).items():
         trial.set_user_attr(key, value)
@@ -45,8 +51,11 @@ def test_dashboard_of_a_folder_without_a_study_is_a_user_error(tmp_path, capsys)
     assert "has no study.db" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("record, expected", [
-    ({"macs_ratio": None, "policy": {}, "target": None, "target_val": None}, {"macs_ratio": None, "policy": {}}),
-])
+@pytest.mark.parametrize(
+    "record, expected",
+    [
+        ({"macs_ratio": None, "policy": {}, "target": None, "target_val": None}, {"macs_ratio": None, "policy": {}}),
+    ],
+)
 def test_dashboard_attrs_of_a_record_without_metrics(record, expected):
     assert dashboard_attrs(record) == expected

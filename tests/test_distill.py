@@ -89,8 +89,9 @@ def test_fit_adds_the_extra_term_with_the_teachers_outputs_and_leaves_the_teache
     def train(extra):
         torch.manual_seed(0)
         model = tiny_model(num_classes=4)
-        hist = fit(model, store, s, torch.device("cpu"), progress=False, extra_loss=extra,
-                   teacher=teacher if extra else None)
+        hist = fit(
+            model, store, s, torch.device("cpu"), progress=False, extra_loss=extra, teacher=teacher if extra else None
+        )
         return hist, model
 
     plain, _ = train(None)
@@ -105,8 +106,14 @@ def test_fit_refuses_an_extra_term_that_is_not_a_scalar(tmp_path):
     store = _store(tmp_path)
     s = TrainSettings(epochs=1, batch_size=8, num_instances=4, warmup_epochs=0)
     with pytest.raises(TypeError, match="scalar tensor"):
-        fit(tiny_model(num_classes=4), store, s, torch.device("cpu"), progress=False,
-            extra_loss=lambda b, st, t: st.logits)
+        fit(
+            tiny_model(num_classes=4),
+            store,
+            s,
+            torch.device("cpu"),
+            progress=False,
+            extra_loss=lambda b, st, t: st.logits,
+        )
 
 
 def test_interrupted_fit_resumes_to_the_same_weights(tmp_path):

@@ -20,11 +20,28 @@ N_TRIALS = 4
 
 
 def _start_worker(storage: str, out: Path, data_root: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "autoprune.cli", "worker", "--preset", "smoke", "--quiet",
-           "--storage", storage, "--n-trials", str(N_TRIALS), "--out", str(out),
-           "--set", f"data.root={data_root}", "--set", "train.threads=1"]  # two workers, two cores
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "autoprune.cli",
+        "worker",
+        "--preset",
+        "smoke",
+        "--quiet",
+        "--storage",
+        storage,
+        "--n-trials",
+        str(N_TRIALS),
+        "--out",
+        str(out),
+        "--set",
+        f"data.root={data_root}",
+        "--set",
+        "train.threads=1",
+    ]  # two workers, two cores
+    return subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
 
 
 def _run_two_workers(storage: str, tmp_path: Path, data_root: Path) -> list[str]:
@@ -66,7 +83,7 @@ def test_two_workers_share_a_journal_study(smoke_run, tmp_path):
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    _, root = smoke_run                      # the smoke run's data and cached baseline
+    _, root = smoke_run  # the smoke run's data and cached baseline
     log = tmp_path / "study.log"
     outputs = _run_two_workers(f"journal:{log}", tmp_path, root / "data")
     _check_study(JournalStorage(JournalFileBackend(str(log))), outputs, tmp_path)
@@ -99,12 +116,40 @@ def test_two_workers_share_a_postgresql_study(smoke_run, postgres, tmp_path):
 def test_worker_refuses_a_ray_config_and_hides_a_bad_password(tmp_path, capsys):
     from autoprune.cli import main
 
-    assert main(["worker", "--preset", "smoke", "--storage", f"journal:{tmp_path / 's.log'}",
-                 "--set", "search.backend=ray", "--out", str(tmp_path / "w")]) == 2
+    assert (
+        main(
+            [
+                "worker",
+                "--preset",
+                "smoke",
+                "--storage",
+                f"journal:{tmp_path / 's.log'}",
+                "--set",
+                "search.backend=ray",
+                "--out",
+                str(tmp_path / "w"),
+            ]
+        )
+        == 2
+    )
     assert "search.backend ray" in capsys.readouterr().err
     # Nothing listens on port 9: the error names the storage without its password.
-    assert main(["worker", "--preset", "smoke", "--storage", "postgresql://u:hunter2@127.0.0.1:9/db",
-                 "--out", str(tmp_path / "w2"), "--set", f"data.root={tmp_path / 'data'}"]) == 2
+    assert (
+        main(
+            [
+                "worker",
+                "--preset",
+                "smoke",
+                "--storage",
+                "postgresql://u:hunter2@127.0.0.1:9/db",
+                "--out",
+                str(tmp_path / "w2"),
+                "--set",
+                f"data.root={tmp_path / 'data'}",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "hunter2" not in err and "127.0.0.1:9" in err
 
@@ -137,15 +182,23 @@ class RaceEnv:
         from autoprune.search.trial import TrialResult
 
         time.sleep(TRIAL_SECONDS)
-        return TrialResult(counts={}, policy=dict(values), macs=1, params=1, macs_ratio=0.5,
-                           metrics={"target": {"rank1": sum(values.values()) / 3, "mAP": 0.1}}, seconds=TRIAL_SECONDS)
+        return TrialResult(
+            counts={},
+            policy=dict(values),
+            macs=1,
+            params=1,
+            macs_ratio=0.5,
+            metrics={"target": {"rank1": sum(values.values()) / 3, "mAP": 0.1}},
+            seconds=TRIAL_SECONDS,
+        )
 
 
 def _race_config(storage: str, n_trials: int) -> dict:
     from autoprune.config import load_config
 
-    cfg = load_config(preset="smoke", overrides=["search.sampler=random", "search.pruner=none",
-                                                 f"search.n_trials={n_trials}"])
+    cfg = load_config(
+        preset="smoke", overrides=["search.sampler=random", "search.pruner=none", f"search.n_trials={n_trials}"]
+    )
     cfg["search"]["storage"] = storage
     return cfg
 
@@ -155,8 +208,9 @@ def _race_worker(storage: str, run_dir: str, start, ran: str) -> None:
     from autoprune.search.optuna_backend import OptunaBackend
 
     numbers = []
-    backend = OptunaBackend(RaceEnv(_race_config(storage, RACE_TRIALS)), Path(run_dir),
-                            on_trial=lambda r: numbers.append(r.number))
+    backend = OptunaBackend(
+        RaceEnv(_race_config(storage, RACE_TRIALS)), Path(run_dir), on_trial=lambda r: numbers.append(r.number)
+    )
     start.wait()
     backend.run(RACE_TRIALS)
     Path(ran).write_text(json.dumps(numbers))
@@ -165,8 +219,10 @@ def _race_worker(storage: str, run_dir: str, start, ran: str) -> None:
 def _race(storage: str, tmp_path: Path) -> list[list[int]]:
     ctx = multiprocessing.get_context("fork")
     start = ctx.Event()
-    procs = [ctx.Process(target=_race_worker, args=(storage, str(tmp_path), start, str(tmp_path / f"ran{i}.json")))
-             for i in range(RACE_WORKERS)]
+    procs = [
+        ctx.Process(target=_race_worker, args=(storage, str(tmp_path), start, str(tmp_path / f"ran{i}.json")))
+        for i in range(RACE_WORKERS)
+    ]
     for p in procs:
         p.start()
     time.sleep(1.0)  # every worker has opened the study; then they all start at once

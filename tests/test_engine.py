@@ -14,11 +14,11 @@ def test_triplet_picks_hardest_positive_and_negative():
     pids = torch.tensor([0, 0, 0, 1, 1])
     loss_all = hard_triplet_loss(feats, pids, margin=0.3)
     # per anchor: (hardest pos - hardest neg + m)+ computed by hand
-    a0 = max(3.0 - 2.5 + 0.3, 0)      # anchor 0: pos 3.0, neg 2.5
-    a1 = max(2.0 - 1.5 + 0.3, 0)      # anchor 1: pos |1-3|=2, neg |1-2.5|=1.5
-    a2 = max(3.0 - 0.5 + 0.3, 0)      # anchor 2: pos |3-0|=3, neg |3-2.5|=0.5
-    a3 = max(7.5 - 0.5 + 0.3, 0)      # anchor 3 (pid 1): pos |2.5-10|=7.5, neg |2.5-3|=0.5
-    a4 = max(7.5 - 7.0 + 0.3, 0)      # anchor 4: pos 7.5, neg |10-3|=7
+    a0 = max(3.0 - 2.5 + 0.3, 0)  # anchor 0: pos 3.0, neg 2.5
+    a1 = max(2.0 - 1.5 + 0.3, 0)  # anchor 1: pos |1-3|=2, neg |1-2.5|=1.5
+    a2 = max(3.0 - 0.5 + 0.3, 0)  # anchor 2: pos |3-0|=3, neg |3-2.5|=0.5
+    a3 = max(7.5 - 0.5 + 0.3, 0)  # anchor 3 (pid 1): pos |2.5-10|=7.5, neg |2.5-3|=0.5
+    a4 = max(7.5 - 7.0 + 0.3, 0)  # anchor 4: pos 7.5, neg |10-3|=7
     assert torch.isclose(loss_all, torch.tensor((a0 + a1 + a2 + a3 + a4) / 5), atol=1e-5)
 
 
@@ -47,7 +47,9 @@ def test_warmup_then_cosine():
     assert lr_factor(s, 0) == 0.1 and abs(lr_factor(s, 1) - 0.55) < 1e-9
     assert abs(lr_factor(s, 2) - 1.0) < 1e-9 and lr_factor(s, 10) < 0.02
     step = TrainSettings(epochs=10, warmup_epochs=0, schedule="step", milestones=[4, 7], gamma=0.1)
-    assert lr_factor(step, 3) == 1.0 and abs(lr_factor(step, 5) - 0.1) < 1e-12 and abs(lr_factor(step, 8) - 0.01) < 1e-12
+    assert (
+        lr_factor(step, 3) == 1.0 and abs(lr_factor(step, 5) - 0.1) < 1e-12 and abs(lr_factor(step, 8) - 0.01) < 1e-12
+    )
 
 
 def test_identity_sampler_pk_batches():
@@ -99,8 +101,15 @@ def test_training_reduces_loss_and_calls_hooks(tmp_path):
     model = build_model("resnet10", 4)
     epochs_seen, steps = [], [0]
     s = TrainSettings(epochs=4, batch_size=8, num_instances=4, warmup_epochs=0, lr=3e-4)
-    hist = fit(model, store, s, torch.device("cpu"), on_epoch_end=lambda e, m: epochs_seen.append(e),
-               on_step_end=lambda m: steps.__setitem__(0, steps[0] + 1), progress=False)
+    hist = fit(
+        model,
+        store,
+        s,
+        torch.device("cpu"),
+        on_epoch_end=lambda e, m: epochs_seen.append(e),
+        on_step_end=lambda m: steps.__setitem__(0, steps[0] + 1),
+        progress=False,
+    )
     assert epochs_seen == [0, 1, 2, 3] and steps[0] == 4 * 2
     assert hist[-1]["loss"] < hist[0]["loss"]
 
@@ -135,6 +144,7 @@ def test_interrupted_baseline_training_resumes(tmp_path, monkeypatch):
             checkpoint(state)
             if state["epoch"] == 2:
                 raise KeyboardInterrupt
+
         return real_fit(*args, checkpoint=ckpt, **kwargs)
 
     monkeypatch.setattr(baseline_mod, "fit", fit_killed_after_two_epochs)
@@ -182,8 +192,13 @@ def test_bf16_training_and_features_match_float32_closely(tmp_path, monkeypatch)
     for precision in ("fp32", "bf16"):
         torch.manual_seed(0)
         model = build_model("resnet10", 4)
-        hist = fit(model, store, TrainSettings(epochs=3, batch_size=8, num_instances=4, warmup_epochs=0,
-                                               precision=precision), torch.device("cpu"), progress=False)
+        hist = fit(
+            model,
+            store,
+            TrainSettings(epochs=3, batch_size=8, num_instances=4, warmup_epochs=0, precision=precision),
+            torch.device("cpu"),
+            progress=False,
+        )
         out[precision] = (hist, extract_features(model, store, torch.device("cpu"), precision=precision))
     (_, f32), (h16, f16) = out["fp32"], out["bf16"]
     assert f16.dtype == torch.float32 and f16.shape == f32.shape
@@ -220,8 +235,13 @@ def test_a_non_finite_bf16_step_is_redone_in_float32(tmp_path, monkeypatch):
     monkeypatch.setattr(train_mod, "autocast_dtype", lambda *a: torch.bfloat16)
     torch.manual_seed(0)
     model = build_model("resnet10", 4)
-    hist = fit(model, store, TrainSettings(epochs=1, batch_size=8, num_instances=4, precision="bf16"),
-               torch.device("cpu"), progress=False)
+    hist = fit(
+        model,
+        store,
+        TrainSettings(epochs=1, batch_size=8, num_instances=4, precision="bf16"),
+        torch.device("cpu"),
+        progress=False,
+    )
     assert calls[:3] == [torch.bfloat16, None, torch.bfloat16]  # retried in float32, then bf16 again
     # at least the injected one: bf16 on this tiny model and input now and then goes non-finite by itself too
     assert hist[0]["fp32_retries"] >= 1 and hist[0]["loss"] == hist[0]["loss"]  # finite

@@ -27,7 +27,7 @@ def test_hand_computed_example() -> None:
     # q1 (pid 2, cam 0), d = .5 .1 .2 .3 .4: order g1 g2 g3 g4 g0 -> matches 1 0 0 0 0: CMC 1 1 1 1, AP = 1.
     # q2 (pid 3, cam 0): its only gallery image g3 is in its own camera -> no valid match, skipped.
     # CMC = mean(0 1 1 1, 1 1 1 1) = .5 1 1 1; mAP = (0.5 + 1) / 2 = 0.75.
-    distmat = np.array([[.1, .2, .3, .4, .5], [.5, .1, .2, .3, .4], [.3, .2, .1, .4, .5]])
+    distmat = np.array([[0.1, 0.2, 0.3, 0.4, 0.5], [0.5, 0.1, 0.2, 0.3, 0.4], [0.3, 0.2, 0.1, 0.4, 0.5]])
     cmc, mAP = evaluate_rank(distmat, [1, 2, 3], [1, 2, 1, 3, 1], [0, 0, 0], [0, 1, 1, 0, 2], max_rank=4)
     np.testing.assert_allclose(cmc, [0.5, 1, 1, 1])
     assert cmc.dtype == np.float32 and mAP == pytest.approx(0.75)
@@ -140,10 +140,16 @@ def test_matches_brute_force_with_many_ties() -> None:
 def _problems(draw):
     nq, ng, dim = draw(st.integers(1, 12)), draw(st.integers(1, 30)), draw(st.integers(1, 4))
     ints = lambda shape, hi: arrays(np.int64, shape, elements=st.integers(0, hi))  # noqa: E731
-    return (torch.tensor(draw(ints((nq, dim), 2)), dtype=torch.float32),
-            torch.tensor(draw(ints((ng, dim), 2)), dtype=torch.float32), draw(ints(nq, 4)), draw(ints(ng, 4)),
-            draw(ints(nq, 2)), draw(ints(ng, 2)), draw(st.integers(1, 8)),
-            draw(st.sampled_from(["euclidean", "cosine"])))
+    return (
+        torch.tensor(draw(ints((nq, dim), 2)), dtype=torch.float32),
+        torch.tensor(draw(ints((ng, dim), 2)), dtype=torch.float32),
+        draw(ints(nq, 4)),
+        draw(ints(ng, 4)),
+        draw(ints(nq, 2)),
+        draw(ints(ng, 2)),
+        draw(st.integers(1, 8)),
+        draw(st.sampled_from(["euclidean", "cosine"])),
+    )
 
 
 @settings(max_examples=100, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
@@ -219,7 +225,7 @@ def _rerank_reference(q_g, q_q, g_g, k1, k2, lam):
     ranked = [sorted(range(n), key=lambda j: (dist[i][j], j)) for i in range(n)]
 
     def recip(i, k):
-        return [j for j in ranked[i][:k + 1] if i in ranked[j][:k + 1]]
+        return [j for j in ranked[i][: k + 1] if i in ranked[j][: k + 1]]
 
     v = np.zeros((n, n))
     for i in range(n):
@@ -234,8 +240,9 @@ def _rerank_reference(q_g, q_q, g_g, k1, k2, lam):
         v[i, idx] = w / w.sum()
     if k2 != 1:
         v = np.array([v[ranked[i][:k2]].mean(axis=0) for i in range(n)])
-    jaccard = np.array([[1 - np.minimum(v[i], v[j]).sum() / np.maximum(v[i], v[j]).sum() for j in range(nq, n)]
-                        for i in range(nq)])
+    jaccard = np.array(
+        [[1 - np.minimum(v[i], v[j]).sum() / np.maximum(v[i], v[j]).sum() for j in range(nq, n)] for i in range(nq)]
+    )
     return (1 - lam) * jaccard + lam * dist[:nq, nq:]
 
 

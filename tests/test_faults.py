@@ -33,9 +33,27 @@ from autoprune.strategies import BaseStrategy, StrategyContext
 
 # The smoke preset cut to the bone: what is tested here is the bookkeeping around trials, not accuracy.
 # Trials prune and evaluate without fine-tuning, except where a fault needs a training step.
-TINY = ["--preset", "smoke", "--quiet", "--set", "train.epochs=1", "--set", "train.max_batches_per_epoch=1",
-        "--set", "trial.finetune_epochs=0", "--set", "trial.criterion_batches=1", "--set", "model.input_size=[32, 16]",
-        "--set", "search.sampler=random", "--set", "search.pruner=none", "--set", "trial.eval_every_epoch=false"]
+TINY = [
+    "--preset",
+    "smoke",
+    "--quiet",
+    "--set",
+    "train.epochs=1",
+    "--set",
+    "train.max_batches_per_epoch=1",
+    "--set",
+    "trial.finetune_epochs=0",
+    "--set",
+    "trial.criterion_batches=1",
+    "--set",
+    "model.input_size=[32, 16]",
+    "--set",
+    "search.sampler=random",
+    "--set",
+    "search.pruner=none",
+    "--set",
+    "trial.eval_every_epoch=false",
+]
 
 
 @pytest.fixture(scope="module")
@@ -138,8 +156,10 @@ class FaultyStrategy(BaseStrategy):
                     p.fill_(float("nan"))  # the trial's copy: the baseline must stay clean
         on_step_end = None
         if fault == "train":
+
             def on_step_end(m: nn.Module) -> None:
                 raise RuntimeError("injected fault in a training step")
+
         if ctx.epochs:
             ctx.finetune(model, ctx.epochs, on_step_end=on_step_end)
         if fault == "eval":
@@ -167,8 +187,16 @@ def faulty_run(data_root, tmp_path_factory):
     Injector.start({number: fault for number, (fault, _) in FAULTS.items()})
     out = tmp_path_factory.mktemp("faulty") / "run"
     try:
-        rc = main(search_args(out, data_root, f"search.n_trials={N_FAULTY}", "trial.criterion=faulty_l1",
-                              "trial.strategy=faulty", "trial.finetune_epochs=1"))
+        rc = main(
+            search_args(
+                out,
+                data_root,
+                f"search.n_trials={N_FAULTY}",
+                "trial.criterion=faulty_l1",
+                "trial.strategy=faulty",
+                "trial.finetune_epochs=1",
+            )
+        )
     finally:
         host_mod.reset_host()
     assert torch.is_grad_enabled()
@@ -238,8 +266,7 @@ def test_search_whose_uniform_trial_failed_still_reports(data_root, tmp_path, ho
 
 
 @pytest.mark.slow
-def test_search_in_which_every_trial_failed_exits_1_and_says_where_the_errors_are(data_root, tmp_path, host,
-                                                                                   capsys):
+def test_search_in_which_every_trial_failed_exits_1_and_says_where_the_errors_are(data_root, tmp_path, host, capsys):
     host.register_plugin(FaultPlugin(), name="test-faults")
     Injector.start({0: "criterion", 1: "memory"})
     out = tmp_path / "run"
@@ -247,8 +274,10 @@ def test_search_in_which_every_trial_failed_exits_1_and_says_where_the_errors_ar
     captured = capsys.readouterr()
     assert rc == 1
     errors = [line for line in captured.err.splitlines() if line.startswith("autoprune: error:")]
-    assert errors == [f"autoprune: error: no trial completed (2 FAIL), so there is no model; each trial's error "
-                      f"is in {out / 'report.json'} (trials[].error) and {out / 'trials.csv'} (column error)"]
+    assert errors == [
+        f"autoprune: error: no trial completed (2 FAIL), so there is no model; each trial's error "
+        f"is in {out / 'report.json'} (trials[].error) and {out / 'trials.csv'} (column error)"
+    ]
     assert "Traceback" not in captured.err
     report = json.loads((out / "report.json").read_text())
     assert report["best"] is None and report["plots"] == []
@@ -297,21 +326,32 @@ class SlowPlugin:
 
 
 # The subprocess's command line: the CLI with SlowPlugin registered first, as in-process runs do.
-CLI_WITH_SLOW = ("import sys; from autoprune import host; from test_faults import SlowPlugin; "
-                 "host.get_host().register_plugin(SlowPlugin(), name='test-slow'); "
-                 "from autoprune.cli import main; sys.exit(main(sys.argv[1:]))")
+CLI_WITH_SLOW = (
+    "import sys; from autoprune import host; from test_faults import SlowPlugin; "
+    "host.get_host().register_plugin(SlowPlugin(), name='test-slow'); "
+    "from autoprune.cli import main; sys.exit(main(sys.argv[1:]))"
+)
 
 
 class Search:
     """``autoprune search`` in a subprocess, its output lines collected as they come."""
 
     def __init__(self, args: list[str], hold: bool = False) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", HOLD: "1" if hold else "0",
-               "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))}
+        env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            HOLD: "1" if hold else "0",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")])),
+        }
         # Python ignores SIGINT if it starts with it ignored (background jobs do): start with the default.
-        self.proc = subprocess.Popen([sys.executable, "-c", CLI_WITH_SLOW, *args], stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, env=env,
-                                     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", CLI_WITH_SLOW, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.seen: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
@@ -415,8 +455,7 @@ def stopped_search(data_root, tmp_path_factory):
     steps["disk_full"] = {"rc": rc, "stderr": err.getvalue(), "study": snapshot(out)}
 
     rc, running, seen = stop_mid_trial(args, out, signal.SIGINT)
-    steps["ctrl_c"] = {"rc": rc, "trial": running, "output": seen, "study": snapshot(out),
-                       "report": report_trials(out)}
+    steps["ctrl_c"] = {"rc": rc, "trial": running, "output": seen, "study": snapshot(out), "report": report_trials(out)}
 
     rc, running, seen = stop_mid_trial(args, out, signal.SIGKILL)
     steps["sigkill"] = {"rc": rc, "trial": running, "output": seen, "study": snapshot(out)}
@@ -443,7 +482,7 @@ def test_disk_full_mid_search_stops_with_one_line(stopped_search):
     lines = [line for line in step["stderr"].splitlines() if line.startswith("autoprune: error:")]
     assert len(lines) == 1 and "Traceback" not in step["stderr"]
     assert "the disk under" in lines[0] and "is full (No space left on device); free some space" in lines[0]
-    (state, _, attrs), = step["study"].values()
+    ((state, _, attrs),) = step["study"].values()
     assert state == "FAIL" and attrs["interrupted"] is True  # not counted, run again on resume
 
 
@@ -497,6 +536,7 @@ def test_resumed_search_retries_each_interrupted_trial_once(stopped_search):
 
 # -- a really full disk: a small tmpfs in a private mount namespace ------------------------------------
 
+
 class FillDiskStrategy(BaseStrategy):
     """``one_shot``; in the second trial it first fills the disk at ``$AUTOPRUNE_TEST_FILL`` for real."""
 
@@ -546,8 +586,14 @@ def private_mount_prefix(tmp_path: Path) -> list[str] | None:
     probe = tmp_path / "probe"
     probe.mkdir()
     for prefix in (["unshare", "--mount"], ["unshare", "--map-root-user", "--mount"]):
-        ok = subprocess.run([*prefix, "sh", "-c", f"mount -t tmpfs -o size=1m autoprune-probe {probe}"],
-                            capture_output=True, timeout=30).returncode == 0
+        ok = (
+            subprocess.run(
+                [*prefix, "sh", "-c", f"mount -t tmpfs -o size=1m autoprune-probe {probe}"],
+                capture_output=True,
+                timeout=30,
+            ).returncode
+            == 0
+        )
         if ok:
             return prefix
     return None
@@ -565,8 +611,15 @@ def test_really_full_disk_where_sqlite_fails_first_stops_with_one_line_and_resum
     disk.mkdir()
     keep.mkdir()
     out = disk / "run"
-    args = search_args(out, data_root, "search.n_trials=2", "trial.strategy=fill_disk", "trial.finetune_epochs=1",
-                       "search.pruner=median", "trial.eval_every_epoch=true")
+    args = search_args(
+        out,
+        data_root,
+        "search.n_trials=2",
+        "trial.strategy=fill_disk",
+        "trial.finetune_epochs=1",
+        "search.pruner=median",
+        "trial.eval_every_epoch=true",
+    )
     cli = shlex.join([sys.executable, "-c", CLI_WITH_FILL, *args])
     script = f"""
         mount -t tmpfs -o size=256m autoprune-full {disk} || exit 99
@@ -576,16 +629,20 @@ def test_really_full_disk_where_sqlite_fails_first_stops_with_one_line_and_resum
         {cli} > {keep}/out2 2> {keep}/err2; echo $? > {keep}/rc2
         cp {out}/study.db {keep}/study2.db
     """
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent),
-                                                                      os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")])),
+    }
     done = subprocess.run([*prefix, "bash", "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     err1 = (keep / "err1").read_text()
     assert (keep / "rc1").read_text().strip() == "2", err1
     assert "Traceback" not in err1 and "Should not reach" not in err1
     lines = [line for line in err1.splitlines() if line.strip()]
-    assert lines == [f"autoprune: error: the disk under {out} is full (No space left on device); free some space, "
-                     f"then rerun the same command to resume (the interrupted trial is run again)"]
+    assert lines == [
+        f"autoprune: error: the disk under {out} is full (No space left on device); free some space, "
+        f"then rerun the same command to resume (the interrupted trial is run again)"
+    ]
     assert (keep / "trials1").read_text().split() == ["trial_0000.pt"]  # SQLite failed before the model save
     first = optuna.load_study(study_name="autoprune", storage=f"sqlite:///{keep / 'study1.db'}").get_trials()
     assert [t.state.name for t in first][0] == "COMPLETE"
@@ -647,9 +704,11 @@ def final_round_stops(data_root, tmp_path_factory):
         return real_plots(*a, **k)
 
     try:
-        for name, step_args, patch_plots in (("writing", args, True), ("rerun", args, False),
-                                             ("more_trials", search_args(out, data_root, "search.n_trials=3", *sets),
-                                              False)):
+        for name, step_args, patch_plots in (
+            ("writing", args, True),
+            ("rerun", args, False),
+            ("more_trials", search_args(out, data_root, "search.n_trials=3", *sets), False),
+        ):
             runs.clear()
             printed = io.StringIO()
             with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
@@ -657,8 +716,12 @@ def final_round_stops(data_root, tmp_path_factory):
                 if patch_plots:
                     mp.setattr(run_mod, "write_plots", plots_then_ctrl_c)
                 rc = main(step_args)
-            steps[name] = {"rc": rc, "output": printed.getvalue(), "runs": len(runs),
-                           "report": json.loads((out / "report.json").read_text())}
+            steps[name] = {
+                "rc": rc,
+                "output": printed.getvalue(),
+                "runs": len(runs),
+                "report": json.loads((out / "report.json").read_text()),
+            }
     finally:
         host_mod.reset_host()
     return steps
@@ -716,6 +779,7 @@ def test_seed_out_of_range_is_refused_up_front(seed, tmp_path, capsys):
 
 
 # -- the run directory: full, unwritable, in use ----------------------------------------------------
+
 
 def test_disk_nearly_full_is_refused_before_anything_runs(tmp_path, monkeypatch, capsys):
     import shutil

@@ -28,11 +28,17 @@ def test_builtins_load_as_plugins(host):
     assert {"market1501", "synth"} <= set(host.names("dataset"))
     assert {"resnet18", "resnet50", "resnet10"} <= set(host.names("backbone"))
     # first-party plugins are registered as plugins of the autoprune distribution, all five kinds alike
-    for kind, name, plugin in (("criterion", "l1", "criteria"), ("strategy", "one_shot", "strategies"),
-                               ("scenario", "prune_then_finetune", "scenarios"), ("dataset", "synth", "datasets"),
-                               ("backbone", "resnet10", "backbones")):
+    for kind, name, plugin in (
+        ("criterion", "l1", "criteria"),
+        ("strategy", "one_shot", "strategies"),
+        ("scenario", "prune_then_finetune", "scenarios"),
+        ("dataset", "synth", "datasets"),
+        ("backbone", "resnet10", "backbones"),
+    ):
         assert (host.registry[kind][name].plugin, host.registry[kind][name].distribution) == (
-            f"autoprune:{plugin}", "autoprune")
+            f"autoprune:{plugin}",
+            "autoprune",
+        )
 
 
 class PlantedCriterion(BaseCriterion):
@@ -85,8 +91,11 @@ def test_misspelled_hook_fails_loudly(host):
         def autoprune_register_criterion(self, register):  # missing the final "a"
             pass
 
-    with pytest.raises(PluginError, match="plugin 'typo' implements autoprune_register_criterion, which is not an "
-                                          "autoprune hook \\(did you mean 'autoprune_register_criteria'\\?\\)"):
+    with pytest.raises(
+        PluginError,
+        match="plugin 'typo' implements autoprune_register_criterion, which is not an "
+        "autoprune hook \\(did you mean 'autoprune_register_criteria'\\?\\)",
+    ):
         host.register_plugin(Typo(), name="typo")
     assert "l1" in host.names("criterion")  # the host is still usable without it
 
@@ -153,8 +162,11 @@ def test_allow_list_restricts_third_party_plugins_only(monkeypatch):
     """As llm's default plugins: the built-ins always load; the list picks which installed plugins do."""
     from autoprune import host as host_mod
 
-    monkeypatch.setattr(host_mod.importlib.metadata, "entry_points",
-                        lambda group: [_EntryPoint("third", InlinePlugin()), _EntryPoint("other", InlinePlugin())])
+    monkeypatch.setattr(
+        host_mod.importlib.metadata,
+        "entry_points",
+        lambda group: [_EntryPoint("third", InlinePlugin()), _EntryPoint("other", InlinePlugin())],
+    )
     monkeypatch.setenv("AUTOPRUNE_LOAD_PLUGINS", "criteria")  # a built-in's name: still accepted
     h = PluginHost()
     assert "l1" in h.names("criterion") and "one_shot" in h.names("strategy") and "resnet10" in h.names("backbone")
@@ -183,11 +195,17 @@ def test_builtin_entry_points_of_an_older_install_are_not_registered_twice(monke
 
 def test_example_package_is_discovered_with_its_distribution_and_version(example_installed, capsys):
     h = example_installed
-    for kind, name in (("criterion", "example_mean_abs"), ("strategy", "example_gradual"),
-                       ("scenario", "example_warmup_then_prune")):
+    for kind, name in (
+        ("criterion", "example_mean_abs"),
+        ("strategy", "example_gradual"),
+        ("scenario", "example_warmup_then_prune"),
+    ):
         reg = h.registry[kind][name]
-        assert (reg.distribution, reg.version, reg.plugin) == ("autoprune-example-plugin", "0.1.0",
-                                                             "autoprune-example-plugin:example")
+        assert (reg.distribution, reg.version, reg.plugin) == (
+            "autoprune-example-plugin",
+            "0.1.0",
+            "autoprune-example-plugin:example",
+        )
     assert main(["plugins"]) == 0
     out = capsys.readouterr().out
     assert "example_gradual          autoprune-example-plugin 0.1.0" in out
@@ -205,13 +223,15 @@ def test_example_options_through_config_and_cli(example_installed, capsys):
     assert cfg["plugins"] == {"example_gradual": {"rounds": 3}}
     assert main(["config", "--preset", "smoke", "--set", "plugins.example_gradual.rounds=3"]) == 0
     shown = yaml.safe_load(capsys.readouterr().out)["plugins"]
-    assert shown["example_gradual"] == {"rounds": 3}              # set
-    assert shown["example_mean_abs"] == {"bn_weight": 0.0}        # default
+    assert shown["example_gradual"] == {"rounds": 3}  # set
+    assert shown["example_mean_abs"] == {"bn_weight": 0.0}  # default
     assert shown["iterative"] == {"steps": 3, "schedule": "linear"}
     assert main(["config", "--set", "plugins.example_gradual.round=3"]) == 2
     err = capsys.readouterr().err
-    assert err.strip() == ("autoprune: error: plugins.example_gradual.round: 'example_gradual' has no option "
-                           "'round' (did you mean 'rounds'?); its options: rounds")
+    assert err.strip() == (
+        "autoprune: error: plugins.example_gradual.round: 'example_gradual' has no option "
+        "'round' (did you mean 'rounds'?); its options: rounds"
+    )
 
 
 class OptionsPlugin:
@@ -239,17 +259,26 @@ def test_options_merge_over_defaults_and_are_read_only(host):
     assert dict(host.create("criterion", "weighted").options)["weight"] == 1.0
 
 
-@pytest.mark.parametrize("override, message", [
-    ("plugins.weighted.wieght=2", "plugins.weighted.wieght: 'weighted' has no option 'wieght' (did you mean 'weight'?); "
-                                  "its options: weight, mode, flag, anything"),
-    ("plugins.weighted.weight=heavy", "plugins.weighted.weight must be float (the type of its default 1.0), got str 'heavy'"),
-    ("plugins.weighted.flag=1", "plugins.weighted.flag must be bool (the type of its default False), got int 1"),
-    ("plugins.weighted.mode=3", "plugins.weighted.mode must be str (the type of its default 'sum'), got int 3"),
-    ("plugins.weigted.weight=2", "plugins.weigted: no plugin is called 'weigted' (did you mean 'weighted'?)"),
-    ("plugins.l1.weight=2", "plugins.l1: 'l1' takes no options"),
-    ("plugins.weighted=2", "plugin options are set one at a time, as --set plugins.NAME.OPTION=value"),
-    ("plugins.iterative.steps=0", "plugins.iterative: steps must be >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "plugins.weighted.wieght=2",
+            "plugins.weighted.wieght: 'weighted' has no option 'wieght' (did you mean 'weight'?); "
+            "its options: weight, mode, flag, anything",
+        ),
+        (
+            "plugins.weighted.weight=heavy",
+            "plugins.weighted.weight must be float (the type of its default 1.0), got str 'heavy'",
+        ),
+        ("plugins.weighted.flag=1", "plugins.weighted.flag must be bool (the type of its default False), got int 1"),
+        ("plugins.weighted.mode=3", "plugins.weighted.mode must be str (the type of its default 'sum'), got int 3"),
+        ("plugins.weigted.weight=2", "plugins.weigted: no plugin is called 'weigted' (did you mean 'weighted'?)"),
+        ("plugins.l1.weight=2", "plugins.l1: 'l1' takes no options"),
+        ("plugins.weighted=2", "plugin options are set one at a time, as --set plugins.NAME.OPTION=value"),
+        ("plugins.iterative.steps=0", "plugins.iterative: steps must be >= 1, got 0"),
+    ],
+)
 def test_bad_plugin_options_are_user_errors_naming_plugin_and_option(host, override, message):
     host.register_plugin(OptionsPlugin(), name="opts")
     with pytest.raises(UserError) as info:
@@ -271,8 +300,12 @@ def test_plugins_section_in_a_file(host, tmp_path):
 def test_provenance_names_distribution_version_and_effective_options(host):
     host.register_plugin(OptionsPlugin(), name="opts", distribution="opts-dist", version="1.2.3")
     assert host.provenance("criterion", "weighted", {"weighted": {"mode": "max"}}) == {
-        "name": "weighted", "kind": "criterion", "distribution": "opts-dist", "version": "1.2.3",
-        "options": {"weight": 1.0, "mode": "max", "flag": False, "anything": None}}
+        "name": "weighted",
+        "kind": "criterion",
+        "distribution": "opts-dist",
+        "version": "1.2.3",
+        "options": {"weight": 1.0, "mode": "max", "flag": False, "anything": None},
+    }
     l1 = host.provenance("criterion", "l1")
     assert l1["distribution"] == "autoprune" and l1["version"] == importlib.metadata.version("autoprune")
 
@@ -304,13 +337,17 @@ def test_a_criterion_returning_channels_by_1_is_refused_by_the_host():
     model = build_model("resnet10", 4)
     graph = PruningGraph(model, (64, 32))
     channels = graph.groups["layer1.out"].channels
-    with pytest.raises(ValueError, match=rf"'column': expected {channels} scores for layer1.out, "
-                                         rf"got a tensor of shape \[{channels}, 1\]"):
+    with pytest.raises(
+        ValueError,
+        match=rf"'column': expected {channels} scores for layer1.out, "
+        rf"got a tensor of shape \[{channels}, 1\]",
+    ):
         score_groups(model, Column(), CriterionContext(graph=graph, device=torch.device("cpu")))
 
 
 def test_contract_failures_name_the_group_and_the_counts():
     """Installed packages get no assert rewriting: the kit's messages carry the shapes themselves."""
+
     class DropsOne(BaseCriterion):
         """One score short in layer1.out."""
 

@@ -107,8 +107,7 @@ def test_projection_meets_latency_and_macs(tiny):
             assert lat.predict_ms(counts) <= b.latency_ms
             assert cost.macs(counts) <= b.macs
             # tight: no group can take one more rounding step without breaking a limit
-            grow = [n for n, c in counts.items() if c < cost.base_widths[n]
-                    and b.fits(cost, {**counts, n: c + 4})]
+            grow = [n for n, c in counts.items() if c < cost.base_widths[n] and b.fits(cost, {**counts, n: c + 4})]
             assert grow == []
 
 
@@ -194,37 +193,55 @@ def test_table_round_trip_and_monotone(tiny, tmp_path):
     assert monotone([[1.0, 0.5], [0.8, 2.0]]) == [[1.0, 1.0], [1.0, 2.0]]
 
 
-@pytest.mark.parametrize("corrupt", [
-    lambda d: "not json {",
-    lambda d: json.dumps({**d, "format": "something-else"}),
-    lambda d: json.dumps({**d, "kinds": [{**d["kinds"][0], "ms": d["kinds"][0]["ms"][:-1]}] + d["kinds"][1:]}),
-    lambda d: json.dumps({**d, "kinds": [{**d["kinds"][0], "ms": [[-1.0] * len(r) for r in d["kinds"][0]["ms"]]}]
-                          + d["kinds"][1:]}),
-    lambda d: json.dumps({k: v for k, v in d.items() if k != "layers"}),
-    lambda d: json.dumps({**d, "layers": {"x": {"kind": 999, "cin": 1, "cout": 1}}}),
-    # wrong types: a time as text, a width as text or a fraction, a boolean batch, a list for the key
-    lambda d: json.dumps({**d, "kinds": [{**d["kinds"][0], "ms": [["fast"] * len(r) for r in d["kinds"][0]["ms"]]}]
-                          + d["kinds"][1:]}),
-    lambda d: json.dumps({**d, "kinds": [{**d["kinds"][0], "cin": [str(c) for c in d["kinds"][0]["cin"]]}]
-                          + d["kinds"][1:]}),
-    lambda d: json.dumps({**d, "kinds": [{**d["kinds"][0], "cout": [c + 0.5 for c in d["kinds"][0]["cout"]]}]
-                          + d["kinds"][1:]}),
-    lambda d: json.dumps({**d, "key": {**d["key"], "batch": True}}),
-    lambda d: json.dumps({**d, "key": [1, 2]}),
-    lambda d: json.dumps([d]),
-    # absurd sizes: a billion channels, a zero-pixel input, a grid of 5000 points
-    lambda d: json.dumps({**d, "kinds": [{**d["kinds"][0], "cin": [10**9] * len(d["kinds"][0]["cin"])}]
-                          + d["kinds"][1:]}),
-    lambda d: json.dumps({**d, "key": {**d["key"], "input_size": [0, 16]}}),
-    lambda d: json.dumps({**d, "key": {**d["key"], "input_size": [32, 16, 3]}}),
-    lambda d: json.dumps({**d, "kinds": [{"cin": list(range(1, 5001)), "cout": [8], "ms": [[1.0]] * 5000}]}),
-    # NaN and infinite times (Python's json writes and reads them), a NaN calibration
-    lambda d: json.dumps({**d, "kinds": [{**d["kinds"][0], "ms": [[float("nan")] * len(r) for r in d["kinds"][0]["ms"]]}]
-                          + d["kinds"][1:]}),
-    lambda d: json.dumps({**d, "kinds": [{**d["kinds"][0], "ms": [[float("inf")] * len(r) for r in d["kinds"][0]["ms"]]}]
-                          + d["kinds"][1:]}),
-    lambda d: json.dumps({**d, "scale": float("nan")}),
-])
+@pytest.mark.parametrize(
+    "corrupt",
+    [
+        lambda d: "not json {",
+        lambda d: json.dumps({**d, "format": "something-else"}),
+        lambda d: json.dumps({**d, "kinds": [{**d["kinds"][0], "ms": d["kinds"][0]["ms"][:-1]}] + d["kinds"][1:]}),
+        lambda d: json.dumps(
+            {**d, "kinds": [{**d["kinds"][0], "ms": [[-1.0] * len(r) for r in d["kinds"][0]["ms"]]}] + d["kinds"][1:]}
+        ),
+        lambda d: json.dumps({k: v for k, v in d.items() if k != "layers"}),
+        lambda d: json.dumps({**d, "layers": {"x": {"kind": 999, "cin": 1, "cout": 1}}}),
+        # wrong types: a time as text, a width as text or a fraction, a boolean batch, a list for the key
+        lambda d: json.dumps(
+            {**d, "kinds": [{**d["kinds"][0], "ms": [["fast"] * len(r) for r in d["kinds"][0]["ms"]]}] + d["kinds"][1:]}
+        ),
+        lambda d: json.dumps(
+            {**d, "kinds": [{**d["kinds"][0], "cin": [str(c) for c in d["kinds"][0]["cin"]]}] + d["kinds"][1:]}
+        ),
+        lambda d: json.dumps(
+            {**d, "kinds": [{**d["kinds"][0], "cout": [c + 0.5 for c in d["kinds"][0]["cout"]]}] + d["kinds"][1:]}
+        ),
+        lambda d: json.dumps({**d, "key": {**d["key"], "batch": True}}),
+        lambda d: json.dumps({**d, "key": [1, 2]}),
+        lambda d: json.dumps([d]),
+        # absurd sizes: a billion channels, a zero-pixel input, a grid of 5000 points
+        lambda d: json.dumps(
+            {**d, "kinds": [{**d["kinds"][0], "cin": [10**9] * len(d["kinds"][0]["cin"])}] + d["kinds"][1:]}
+        ),
+        lambda d: json.dumps({**d, "key": {**d["key"], "input_size": [0, 16]}}),
+        lambda d: json.dumps({**d, "key": {**d["key"], "input_size": [32, 16, 3]}}),
+        lambda d: json.dumps({**d, "kinds": [{"cin": list(range(1, 5001)), "cout": [8], "ms": [[1.0]] * 5000}]}),
+        # NaN and infinite times (Python's json writes and reads them), a NaN calibration
+        lambda d: json.dumps(
+            {
+                **d,
+                "kinds": [{**d["kinds"][0], "ms": [[float("nan")] * len(r) for r in d["kinds"][0]["ms"]]}]
+                + d["kinds"][1:],
+            }
+        ),
+        lambda d: json.dumps(
+            {
+                **d,
+                "kinds": [{**d["kinds"][0], "ms": [[float("inf")] * len(r) for r in d["kinds"][0]["ms"]]}]
+                + d["kinds"][1:],
+            }
+        ),
+        lambda d: json.dumps({**d, "scale": float("nan")}),
+    ],
+)
 def test_corrupt_table_is_one_user_error(tiny, tmp_path, corrupt):
     _, _, table, _ = tiny
     path = tmp_path / "bad.json"
@@ -250,8 +267,15 @@ def test_a_table_from_another_device_is_used_but_nothing_is_timed_here(tiny, tmp
     for device, checked in ((device_name("cpu"), True), ("cpu: Some Camera Box SoC", False)):
         path = tmp_path / f"{checked}.json"
         replace(table, key=replace(key, device=device)).save(path)
-        cfg = load_config(preset="smoke", overrides=[f"budget.latency_table={path}", f"budget.latency_ms={limit}",
-                                                     "budget.round_to=4", "model.input_size=[32,16]"])
+        cfg = load_config(
+            preset="smoke",
+            overrides=[
+                f"budget.latency_table={path}",
+                f"budget.latency_ms={limit}",
+                "budget.round_to=4",
+                "model.input_size=[32,16]",
+            ],
+        )
         budget, checker = latency_budget(cfg, graph, Budget(cost.base_macs, 0.1, 1.0, 4), log=lambda _: None)
         assert budget.latency_ms == limit and budget.latency.table.key.device == device
         assert (checker is not None) is checked
@@ -260,8 +284,12 @@ def test_a_table_from_another_device_is_used_but_nothing_is_timed_here(tiny, tmp
 def test_table_for_other_arch_input_or_batch_is_refused(tiny):
     _, key, table, graph = tiny
     check_table(table, key, "t.json")
-    for change, words in (({"arch": "resnet18"}, "architecture resnet10"), ({"input_size": (128, 64)}, "input size 32x16"),
-                          ({"batch": 8}, "batch size 1"), ({"min_keep": 0.05}, "min_keep")):
+    for change, words in (
+        ({"arch": "resnet18"}, "architecture resnet10"),
+        ({"input_size": (128, 64)}, "input size 32x16"),
+        ({"batch": 8}, "batch size 1"),
+        ({"min_keep": 0.05}, "min_keep"),
+    ):
         with pytest.raises(UserError, match=words):
             check_table(table, replace(key, **change), "t.json")
     other = PruningGraph(build_model("resnet18", 2), SIZE)
@@ -270,8 +298,17 @@ def test_table_for_other_arch_input_or_batch_is_refused(tiny):
 
 
 def _search_args(tmp_path, *sets: str) -> list[str]:
-    return ["search", "--preset", "smoke", "--out", str(tmp_path / "run"), "--quiet",
-            "--set", f"data.root={tmp_path / 'data'}", *[a for s in sets for a in ("--set", s)]]
+    return [
+        "search",
+        "--preset",
+        "smoke",
+        "--out",
+        str(tmp_path / "run"),
+        "--quiet",
+        "--set",
+        f"data.root={tmp_path / 'data'}",
+        *[a for s in sets for a in ("--set", s)],
+    ]
 
 
 def test_search_refuses_bad_tables_with_exit_2(tiny, tmp_path, capsys):
@@ -284,11 +321,23 @@ def test_search_refuses_bad_tables_with_exit_2(tiny, tmp_path, capsys):
     replace(table, key=replace(key, round_to=4)).save(small)
     wrong_size = tmp_path / "size.json"
     replace(table, key=replace(key, input_size=(64, 32))).save(wrong_size)
-    cases = [(corrupt, "1", "is corrupt"), (other, "1", "architecture resnet18"), (wrong_size, "1", "input size 64x32"),
-             (tmp_path / "missing.json", "1", "does not exist"), (small, "0.0001", "below the smallest model")]
+    cases = [
+        (corrupt, "1", "is corrupt"),
+        (other, "1", "architecture resnet18"),
+        (wrong_size, "1", "input size 64x32"),
+        (tmp_path / "missing.json", "1", "does not exist"),
+        (small, "0.0001", "below the smallest model"),
+    ]
     for path, ms, words in cases:
-        code = main(_search_args(tmp_path, f"budget.latency_table={path}", f"budget.latency_ms={ms}",
-                                 "budget.round_to=4", "model.input_size=[32,16]"))
+        code = main(
+            _search_args(
+                tmp_path,
+                f"budget.latency_table={path}",
+                f"budget.latency_ms={ms}",
+                "budget.round_to=4",
+                "model.input_size=[32,16]",
+            )
+        )
         err = capsys.readouterr().err.strip()
         assert code == 2 and words in err and len(err.splitlines()) == 1, err
 
@@ -304,17 +353,31 @@ def test_search_with_another_devices_table_reports_predictions(tiny, tmp_path, c
     replace(table, key=replace(key, device="cpu: Some Camera Box SoC")).save(box)
     lat = LatencyModel(table, graph)
     limit = round(0.7 * lat.predict_ms(graph.widths()), 4)
-    assert main(_search_args(tmp_path, f"budget.latency_table={box}", f"budget.latency_ms={limit}",
-                             "budget.round_to=4", "model.input_size=[32,16]", "search.n_trials=2",
-                             "train.epochs=1")) == 0
+    assert (
+        main(
+            _search_args(
+                tmp_path,
+                f"budget.latency_table={box}",
+                f"budget.latency_ms={limit}",
+                "budget.round_to=4",
+                "model.input_size=[32,16]",
+                "search.n_trials=2",
+                "train.epochs=1",
+            )
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["budget"]["latency_timed_here"] is False
     assert report["budget"]["latency_device"] == "cpu: Some Camera Box SoC"
     for entry in (report["best"], report["baseline"]):
         assert entry["latency_measured"] is False and entry["latency_spread_ms"] is None
-        assert entry["latency_ms"] == entry["latency_predicted_ms"] == pytest.approx(lat.predict_ms(
-            {**graph.widths(), **entry.get("counts", {})}), abs=1e-3)
+        assert (
+            entry["latency_ms"]
+            == entry["latency_predicted_ms"]
+            == pytest.approx(lat.predict_ms({**graph.widths(), **entry.get("counts", {})}), abs=1e-3)
+        )
     assert "nothing was timed here" in out and "not this machine: the table is trusted" in out
     rows = list(csv.DictReader((tmp_path / "run" / "trials.csv").open()))
     trials = {t["number"]: t for t in report["trials"]}
@@ -331,8 +394,10 @@ def test_trials_csv_has_latency_only_under_a_latency_budget(tmp_path):
     from autoprune.search.records import TrialRecord
     from autoprune.search.report import write_trials_csv
 
-    records = [TrialRecord(0, "COMPLETE", {"g": 0.5}, {"g": 8}, 100, 10, 0.5, latency_ms=1.25),
-               TrialRecord(1, "FAIL", error="ValueError: x")]
+    records = [
+        TrialRecord(0, "COMPLETE", {"g": 0.5}, {"g": 8}, 100, 10, 0.5, latency_ms=1.25),
+        TrialRecord(1, "FAIL", error="ValueError: x"),
+    ]
     write_trials_csv(tmp_path / "a.csv", records, latency=True)
     write_trials_csv(tmp_path / "b.csv", records)
     with_lat = (tmp_path / "a.csv").read_text().splitlines()
@@ -350,8 +415,11 @@ def test_config_latency_keys(tmp_path):
     assert cfg["budget"]["macs_ratio"] is None and cfg["budget"]["latency_batch"] == 1
     both = load_config(preset="smoke", overrides=["budget.latency_ms=12", "budget.macs_ratio=0.3"])
     assert both["budget"]["macs_ratio"] == 0.3
-    for bad, words in (("budget.latency_ms=0", "must be > 0"), ("budget.latency_batch=0", "must be > 0"),
-                       ("budget.latency_ms=fast", "must be float")):
+    for bad, words in (
+        ("budget.latency_ms=0", "must be > 0"),
+        ("budget.latency_batch=0", "must be > 0"),
+        ("budget.latency_ms=fast", "must be float"),
+    ):
         with pytest.raises(UserError, match=words):
             load_config(preset="smoke", overrides=[bad])
     with pytest.raises(UserError, match="budget.latency_ms is not"):
@@ -361,8 +429,24 @@ def test_config_latency_keys(tmp_path):
 def test_profile_command_real_clock(tmp_path, capsys):
     # real timing, tiny: the table is written with this machine's key, then reused rather than profiled again
     out = tmp_path / "lut.json"
-    args = ["latency", "profile", "--arch", "resnet10", "--input-size", "32", "16", "--out", str(out),
-            "--threads", "1", "--points", "2", "--repeats", "2", "--quiet"]
+    args = [
+        "latency",
+        "profile",
+        "--arch",
+        "resnet10",
+        "--input-size",
+        "32",
+        "16",
+        "--out",
+        str(out),
+        "--threads",
+        "1",
+        "--points",
+        "2",
+        "--repeats",
+        "2",
+        "--quiet",
+    ]
     assert main(args) == 0
     table = LatencyTable.load(out)
     assert table.key.arch == "resnet10" and table.key.input_size == (32, 16) and table.key.threads == 1
@@ -380,17 +464,51 @@ def test_search_under_a_latency_budget(tmp_path, capsys):
     # real timing end to end: profile this machine (CPU time: CI machines are shared), search the smoke preset
     # under a latency budget, and find the budget in the policies, the report and the summary
     lut = tmp_path / "lut.json"
-    assert main(["latency", "profile", "--arch", "resnet10", "--input-size", "32", "16", "--out", str(lut),
-                 "--threads", "1", "--points", "2", "--repeats", "3", "--round-to", "4", "--clock", "cpu",
-                 "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "latency",
+                "profile",
+                "--arch",
+                "resnet10",
+                "--input-size",
+                "32",
+                "16",
+                "--out",
+                str(lut),
+                "--threads",
+                "1",
+                "--points",
+                "2",
+                "--repeats",
+                "3",
+                "--round-to",
+                "4",
+                "--clock",
+                "cpu",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     table = LatencyTable.load(lut)
     graph = PruningGraph(build_model("resnet10", 2), (32, 16))
     lat = LatencyModel(table, graph)
     floor = lat.predict_ms({n: width_choices(b, 4, 0.1)[0] for n, b in graph.widths().items()})
     limit = round((floor + lat.predict_ms(graph.widths())) / 2, 4)  # halfway between the smallest and the whole
     capsys.readouterr()
-    assert main(_search_args(tmp_path, f"budget.latency_table={lut}", f"budget.latency_ms={limit}",
-                             "model.input_size=[32,16]", "search.n_trials=2")) == 0
+    assert (
+        main(
+            _search_args(
+                tmp_path,
+                f"budget.latency_table={lut}",
+                f"budget.latency_ms={limit}",
+                "model.input_size=[32,16]",
+                "search.n_trials=2",
+            )
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     budget, best, base = report["budget"], report["best"], report["baseline"]

@@ -14,8 +14,17 @@ from autoprune_plugins.backbones import _resnet10, _torchvision
 SIZE = (64, 32)
 
 
-@pytest.mark.parametrize("arch, dim", [("resnet10", 512), ("resnet18", 512), ("resnet34", 512), ("resnet50", 2048),
-                                       ("resnext50_32x4d", 2048), ("wide_resnet50_2", 2048)])
+@pytest.mark.parametrize(
+    "arch, dim",
+    [
+        ("resnet10", 512),
+        ("resnet18", 512),
+        ("resnet34", 512),
+        ("resnet50", 2048),
+        ("resnext50_32x4d", 2048),
+        ("wide_resnet50_2", 2048),
+    ],
+)
 def test_feature_dims_and_shapes(arch, dim):
     model = build_model(arch, 7)
     assert model.feat_dim == dim
@@ -79,12 +88,22 @@ def test_torchreid_fastreid_checkpoint_loads(tmp_path):
 
 def test_key_mapping():
     z = torch.zeros(1)
-    mapped = backbone_state({"module.backbone.layer1.0.conv1.weight": z, "module.backbone.conv1.weight": z,
-                             "module.backbone.bn1.num_batches_tracked": z, "module.classifier.weight": z,
-                             "module.heads.bnneck.weight": z, "module.backbone.fc.weight": z}, "x.pth")
+    mapped = backbone_state(
+        {
+            "module.backbone.layer1.0.conv1.weight": z,
+            "module.backbone.conv1.weight": z,
+            "module.backbone.bn1.num_batches_tracked": z,
+            "module.classifier.weight": z,
+            "module.heads.bnneck.weight": z,
+            "module.backbone.fc.weight": z,
+        },
+        "x.pth",
+    )
     assert set(mapped) == {"layer1.0.conv1.weight", "conv1.weight"}
     assert set(backbone_state({"base.layer1.0.conv1.weight": z, "base.bn1.bias": z}, "x.pth")) == {
-        "layer1.0.conv1.weight", "bn1.bias"}
+        "layer1.0.conv1.weight",
+        "bn1.bias",
+    }
 
 
 def test_checkpoint_of_another_architecture_is_refused(tmp_path):
@@ -108,8 +127,10 @@ def test_imagenet_weights_load_from_local_cache(monkeypatch, tmp_path):
     ckpt_dir.mkdir(parents=True)
     url = torchvision.models.ResNet18_Weights.DEFAULT.url
     ref = torchvision.models.resnet18(weights=None).state_dict()
-    torch.save({k: torch.full_like(v, 0.25) if v.is_floating_point() else v for k, v in ref.items()},
-               ckpt_dir / url.rsplit("/", 1)[-1])
+    torch.save(
+        {k: torch.full_like(v, 0.25) if v.is_floating_point() else v for k, v in ref.items()},
+        ckpt_dir / url.rsplit("/", 1)[-1],
+    )
     model = build_model("resnet18", 5, weights="imagenet")
     assert torch.all(model.backbone.conv1.weight == 0.25)
 

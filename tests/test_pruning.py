@@ -97,14 +97,20 @@ def test_coupled_residual_channels_stay_consistent(r18):
     counts["layer3.out"] = 96
     prune_to_counts(g, counts, {n: torch.rand(pg.channels) for n, pg in g.groups.items()})
     b = model.backbone
-    assert b.layer3[0].conv2.out_channels == b.layer3[0].downsample[0].out_channels == b.layer3[1].conv2.out_channels == 96
+    assert (
+        b.layer3[0].conv2.out_channels == b.layer3[0].downsample[0].out_channels == b.layer3[1].conv2.out_channels == 96
+    )
     assert b.layer3[1].conv1.in_channels == b.layer4[0].conv1.in_channels == b.layer4[0].downsample[0].in_channels == 96
 
 
 @settings(max_examples=25, deadline=None)
-@given(arch=st.sampled_from(["resnet10", "resnet18", "resnet50"]), ratio=st.floats(0.12, 0.95),
-       round_to=st.sampled_from([1, 4, 8, 16]), seed=st.integers(0, 10_000),
-       size=st.sampled_from([(64, 32), (128, 64), (96, 48)]))
+@given(
+    arch=st.sampled_from(["resnet10", "resnet18", "resnet50"]),
+    ratio=st.floats(0.12, 0.95),
+    round_to=st.sampled_from([1, 4, 8, 16]),
+    seed=st.integers(0, 10_000),
+    size=st.sampled_from([(64, 32), (128, 64), (96, 48)]),
+)
 def test_projection_always_meets_budget_and_lands_close(arch, ratio, round_to, seed, size):
     cost = _cost(arch, size)
     gen = torch.Generator().manual_seed(seed)
@@ -155,7 +161,9 @@ def test_save_load_round_trip_is_exact(tmp_path, r18):
     model = copy.deepcopy(r18)
     g = PruningGraph(model, SIZE)
     cost = CostModel(g)
-    counts = project(cost, {n: 0.3 + 0.7 * (i % 3) / 2 for i, n in enumerate(cost.base_widths)}, Budget(cost.base_macs // 3))
+    counts = project(
+        cost, {n: 0.3 + 0.7 * (i % 3) / 2 for i, n in enumerate(cost.base_widths)}, Budget(cost.base_macs // 3)
+    )
     prune_to_counts(g, counts, {n: torch.rand(pg.channels) for n, pg in g.groups.items()})
     model.eval()
     path = save_pruned(model, tmp_path / "m.pt")
@@ -179,7 +187,6 @@ def test_loading_refuses_pickled_code(tmp_path):
         load_pruned(path)
 
 
-
 # -- every architecture model.arch accepts, with every built-in criterion and strategy -----------------------
 # Per architecture: both budgets with a strategy that follows the policy and one that picks its own widths
 # (the structural part: groups, legal widths, surgery, saving). Criteria x strategies on one model of each
@@ -196,6 +203,7 @@ class _TinyResNeXt:
             model = ResNet(Bottleneck, [1, 1, 1, 1], groups=32, width_per_group=4)
             model.fc = torch.nn.Identity()
             return model
+
         register("tiny_resnext", build)
 
 
@@ -217,30 +225,39 @@ def _prune_and_check(model, criterion_cls, strategy_cls, ratio, steps=None, **se
     return out
 
 
-@pytest.mark.parametrize("arch", [pytest.param(a, marks=pytest.mark.slow) if a in _BIG else a
-                                  for a in ("resnet10", *TORCHVISION_RESNETS)])
+@pytest.mark.parametrize(
+    "arch", [pytest.param(a, marks=pytest.mark.slow) if a in _BIG else a for a in ("resnet10", *TORCHVISION_RESNETS)]
+)
 def test_every_architecture_prunes_at_half_and_30_percent_and_saves(arch, host, tmp_path):
     torch.manual_seed(0)
     proto = build_model(arch, 4)
     for ratio in (0.5, 0.3):
         for strategy in ("one_shot", "global"):
-            model = _prune_and_check(copy.deepcopy(proto).train(), host.get("criterion", "l1"),
-                                     host.get("strategy", strategy), ratio)
+            model = _prune_and_check(
+                copy.deepcopy(proto).train(), host.get("criterion", "l1"), host.get("strategy", strategy), ratio
+            )
     loaded = load_pruned(save_pruned(model, tmp_path / "m.pt"))  # the last one: saved and loaded exactly
     x = torch.randn(2, 3, *TINY)
     assert torch.equal(loaded(x), model(x))
 
 
 @pytest.mark.parametrize("arch", [pytest.param("resnet10", marks=pytest.mark.slow), "tiny_resnext"])
-@pytest.mark.parametrize("criterion", ["l1", "l2", "fpgm", "bn_scale", "taylor", "taylor_activation", "gradient",
-                                       "random"])
+@pytest.mark.parametrize(
+    "criterion", ["l1", "l2", "fpgm", "bn_scale", "taylor", "taylor_activation", "gradient", "random"]
+)
 def test_every_criterion_with_every_strategy_at_both_budgets(arch, criterion, host):
     host.register_plugin(_TinyResNeXt(), name="tiny-resnext")
     assert {criterion} <= set(host.names("criterion"))
     for ratio in (0.5, 0.3):
         for strategy in host.names("strategy"):
-            _prune_and_check(tiny_model(arch=arch), host.get("criterion", criterion), host.get("strategy", strategy),
-                             ratio, epochs=2, steps=2)
+            _prune_and_check(
+                tiny_model(arch=arch),
+                host.get("criterion", criterion),
+                host.get("strategy", strategy),
+                ratio,
+                epochs=2,
+                steps=2,
+            )
 
 
 def test_grouped_conv_channels_are_pruned_blockwise_and_outputs_keep_their_meaning():
@@ -304,7 +321,9 @@ def saved_r10(tmp_path_factory):
     torch.manual_seed(4)
     model = build_model("resnet10", 5)
     g = PruningGraph(model, SIZE)
-    prune_to_counts(g, {n: c // 2 for n, c in g.widths().items()}, {n: torch.rand(pg.channels) for n, pg in g.groups.items()})
+    prune_to_counts(
+        g, {n: c // 2 for n, c in g.widths().items()}, {n: torch.rand(pg.channels) for n, pg in g.groups.items()}
+    )
     path = save_pruned(model.eval(), tmp_path_factory.mktemp("saved") / "m.pt")
     blob = torch.load(path, weights_only=True)
     return json.loads(blob["meta"]), blob["state_dict"]
@@ -331,8 +350,12 @@ _TAMPERING = {
     "a billion channels": (lambda m, s: m["spec"].__setitem__(_CONV, [m["spec"][_CONV][0], 10**9]), "holds a tensor"),
     "a billion classes": (lambda m, s: m["arch"].__setitem__("num_classes", 10**9), "num_classes"),
     "wider than the architecture": (
-        lambda m, s: (m["spec"].__setitem__("backbone.conv1", [3, 128]),
-                      s.__setitem__("backbone.conv1.weight", torch.zeros(128, 3, 7, 7))), "wider than resnet10"),
+        lambda m, s: (
+            m["spec"].__setitem__("backbone.conv1", [3, 128]),
+            s.__setitem__("backbone.conv1.weight", torch.zeros(128, 3, 7, 7)),
+        ),
+        "wider than resnet10",
+    ),
     "unknown architecture": (lambda m, s: m["arch"].__setitem__("arch", "resnet9000"), "no installed plugin"),
     "bad last stride": (lambda m, s: m["arch"].__setitem__("last_stride", 0), "last_stride"),
     "classes disagree with the head": (lambda m, s: m["arch"].__setitem__("num_classes", 7), "classifier has"),

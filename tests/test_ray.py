@@ -34,15 +34,36 @@ def local_ray():
 
 
 def _args(out: Path, data_root: Path, *extra: str) -> list[str]:
-    return ["search", "--preset", "smoke", "--quiet", "--out", str(out), "--set", f"data.root={data_root}",
-            "--set", "search.backend=ray", "--set", "search.ray.max_concurrent=2",
-            "--set", "search.ray.cpus_per_trial=1", "--set", f"search.n_trials={N_TRIALS}", *extra]
+    return [
+        "search",
+        "--preset",
+        "smoke",
+        "--quiet",
+        "--out",
+        str(out),
+        "--set",
+        f"data.root={data_root}",
+        "--set",
+        "search.backend=ray",
+        "--set",
+        "search.ray.max_concurrent=2",
+        "--set",
+        "search.ray.cpus_per_trial=1",
+        "--set",
+        f"search.n_trials={N_TRIALS}",
+        *extra,
+    ]
 
 
 def _search_until_uniform_trial_then_ctrl_c(args: list[str]) -> tuple[int, str]:
     """`autoprune search` in a subprocess, sent SIGINT (Ctrl-C) once trial 0 (the uniform policy) finished."""
-    proc = subprocess.Popen([sys.executable, "-m", "autoprune.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "autoprune.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     lines = []
     for line in proc.stdout:
         lines.append(line)
@@ -56,11 +77,12 @@ def _search_until_uniform_trial_then_ctrl_c(args: list[str]) -> tuple[int, str]:
 def test_ray_search_interrupted_then_resumed(smoke_run, local_ray, tmp_path, capsys):
     from autoprune.cli import main
 
-    _, root = smoke_run                      # reuses the smoke run's synthetic data and cached baseline
+    _, root = smoke_run  # reuses the smoke run's synthetic data and cached baseline
     out = tmp_path / "run"
     # First run: a driver process joining the running Ray (search.ray.address), stopped with Ctrl-C.
     rc, printed = _search_until_uniform_trial_then_ctrl_c(
-        _args(out, root / "data", "--set", f"search.ray.address={local_ray}"))
+        _args(out, root / "data", "--set", f"search.ray.address={local_ray}")
+    )
     assert rc == 130, printed
     first = json.loads((out / "report.json").read_text())
     done_before = {t["number"]: t for t in first["trials"] if t["state"] in ("COMPLETE", "PRUNED")}

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-RAY = [sys.executable, "-m", "ray.scripts.scripts"]   # the venv's `ray` CLI, whatever PATH holds
+RAY = [sys.executable, "-m", "ray.scripts.scripts"]  # the venv's `ray` CLI, whatever PATH holds
 N_TRIALS = 2
 
 
@@ -75,16 +75,33 @@ class LoopbackCluster:
         self.token.chmod(0o600)
         # Token mode for every process of the cluster, the token read from our own file (never ~/.ray).
         inherited = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-        self.env = {**inherited, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token),
-                    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+        self.env = {
+            **inherited,
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN_PATH": str(self.token),
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+            "RAY_USAGE_STATS_ENABLED": "0",
+        }
         self.procs: list[subprocess.Popen] = []
         self.head: subprocess.Popen | None = None
 
     def _ray_start(self, name: str, *args: str) -> subprocess.Popen:
         with (self.root / f"{name}.log").open("w") as log:
-            proc = subprocess.Popen([*RAY, "start", "--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats",
-                                     f"--temp-dir={self.root / 'ray'}", *args], env=self.env, stdout=log,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(
+                [
+                    *RAY,
+                    "start",
+                    "--block",
+                    "--node-ip-address=127.0.0.1",
+                    "--disable-usage-stats",
+                    f"--temp-dir={self.root / 'ray'}",
+                    *args,
+                ],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.procs.append(proc)
         return proc
 
@@ -95,7 +112,9 @@ class LoopbackCluster:
             time.sleep(0.2)
 
     def start_head(self) -> None:
-        self.head = self._ray_start("head", "--head", f"--port={self.port}", "--num-cpus=2", "--include-dashboard=false")
+        self.head = self._ray_start(
+            "head", "--head", f"--port={self.port}", "--num-cpus=2", "--include-dashboard=false"
+        )
 
     def stop(self) -> None:
         """SIGKILL every process the cluster started, by process group, then any descendant left in another."""
@@ -126,10 +145,32 @@ def cluster():
 
 
 def _search_cmd(out: Path, data_root: Path, address: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "autoprune.cli", "search", "--preset", "smoke", "--quiet", "--out", str(out),
-            "--set", f"data.root={data_root}", "--set", "search.backend=ray", "--set", f"search.ray.address={address}",
-            "--set", "search.ray.cpus_per_trial=1", "--set", "search.ray.max_concurrent=1",
-            "--set", "search.pruner=none", "--set", f"search.n_trials={N_TRIALS}", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "autoprune.cli",
+        "search",
+        "--preset",
+        "smoke",
+        "--quiet",
+        "--out",
+        str(out),
+        "--set",
+        f"data.root={data_root}",
+        "--set",
+        "search.backend=ray",
+        "--set",
+        f"search.ray.address={address}",
+        "--set",
+        "search.ray.cpus_per_trial=1",
+        "--set",
+        "search.ray.max_concurrent=1",
+        "--set",
+        "search.pruner=none",
+        "--set",
+        f"search.n_trials={N_TRIALS}",
+        *extra,
+    ]
 
 
 def _user_mistakes(c: LoopbackCluster, tmp_path: Path, data_root: Path) -> dict[str, subprocess.Popen]:
@@ -138,29 +179,36 @@ def _user_mistakes(c: LoopbackCluster, tmp_path: Path, data_root: Path) -> dict[
     wrong = tmp_path / "wrong_token"
     wrong.write_text(secrets.token_hex(32))
     no_token = {k: v for k, v in c.env.items() if not k.startswith("RAY_AUTH")} | {"HOME": str(tmp_path)}
-    old_ray = ("import sys, ray; ray.__version__ = '2.0.0'; from autoprune.cli import main; "
-               "sys.exit(main(sys.argv[1:]))")
+    old_ray = "import sys, ray; ray.__version__ = '2.0.0'; from autoprune.cli import main; sys.exit(main(sys.argv[1:]))"
     cases = {
         "no token": (_search_cmd(tmp_path / "a", data_root, c.address), no_token),
         "wrong token": (_search_cmd(tmp_path / "b", data_root, c.address), c.env | {"RAY_AUTH_TOKEN_PATH": str(wrong)}),
         "wrong address": (_search_cmd(tmp_path / "c", data_root, nothing_there), c.env),
-        "other Ray version": ([sys.executable, "-c", old_ray, *_search_cmd(tmp_path / "d", data_root, c.address)[3:]],
-                              c.env),
+        "other Ray version": (
+            [sys.executable, "-c", old_ray, *_search_cmd(tmp_path / "d", data_root, c.address)[3:]],
+            c.env,
+        ),
     }
-    return {name: subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                   start_new_session=True) for name, (cmd, env) in cases.items()}
+    return {
+        name: subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        )
+        for name, (cmd, env) in cases.items()
+    }
 
 
 @pytest.mark.slow
 def test_search_on_a_loopback_cluster(cluster, smoke_run, tmp_path):
     _, smoke_root = smoke_run
-    data_root = smoke_root / "data"          # the smoke run's synthetic data and cached baseline
+    data_root = smoke_root / "data"  # the smoke run's synthetic data and cached baseline
     cluster._wait_started("head", cluster.head)
     mistakes = _user_mistakes(cluster, tmp_path, data_root)
-    expected = {"no token": "requires token authentication and this machine has no token",
-                "wrong token": "rejected the authentication token from RAY_AUTH_TOKEN_PATH",
-                "wrong address": "nothing answers at search.ray.address",
-                "other Ray version": "runs Ray: "}
+    expected = {
+        "no token": "requires token authentication and this machine has no token",
+        "wrong token": "rejected the authentication token from RAY_AUTH_TOKEN_PATH",
+        "wrong address": "nothing answers at search.ray.address",
+        "other Ray version": "runs Ray: ",
+    }
     errors = {}
     for name, proc in mistakes.items():
         out, err = proc.communicate(timeout=120)
@@ -172,8 +220,14 @@ def test_search_on_a_loopback_cluster(cluster, smoke_run, tmp_path):
 
     # The search, with the token file the head uses; killed: the first trial process seen running a trial.
     out = tmp_path / "run"
-    driver = subprocess.Popen(_search_cmd(out, data_root, cluster.address), env=cluster.env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    driver = subprocess.Popen(
+        _search_cmd(out, data_root, cluster.address),
+        env=cluster.env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     trial_pids: set[int] = set()
     killed = None
     try:
@@ -182,7 +236,7 @@ def test_search_on_a_loopback_cluster(cluster, smoke_run, tmp_path):
                 if "ImplicitFunc" in _cmdline(pid):
                     trial_pids.add(pid)
                     if killed is None and ".train" in _cmdline(pid):
-                        os.kill(pid, signal.SIGKILL)   # mid-trial: the trial's train() call is running
+                        os.kill(pid, signal.SIGKILL)  # mid-trial: the trial's train() call is running
                         killed = pid
             time.sleep(0.2)
         printed = driver.communicate(timeout=30)[0]
@@ -211,12 +265,13 @@ def test_probe_reports_what_a_node_lacks(tmp_path, monkeypatch):
     probe = _probe_fn()
     found = probe({"data.root": (str(tmp_path), False), "the run directory (--out)": (str(tmp_path / "no"), True)})
     assert found["problems"] == [f"the run directory (--out) {tmp_path / 'no'} does not exist"]
-    assert node_problem(found, "10.0.0.2").startswith(f"the run directory (--out) {tmp_path / 'no'} does not exist "
-                                                      f"on Ray node 10.0.0.2")
+    assert node_problem(found, "10.0.0.2").startswith(
+        f"the run directory (--out) {tmp_path / 'no'} does not exist on Ray node 10.0.0.2"
+    )
     assert probe({"data.root": (str(tmp_path), False)})["problems"] == []
     assert node_problem(probe({"data.root": (str(tmp_path), True)}), "10.0.0.2") is None
 
-    monkeypatch.setitem(sys.modules, "autoprune", None)   # as on a node where it is not installed
+    monkeypatch.setitem(sys.modules, "autoprune", None)  # as on a node where it is not installed
     found = probe({})
     monkeypatch.undo()
     assert "import_error" in found
@@ -237,12 +292,16 @@ def test_join_errors_name_the_cause():
                 exc = e
         return exc
 
-    auth = chained("Failed to connect to Ray cluster at h:1", "ray.exceptions.AuthenticationError: RPC error: "
-                   "InvalidAuthToken: Authentication token is missing or incorrect")
+    auth = chained(
+        "Failed to connect to Ray cluster at h:1",
+        "ray.exceptions.AuthenticationError: RPC error: InvalidAuthToken: Authentication token is missing or incorrect",
+    )
     assert "has no token" in str(join_error("h:1", auth, "disabled", None))
     assert "rejected the authentication token from ~/t" in str(join_error("h:1", auth, "token", "~/t"))
-    version = chained("Version mismatch: The cluster was started with:\n    Ray: 2.60.0\n    Python: 3.11.7\n"
-                      "This process on node 1 was started with:\n    Ray: 2.59.0\n    Python: 3.11.7\n")
+    version = chained(
+        "Version mismatch: The cluster was started with:\n    Ray: 2.60.0\n    Python: 3.11.7\n"
+        "This process on node 1 was started with:\n    Ray: 2.59.0\n    Python: 3.11.7\n"
+    )
     msg = str(join_error("h:1", version, "token", "~/t"))
     assert "runs Ray: 2.60.0 Python: 3.11.7 but this machine has Ray: 2.59.0" in msg and "ray[tune]==2.60.0" in msg
     assert "\n" not in msg

@@ -82,13 +82,17 @@ def test_a_tampered_study_cannot_delete_or_read_files_outside(smoke_run, tmp_pat
     victim.write_text("precious")
     best = json.loads((run / "report.json").read_text())["best"]["trial"]
     with sqlite3.connect(run / "study.db") as db:
-        rows = db.execute("select a.trial_id, t.number, a.value_json from trial_user_attributes a join trials t "
-                          "on a.trial_id = t.trial_id where a.key = 'record'").fetchall()
+        rows = db.execute(
+            "select a.trial_id, t.number, a.value_json from trial_user_attributes a join trials t "
+            "on a.trial_id = t.trial_id where a.key = 'record'"
+        ).fetchall()
         tid, number, value = next(r for r in rows if r[1] != best)
         record = json.loads(value)
         record["model"] = "../victim.pt"
-        db.execute("update trial_user_attributes set value_json = ? where trial_id = ? and key = 'record'",
-                   (json.dumps(record), tid))
+        db.execute(
+            "update trial_user_attributes set value_json = ? where trial_id = ? and key = 'record'",
+            (json.dumps(record), tid),
+        )
     rc = main(["search", "--preset", "smoke", "--quiet", "--out", str(run), "--set", f"data.root={root / 'data'}"])
     assert rc == 2
     err = capsys.readouterr().err

@@ -17,17 +17,22 @@ def test_median_pruner_never_stops_a_trial_after_its_first_epoch() -> None:
         study.tell(t, 0.8)
     poor = study.ask()
     poor.report(0.1, 1)
-    assert not poor.should_prune()   # epoch 1: the pruned network has barely started to recover
+    assert not poor.should_prune()  # epoch 1: the pruned network has barely started to recover
     poor.report(0.1, 2)
-    assert poor.should_prune()       # epoch 2 on: the median rule applies
+    assert poor.should_prune()  # epoch 2 on: the median rule applies
 
 
 def test_ties_on_validation_rank1_are_broken_on_validation_map_not_the_test_split() -> None:
     from autoprune.search.records import TrialRecord, ranked
 
     def record(number: int, val_map: float, test_map: float) -> TrialRecord:
-        return TrialRecord(number, "COMPLETE", macs_ratio=0.5, target={"rank1": 0.3, "mAP": test_map},
-                           target_val={"rank1": 0.6, "mAP": val_map})
+        return TrialRecord(
+            number,
+            "COMPLETE",
+            macs_ratio=0.5,
+            target={"rank1": 0.3, "mAP": test_map},
+            target_val={"rank1": 0.6, "mAP": val_map},
+        )
 
     order = ranked([record(0, val_map=0.50, test_map=0.40), record(1, val_map=0.55, test_map=0.30)], 0.5)
     assert [r.number for r in order] == [1, 0]
@@ -35,8 +40,9 @@ def test_ties_on_validation_rank1_are_broken_on_validation_map_not_the_test_spli
 
 def test_successive_halving_keeps_only_the_best_half_at_each_rung() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize",
-                                pruner=make_pruner("successive_halving", multi=False, max_epochs=4, reduction_factor=2))
+    study = optuna.create_study(
+        direction="maximize", pruner=make_pruner("successive_halving", multi=False, max_epochs=4, reduction_factor=2)
+    )
     first = study.ask()
     for step in (1, 2, 3, 4):
         first.report(0.5, step)
@@ -57,23 +63,31 @@ def test_final_round_takes_the_trials_within_the_noise_of_the_best() -> None:
     hits = "1" * 50 + "0" * 50  # 100 validation queries, best at 0.5: standard error 0.05
 
     def record(number: int, val: float) -> TrialRecord:
-        return TrialRecord(number, "COMPLETE", macs_ratio=0.5, target={"rank1": 0.3, "mAP": 0.3},
-                           target_val={"rank1": val, "mAP": 0.2}, val_hits=hits)
+        return TrialRecord(
+            number,
+            "COMPLETE",
+            macs_ratio=0.5,
+            target={"rank1": 0.3, "mAP": 0.3},
+            target_val={"rank1": val, "mAP": 0.2},
+            val_hits=hits,
+        )
 
     ranked = [record(0, 0.50), record(1, 0.46), record(2, 0.41), record(3, 0.30)]
     assert [r.number for r in finalists_by_noise(ranked, 4, se_mult=2)] == [0, 1, 2]  # within 0.10 of 0.50
     assert [r.number for r in finalists_by_noise(ranked, 4, se_mult=1)] == [0, 1]
-    assert [r.number for r in finalists_by_noise(ranked, 2, se_mult=2)] == [0, 1]     # never more than asked
+    assert [r.number for r in finalists_by_noise(ranked, 2, se_mult=2)] == [0, 1]  # never more than asked
     assert [r.number for r in finalists_by_noise(ranked, 3, se_mult=0)] == [0, 1, 2]  # off: the top N
 
 
 def test_objective_kinds_rank_trials_by_their_own_score() -> None:
     from autoprune.search.records import TrialRecord, ranked
 
-    a = TrialRecord(0, "COMPLETE", macs_ratio=0.5, target={"rank1": 0.3, "mAP": 0.3},
-                    target_val={"rank1": 0.60, "mAP": 0.30})
-    b = TrialRecord(1, "COMPLETE", macs_ratio=0.5, target={"rank1": 0.3, "mAP": 0.3},
-                    target_val={"rank1": 0.55, "mAP": 0.40})
+    a = TrialRecord(
+        0, "COMPLETE", macs_ratio=0.5, target={"rank1": 0.3, "mAP": 0.3}, target_val={"rank1": 0.60, "mAP": 0.30}
+    )
+    b = TrialRecord(
+        1, "COMPLETE", macs_ratio=0.5, target={"rank1": 0.3, "mAP": 0.3}, target_val={"rank1": 0.55, "mAP": 0.40}
+    )
     assert [r.number for r in ranked([a, b], 0.5, "rank1")] == [0, 1]
     assert [r.number for r in ranked([a, b], 0.5, "mAP")] == [1, 0]
     assert [r.number for r in ranked([a, b], 0.5, "mix")] == [1, 0]  # 0.475 vs 0.45
@@ -85,5 +99,12 @@ def test_both_backends_build_records_one_way() -> None:
 
     stored = {"number": 99, "state": "X", "values": {"a": 0.1}, "macs": 10, "error": "stored", "unknown": 1}
     r = record_of(3, "FAIL", {"g1": 0.5}, stored, error="the backend's", seconds=2.0)
-    assert (r.number, r.state, r.values, r.macs, r.error, r.seconds) == (3, "FAIL", {"g1": 0.5}, 10, "the backend's", 2.0)
+    assert (r.number, r.state, r.values, r.macs, r.error, r.seconds) == (
+        3,
+        "FAIL",
+        {"g1": 0.5},
+        10,
+        "the backend's",
+        2.0,
+    )
     assert record_of(4, "RUNNING", {}).to_json()["macs"] is None

@@ -69,8 +69,16 @@ def test_best_model_reloads_with_reported_macs_and_rank1(smoke_run):
 
 def test_run_directory_contents(smoke_run):
     out, _ = smoke_run
-    for name in ("config.yaml", "trials.csv", "study.db", "model/pruned.pt", "model/pruned.torchscript.pt",
-                 "progress.png", "comparison.png", "policy.png"):
+    for name in (
+        "config.yaml",
+        "trials.csv",
+        "study.db",
+        "model/pruned.pt",
+        "model/pruned.torchscript.pt",
+        "progress.png",
+        "comparison.png",
+        "policy.png",
+    ):
         assert (out / name).is_file(), name
     ts = torch.jit.load(str(out / "model/pruned.torchscript.pt"))
     model = autoprune.load_pruned(str(out / "model/pruned.pt"))
@@ -84,8 +92,20 @@ def test_rerun_resumes_without_repeating(smoke_run, capsys):
     out, root = smoke_run
     from autoprune.cli import main
 
-    rc = main(["search", "--preset", "smoke", "--quiet", "--out", str(out), "--set", f"data.root={root / 'data'}",
-               "--set", "search.n_trials=4"])
+    rc = main(
+        [
+            "search",
+            "--preset",
+            "smoke",
+            "--quiet",
+            "--out",
+            str(out),
+            "--set",
+            f"data.root={root / 'data'}",
+            "--set",
+            "search.n_trials=4",
+        ]
+    )
     assert rc == 0
     report = json.loads((out / "report.json").read_text())
     assert [t["number"] for t in report["trials"]] == [0, 1, 2, 3]
@@ -98,8 +118,24 @@ def test_arch_override_does_what_it_says(tmp_path):
     from autoprune.cli import main
 
     out = tmp_path / "r34"
-    rc = main(["search", "--preset", "smoke", "--quiet", "--out", str(out), "--set", "model.arch=resnet34",
-               "--set", "search.n_trials=2", "--set", f"data.root={tmp_path / 'data'}", "--set", "train.epochs=1"])
+    rc = main(
+        [
+            "search",
+            "--preset",
+            "smoke",
+            "--quiet",
+            "--out",
+            str(out),
+            "--set",
+            "model.arch=resnet34",
+            "--set",
+            "search.n_trials=2",
+            "--set",
+            f"data.root={tmp_path / 'data'}",
+            "--set",
+            "train.epochs=1",
+        ]
+    )
     assert rc == 0
     report = json.loads((out / "report.json").read_text())
     assert report["baseline"]["arch"] == "resnet34"
@@ -113,8 +149,22 @@ def test_pareto_mode_gives_a_valid_front(smoke_run, capsys):
 
     _, root = smoke_run
     out = root / "pareto"
-    rc = main(["search", "--preset", "smoke", "--quiet", "--out", str(out), "--set", f"data.root={root / 'data'}",
-               "--set", "search.objectives=rank1+macs", "--set", "search.n_trials=4"])
+    rc = main(
+        [
+            "search",
+            "--preset",
+            "smoke",
+            "--quiet",
+            "--out",
+            str(out),
+            "--set",
+            f"data.root={root / 'data'}",
+            "--set",
+            "search.objectives=rank1+macs",
+            "--set",
+            "search.n_trials=4",
+        ]
+    )
     assert rc == 0
     report = json.loads((out / "report.json").read_text())
     done = [t for t in report["trials"] if t["state"] == "COMPLETE"]
@@ -124,8 +174,11 @@ def test_pareto_mode_gives_a_valid_front(smoke_run, capsys):
     assert front
     for f in front:
         for o in done:
-            better = (o["target_val"]["rank1"] >= f["target_val"]["rank1"] and o["macs"] <= f["macs"]
-                      and (o["target_val"]["rank1"] > f["target_val"]["rank1"] or o["macs"] < f["macs"]))
+            better = (
+                o["target_val"]["rank1"] >= f["target_val"]["rank1"]
+                and o["macs"] <= f["macs"]
+                and (o["target_val"]["rank1"] > f["target_val"]["rank1"] or o["macs"] < f["macs"])
+            )
             assert not better, (f["number"], o["number"])
     rc = main(["report", str(out), "--budget", "0.3"])
     text = capsys.readouterr().out
@@ -140,14 +193,28 @@ def test_final_round_chooses_on_validation_after_the_final_fine_tune(smoke_run, 
     from autoprune.cli import main
 
     _, root = smoke_run
-    args = ["search", "--preset", "smoke", "--quiet", "--out", str(tmp_path / "run"), "--set",
-            f"data.root={root / 'data'}", "--set", "search.n_trials=4", "--set", "search.final_epochs=1",
-            "--set", "search.finalists=2"]
+    args = [
+        "search",
+        "--preset",
+        "smoke",
+        "--quiet",
+        "--out",
+        str(tmp_path / "run"),
+        "--set",
+        f"data.root={root / 'data'}",
+        "--set",
+        "search.n_trials=4",
+        "--set",
+        "search.final_epochs=1",
+        "--set",
+        "search.finalists=2",
+    ]
     assert main(args) == 0
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     complete = [t for t in report["trials"] if t["state"] == "COMPLETE"]
-    ranked = sorted(complete, key=lambda t: (t["target_val"]["rank1"], t["target_val"]["mAP"], -t["number"]),
-                    reverse=True)
+    ranked = sorted(
+        complete, key=lambda t: (t["target_val"]["rank1"], t["target_val"]["mAP"], -t["number"]), reverse=True
+    )
     expected = [t["number"] for t in ranked[:2]]
     expected += [] if 0 in expected else [0]
     finals = report["finalists"]
@@ -171,8 +238,13 @@ def test_report_records_plugin_provenance_and_versions(smoke_run):
     out, _ = smoke_run
     report = json.loads((out / "report.json").read_text())
     used = {(p["kind"], p["name"]): p for p in report["plugins"]}
-    assert set(used) == {("criterion", "l1"), ("strategy", "one_shot"), ("scenario", "prune_then_finetune"),
-                         ("dataset", "synth"), ("backbone", "resnet10")}
+    assert set(used) == {
+        ("criterion", "l1"),
+        ("strategy", "one_shot"),
+        ("scenario", "prune_then_finetune"),
+        ("dataset", "synth"),
+        ("backbone", "resnet10"),
+    }
     version = importlib.metadata.version("autoprune")
     assert all(p["distribution"] == "autoprune" and p["version"] == version for p in used.values())
     env = report["environment"]
@@ -189,26 +261,55 @@ def test_a_third_party_plugin_runs_in_a_search_with_its_options(smoke_run, examp
 
     seen: dict[str, object] = {}
     for cls in (autoprune_example.GradualStrategy, autoprune_example.WarmupThenPruneScenario):
+
         def run(self, *args, _run=cls.run, _name=cls.name):  # (model, ctx) for a strategy, (ctx) for a scenario
             seen[_name] = dict(self.options)
             if isinstance(getattr(args[-1], "options", None), Mapping):
                 seen[_name + " ctx"] = dict(args[-1].options)
             return _run(self, *args)
+
         monkeypatch.setattr(cls, "run", run)
     _, root = smoke_run
     out = tmp_path / "run"
-    rc = main(["search", "--preset", "smoke", "--quiet", "--out", str(out), "--set", f"data.root={root / 'data'}",
-               "--set", "search.n_trials=2", "--set", "trial.criterion=example_mean_abs",
-               "--set", "trial.strategy=example_gradual", "--set", "trial.scenario=example_warmup_then_prune",
-               "--set", "plugins.example_gradual.rounds=1", "--set", "plugins.example_warmup_then_prune.warmup=0"])
+    rc = main(
+        [
+            "search",
+            "--preset",
+            "smoke",
+            "--quiet",
+            "--out",
+            str(out),
+            "--set",
+            f"data.root={root / 'data'}",
+            "--set",
+            "search.n_trials=2",
+            "--set",
+            "trial.criterion=example_mean_abs",
+            "--set",
+            "trial.strategy=example_gradual",
+            "--set",
+            "trial.scenario=example_warmup_then_prune",
+            "--set",
+            "plugins.example_gradual.rounds=1",
+            "--set",
+            "plugins.example_warmup_then_prune.warmup=0",
+        ]
+    )
     assert rc == 0
-    assert seen == {"example_gradual": {"rounds": 1}, "example_warmup_then_prune": {"warmup": 0.0},
-                    "example_warmup_then_prune ctx": {"warmup": 0.0}}
+    assert seen == {
+        "example_gradual": {"rounds": 1},
+        "example_warmup_then_prune": {"warmup": 0.0},
+        "example_warmup_then_prune ctx": {"warmup": 0.0},
+    }
     report = json.loads((out / "report.json").read_text())
     assert report["best"] is not None
     used = {p["name"]: p for p in report["plugins"]}
-    assert used["example_gradual"] == {"name": "example_gradual", "kind": "strategy",
-                                       "distribution": "autoprune-example-plugin", "version": "0.1.0",
-                                       "options": {"rounds": 1}}
+    assert used["example_gradual"] == {
+        "name": "example_gradual",
+        "kind": "strategy",
+        "distribution": "autoprune-example-plugin",
+        "version": "0.1.0",
+        "options": {"rounds": 1},
+    }
     assert used["example_mean_abs"]["options"] == {"bn_weight": 0.0}
     assert used["example_warmup_then_prune"]["options"] == {"warmup": 0.0}

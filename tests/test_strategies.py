@@ -46,8 +46,11 @@ def test_every_strategy_is_registered(host):
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.dictionaries(st.sampled_from("abcd"), st.tuples(st.integers(1, 512), st.integers(1, 512)), min_size=1),
-       st.integers(1, 6), st.sampled_from(["linear", "exponential"]))
+@given(
+    st.dictionaries(st.sampled_from("abcd"), st.tuples(st.integers(1, 512), st.integers(1, 512)), min_size=1),
+    st.integers(1, 6),
+    st.sampled_from(["linear", "exponential"]),
+)
 def test_step_widths_shrink_monotonically_to_the_target(pairs, steps, schedule):
     start = {n: max(a, b) for n, (a, b) in pairs.items()}
     target = {n: min(a, b) for n, (a, b) in pairs.items()}

@@ -18,8 +18,9 @@ def parse_spec(spec: str) -> tuple[str, str]:
     return kind.strip().lower(), root.strip()
 
 
-def load_dataset(spec: str, data_root: str | Path = "data", synth: dict[str, Any] | None = None,
-                 host: Any = None) -> ReIDDataset:
+def load_dataset(
+    spec: str, data_root: str | Path = "data", synth: dict[str, Any] | None = None, host: Any = None
+) -> ReIDDataset:
     """Read the dataset named by ``spec``; ``synth:NAME`` generates domain NAME under ``data_root`` first."""
     from autoprune.host import get_host
 

@@ -33,7 +33,9 @@ class Domain:
         return int(self.train.pids.max()) + 1 if len(self.train) else 0
 
 
-def split_validation(train: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample], list[Sample]]:
+def split_validation(
+    train: list[Sample], fraction: float, seed: int
+) -> tuple[list[Sample], list[Sample], list[Sample]]:
     """Hold out ``fraction`` of the training identities as a validation query/gallery.
 
     Each held-out identity (seen by at least two cameras) gives one query per camera, its first image
@@ -82,8 +84,9 @@ def target_synth(synth: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def build_domain(spec: str, cfg: dict[str, Any], val_fraction: float = 0.0, preload: bool = True,
-                 role: str = "source") -> Domain:
+def build_domain(
+    spec: str, cfg: dict[str, Any], val_fraction: float = 0.0, preload: bool = True, role: str = "source"
+) -> Domain:
     """Load ``spec`` with the config's data options; images are decoded once (and checked) up front."""
     data = cfg["data"]
     synth = target_synth(data["synth"]) if role == "target" else source_synth(data["synth"])
@@ -97,10 +100,19 @@ def build_domain(spec: str, cfg: dict[str, Any], val_fraction: float = 0.0, prel
     if val_fraction > 0:
         train, vq, vg = split_validation(train, val_fraction, cfg["seed"])
         if not vq:
-            raise UserError(f"dataset {spec}: no training identity is seen by two cameras, so no validation "
-                            f"split can be held out; set data.val_fraction: 0")
-    dom = Domain(spec, ds, ImageStore(train, size), ImageStore(ds.query, size), ImageStore(ds.gallery, size),
-                 ImageStore(vq, size) if vq else None, ImageStore(vg, size) if vg else None)
+            raise UserError(
+                f"dataset {spec}: no training identity is seen by two cameras, so no validation "
+                f"split can be held out; set data.val_fraction: 0"
+            )
+    dom = Domain(
+        spec,
+        ds,
+        ImageStore(train, size),
+        ImageStore(ds.query, size),
+        ImageStore(ds.gallery, size),
+        ImageStore(vq, size) if vq else None,
+        ImageStore(vg, size) if vg else None,
+    )
     if preload or data.get("check_images", True):
         # Decoding everything now finds a corrupt image at load time, not three epochs later.
         for store in (dom.train, dom.query, dom.gallery, dom.val_query, dom.val_gallery):
@@ -113,5 +125,7 @@ def load_domains(cfg: dict[str, Any]) -> tuple[Domain | None, Domain]:
     """The source (None when ``data.source`` is null: a trained model is pruned) and the target of a search;
     the target holds out its validation split (``data.val_fraction``)."""
     source = cfg["data"]["source"]
-    return (build_domain(source, cfg) if source is not None else None,
-            build_domain(cfg["data"]["target"], cfg, val_fraction=cfg["data"]["val_fraction"], role="target"))
+    return (
+        build_domain(source, cfg) if source is not None else None,
+        build_domain(cfg["data"]["target"], cfg, val_fraction=cfg["data"]["val_fraction"], role="target"),
+    )

@@ -29,7 +29,9 @@ def decode(path: str, size: tuple[int, int]) -> torch.Tensor:
             img = img.convert("RGB").resize((size[1], size[0]), Image.Resampling.BILINEAR)
             arr = np.asarray(img, dtype=np.uint8)
     except Exception as exc:
-        raise UserError(f"image {path} cannot be read ({type(exc).__name__}: {exc}); remove or replace the file") from None
+        raise UserError(
+            f"image {path} cannot be read ({type(exc).__name__}: {exc}); remove or replace the file"
+        ) from None
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)
 
 
@@ -75,7 +77,7 @@ def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 10, erasing: float
         padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
         ys = torch.randint(0, 2 * pad + 1, (b,), generator=gen).tolist()
         xs = torch.randint(0, 2 * pad + 1, (b,), generator=gen).tolist()
-        x = torch.stack([padded[i, :, ys[i]:ys[i] + h, xs[i]:xs[i] + w] for i in range(b)])
+        x = torch.stack([padded[i, :, ys[i] : ys[i] + h, xs[i] : xs[i] + w] for i in range(b)])
     if erasing > 0:  # Zhong et al. 2020: a random rectangle of area 2%-40%, aspect 0.3-3.3, filled with noise
         for i in range(b):
             if torch.rand(1, generator=gen).item() >= erasing:
@@ -87,7 +89,7 @@ def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 10, erasing: float
                 if eh < h and ew < w:
                     y0 = int(torch.randint(0, h - eh + 1, (1,), generator=gen))
                     x0 = int(torch.randint(0, w - ew + 1, (1,), generator=gen))
-                    x[i, :, y0:y0 + eh, x0:x0 + ew] = torch.randn(3, eh, ew, generator=gen).to(x.device)
+                    x[i, :, y0 : y0 + eh, x0 : x0 + ew] = torch.randn(3, eh, ew, generator=gen).to(x.device)
                     break
     return x
 
@@ -110,8 +112,10 @@ class IdentitySampler:
         self.k = num_instances
         self.seed = seed
         if len(self.pids) < self.p:
-            raise UserError(f"the training split has {len(self.pids)} identities but a batch needs {self.p} "
-                            f"(batch_size / num_instances); lower data.batch_size")
+            raise UserError(
+                f"the training split has {len(self.pids)} identities but a batch needs {self.p} "
+                f"(batch_size / num_instances); lower data.batch_size"
+            )
 
     def batches(self, epoch: int) -> list[list[int]]:
         rng = random.Random(self.seed * 100003 + epoch)
@@ -121,7 +125,7 @@ class IdentitySampler:
             if len(idxs) < self.k:
                 idxs = [rng.choice(idxs) for _ in range(self.k)]
             rng.shuffle(idxs)
-            chunks[pid] = [idxs[i:i + self.k] for i in range(0, len(idxs) - self.k + 1, self.k)]
+            chunks[pid] = [idxs[i : i + self.k] for i in range(0, len(idxs) - self.k + 1, self.k)]
         out: list[list[int]] = []
         available = [pid for pid in self.pids if chunks[pid]]
         while len(available) >= self.p:

@@ -37,12 +37,12 @@ import os
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from autoprune.data.base import ReIDDataset, Sample
 from autoprune.errors import UserError
 
-__all__ = ["check_images", "read_cuhk03", "read_dukemtmc", "read_folder", "read_market1501",
-           "read_msmt17"]
+__all__ = ["check_images", "read_cuhk03", "read_dukemtmc", "read_folder", "read_market1501", "read_msmt17"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 _MARKET_NAME = re.compile(r"^(-?\d+)_c(\d+)")
@@ -57,8 +57,10 @@ def _locate(root: str | Path, what: str, nests: Sequence[str], required: Sequenc
     """The first of ROOT or ROOT/<nest> holding every ``required`` entry; else a UserError naming the gap."""
     base = _abs(root)
     if not base.is_dir():
-        raise UserError(f"{what} root {base} does not exist or is not a folder; pass the folder that "
-                        f"contains {required[0]}")
+        raise UserError(
+            f"{what} root {base} does not exist or is not a folder; pass the folder that contains {required[0]}"
+        )
+
     def present(path: Path) -> bool:  # entries with a suffix (.txt, .mat) are files, the rest folders
         return path.is_file() if path.suffix else path.is_dir()
 
@@ -70,13 +72,17 @@ def _locate(root: str | Path, what: str, nests: Sequence[str], required: Sequenc
     best = max(candidates, key=lambda c: sum(present(c / r) for r in required))
     missing = next(r for r in required if not present(best / r))
     also = f" (directly or inside {nests[0]}/)" if nests else ""
-    raise UserError(f"{what}: expected {best / missing} is missing; {what} needs "
-                    f"{', '.join(required)} under {base}{also}")
+    raise UserError(
+        f"{what}: expected {best / missing} is missing; {what} needs {', '.join(required)} under {base}{also}"
+    )
 
 
 def _list_images(folder: Path) -> list[Path]:
-    images = sorted(p for p in folder.iterdir()
-                    if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file())
+    images = sorted(
+        p
+        for p in folder.iterdir()
+        if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
+    )
     if not images:
         raise UserError(f"no images ({'/'.join(IMAGE_EXTENSIONS)}) in {folder}; put the split's images there")
     return images
@@ -91,8 +97,10 @@ def _parse_market_dir(folder: Path, max_cam: int | None, what: str) -> list[Samp
             raise UserError(f"{what}: cannot parse pid/camera from {path}; expected names like {_MARKET_PATTERN}")
         pid, cam = _id64(m.group(1), "person id", path, what), _id64(m.group(2), "camera id", path, what)
         if max_cam is not None and not 1 <= cam <= max_cam:
-            raise UserError(f"{what}: camera c{cam} in {path} is out of range c1..c{max_cam}; use folder:ROOT "
-                            f"for your own camera numbering")
+            raise UserError(
+                f"{what}: camera c{cam} in {path} is out of range c1..c{max_cam}; use folder:ROOT "
+                f"for your own camera numbering"
+            )
         if cam < 1:
             raise UserError(f"{what}: camera c{cam} in {path} is invalid; cameras are 1-based (c1 is the first)")
         out.append((str(path), pid, cam - 1))
@@ -104,8 +112,10 @@ def _id64(text: str, kind: str, where: Path | str, what: str) -> int:
     value = int(text) if len(text) <= 20 else None  # longer cannot fit (and int() refuses > 4300 digits)
     if value is None or not -(2**63) <= value < 2**63:
         shown = text if len(text) <= 24 else text[:20] + "..."
-        raise UserError(f"{what}: the {kind} {shown} in {where} does not fit in 64 bits; renumber the "
-                        f"identities and cameras with small integers")
+        raise UserError(
+            f"{what}: the {kind} {shown} in {where} does not fit in 64 bits; renumber the "
+            f"identities and cameras with small integers"
+        )
     return value
 
 
@@ -127,12 +137,15 @@ def _check_evaluable(query: list[Sample], gallery: list[Sample], what: str, wher
     for _, pid, cam in gallery:
         cams.setdefault(pid, set()).add(cam)
     if not any(cams.get(pid, set()) - {cam} for _, pid, cam in query):
-        raise UserError(f"{what}: no query in {where} has a gallery image of the same pid from a different "
-                        f"camera, so evaluation would be empty; check that query and gallery share identities")
+        raise UserError(
+            f"{what}: no query in {where} has a gallery image of the same pid from a different "
+            f"camera, so evaluation would be empty; check that query and gallery share identities"
+        )
 
 
-def _market_like(root: str | Path, name: str, what: str, nests: Sequence[str], splits: tuple[str, str, str],
-                 max_cam: int | None) -> ReIDDataset:
+def _market_like(
+    root: str | Path, name: str, what: str, nests: Sequence[str], splits: tuple[str, str, str], max_cam: int | None
+) -> ReIDDataset:
     data_dir = _locate(root, what, nests, splits)
     train_dir, query_dir, gallery_dir = (data_dir / s for s in splits)
     drop = " after dropping junk (pid -1) and distractors (pid 0)"
@@ -148,16 +161,26 @@ def _market_like(root: str | Path, name: str, what: str, nests: Sequence[str], s
 
 def read_market1501(root: str | Path) -> ReIDDataset:
     """Market-1501 (bounding_box_train / query / bounding_box_test), torchreid semantics."""
-    return _market_like(root, "market1501", "Market-1501",
-                        ("Market-1501-v15.09.15", "market1501", "market1501/Market-1501-v15.09.15"),
-                        ("bounding_box_train", "query", "bounding_box_test"), max_cam=6)
+    return _market_like(
+        root,
+        "market1501",
+        "Market-1501",
+        ("Market-1501-v15.09.15", "market1501", "market1501/Market-1501-v15.09.15"),
+        ("bounding_box_train", "query", "bounding_box_test"),
+        max_cam=6,
+    )
 
 
 def read_dukemtmc(root: str | Path) -> ReIDDataset:
     """DukeMTMC-reID: Market-1501 naming with 8 cameras."""
-    return _market_like(root, "dukemtmc", "DukeMTMC-reID",
-                        ("DukeMTMC-reID", "dukemtmc-reid/DukeMTMC-reID", "dukemtmc-reid"),
-                        ("bounding_box_train", "query", "bounding_box_test"), max_cam=8)
+    return _market_like(
+        root,
+        "dukemtmc",
+        "DukeMTMC-reID",
+        ("DukeMTMC-reID", "dukemtmc-reid/DukeMTMC-reID", "dukemtmc-reid"),
+        ("bounding_box_train", "query", "bounding_box_test"),
+        max_cam=8,
+    )
 
 
 def read_folder(root: str | Path) -> ReIDDataset:
@@ -171,8 +194,10 @@ _MSMT_VERSIONS = {"MSMT17_V1": ("train", "test"), "MSMT17_V2": ("mask_train_v2",
 def _check_exist(samples: list[Sample], what: str, listing: Path) -> None:
     missing = [p for p, _, _ in samples if not os.path.isfile(p)]
     if missing:
-        raise UserError(f"{what}: {len(missing)} image(s) listed in {listing} are missing, e.g. {missing[0]}; "
-                        f"extract the dataset's images next to the list files")
+        raise UserError(
+            f"{what}: {len(missing)} image(s) listed in {listing} are missing, e.g. {missing[0]}; "
+            f"extract the dataset's images next to the list files"
+        )
 
 
 def _read_msmt_list(list_path: Path, image_dir: Path) -> list[Sample]:
@@ -180,19 +205,27 @@ def _read_msmt_list(list_path: Path, image_dir: Path) -> list[Sample]:
     try:
         lines = list_path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as exc:
-        raise UserError(f"MSMT17: {list_path} is not UTF-8 text (byte {exc.start}); download the list file "
-                        f"again") from None
+        raise UserError(
+            f"MSMT17: {list_path} is not UTF-8 text (byte {exc.start}); download the list file again"
+        ) from None
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
         parts = line.split()
         fields = Path(parts[0]).name.split("_")
         if len(parts) != 2 or not parts[1].isdecimal() or len(fields) < 3 or not fields[2].isdecimal():
-            raise UserError(f"MSMT17: cannot parse line {lineno} of {list_path}: {line.strip()[:200]!r}; expected "
-                            f"'<relative/path.jpg> <pid>' with names like 0000_000_01_0303morning_0015_0.jpg")
+            raise UserError(
+                f"MSMT17: cannot parse line {lineno} of {list_path}: {line.strip()[:200]!r}; expected "
+                f"'<relative/path.jpg> <pid>' with names like 0000_000_01_0303morning_0015_0.jpg"
+            )
         where = f"line {lineno} of {list_path}"
-        out.append((str(image_dir / parts[0]), _id64(parts[1], "person id", where, "MSMT17"),
-                    _id64(fields[2], "camera id", where, "MSMT17") - 1))
+        out.append(
+            (
+                str(image_dir / parts[0]),
+                _id64(parts[1], "person id", where, "MSMT17"),
+                _id64(fields[2], "camera id", where, "MSMT17") - 1,
+            )
+        )
     return out
 
 
@@ -201,19 +234,25 @@ def read_msmt17(root: str | Path) -> ReIDDataset:
     what = "MSMT17"
     lists = ("list_train.txt", "list_query.txt", "list_gallery.txt")
     data_dir = _locate(root, what, ("MSMT17_V1", "MSMT17_V2", "msmt17/MSMT17_V1", "msmt17/MSMT17_V2"), lists)
-    version = next((v for v, (tr, te) in _MSMT_VERSIONS.items()
-                    if (data_dir / tr).is_dir() and (data_dir / te).is_dir()), None)
+    version = next(
+        (v for v, (tr, te) in _MSMT_VERSIONS.items() if (data_dir / tr).is_dir() and (data_dir / te).is_dir()), None
+    )
     if version is None:
-        raise UserError(f"{what}: {data_dir} has the list files but no image folders; expected train/ and test/ "
-                        f"(MSMT17_V1) or mask_train_v2/ and mask_test_v2/ (MSMT17_V2) there")
+        raise UserError(
+            f"{what}: {data_dir} has the list files but no image folders; expected train/ and test/ "
+            f"(MSMT17_V1) or mask_train_v2/ and mask_test_v2/ (MSMT17_V2) there"
+        )
     train_dir, test_dir = (data_dir / d for d in _MSMT_VERSIONS[version])
     train = _read_msmt_list(data_dir / "list_train.txt", train_dir)
     if (data_dir / "list_val.txt").is_file():
         train += _read_msmt_list(data_dir / "list_val.txt", train_dir)
     query = _read_msmt_list(data_dir / "list_query.txt", test_dir)
     gallery = _read_msmt_list(data_dir / "list_gallery.txt", test_dir)
-    for split, samples, listing in (("train", train, "list_train.txt"), ("query", query, "list_query.txt"),
-                                    ("gallery", gallery, "list_gallery.txt")):
+    for split, samples, listing in (
+        ("train", train, "list_train.txt"),
+        ("query", query, "list_query.txt"),
+        ("gallery", gallery, "list_gallery.txt"),
+    ):
         _nonempty(samples, what, split, data_dir / listing)
         _check_exist(samples, what, data_dir / listing)
     _check_evaluable(query, gallery, what, data_dir)
@@ -235,37 +274,52 @@ def _mat_str(x: object) -> str:
     return x.strip()
 
 
+def _read_cuhk03_mat(mat_path: Path, what: str, mat_name: str) -> tuple[dict[str, Any], Any, list[str], Any]:
+    """torchreid's new-protocol split file: its fields, the labels, the file list and the camera field (or None)."""
+    import numpy as np
+    import scipy.io
+
+    try:
+        split = scipy.io.loadmat(str(mat_path))
+    except Exception as exc:  # scipy raises several types for a corrupt/foreign file
+        raise UserError(
+            f"{what}: cannot read {mat_path} ({_reason(exc)}); download the new-protocol split file again"
+        ) from None
+    for key in ("train_idx", "query_idx", "gallery_idx", "labels", "filelist"):
+        if key not in split:
+            raise UserError(
+                f"{what}: {mat_path} has no field {key!r}; use torchreid's "
+                f"{mat_name} (fields train_idx, query_idx, gallery_idx, labels, filelist, camId)"
+            )
+    labels = np.asarray(split["labels"]).astype(np.int64).ravel()
+    files = [_mat_str(f) for f in np.asarray(split["filelist"], dtype=object).ravel()]
+    cam_field = np.asarray(split["camId"]).astype(np.int64).ravel() if "camId" in split else None
+    if len(files) != len(labels):
+        raise UserError(
+            f"{what}: {mat_path} lists {len(files)} files but {len(labels)} labels; "
+            f"download the new-protocol split file again"
+        )
+    return split, labels, files, cam_field
+
+
 def read_cuhk03(root: str | Path, labeled: bool = False) -> ReIDDataset:
     """CUHK03 767/700 new protocol from torchreid's split .mat and extracted images (detected by default)."""
     import numpy as np
-    import scipy.io
 
     kind = "labeled" if labeled else "detected"
     what = f"CUHK03 ({kind})"
     mat_name, img_name = f"cuhk03_new_protocol_config_{kind}.mat", f"images_{kind}"
     data_dir = _locate(root, what, ("cuhk03",), (mat_name, img_name))
     mat_path, img_dir = data_dir / mat_name, data_dir / img_name
-    try:
-        split = scipy.io.loadmat(str(mat_path))
-    except Exception as exc:  # scipy raises several types for a corrupt/foreign file
-        raise UserError(f"{what}: cannot read {mat_path} ({_reason(exc)}); download the new-protocol split "
-                        f"file again") from None
-    for key in ("train_idx", "query_idx", "gallery_idx", "labels", "filelist"):
-        if key not in split:
-            raise UserError(f"{what}: {mat_path} has no field {key!r}; use torchreid's "
-                            f"{mat_name} (fields train_idx, query_idx, gallery_idx, labels, filelist, camId)")
-    labels = np.asarray(split["labels"]).astype(np.int64).ravel()
-    files = [_mat_str(f) for f in np.asarray(split["filelist"], dtype=object).ravel()]
-    cam_field = np.asarray(split["camId"]).astype(np.int64).ravel() if "camId" in split else None
-    if len(files) != len(labels):
-        raise UserError(f"{what}: {mat_path} lists {len(files)} files but {len(labels)} labels; "
-                        f"download the new-protocol split file again")
+    split, labels, files, cam_field = _read_cuhk03_mat(mat_path, what, mat_name)
 
     def take(key: str) -> list[Sample]:
         idx = np.asarray(split[key]).astype(np.int64).ravel() - 1  # the .mat indices are 1-based
         if idx.size and (idx.min() < 0 or idx.max() >= len(files)):
-            raise UserError(f"{what}: {key} in {mat_path} indexes outside 1..{len(files)}; "
-                            f"download the new-protocol split file again")
+            raise UserError(
+                f"{what}: {key} in {mat_path} indexes outside 1..{len(files)}; "
+                f"download the new-protocol split file again"
+            )
         out = []
         for i in idx:
             fields = files[i].split("_")
@@ -274,14 +328,19 @@ def read_cuhk03(root: str | Path, labeled: bool = False) -> ReIDDataset:
             elif cam_field is not None and len(cam_field) == len(files):
                 cam = int(cam_field[i]) - 1
             else:
-                raise UserError(f"{what}: cannot parse the camera from {files[i]!r} in {mat_path}; expected "
-                                f"names like 1_001_1_01.png (campair_pid_cam_index)")
+                raise UserError(
+                    f"{what}: cannot parse the camera from {files[i]!r} in {mat_path}; expected "
+                    f"names like 1_001_1_01.png (campair_pid_cam_index)"
+                )
             out.append((str(img_dir / files[i]), int(labels[i]), cam))
         return out
 
     train, query, gallery = take("train_idx"), take("query_idx"), take("gallery_idx")
-    for split_name, samples, key in (("train", train, "train_idx"), ("query", query, "query_idx"),
-                                     ("gallery", gallery, "gallery_idx")):
+    for split_name, samples, key in (
+        ("train", train, "train_idx"),
+        ("query", query, "query_idx"),
+        ("gallery", gallery, "gallery_idx"),
+    ):
         _nonempty(samples, what, split_name, f"{mat_path} ({key})")
         _check_exist(samples, what, mat_path)
     _check_evaluable(query, gallery, what, data_dir)
@@ -301,7 +360,7 @@ def check_images(samples: Sequence[Sample], limit: int | None = None) -> int:
             with Image.open(path) as im:
                 im.load()
         except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
-            raise UserError(f"image {path} cannot be read ({_reason(exc)}); replace or delete it and remove it "
-                            f"from the split") from None
+            raise UserError(
+                f"image {path} cannot be read ({_reason(exc)}); replace or delete it and remove it from the split"
+            ) from None
     return len(chosen)
-

@@ -45,10 +45,21 @@ _SKIN, _HAIR, _UP, _LOW, _SHOE, _BACKPACK, _SBAG, _HBAG, _HAT, _LOGO = 1, 2, 3, 
 _NLAB = 15
 
 _SKIN_TONES: tuple[RGB, ...] = (
-    (241, 200, 172), (226, 178, 146), (204, 146, 108), (170, 114, 80), (128, 84, 56), (92, 60, 42),
+    (241, 200, 172),
+    (226, 178, 146),
+    (204, 146, 108),
+    (170, 114, 80),
+    (128, 84, 56),
+    (92, 60, 42),
 )
 _HAIR_COLOURS: tuple[RGB, ...] = (
-    (22, 18, 16), (48, 32, 24), (86, 56, 34), (140, 98, 56), (196, 164, 108), (130, 128, 124), (120, 40, 24),
+    (22, 18, 16),
+    (48, 32, 24),
+    (86, 56, 34),
+    (140, 98, 56),
+    (196, 164, 108),
+    (130, 128, 124),
+    (120, 40, 24),
 )
 
 
@@ -113,8 +124,18 @@ DOMAINS: dict[str, DomainStyle] = {
             CameraStyle(0.75, (0.95, 0.95, 1.12), 1.20, 0.75, 1.0, 6.0, 0.50, (0.35, 0.35, 0.3)),
         ),
         palette=(
-            (236, 236, 232), (28, 28, 30), (128, 128, 130), (196, 40, 44), (36, 52, 120), (110, 170, 220),
-            (232, 200, 60), (60, 140, 70), (230, 130, 170), (190, 170, 120), (236, 120, 40), (120, 60, 150),
+            (236, 236, 232),
+            (28, 28, 30),
+            (128, 128, 130),
+            (196, 40, 44),
+            (36, 52, 120),
+            (110, 170, 220),
+            (232, 200, 60),
+            (60, 140, 70),
+            (230, 130, 170),
+            (190, 170, 120),
+            (236, 120, 40),
+            (120, 60, 150),
         ),
         palette_weights=(3, 3, 2, 2, 2, 2, 1.5, 1.5, 1, 1.5, 1, 1),
         upper_patterns=(0.45, 0.2, 0.15, 0.2),
@@ -147,8 +168,18 @@ DOMAINS: dict[str, DomainStyle] = {
             CameraStyle(0.95, (0.92, 0.92, 1.10), 1.00, 0.75, 0.7, 6.0, 0.65, (0.3, 0.3, 0.4)),
         ),
         palette=(
-            (24, 24, 28), (76, 76, 82), (34, 46, 96), (110, 72, 44), (86, 100, 56), (128, 34, 48),
-            (196, 180, 150), (150, 150, 154), (230, 230, 236), (200, 160, 50), (40, 90, 110), (170, 60, 30),
+            (24, 24, 28),
+            (76, 76, 82),
+            (34, 46, 96),
+            (110, 72, 44),
+            (86, 100, 56),
+            (128, 34, 48),
+            (196, 180, 150),
+            (150, 150, 154),
+            (230, 230, 236),
+            (200, 160, 50),
+            (40, 90, 110),
+            (170, 60, 30),
         ),
         palette_weights=(2, 1.5, 1.5, 1.5, 1.5, 1.5, 2, 2, 1.5, 1.5, 1.5, 1.5),
         upper_patterns=(0.4, 0.15, 0.25, 0.2),
@@ -180,8 +211,18 @@ DOMAINS: dict[str, DomainStyle] = {
             CameraStyle(0.75, (1.10, 0.92, 1.05), 1.25, 0.80, 0.5, 5.0, 0.50, (0.45, 0.35, 0.2)),
         ),
         palette=(
-            (240, 236, 226), (40, 36, 40), (170, 200, 230), (240, 190, 200), (200, 230, 190), (250, 230, 160),
-            (120, 110, 170), (60, 110, 170), (200, 120, 90), (150, 150, 150), (90, 160, 150), (180, 40, 90),
+            (240, 236, 226),
+            (40, 36, 40),
+            (170, 200, 230),
+            (240, 190, 200),
+            (200, 230, 190),
+            (250, 230, 160),
+            (120, 110, 170),
+            (60, 110, 170),
+            (200, 120, 90),
+            (150, 150, 150),
+            (90, 160, 150),
+            (180, 40, 90),
         ),
         palette_weights=(3, 2, 2, 2, 1.5, 1.5, 1, 1.5, 1, 1.5, 1, 1),
         upper_patterns=(0.4, 0.25, 0.1, 0.25),
@@ -342,7 +383,13 @@ class _Canvas:
         self.paint(rs, cs, None, value)
 
     def ellipse(
-        self, cu: float, cv: float, ru: float, rv: float, value: np.ndarray | int, below: float = 9.0,
+        self,
+        cu: float,
+        cv: float,
+        ru: float,
+        rv: float,
+        value: np.ndarray | int,
+        below: float = 9.0,
         left_of: float = 9.0,
     ) -> None:
         """Ellipse centred at (cu, cv), optionally only the part with u < below and v < left_of."""
@@ -359,8 +406,13 @@ class _Canvas:
         self.paint(rs, cs, np.abs(self.v[:, cs]) < hw, value)
 
     def capsule(
-        self, a: tuple[float, float], b: tuple[float, float], r: float, inner: np.ndarray | int,
-        outer: np.ndarray | int, cut: float = 2.0,
+        self,
+        a: tuple[float, float],
+        b: tuple[float, float],
+        r: float,
+        inner: np.ndarray | int,
+        outer: np.ndarray | int,
+        cut: float = 2.0,
     ) -> None:
         """A limb from a to b of radius r: inner value up to fraction cut of its length, outer beyond."""
         rs, cs = self.block(min(a[0], b[0]) - r, max(a[0], b[0]) + r, min(a[1], b[1]) - r, max(a[1], b[1]) + r)
@@ -617,7 +669,9 @@ class _Renderer:
         pil = Image.fromarray(np.clip(out, 0, 255, out=out).astype(np.uint8))
         r = cs.resolution
         if r < 1.0:
-            pil = pil.resize((max(4, round(self.w * r)), max(8, round(self.h * r))), Image.Resampling.BOX)  # sensor area
+            pil = pil.resize(
+                (max(4, round(self.w * r)), max(8, round(self.h * r))), Image.Resampling.BOX
+            )  # sensor area
         if cs.blur > 0:
             pil = pil.filter(ImageFilter.BoxBlur(cs.blur * r * self.h / 128))
         if r < 1.0:
@@ -629,8 +683,9 @@ def _params(**kw: object) -> dict:
     return {"generator_version": GENERATOR_VERSION, **kw}
 
 
-def _check(domain: str, num_train_ids: int, num_test_ids: int, ipc: int, nd: int, h: int, w: int, q: int,
-           qpi: int = 1) -> None:
+def _check(
+    domain: str, num_train_ids: int, num_test_ids: int, ipc: int, nd: int, h: int, w: int, q: int, qpi: int = 1
+) -> None:
     if domain not in DOMAINS:
         raise UserError(f"unknown synthetic domain {domain!r}; known domains: {', '.join(sorted(DOMAINS))}")
     if num_train_ids < 1 or num_test_ids < 1 or num_train_ids + num_test_ids > 9999:
@@ -645,8 +700,9 @@ def _check(domain: str, num_train_ids: int, num_test_ids: int, ipc: int, nd: int
         raise UserError(f"jpeg_quality {q} is out of range; use 1..100")
 
 
-def _plan(style: DomainStyle, rng: np.random.Generator, n_train: int, n_test: int, ipc: int, nd: int,
-          qpi: int = 1) -> list[_Job]:
+def _plan(
+    style: DomainStyle, rng: np.random.Generator, n_train: int, n_test: int, ipc: int, nd: int, qpi: int = 1
+) -> list[_Job]:
     """Decide every image (split, pid, camera, frame) before rendering any of them."""
     ncam = len(style.cameras)
     pids = rng.permutation(np.arange(1, n_train + n_test + 1))
@@ -715,13 +771,28 @@ def generate(
     Refuses (UserError) to clear split folders it did not write, e.g. a real Market-1501 copy.
     """
     domain = domain.upper() if isinstance(domain, str) and domain.upper() in DOMAINS else domain
-    _check(domain, num_train_ids, num_test_ids, images_per_id_per_cam, num_distractors, height, width, jpeg_quality,
-           queries_per_id)
+    _check(
+        domain,
+        num_train_ids,
+        num_test_ids,
+        images_per_id_per_cam,
+        num_distractors,
+        height,
+        width,
+        jpeg_quality,
+        queries_per_id,
+    )
     out = Path(out_dir)
     params = _params(
-        domain=domain, seed=int(seed), num_train_ids=num_train_ids, num_test_ids=num_test_ids,
-        images_per_id_per_cam=images_per_id_per_cam, num_distractors=num_distractors,
-        height=height, width=width, jpeg_quality=jpeg_quality,
+        domain=domain,
+        seed=int(seed),
+        num_train_ids=num_train_ids,
+        num_test_ids=num_test_ids,
+        images_per_id_per_cam=images_per_id_per_cam,
+        num_distractors=num_distractors,
+        height=height,
+        width=width,
+        jpeg_quality=jpeg_quality,
         # only when not the default: folders generated before the option existed stay valid
         **({"queries_per_id": queries_per_id} if queries_per_id != 1 else {}),
     )

@@ -23,9 +23,12 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def set_threads(threads: int = 0) -> None:
     """Use every core the process may run on unless told otherwise."""
-    n = threads or len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (threads or os.cpu_count() or 1)
+    n = (
+        threads or len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else (threads or os.cpu_count() or 1)
+    )
     torch.set_num_threads(max(1, int(n)))
-
 
 
 def cpu_supports_bf16() -> bool:
@@ -66,6 +69,8 @@ def autocast_dtype(device: torch.device, precision: str, amp: bool = True) -> to
     if cpu_supports_bf16():
         return torch.bfloat16
     if precision == "bf16":
-        raise UserError("train.precision is bf16 but this CPU has no AVX-512 BF16 or AMX (bfloat16 would be "
-                        "emulated, slower than float32); use train.precision: auto or fp32")
+        raise UserError(
+            "train.precision is bf16 but this CPU has no AVX-512 BF16 or AMX (bfloat16 would be "
+            "emulated, slower than float32); use train.precision: auto or fp32"
+        )
     return None

@@ -12,8 +12,14 @@ from autoprune.engine.device import autocast_dtype
 
 
 @torch.no_grad()
-def extract_features(model: nn.Module, store: ImageStore, device: torch.device, batch_size: int = 128,
-                     flip: bool = False, precision: str = "fp32") -> torch.Tensor:
+def extract_features(
+    model: nn.Module,
+    store: ImageStore,
+    device: torch.device,
+    batch_size: int = 128,
+    flip: bool = False,
+    precision: str = "fp32",
+) -> torch.Tensor:
     """Inference embeddings (after the BNNeck), optionally averaged with the mirrored image's.
 
     ``precision`` as ``train.precision``; features are returned in float32 whatever it is.
@@ -35,8 +41,9 @@ def extract_features(model: nn.Module, store: ImageStore, device: torch.device, 
     return torch.cat(out) if out else torch.empty(0, 0)
 
 
-def _embed(model: nn.Module, x: torch.Tensor, device: torch.device, dtype: torch.dtype | None,
-           flip: bool) -> torch.Tensor:
+def _embed(
+    model: nn.Module, x: torch.Tensor, device: torch.device, dtype: torch.dtype | None, flip: bool
+) -> torch.Tensor:
     with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
         f = model(x).float()
         if flip:
@@ -44,13 +51,28 @@ def _embed(model: nn.Module, x: torch.Tensor, device: torch.device, dtype: torch
     return f
 
 
-def evaluate_domain(model: nn.Module, query: ImageStore, gallery: ImageStore, device: torch.device,
-                    flip: bool = False, metric: str = "cosine", precision: str = "fp32") -> dict[str, Any]:
+def evaluate_domain(
+    model: nn.Module,
+    query: ImageStore,
+    gallery: ImageStore,
+    device: torch.device,
+    flip: bool = False,
+    metric: str = "cosine",
+    precision: str = "fp32",
+) -> dict[str, Any]:
     """rank-1/5/10 and mAP (fractions) with the Market-1501 protocol, and the per-query rank-1 hits and APs
     (``hits``/``aps``, in query order, valid queries only) that paired comparisons of two models need."""
     from autoprune.evaluation import evaluate_features
 
     qf = extract_features(model, query, device, flip=flip, precision=precision)
     gf = extract_features(model, gallery, device, flip=flip, precision=precision)
-    return evaluate_features(qf, gf, query.pids.numpy(), gallery.pids.numpy(), query.camids.numpy(),
-                             gallery.camids.numpy(), metric=metric, per_query=True)
+    return evaluate_features(
+        qf,
+        gf,
+        query.pids.numpy(),
+        gallery.pids.numpy(),
+        query.camids.numpy(),
+        gallery.camids.numpy(),
+        metric=metric,
+        per_query=True,
+    )

@@ -47,8 +47,7 @@ def kd_logit_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: flo
     Scaled by T^2 so its gradients keep their size as T changes.
     """
     t = temperature
-    return F.kl_div(F.log_softmax(student / t, dim=1), F.softmax(teacher / t, dim=1),
-                    reduction="batchmean") * (t * t)
+    return F.kl_div(F.log_softmax(student / t, dim=1), F.softmax(teacher / t, dim=1), reduction="batchmean") * (t * t)
 
 
 def embedding_distill_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:

@@ -58,14 +58,29 @@ class TrainSettings:
     @classmethod
     def from_config(cls, cfg: dict[str, Any], epochs: int | None = None, lr: float | None = None) -> TrainSettings:
         t, d = cfg["train"], cfg["data"]
-        return cls(epochs=t["epochs"] if epochs is None else epochs, lr=t["lr"] if lr is None else lr,
-                   optimizer=t["optimizer"], weight_decay=t["weight_decay"], momentum=t["momentum"],
-                   warmup_epochs=t["warmup_epochs"], schedule=t["schedule"], milestones=list(t["milestones"]),
-                   gamma=t["gamma"], label_smoothing=t["label_smoothing"], triplet_weight=t["triplet_weight"],
-                   margin=t["margin"], center_weight=t["center_weight"], batch_size=d["batch_size"],
-                   num_instances=d["num_instances"], erasing=d["random_erasing"],
-                   max_batches_per_epoch=t["max_batches_per_epoch"], amp=t["amp"],
-                   channels_last=t["channels_last"], precision=t["precision"], seed=cfg["seed"])
+        return cls(
+            epochs=t["epochs"] if epochs is None else epochs,
+            lr=t["lr"] if lr is None else lr,
+            optimizer=t["optimizer"],
+            weight_decay=t["weight_decay"],
+            momentum=t["momentum"],
+            warmup_epochs=t["warmup_epochs"],
+            schedule=t["schedule"],
+            milestones=list(t["milestones"]),
+            gamma=t["gamma"],
+            label_smoothing=t["label_smoothing"],
+            triplet_weight=t["triplet_weight"],
+            margin=t["margin"],
+            center_weight=t["center_weight"],
+            batch_size=d["batch_size"],
+            num_instances=d["num_instances"],
+            erasing=d["random_erasing"],
+            max_batches_per_epoch=t["max_batches_per_epoch"],
+            amp=t["amp"],
+            channels_last=t["channels_last"],
+            precision=t["precision"],
+            seed=cfg["seed"],
+        )
 
 
 def lr_factor(s: TrainSettings, epoch: float) -> float:
@@ -74,15 +89,23 @@ def lr_factor(s: TrainSettings, epoch: float) -> float:
         return 0.1 + 0.9 * epoch / s.warmup_epochs
     if s.schedule == "cosine":
         span = max(1e-9, s.epochs - s.warmup_epochs)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (epoch - s.warmup_epochs) / span)))  * 0.99 + 0.01
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (epoch - s.warmup_epochs) / span))) * 0.99 + 0.01
     if s.schedule == "step":
         return s.gamma ** sum(epoch >= m for m in s.milestones)
     return 1.0
 
 
-def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: TrainSettings, center: nn.Module | None,
-          device: torch.device, dtype: torch.dtype | None, extra_loss: LossTerm | None = None,
-          teacher: nn.Module | None = None) -> torch.Tensor:
+def _loss(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    s: TrainSettings,
+    center: nn.Module | None,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    extra_loss: LossTerm | None = None,
+    teacher: nn.Module | None = None,
+) -> torch.Tensor:
     """The training loss of one batch (float32), the forward pass autocast to ``dtype`` if given."""
     with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
         out = outputs(model, x)
@@ -109,11 +132,20 @@ LossTerm = Callable[[tuple[torch.Tensor, torch.Tensor], Outputs, "Outputs | None
 
 # long: one training loop whose state (optimiser, scaler, sampler, RNG, bf16 retry) every step shares; the
 # step's parts are helpers (_loss, augment, lr_factor), and splitting the loop would only pass that state around.
-def fit(model: nn.Module, train: ImageStore, s: TrainSettings, device: torch.device,
-        on_epoch_end: EpochCallback | None = None, on_step_end: Callable[[nn.Module], None] | None = None,
-        desc: str = "train", progress: bool = True, resume: dict[str, Any] | None = None,
-        checkpoint: Callable[[dict[str, Any]], None] | None = None, extra_loss: LossTerm | None = None,
-        teacher: nn.Module | None = None) -> list[dict[str, float]]:
+def fit(
+    model: nn.Module,
+    train: ImageStore,
+    s: TrainSettings,
+    device: torch.device,
+    on_epoch_end: EpochCallback | None = None,
+    on_step_end: Callable[[nn.Module], None] | None = None,
+    desc: str = "train",
+    progress: bool = True,
+    resume: dict[str, Any] | None = None,
+    checkpoint: Callable[[dict[str, Any]], None] | None = None,
+    extra_loss: LossTerm | None = None,
+    teacher: nn.Module | None = None,
+) -> list[dict[str, float]]:
     """Train ``model`` on ``train`` (pids 0..N-1) for ``s.epochs``; returns per-epoch loss and throughput.
 
     ``on_epoch_end(epoch, model)`` runs after each epoch (soft pruning, per-epoch evaluation and trial
@@ -157,8 +189,9 @@ def fit(model: nn.Module, train: ImageStore, s: TrainSettings, device: torch.dev
         if s.max_batches_per_epoch:
             batches = batches[: s.max_batches_per_epoch]
         start, seen, total, retries = time.perf_counter(), 0, 0.0, 0
-        bar = tqdm(batches, desc=f"{desc} {epoch + 1}/{s.epochs}", leave=False, disable=not progress,
-                   dynamic_ncols=True)
+        bar = tqdm(
+            batches, desc=f"{desc} {epoch + 1}/{s.epochs}", leave=False, disable=not progress, dynamic_ncols=True
+        )
         for step, idx in enumerate(bar):
             for group in opt.param_groups:
                 group["lr"] = s.lr * lr_factor(s, epoch + step / max(1, len(batches)))
@@ -190,13 +223,19 @@ def fit(model: nn.Module, train: ImageStore, s: TrainSettings, device: torch.dev
             bar.set_postfix(loss=f"{total / seen:.3f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
         bar.close()
         seconds = time.perf_counter() - start
-        history.append({"epoch": epoch + 1, "loss": total / max(1, seen), "images_per_s": seen / max(seconds, 1e-9),
-                        "seconds": seconds, **({"fp32_retries": retries} if retries else {})})
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "loss": total / max(1, seen),
+                "images_per_s": seen / max(seconds, 1e-9),
+                "seconds": seconds,
+                **({"fp32_retries": retries} if retries else {}),
+            }
+        )
         if on_epoch_end is not None:
             on_epoch_end(epoch, model)
         if checkpoint is not None:
-            checkpoint({"epoch": epoch + 1, "optimizer": opt.state_dict(), "history": history,
-                        "rng": gen.get_state()})
+            checkpoint({"epoch": epoch + 1, "optimizer": opt.state_dict(), "history": history, "rng": gen.get_state()})
     return history
 
 

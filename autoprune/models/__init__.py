@@ -20,11 +20,19 @@ from autoprune.models.checkpoint import (
 from autoprune.models.modelfile import check_against, corrupt, resized
 from autoprune.models.reid import ReIDNet
 
-__all__ = ["TORCHVISION_RESNETS", "ReIDNet", "build_from_meta", "build_model", "load_backbone_weights", "load_checkpoint_model"]
+__all__ = [
+    "TORCHVISION_RESNETS",
+    "ReIDNet",
+    "build_from_meta",
+    "build_model",
+    "load_backbone_weights",
+    "load_checkpoint_model",
+]
 
 
-def build_model(arch: str, num_classes: int, last_stride: int = 1, pooling: str = "avg",
-                weights: str = "none", host: Any = None) -> ReIDNet:
+def build_model(
+    arch: str, num_classes: int, last_stride: int = 1, pooling: str = "avg", weights: str = "none", host: Any = None
+) -> ReIDNet:
     """A ReIDNet with the named backbone; ``weights`` is ``none``, ``imagenet`` or a checkpoint path."""
     from autoprune.host import get_host
 
@@ -51,11 +59,14 @@ def build_from_meta(meta: dict[str, Any], host: Any = None, path: Any = "<model>
     arch = meta["arch"]
     host = host or get_host()
     if arch["arch"] not in host.names("backbone"):
-        raise UserError(f"model file {path} is a {arch['arch'][:80]!r}, which no installed plugin provides; "
-                        f"install the plugin that saved it (`autoprune plugins` lists the backbones)")
+        raise UserError(
+            f"model file {path} is a {arch['arch'][:80]!r}, which no installed plugin provides; "
+            f"install the plugin that saved it (`autoprune plugins` lists the backbones)"
+        )
     # A one-class head first: the real one is sized from the checked spec, never from a bare number.
-    model = build_model(arch["arch"], 1, last_stride=arch.get("last_stride", 1),
-                        pooling=arch.get("pooling", "avg"), host=host)
+    model = build_model(
+        arch["arch"], 1, last_stride=arch.get("last_stride", 1), pooling=arch.get("pooling", "avg"), host=host
+    )
     check_against(model, meta["spec"], path)
     for name, widths in meta["spec"].items():
         parent_name, _, child = name.rpartition(".")
@@ -64,8 +75,10 @@ def build_from_meta(meta: dict[str, Any], host: Any = None, path: Any = "<model>
         new = resized(old, widths)
         if new is not old:
             setattr(parent, child, new)
-    if model.bnneck.num_features != model.classifier.in_features or \
-            model.classifier.out_features != arch["num_classes"]:
+    if (
+        model.bnneck.num_features != model.classifier.in_features
+        or model.classifier.out_features != arch["num_classes"]
+    ):
         raise corrupt(path, "its head widths are inconsistent")
     model.arch["num_classes"] = arch["num_classes"]
     return model
@@ -111,11 +124,14 @@ def load_checkpoint_model(model_cfg: dict[str, Any], num_classes: int, host: Any
         try:
             model.load_state_dict(ck.state, strict=True)
         except RuntimeError as exc:
-            raise UserError(f"{ck.path}: weights do not match the saved architecture ({str(exc).splitlines()[0]}); "
-                            f"the file is corrupt or was edited") from None
+            raise UserError(
+                f"{ck.path}: weights do not match the saved architecture ({str(exc).splitlines()[0]}); "
+                f"the file is corrupt or was edited"
+            ) from None
         model.reset_classifier(num_classes)
         return model
-    model = build_model(model_cfg["arch"], num_classes, last_stride=model_cfg["last_stride"],
-                        pooling=model_cfg["pooling"], host=host)
+    model = build_model(
+        model_cfg["arch"], num_classes, last_stride=model_cfg["last_stride"], pooling=model_cfg["pooling"], host=host
+    )
     load_backbone(model.backbone, ck.backbone(), model_cfg["arch"], ck.path, strict=True)
     return model

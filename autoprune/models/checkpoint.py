@@ -24,17 +24,30 @@ from autoprune.models.modelfile import check_meta, load_tensors
 # The ResNet family torchvision has: the built-in backbones plugin registers each, and a checkpoint's
 # architecture is checked against them.
 TORCHVISION_RESNETS = (
-    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
-    "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "resnext50_32x4d",
+    "resnext101_32x8d",
+    "resnext101_64x4d",
+    "wide_resnet50_2",
+    "wide_resnet101_2",
 )
 
 # A ResNet backbone's top-level names, as torchvision (and torchreid, fast-reid, bag of tricks) spell them.
 _BACKBONE = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")
 _ANCHOR = "layer1.0.conv1.weight"  # every ResNet-family backbone has it, once per network in the file
 # (block type, blocks per stage) -> depth, as torchvision builds them (resnet10: autoprune's tiny one)
-_DEPTHS: dict[tuple[str, tuple[int, ...]], int] = {("basic", (1, 1, 1, 1)): 10, ("basic", (2, 2, 2, 2)): 18, ("basic", (3, 4, 6, 3)): 34,
-           ("bottleneck", (3, 4, 6, 3)): 50, ("bottleneck", (3, 4, 23, 3)): 101,
-           ("bottleneck", (3, 8, 36, 3)): 152}
+_DEPTHS: dict[tuple[str, tuple[int, ...]], int] = {
+    ("basic", (1, 1, 1, 1)): 10,
+    ("basic", (2, 2, 2, 2)): 18,
+    ("basic", (3, 4, 6, 3)): 34,
+    ("bottleneck", (3, 4, 6, 3)): 50,
+    ("bottleneck", (3, 4, 23, 3)): 101,
+    ("bottleneck", (3, 8, 36, 3)): 152,
+}
 _IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406])  # what autoprune.data.loading.normalize uses
 _IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225])
 # Wrapper keys that hold the state dict, outermost first, and the format each one means.
@@ -46,9 +59,9 @@ class Checkpoint:
     """A checkpoint file's tensors and what they are."""
 
     path: Path
-    format: str                        # autoprune | torchreid | fast-reid | state_dict
-    state: dict[str, torch.Tensor]     # the network's state dict, unwrapped
-    meta: dict[str, Any] | None        # autoprune model files: how the model was built (arch, widths)
+    format: str  # autoprune | torchreid | fast-reid | state_dict
+    state: dict[str, torch.Tensor]  # the network's state dict, unwrapped
+    meta: dict[str, Any] | None  # autoprune model files: how the model was built (arch, widths)
     sha256: str
 
     def backbone(self) -> dict[str, torch.Tensor]:
@@ -69,9 +82,11 @@ class Checkpoint:
         mean, std = mean.flatten().float(), std.flatten().float()
         if torch.allclose(mean, _IMAGENET_MEAN * 255, atol=0.5) and torch.allclose(std, _IMAGENET_STD * 255, atol=0.5):
             return None
-        return (f"note: {self.path} was trained on pixels normalised with mean {mean.tolist()} and std {std.tolist()} "
-                f"(0-255); autoprune uses ImageNet's, so its features start off the trained ones until target "
-                f"fine-tuning adapts them")
+        return (
+            f"note: {self.path} was trained on pixels normalised with mean {mean.tolist()} and std {std.tolist()} "
+            f"(0-255); autoprune uses ImageNet's, so its features start off the trained ones until target "
+            f"fine-tuning adapts them"
+        )
 
     def last_stride(self) -> int | None:
         """Only an autoprune model file records it: a stride is not a weight."""
@@ -109,8 +124,10 @@ def read_state(path: Path) -> tuple[dict[str, torch.Tensor], str, dict[str, Any]
             blob = blob[key]
             fmt = name if fmt == "state_dict" else fmt  # the outermost wrapper names the format
     if not isinstance(blob, dict) or not blob or not all(isinstance(v, torch.Tensor) for v in blob.values()):
-        raise UserError(f"{path} holds no state dict (a mapping of names to tensors); give an autoprune model, "
-                        f"a torchreid or fast-reid checkpoint, or torch.save(model.state_dict(), path)")
+        raise UserError(
+            f"{path} holds no state dict (a mapping of names to tensors); give an autoprune model, "
+            f"a torchreid or fast-reid checkpoint, or torch.save(model.state_dict(), path)"
+        )
     return blob, fmt, None
 
 
@@ -121,18 +138,30 @@ def backbone_state(state: dict[str, torch.Tensor], path: Path | str) -> dict[str
     backbone's; everything else (classifier, BNNeck, fast-reid ``heads.*``, a torchreid ``fc``) is left
     out: the head is rebuilt for the target's identities.
     """
-    prefixes = sorted({k[: -len(_ANCHOR)] for k in state if k.endswith(_ANCHOR)
-                       and (k == _ANCHOR or k[: -len(_ANCHOR)].endswith("."))})
+    prefixes = sorted(
+        {
+            k[: -len(_ANCHOR)]
+            for k in state
+            if k.endswith(_ANCHOR) and (k == _ANCHOR or k[: -len(_ANCHOR)].endswith("."))
+        }
+    )
     if not prefixes:
-        raise UserError(f"{path} holds no ResNet-family backbone (no key ending in {_ANCHOR!r}); autoprune prunes "
-                        f"ResNet, ResNeXt and Wide-ResNet models")
+        raise UserError(
+            f"{path} holds no ResNet-family backbone (no key ending in {_ANCHOR!r}); autoprune prunes "
+            f"ResNet, ResNeXt and Wide-ResNet models"
+        )
     if len(prefixes) > 1:
-        raise UserError(f"{path} is ambiguous: it holds {len(prefixes)} networks (under "
-                        f"{', '.join(repr(p) for p in prefixes)}); save the one to prune alone with "
-                        f"torch.save(net.state_dict(), path)")
+        raise UserError(
+            f"{path} is ambiguous: it holds {len(prefixes)} networks (under "
+            f"{', '.join(repr(p) for p in prefixes)}); save the one to prune alone with "
+            f"torch.save(net.state_dict(), path)"
+        )
     p = prefixes[0]
-    return {k[len(p):]: v for k, v in state.items()
-            if k.startswith(p) and k[len(p):].split(".", 1)[0] in _BACKBONE and "num_batches_tracked" not in k}
+    return {
+        k[len(p) :]: v
+        for k, v in state.items()
+        if k.startswith(p) and k[len(p) :].split(".", 1)[0] in _BACKBONE and "num_batches_tracked" not in k
+    }
 
 
 def infer_arch(backbone: dict[str, torch.Tensor]) -> tuple[str | None, str]:
@@ -162,8 +191,9 @@ def infer_arch(backbone: dict[str, torch.Tensor]) -> tuple[str | None, str]:
     return f"resnext{depth}_{groups}x{width // groups}d", seen
 
 
-def load_backbone(backbone: nn.Module, state: dict[str, torch.Tensor], arch: str, path: Path | str,
-                  strict: bool) -> None:
+def load_backbone(
+    backbone: nn.Module, state: dict[str, torch.Tensor], arch: str, path: Path | str, strict: bool
+) -> None:
     """Copy ``state`` (torchvision names) into ``backbone``.
 
     ``strict`` (a model to prune): every tensor must be there, with its shape, and nothing else, or the
@@ -175,8 +205,10 @@ def load_backbone(backbone: nn.Module, state: dict[str, torch.Tensor], arch: str
     extra = [k for k in state if k not in own] if strict else []
     if wrong or extra or (missing and strict) or len(missing) > len(own) // 2:
         example = (wrong or missing or extra)[0]
-        raise UserError(f"{path} does not match backbone {arch}: {len(missing)} missing keys, {len(wrong)} with "
-                        f"another shape, {len(extra)} unexpected (e.g. {example}); check model.arch")
+        raise UserError(
+            f"{path} does not match backbone {arch}: {len(missing)} missing keys, {len(wrong)} with "
+            f"another shape, {len(extra)} unexpected (e.g. {example}); check model.arch"
+        )
     backbone.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
 
 
@@ -191,24 +223,31 @@ def resolve_model_config(model_cfg: dict[str, Any]) -> None:
     the file does not show it); refuse a given value the checkpoint contradicts."""
     path = model_cfg["checkpoint"]
     if model_cfg["weights"] != "none":
-        raise UserError("model.weights (an initialisation for training) and model.checkpoint (a trained model to "
-                        "prune) exclude each other; keep one")
+        raise UserError(
+            "model.weights (an initialisation for training) and model.checkpoint (a trained model to "
+            "prune) exclude each other; keep one"
+        )
     ck = read_checkpoint(path)
     inferred, seen = ck.arch()
     given = model_cfg["arch"]
     if given is None:
         if inferred is None:
-            raise UserError(f"cannot tell the architecture of {path} ({seen}); set model.arch (--arch) to its "
-                            f"backbone's name")
+            raise UserError(
+                f"cannot tell the architecture of {path} ({seen}); set model.arch (--arch) to its backbone's name"
+            )
         model_cfg["arch"] = inferred
     elif inferred is not None and inferred != given and given in ("resnet10", *TORCHVISION_RESNETS):
-        raise UserError(f"model.arch is {given} but {path} holds a {inferred} ({seen}); set model.arch: {inferred} "
-                        f"or leave model.arch out to infer it")
+        raise UserError(
+            f"model.arch is {given} but {path} holds a {inferred} ({seen}); set model.arch: {inferred} "
+            f"or leave model.arch out to infer it"
+        )
     stride = ck.last_stride()
     if model_cfg["last_stride"] is None:
         model_cfg["last_stride"] = 1 if stride is None else stride
     elif stride is not None and stride != model_cfg["last_stride"]:
-        raise UserError(f"model.last_stride is {model_cfg['last_stride']} but {path} was built with last stride "
-                        f"{stride}; set model.last_stride: {stride} or leave it out")
+        raise UserError(
+            f"model.last_stride is {model_cfg['last_stride']} but {path} was built with last stride "
+            f"{stride}; set model.last_stride: {stride} or leave it out"
+        )
     if ck.meta is not None:  # an autoprune model file is rebuilt from its own description
         model_cfg["pooling"] = ck.meta["arch"].get("pooling", "avg")

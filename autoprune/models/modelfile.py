@@ -40,8 +40,10 @@ def load_tensors(path: Path, fix: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise UserError(f"{path} cannot be loaded safely ({type(exc).__name__}): autoprune loads tensors only, "
-                        f"never pickled code; {fix}") from None
+        raise UserError(
+            f"{path} cannot be loaded safely ({type(exc).__name__}): autoprune loads tensors only, "
+            f"never pickled code; {fix}"
+        ) from None
 
 
 # Limits on what a model file may claim. autoprune writes a few kB of metadata; heads have one row per
@@ -51,8 +53,9 @@ MAX_CLASSES = 1_000_000
 
 
 def corrupt(path: Any, what: str) -> UserError:
-    return UserError(f"model file {path}: {what}; the file is corrupt or was edited: save the model again "
-                     f"with autoprune")
+    return UserError(
+        f"model file {path}: {what}; the file is corrupt or was edited: save the model again with autoprune"
+    )
 
 
 def _is_int(v: Any, lo: int, hi: int) -> bool:
@@ -86,8 +89,9 @@ def check_meta(raw: Any, state: Any, path: Any) -> dict[str, Any]:
         raise corrupt(path, f"'arch.pooling' must be one of {POOLINGS}")
     if not isinstance(meta.get("extra", {}), dict):
         raise corrupt(path, "'extra' must be an object")
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                              for k, v in state.items()):
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
         raise corrupt(path, "its state_dict is not a mapping of names to tensors")
     if not isinstance(spec, dict) or not spec:
         raise corrupt(path, "'spec' must be an object of layer name -> [in, out] widths")
@@ -95,15 +99,23 @@ def check_meta(raw: Any, state: Any, path: Any) -> dict[str, Any]:
         if not (isinstance(widths, list) and len(widths) == 2 and all(_is_int(w, 1, 2**31) for w in widths)):
             raise corrupt(path, f"layer {name[:80]!r} must have widths [in, out] as positive integers")
         stored = state.get(f"{name}.weight", state.get(f"{name}.running_mean"))
-        if stored is None or stored.dim() == 0 or stored.shape[0] != widths[1] \
-                or (stored.dim() == 2 and stored.shape[1] != widths[0]):
+        if (
+            stored is None
+            or stored.dim() == 0
+            or stored.shape[0] != widths[1]
+            or (stored.dim() == 2 and stored.shape[1] != widths[0])
+        ):
             got = "no tensor" if stored is None else f"a tensor of shape {list(stored.shape)}"
-            raise corrupt(path, f"layer {name[:80]!r} is said to be {widths[0]} -> {widths[1]} channels but the "
-                                 f"file holds {got} for it")
+            raise corrupt(
+                path,
+                f"layer {name[:80]!r} is said to be {widths[0]} -> {widths[1]} channels but the "
+                f"file holds {got} for it",
+            )
     classifier = spec.get("classifier")
     if classifier is not None and classifier[1] != arch["num_classes"]:
-        raise corrupt(path, f"the classifier has {classifier[1]} outputs but 'arch.num_classes' is "
-                             f"{arch['num_classes']}")
+        raise corrupt(
+            path, f"the classifier has {classifier[1]} outputs but 'arch.num_classes' is {arch['num_classes']}"
+        )
     return meta
 
 
@@ -124,13 +136,27 @@ def resized(module: nn.Module, widths: list[int]) -> nn.Module:
         if (module.in_channels, module.out_channels) == (cin, cout):
             return module
         conv: Any = module  # torch types its stored 2-tuples as tuple[int, ...]
-        return nn.Conv2d(cin, cout, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-                         conv.groups, conv.bias is not None, conv.padding_mode)
+        return nn.Conv2d(
+            cin,
+            cout,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.groups,
+            conv.bias is not None,
+            conv.padding_mode,
+        )
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
         if module.num_features == cout:
             return module
-        new = type(module)(cout, eps=module.eps, momentum=module.momentum, affine=module.affine,
-                           track_running_stats=module.track_running_stats)
+        new = type(module)(
+            cout,
+            eps=module.eps,
+            momentum=module.momentum,
+            affine=module.affine,
+            track_running_stats=module.track_running_stats,
+        )
         if isinstance(module.weight, nn.Parameter) and not module.bias.requires_grad:
             new.bias.requires_grad_(False)
         return new
@@ -153,8 +179,9 @@ def check_against(model: nn.Module, spec: dict[str, list[int]], path: Any) -> No
         if name == "classifier":
             top_out = MAX_CLASSES  # the head is sized by the identities, checked against its tensor
         if cin > top_in or cout > top_out:
-            raise corrupt(path, f"layer {name!r} is {cin} -> {cout} channels, wider than {arch}'s "
-                                 f"{top_in} -> {top_out}")
+            raise corrupt(
+                path, f"layer {name!r} is {cin} -> {cout} channels, wider than {arch}'s {top_in} -> {top_out}"
+            )
         groups = getattr(modules[name], "groups", 1)
         if cin % groups or cout % groups:
             raise corrupt(path, f"layer {name!r} is {cin} -> {cout} channels, not a multiple of its {groups} groups")

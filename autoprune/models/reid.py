@@ -55,8 +55,14 @@ def outputs(model: nn.Module, x: torch.Tensor) -> Outputs:
 class ReIDNet(nn.Module):
     """Backbone + pooling + BNNeck + classifier; ``arch`` records how to rebuild it."""
 
-    def __init__(self, backbone: nn.Module, feat_dim: int, num_classes: int, pooling: str = "avg",
-                 arch: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        feat_dim: int,
+        num_classes: int,
+        pooling: str = "avg",
+        arch: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.pool = GeM() if pooling == "gem" else nn.AdaptiveAvgPool2d(1)

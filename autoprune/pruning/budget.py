@@ -30,8 +30,8 @@ class Budget:
     min_keep: float = 0.1
     max_keep: float = 1.0
     round_to: int = 8
-    latency_ms: float | None = None   # per image; needs ``latency``
-    latency: Any = None               # a LatencyModel: ``predict_ms(widths)``
+    latency_ms: float | None = None  # per image; needs ``latency``
+    latency: Any = None  # a LatencyModel: ``predict_ms(widths)``
 
     @classmethod
     def from_config(cls, budget_cfg: dict, base_macs: int) -> Budget:
@@ -39,8 +39,10 @@ class Budget:
         if budget_cfg.get("gmacs") is not None:
             macs = int(budget_cfg["gmacs"] * 1e9)
             if macs > base_macs:
-                raise UserError(f"budget.gmacs {budget_cfg['gmacs']} is above the unpruned model's "
-                                f"{base_macs / 1e9:.3f} GMACs; give a smaller budget")
+                raise UserError(
+                    f"budget.gmacs {budget_cfg['gmacs']} is above the unpruned model's "
+                    f"{base_macs / 1e9:.3f} GMACs; give a smaller budget"
+                )
         elif budget_cfg.get("macs_ratio") is not None:
             macs = int(budget_cfg["macs_ratio"] * base_macs)
         else:
@@ -119,7 +121,8 @@ def check_feasible(cost: CostModel, b: Budget) -> None:
             raise UserError(
                 f"budget.latency_ms={b.latency_ms:g} is below the smallest model's latency ({floor_ms:.3f} ms per "
                 f"image with budget.min_keep={b.min_keep}, {b.latency.table.key.device}); raise budget.latency_ms "
-                f"or lower budget.min_keep")
+                f"or lower budget.min_keep"
+            )
 
 
 def project(cost: CostModel, ratios: dict[str, float], b: Budget) -> dict[str, int]:
@@ -176,8 +179,9 @@ def uniform_ratios(cost: CostModel) -> dict[str, float]:
     return {name: 1.0 for name in cost.base_widths}
 
 
-def global_widths(scores: dict[str, torch.Tensor], widths: dict[str, int], cost: CostModel,
-                  budget: Budget) -> dict[str, int]:
+def global_widths(
+    scores: dict[str, torch.Tensor], widths: dict[str, int], cost: CostModel, budget: Budget
+) -> dict[str, int]:
     """Widths from one global ranking of channels, removed a rounding step at a time until MACs fit the budget.
 
     Scores are divided by their group's mean so groups compare; the group holding the globally lowest
@@ -206,7 +210,8 @@ def global_widths(scores: dict[str, torch.Tensor], widths: dict[str, int], cost:
         if not candidates:
             raise UserError(
                 f"strategy 'global' cannot reach the budget of {budget.macs / 1e6:.1f} MMACs with "
-                f"budget.min_keep={budget.min_keep}; lower budget.min_keep or raise the budget")
+                f"budget.min_keep={budget.min_keep}; lower budget.min_keep or raise the budget"
+            )
         best = min(candidates, key=lambda n: ranked[n][removed[n]])  # first in group order on ties
         k = step(best)
         widths[best] -= k

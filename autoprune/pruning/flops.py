@@ -46,7 +46,7 @@ def count_macs(model: nn.Module, input_size: tuple[int, int]) -> tuple[int, int]
 
 @dataclass
 class _Term:
-    macs: int            # thop's count for this layer in the unpruned model
+    macs: int  # thop's count for this layer in the unpruned model
     in_group: str | None
     out_group: str | None
 
@@ -72,8 +72,11 @@ class CostModel:
         hooks = []
         for name, module in model.named_modules():
             if len(list(module.children())) == 0:
-                hooks.append(module.register_forward_hook(
-                    lambda mod, inp, out, _n=name: None if _n in shapes else shapes.update({_n: inp[0].shape})))
+                hooks.append(
+                    module.register_forward_hook(
+                        lambda mod, inp, out, _n=name: None if _n in shapes else shapes.update({_n: inp[0].shape})
+                    )
+                )
         was = model.training
         model.eval()
         device = next(model.parameters()).device

@@ -25,11 +25,11 @@ class PrunableGroup:
     """One group: its name, the conv whose output defines it, and which modules it touches."""
 
     name: str
-    root: str                      # module name (in the model) of the conv that roots the group
-    channels: int                  # current number of channels
+    root: str  # module name (in the model) of the conv that roots the group
+    channels: int  # current number of channels
     out_modules: list[str] = field(default_factory=list)  # modules whose output channels are these
-    in_modules: list[str] = field(default_factory=list)   # modules whose input channels are these
-    channel_groups: int = 1        # blocks of a grouped conv these channels feed or leave; width is a multiple
+    in_modules: list[str] = field(default_factory=list)  # modules whose input channels are these
+    channel_groups: int = 1  # blocks of a grouped conv these channels feed or leave; width is a multiple
 
     @property
     def stage(self) -> str:
@@ -38,7 +38,7 @@ class PrunableGroup:
 
 
 def _short(name: str) -> str:
-    return name[len("backbone."):] if name.startswith("backbone.") else name
+    return name[len("backbone.") :] if name.startswith("backbone.") else name
 
 
 def _group_name(convs: list[str]) -> str:
@@ -82,8 +82,14 @@ class PruningGraph:
                 else:
                     ins.append(name)
             root_module = group[0].dep.target.module
-            pg = PrunableGroup(_group_name(convs), self.names[root_module],
-                               self.dg.get_out_channels(root_module), sorted(set(outs)), sorted(set(ins)), blocks)
+            pg = PrunableGroup(
+                _group_name(convs),
+                self.names[root_module],
+                self.dg.get_out_channels(root_module),
+                sorted(set(outs)),
+                sorted(set(ins)),
+                blocks,
+            )
             self.groups[pg.name] = pg
         order = {name: i for i, name in enumerate(self.modules)}
         self.groups = dict(sorted(self.groups.items(), key=lambda kv: order[kv[1].root]))
@@ -121,5 +127,7 @@ def check_blockwise(name: str, channels: int, blocks: int, remove: list[int]) ->
     size = channels // blocks
     offsets = {i for i in remove if i < size}
     if set(remove) != {o + k * size for o in offsets for k in range(blocks)}:
-        raise ValueError(f"group {name} feeds a grouped conv with {blocks} groups: remove the same channels "
-                         f"from each of its {blocks} blocks (a multiple of {blocks} channels)")
+        raise ValueError(
+            f"group {name} feeds a grouped conv with {blocks} groups: remove the same channels "
+            f"from each of its {blocks} blocks (a multiple of {blocks} channels)"
+        )

@@ -39,7 +39,7 @@ from autoprune.pruning.groups import PruningGraph
 
 FORMAT = "autoprune-latency/1"
 RUNTIMES = ("torch", "onnxruntime")
-CALIBRATION_KEEP = (1.0, 0.7, 0.45, 0.25)   # uniform keep fractions timed end to end to fit scale/offset
+CALIBRATION_KEEP = (1.0, 0.7, 0.45, 0.25)  # uniform keep fractions timed end to end to fit scale/offset
 
 # (module, input shape) -> seconds of each timed run; the real one uses a wall clock, tests a fake one.
 Measure = Callable[[nn.Module, tuple[int, ...]], list[float]]
@@ -83,23 +83,47 @@ def device_name(device: str = "cpu") -> str:
     return f"cpu: {name or platform.processor() or platform.machine()}"
 
 
-def make_key(arch: str, input_size: tuple[int, int], batch: int, runtime: str = "torch", device: str = "cpu",
-             threads: int | None = None, last_stride: int = 1, pooling: str = "avg", round_to: int = 8,
-             min_keep: float = 0.1, clock: str = "wall") -> TableKey:
+def make_key(
+    arch: str,
+    input_size: tuple[int, int],
+    batch: int,
+    runtime: str = "torch",
+    device: str = "cpu",
+    threads: int | None = None,
+    last_stride: int = 1,
+    pooling: str = "avg",
+    round_to: int = 8,
+    min_keep: float = 0.1,
+    clock: str = "wall",
+) -> TableKey:
     """The key of a table measured on this machine with these settings."""
     ort_version = None
     if runtime == "onnxruntime":
         ort_version = _onnxruntime().__version__
-    return TableKey(arch, int(last_stride), pooling, (int(input_size[0]), int(input_size[1])), int(batch), runtime,
-                    device_name(device), int(threads or torch.get_num_threads()), torch.__version__.split("+")[0],
-                    ort_version, int(round_to), float(min_keep), clock)
+    return TableKey(
+        arch,
+        int(last_stride),
+        pooling,
+        (int(input_size[0]), int(input_size[1])),
+        int(batch),
+        runtime,
+        device_name(device),
+        int(threads or torch.get_num_threads()),
+        torch.__version__.split("+")[0],
+        ort_version,
+        int(round_to),
+        float(min_keep),
+        clock,
+    )
 
 
 def _onnxruntime() -> Any:
     try:
         import onnxruntime
     except ImportError:
-        raise UserError("runtime onnxruntime is not installed; pip install onnx onnxruntime, or use --runtime torch") from None
+        raise UserError(
+            "runtime onnxruntime is not installed; pip install onnx onnxruntime, or use --runtime torch"
+        ) from None
     return onnxruntime
 
 
@@ -117,17 +141,30 @@ class ConvSite:
     dilation: tuple[int, int]
     groups: int
     in_hw: tuple[int, int]
-    bn: bool                      # followed directly by its BatchNorm (timed together, as the model runs them)
-    relu: bool = False            # and the BatchNorm by a ReLU
+    bn: bool  # followed directly by its BatchNorm (timed together, as the model runs them)
+    relu: bool = False  # and the BatchNorm by a ReLU
     in_group: str | None = None
     out_group: str | None = None
-    op: str = "conv"              # or "addrelu" (a ReLU after a residual addition), or "op" (pooling and the like)
-    module: str = ""              # the module an "op" site copies
+    op: str = "conv"  # or "addrelu" (a ReLU after a residual addition), or "op" (pooling and the like)
+    module: str = ""  # the module an "op" site copies
 
     def shape_key(self) -> tuple:
-        return (self.op, self.module.rsplit(".", 1)[-1] if self.op == "op" else "", self.cin, self.cout,
-                self.kernel, self.stride, self.padding, self.dilation, self.groups, self.in_hw, self.bn, self.relu,
-                self.in_group is None, self.out_group is None)
+        return (
+            self.op,
+            self.module.rsplit(".", 1)[-1] if self.op == "op" else "",
+            self.cin,
+            self.cout,
+            self.kernel,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+            self.in_hw,
+            self.bn,
+            self.relu,
+            self.in_group is None,
+            self.out_group is None,
+        )
 
 
 def conv_sites(graph: PruningGraph) -> list[ConvSite]:
@@ -140,8 +177,11 @@ def conv_sites(graph: PruningGraph) -> list[ConvSite]:
         order.append((name, mod, tuple(inp[0].shape)))
         ptrs.append((inp[0].data_ptr(), out.data_ptr() if isinstance(out, torch.Tensor) else -1))
 
-    hooks = [m.register_forward_hook(lambda mod, inp, out, _n=n: record(_n, mod, inp, out))
-             for n, m in model.named_modules() if len(list(m.children())) == 0]
+    hooks = [
+        m.register_forward_hook(lambda mod, inp, out, _n=n: record(_n, mod, inp, out))
+        for n, m in model.named_modules()
+        if len(list(m.children())) == 0
+    ]
     was = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -166,19 +206,34 @@ def conv_sites(graph: PruningGraph) -> list[ConvSite]:
         # the ReLU belongs to the unit when it reads the BatchNorm's result (not a residual sum elsewhere)
         relu = bn and i + 2 < len(order) and isinstance(order[i + 2][1], nn.ReLU) and ptrs[i + 2][0] == ptrs[i + 1][1]
         used.update(range(i, i + 1 + bn + relu))
-        sites.append(ConvSite(name, mod.in_channels, mod.out_channels, _pair(mod.kernel_size), _pair(mod.stride),
-                              _pair(mod.padding), _pair(mod.dilation), mod.groups, (shape[2], shape[3]), bn, relu,
-                              owner_in.get(name), owner_out.get(name)))
+        sites.append(
+            ConvSite(
+                name,
+                mod.in_channels,
+                mod.out_channels,
+                _pair(mod.kernel_size),
+                _pair(mod.stride),
+                _pair(mod.padding),
+                _pair(mod.dilation),
+                mod.groups,
+                (shape[2], shape[3]),
+                bn,
+                relu,
+                owner_in.get(name),
+                owner_out.get(name),
+            )
+        )
     return sites + _op_sites(order, used, sites)
 
 
-def _op_sites(order: list[tuple[str, nn.Module, tuple[int, ...]]], used: set[int],
-              convs: list[ConvSite]) -> list[ConvSite]:
+def _op_sites(
+    order: list[tuple[str, nn.Module, tuple[int, ...]]], used: set[int], convs: list[ConvSite]
+) -> list[ConvSite]:
     """Parameter-free ops outside the conv units (max pooling, the ReLU after a residual addition) whose
     channels are a prunable group's: their time follows that group's width too."""
     by_name = {c.name: c for c in convs}
     out = []
-    last: dict[int, ConvSite] = {}   # channels -> the latest conv producing that many
+    last: dict[int, ConvSite] = {}  # channels -> the latest conv producing that many
     for i, (name, mod, shape) in enumerate(order):
         if name in by_name:
             last[by_name[name].cout] = by_name[name]
@@ -188,8 +243,25 @@ def _op_sites(order: list[tuple[str, nn.Module, tuple[int, ...]]], used: set[int
         if src is None or src.out_group is None:
             continue  # fixed width: part of the fitted offset
         op = "addrelu" if isinstance(mod, nn.ReLU) else "op"
-        out.append(ConvSite(f"{name}@{i}", shape[1], shape[1], (1, 1), (1, 1), (0, 0), (1, 1), 1,
-                            (shape[2], shape[3]), False, False, None, src.out_group, op, name))
+        out.append(
+            ConvSite(
+                f"{name}@{i}",
+                shape[1],
+                shape[1],
+                (1, 1),
+                (1, 1),
+                (0, 0),
+                (1, 1),
+                1,
+                (shape[2], shape[3]),
+                False,
+                False,
+                None,
+                src.out_group,
+                op,
+                name,
+            )
+        )
     return out
 
 
@@ -234,8 +306,7 @@ class Kind:
         i0, i1, u = _bracket(self.cin, cin)
         j0, j1, v = _bracket(self.cout, cout)
         m = self.ms
-        return ((1 - u) * (1 - v) * m[i0][j0] + u * (1 - v) * m[i1][j0]
-                + (1 - u) * v * m[i0][j1] + u * v * m[i1][j1])
+        return (1 - u) * (1 - v) * m[i0][j0] + u * (1 - v) * m[i1][j0] + (1 - u) * v * m[i0][j1] + u * v * m[i1][j1]
 
 
 def _bracket(xs: list[int], x: int) -> tuple[int, int, float]:
@@ -253,7 +324,7 @@ class LatencyTable:
     """A measured table: its key, the layers (name -> kind index), the kinds' grids and the calibration."""
 
     key: TableKey
-    layers: dict[str, dict[str, Any]]    # conv name -> {"kind": i, "cin": base in, "cout": base out}
+    layers: dict[str, dict[str, Any]]  # conv name -> {"kind": i, "cin": base in, "cout": base out}
     kinds: list[Kind]
     scale: float = 1.0
     offset_ms: float = 0.0
@@ -261,9 +332,16 @@ class LatencyTable:
     seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": FORMAT, "key": asdict(self.key), "layers": self.layers,
-                "kinds": [asdict(k) for k in self.kinds], "scale": self.scale, "offset_ms": self.offset_ms,
-                "calibration": self.calibration, "seconds": self.seconds}
+        return {
+            "format": FORMAT,
+            "key": asdict(self.key),
+            "layers": self.layers,
+            "kinds": [asdict(k) for k in self.kinds],
+            "scale": self.scale,
+            "offset_ms": self.offset_ms,
+            "calibration": self.calibration,
+            "seconds": self.seconds,
+        }
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
@@ -277,18 +355,30 @@ class LatencyTable:
         """Read a table; anything unreadable or malformed is one UserError naming the file."""
         p = Path(path)
         if not p.is_file():
-            raise UserError(f"latency table {p} does not exist; make one with `autoprune latency profile ... --out {p}`")
+            raise UserError(
+                f"latency table {p} does not exist; make one with `autoprune latency profile ... --out {p}`"
+            )
         try:
             data = json.loads(p.read_text(encoding="utf-8"))
             if not isinstance(data, dict) or data.get("format") != FORMAT:
-                raise ValueError(f"format is {data.get('format') if isinstance(data, dict) else None!r}, not {FORMAT!r}")
-            table = cls(_parse_key(data["key"]), _parse_layers(data["layers"]), [_parse_kind(k) for k in data["kinds"]],
-                        _num(data["scale"], "scale"), _num(data["offset_ms"], "offset_ms"),
-                        list(data.get("calibration", [])), _num(data.get("seconds", 0.0), "seconds"))
+                raise ValueError(
+                    f"format is {data.get('format') if isinstance(data, dict) else None!r}, not {FORMAT!r}"
+                )
+            table = cls(
+                _parse_key(data["key"]),
+                _parse_layers(data["layers"]),
+                [_parse_kind(k) for k in data["kinds"]],
+                _num(data["scale"], "scale"),
+                _num(data["offset_ms"], "offset_ms"),
+                list(data.get("calibration", [])),
+                _num(data.get("seconds", 0.0), "seconds"),
+            )
             table._check()
         except (ValueError, KeyError, TypeError, IndexError, AttributeError, UnicodeDecodeError) as exc:
-            raise UserError(f"latency table {p} is corrupt ({type(exc).__name__}: {exc}); profile it again with "
-                            f"`autoprune latency profile`") from None
+            raise UserError(
+                f"latency table {p} is corrupt ({type(exc).__name__}: {exc}); profile it again with "
+                f"`autoprune latency profile`"
+            ) from None
         return table
 
     def _check(self) -> None:
@@ -340,23 +430,34 @@ def _parse_key(key: dict[str, Any]) -> TableKey:
     min_keep = _num(key["min_keep"], "key.min_keep")
     if not 0 < min_keep <= 1:
         raise ValueError(f"key.min_keep is {min_keep}, outside (0, 1]")
-    return TableKey(_str(key["arch"], "key.arch"), _int(key["last_stride"], "key.last_stride", 1, 4),
-                    _str(key["pooling"], "key.pooling"),
-                    (_int(size[0], "key.input_size", 1, MAX_SIDE), _int(size[1], "key.input_size", 1, MAX_SIDE)),
-                    _int(key["batch"], "key.batch", 1, MAX_BATCH), _str(key["runtime"], "key.runtime"),
-                    _str(key["device"], "key.device"), _int(key["threads"], "key.threads", 1, 4096),
-                    _str(key["torch"], "key.torch"), None if ort is None else _str(ort, "key.onnxruntime"),
-                    _int(key["round_to"], "key.round_to", 1, MAX_WIDTH), min_keep,
-                    _str(key.get("clock", "wall"), "key.clock"))
+    return TableKey(
+        _str(key["arch"], "key.arch"),
+        _int(key["last_stride"], "key.last_stride", 1, 4),
+        _str(key["pooling"], "key.pooling"),
+        (_int(size[0], "key.input_size", 1, MAX_SIDE), _int(size[1], "key.input_size", 1, MAX_SIDE)),
+        _int(key["batch"], "key.batch", 1, MAX_BATCH),
+        _str(key["runtime"], "key.runtime"),
+        _str(key["device"], "key.device"),
+        _int(key["threads"], "key.threads", 1, 4096),
+        _str(key["torch"], "key.torch"),
+        None if ort is None else _str(ort, "key.onnxruntime"),
+        _int(key["round_to"], "key.round_to", 1, MAX_WIDTH),
+        min_keep,
+        _str(key.get("clock", "wall"), "key.clock"),
+    )
 
 
 def _parse_layers(layers: dict[str, Any]) -> dict[str, dict[str, Any]]:
     if not isinstance(layers, dict) or len(layers) > MAX_LAYERS:
         raise TypeError(f"layers is not a mapping of at most {MAX_LAYERS} layers")
-    return {_str(n, "a layer name"): {"kind": _int(v["kind"], f"layer {n} kind", 0, MAX_LAYERS),
-                                      "cin": _int(v["cin"], f"layer {n} cin", 1, MAX_WIDTH),
-                                      "cout": _int(v["cout"], f"layer {n} cout", 1, MAX_WIDTH)}
-            for n, v in layers.items()}
+    return {
+        _str(n, "a layer name"): {
+            "kind": _int(v["kind"], f"layer {n} kind", 0, MAX_LAYERS),
+            "cin": _int(v["cin"], f"layer {n} cin", 1, MAX_WIDTH),
+            "cout": _int(v["cout"], f"layer {n} cout", 1, MAX_WIDTH),
+        }
+        for n, v in layers.items()
+    }
 
 
 def _parse_kind(k: dict[str, Any]) -> Kind:
@@ -374,8 +475,14 @@ def _parse_kind(k: dict[str, Any]) -> Kind:
 CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
-def wall_measure(runtime: str = "torch", device: str = "cpu", threads: int | None = None, repeats: int = 7,
-                 warmup: int = 2, clock: str = "wall") -> Measure:
+def wall_measure(
+    runtime: str = "torch",
+    device: str = "cpu",
+    threads: int | None = None,
+    repeats: int = 7,
+    warmup: int = 2,
+    clock: str = "wall",
+) -> Measure:
     """The real clock: ``repeats`` timed runs of a module (after ``warmup``) in the given runtime.
 
     ``clock="cpu"`` times the process's CPU time instead of wall time: on a machine shared with other jobs
@@ -394,6 +501,7 @@ def wall_measure(runtime: str = "torch", device: str = "cpu", threads: int | Non
                 run()
                 times.append(now() - t0)
         return times
+
     return measure
 
 
@@ -412,8 +520,9 @@ class _threads:
         torch.set_num_threads(self.old)
 
 
-def _runner(module: nn.Module, shape: tuple[int, ...], runtime: str, device: str,
-            threads: int | None) -> Callable[[], Any]:
+def _runner(
+    module: nn.Module, shape: tuple[int, ...], runtime: str, device: str, threads: int | None
+) -> Callable[[], Any]:
     module = module.eval()
     if runtime == "onnxruntime":
         ort = _onnxruntime()
@@ -437,6 +546,7 @@ def _runner(module: nn.Module, shape: tuple[int, ...], runtime: str, device: str
         with torch.inference_mode():
             module(x)
         sync()
+
     return run
 
 
@@ -454,11 +564,16 @@ def _unit(site: ConvSite, cin: int, cout: int, model: nn.Module) -> nn.Module:
     conv = nn.Conv2d(cin, cout, site.kernel, site.stride, site.padding, site.dilation, groups=g, bias=False)
     if not site.bn:
         return conv
-    return nn.Sequential(conv, nn.BatchNorm2d(cout), nn.ReLU(inplace=True)) if site.relu else nn.Sequential(conv, nn.BatchNorm2d(cout))
+    return (
+        nn.Sequential(conv, nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+        if site.relu
+        else nn.Sequential(conv, nn.BatchNorm2d(cout))
+    )
 
 
-def plan(sites: list[ConvSite], widths: dict[str, int], round_to: int, min_keep: float,
-         points: int) -> tuple[dict[str, dict[str, Any]], list[tuple[ConvSite, Kind]]]:
+def plan(
+    sites: list[ConvSite], widths: dict[str, int], round_to: int, min_keep: float, points: int
+) -> tuple[dict[str, dict[str, Any]], list[tuple[ConvSite, Kind]]]:
     """The layers -> kinds map and, per distinct kind, its grid of widths to measure."""
     layers: dict[str, dict[str, Any]] = {}
     kinds: list[tuple[ConvSite, Kind]] = []
@@ -474,8 +589,14 @@ def plan(sites: list[ConvSite], widths: dict[str, int], round_to: int, min_keep:
     return layers, kinds
 
 
-def profile(model: nn.Module, key: TableKey, measure: Measure, points: int = 6, progress: bool = True,
-            calibration_keep: tuple[float, ...] = CALIBRATION_KEEP) -> LatencyTable:
+def profile(
+    model: nn.Module,
+    key: TableKey,
+    measure: Measure,
+    points: int = 6,
+    progress: bool = True,
+    calibration_keep: tuple[float, ...] = CALIBRATION_KEEP,
+) -> LatencyTable:
     """Measure every layer kind of ``model`` on its grid, then fit the rest against whole pruned models."""
     from tqdm.auto import tqdm
 
@@ -488,8 +609,14 @@ def profile(model: nn.Module, key: TableKey, measure: Measure, points: int = 6, 
     bar = tqdm(total=total, desc="latency profile", unit="pt", disable=not progress, leave=False)
     b = key.batch
     for site, kind in kinds:
-        kind.ms = [[median_ms(measure(_unit(site, ci, co, model), (b, ci if site.op == "conv" else co, *site.in_hw)))
-                    for co in kind.cout if not bar.update(1)] for ci in kind.cin]
+        kind.ms = [
+            [
+                median_ms(measure(_unit(site, ci, co, model), (b, ci if site.op == "conv" else co, *site.in_hw)))
+                for co in kind.cout
+                if not bar.update(1)
+            ]
+            for ci in kind.cin
+        ]
     for _, kind in kinds:
         kind.ms = monotone(kind.ms)
     table = LatencyTable(key, layers, [k for _, k in kinds])
@@ -524,24 +651,31 @@ def fit_calibration(points: list[dict[str, float]]) -> tuple[float, float]:
     ys = [p["measured_ms"] for p in points]
     if not points:
         return 1.0, 0.0
-    slopes = [(ys[j] - ys[i]) / (xs[j] - xs[i]) for i in range(len(xs)) for j in range(i + 1, len(xs))
-              if abs(xs[j] - xs[i]) > 1e-9 * max(xs)]
+    slopes = [
+        (ys[j] - ys[i]) / (xs[j] - xs[i])
+        for i in range(len(xs))
+        for j in range(i + 1, len(xs))
+        if abs(xs[j] - xs[i]) > 1e-9 * max(xs)
+    ]
     scale = statistics.median(slopes) if slopes else 1.0
     if not 0.5 <= scale <= 2.0:
         scale = 1.0
     return scale, statistics.median(y - scale * x for x, y in zip(xs, ys))
 
 
-def calibration_policies(widths: dict[str, int], key: TableKey,
-                         keeps: tuple[float, ...]) -> list[tuple[float, dict[str, int]]]:
+def calibration_policies(
+    widths: dict[str, int], key: TableKey, keeps: tuple[float, ...]
+) -> list[tuple[float, dict[str, int]]]:
     """Uniform policies at ``keeps``, then as many random ones (seeded): the fit must not see only uniform shapes."""
     import random
 
     rng = random.Random(0)
     out = [(k, uniform_widths(widths, k, key.round_to, key.min_keep)) for k in keeps]
     for _ in keeps:
-        per = {n: uniform_widths({n: b}, rng.uniform(key.min_keep, 1.0), key.round_to, key.min_keep)[n]
-               for n, b in widths.items()}
+        per = {
+            n: uniform_widths({n: b}, rng.uniform(key.min_keep, 1.0), key.round_to, key.min_keep)[n]
+            for n, b in widths.items()
+        }
         out.append((-1.0, per))
     return out
 
@@ -576,10 +710,13 @@ class LatencyModel:
         self.base_widths = graph.widths()
         names = {s.name for s in self.sites}
         if names != set(table.layers) or any(
-                (table.layers[s.name]["cin"], table.layers[s.name]["cout"]) != (s.cin, s.cout) for s in self.sites):
-            raise UserError(f"the latency table was profiled for another architecture ({table.key.arch}, "
-                            f"{len(table.layers)} convolutions) than this model ({len(self.sites)}); "
-                            f"profile this one with `autoprune latency profile`")
+            (table.layers[s.name]["cin"], table.layers[s.name]["cout"]) != (s.cin, s.cout) for s in self.sites
+        ):
+            raise UserError(
+                f"the latency table was profiled for another architecture ({table.key.arch}, "
+                f"{len(table.layers)} convolutions) than this model ({len(self.sites)}); "
+                f"profile this one with `autoprune latency profile`"
+            )
         self._terms = [(table.kinds[table.layers[s.name]["kind"]], s) for s in self.sites]
 
     def layers_ms(self, widths: dict[str, int]) -> float:
@@ -600,17 +737,25 @@ class LatencyModel:
 def check_table(table: LatencyTable, expected: TableKey, source: str) -> None:
     """Refuse a table measured for another architecture, input, batch or width rounding (one line each)."""
     k = table.key
-    for attr, what in (("arch", "architecture"), ("last_stride", "last stride"), ("input_size", "input size"),
-                       ("batch", "batch size")):
+    for attr, what in (
+        ("arch", "architecture"),
+        ("last_stride", "last stride"),
+        ("input_size", "input size"),
+        ("batch", "batch size"),
+    ):
         have, want = getattr(k, attr), getattr(expected, attr)
         if have != want:
             hint = {"batch": "budget.latency_batch"}.get(attr, "model." + attr)
-            raise UserError(f"latency table {source} was profiled for {what} {_fmt(have)}, but this search uses "
-                            f"{_fmt(want)} ({hint}); profile it again with matching settings")
+            raise UserError(
+                f"latency table {source} was profiled for {what} {_fmt(have)}, but this search uses "
+                f"{_fmt(want)} ({hint}); profile it again with matching settings"
+            )
     if k.min_keep > expected.min_keep + 1e-9 or expected.round_to % k.round_to:
-        raise UserError(f"latency table {source} covers widths from budget.min_keep={k.min_keep} in steps of "
-                        f"{k.round_to}, but the search uses min_keep={expected.min_keep}, round_to="
-                        f"{expected.round_to}; profile it with --min-keep/--round-to matching the budget")
+        raise UserError(
+            f"latency table {source} covers widths from budget.min_keep={k.min_keep} in steps of "
+            f"{k.round_to}, but the search uses min_keep={expected.min_keep}, round_to="
+            f"{expected.round_to}; profile it with --min-keep/--round-to matching the budget"
+        )
 
 
 def _fmt(v: Any) -> str:
@@ -645,7 +790,6 @@ def measure_model(model: nn.Module, key: TableKey, measure: Measure) -> dict[str
     return {"median_ms": statistics.median(times), "q1_ms": q[0], "q3_ms": q[2], "runs": len(times)}
 
 
-
 # -- in a search -----------------------------------------------------------------------------------
 class EndToEnd:
     """Times whole pruned models on this machine (the table's device), so a projection can be tightened."""
@@ -665,8 +809,9 @@ class EndToEnd:
                 self._memo[k] = t
         return self._memo[k]
 
-    def tighten(self, counts: dict[str, int], reproject: Callable[[float], dict[str, int]],
-                limit_ms: float) -> dict[str, int]:
+    def tighten(
+        self, counts: dict[str, int], reproject: Callable[[float], dict[str, int]], limit_ms: float
+    ) -> dict[str, int]:
         """Counts whose measured upper quartile meets ``limit_ms``: while over, project again under the
         predicted limit scaled down by the overshoot. Gives up (keeping the last counts) when nothing smaller
         is allowed. The upper quartile, not the median: a model accepted at a median just under the limit is
@@ -689,12 +834,27 @@ class EndToEnd:
 def expected_key(cfg: dict[str, Any], device: str = "cpu") -> TableKey:
     """The key a table must have for this search (runtime torch, this machine's threads)."""
     m, b = cfg["model"], cfg["budget"]
-    return make_key(m["arch"], tuple(m["input_size"]), b["latency_batch"], "torch", device, None,
-                    m["last_stride"], m["pooling"], b["round_to"], b["min_keep"])
+    return make_key(
+        m["arch"],
+        tuple(m["input_size"]),
+        b["latency_batch"],
+        "torch",
+        device,
+        None,
+        m["last_stride"],
+        m["pooling"],
+        b["round_to"],
+        b["min_keep"],
+    )
 
 
-def load_or_profile(cfg: dict[str, Any], model: nn.Module, device: str = "cpu", progress: bool = False,
-                    log: Callable[[str], None] = print) -> LatencyTable:
+def load_or_profile(
+    cfg: dict[str, Any],
+    model: nn.Module,
+    device: str = "cpu",
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+) -> LatencyTable:
     """``budget.latency_table`` (checked against this search), or this machine's table from the cache
     (``data.root/latency/``), profiled now if it is not there yet."""
     want = expected_key(cfg, device)
@@ -706,15 +866,23 @@ def load_or_profile(cfg: dict[str, Any], model: nn.Module, device: str = "cpu", 
     cache = Path(cfg["data"]["root"]) / "latency" / f"{want.arch}-{want.digest()}.json"
     if cache.is_file():
         return LatencyTable.load(cache)
-    log(f"latency: profiling {want.arch} at {_fmt(want.input_size)}, batch {want.batch}, on this machine "
-        f"({want.device}, {want.threads} threads); cached in {cache}")
+    log(
+        f"latency: profiling {want.arch} at {_fmt(want.input_size)}, batch {want.batch}, on this machine "
+        f"({want.device}, {want.threads} threads); cached in {cache}"
+    )
     table = profile(model, want, wall_measure(want.runtime, device, want.threads, clock=want.clock), progress=progress)
     table.save(cache)
     return table
 
 
-def latency_budget(cfg: dict[str, Any], graph: PruningGraph, budget: Any, device: str = "cpu",
-                   progress: bool = False, log: Callable[[str], None] = print) -> tuple[Any, EndToEnd | None]:
+def latency_budget(
+    cfg: dict[str, Any],
+    graph: PruningGraph,
+    budget: Any,
+    device: str = "cpu",
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+) -> tuple[Any, EndToEnd | None]:
     """``budget`` with the latency limit attached, and an end-to-end checker when this machine is the
     table's device (None elsewhere: the table is then trusted as measured)."""
     from dataclasses import replace
@@ -724,8 +892,9 @@ def latency_budget(cfg: dict[str, Any], graph: PruningGraph, budget: Any, device
     budget = replace(budget, latency_ms=float(cfg["budget"]["latency_ms"]), latency=latency)
     checker = None
     if same_device(table.key):
-        measure = wall_measure(table.key.runtime, table_device(table.key), table.key.threads, repeats=20,
-                               clock=table.key.clock)
+        measure = wall_measure(
+            table.key.runtime, table_device(table.key), table.key.threads, repeats=20, clock=table.key.clock
+        )
         checker = EndToEnd(latency, graph.model, measure)
     return budget, checker
 
@@ -737,19 +906,29 @@ def trial_latency_ms(latency: LatencyModel, counts: dict[str, int]) -> float | N
     return round(latency.predict_ms({**latency.base_widths, **counts}), 4)
 
 
-def latency_entry(budget: Any, checker: EndToEnd | None, model: nn.Module, widths: dict[str, int],
-                  runs: int = 50) -> dict[str, Any]:
+def latency_entry(
+    budget: Any, checker: EndToEnd | None, model: nn.Module, widths: dict[str, int], runs: int = 50
+) -> dict[str, Any]:
     """A model's latency for report.json: the median of ``runs`` timed runs on this machine when it is the
     table's device (with the inter-quartile spread), else the table's prediction."""
     predicted = budget.latency.predict_ms(widths)
-    out: dict[str, Any] = {"latency_ms": round(predicted, 4), "latency_spread_ms": None,
-                           "latency_predicted_ms": round(predicted, 4), "latency_measured": False}
+    out: dict[str, Any] = {
+        "latency_ms": round(predicted, 4),
+        "latency_spread_ms": None,
+        "latency_predicted_ms": round(predicted, 4),
+        "latency_measured": False,
+    }
     if checker is not None:
         key = checker.key
-        t = measure_model(model, key, wall_measure(key.runtime, table_device(key), key.threads, repeats=runs,
-                                                   clock=key.clock))
-        out.update(latency_ms=round(t["median_ms"], 4), latency_spread_ms=[round(t["q1_ms"], 4), round(t["q3_ms"], 4)],
-                   latency_measured=True, latency_runs=runs)
+        t = measure_model(
+            model, key, wall_measure(key.runtime, table_device(key), key.threads, repeats=runs, clock=key.clock)
+        )
+        out.update(
+            latency_ms=round(t["median_ms"], 4),
+            latency_spread_ms=[round(t["q1_ms"], 4), round(t["q3_ms"], 4)],
+            latency_measured=True,
+            latency_runs=runs,
+        )
     return out
 
 
@@ -757,7 +936,13 @@ def budget_entry(budget: Any, cfg: dict[str, Any], checker: EndToEnd | None) -> 
     """The latency side of report.json's ``budget``; ``latency_timed_here`` says whether this machine is the
     table's device (policies tightened and models timed end to end here) or the latencies are the table's."""
     k = budget.latency.table.key
-    return {"latency_ms": budget.latency_ms, "latency_batch": k.batch, "latency_unit": "ms per image",
-            "latency_device": k.device, "latency_threads": k.threads, "latency_runtime": k.runtime,
-            "latency_table": cfg["budget"]["latency_table"] or "profiled on this machine",
-            "latency_timed_here": checker is not None}
+    return {
+        "latency_ms": budget.latency_ms,
+        "latency_batch": k.batch,
+        "latency_unit": "ms per image",
+        "latency_device": k.device,
+        "latency_threads": k.threads,
+        "latency_runtime": k.runtime,
+        "latency_table": cfg["budget"]["latency_table"] or "profiled on this machine",
+        "latency_timed_here": checker is not None,
+    }

@@ -39,6 +39,8 @@ def load_pruned(path: str | Path, host: Any = None) -> ReIDNet:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise UserError(f"{path}: weights do not match the saved architecture ({str(exc).splitlines()[0]}); "
-                        f"the file is corrupt or was edited") from None
+        raise UserError(
+            f"{path}: weights do not match the saved architecture ({str(exc).splitlines()[0]}); "
+            f"the file is corrupt or was edited"
+        ) from None
     return model.eval()

@@ -9,8 +9,9 @@ from autoprune.criteria import BaseCriterion, CriterionContext
 from autoprune.pruning.groups import PruningGraph
 
 
-def score_groups(model: nn.Module, criterion: BaseCriterion, ctx: CriterionContext,
-                 groups: list[str] | None = None) -> dict[str, torch.Tensor]:
+def score_groups(
+    model: nn.Module, criterion: BaseCriterion, ctx: CriterionContext, groups: list[str] | None = None
+) -> dict[str, torch.Tensor]:
     """Scores of every channel of every (or the named) group, computed before any channel is removed."""
     criterion.prepare(model, ctx)
     out = {}
@@ -37,8 +38,10 @@ def lowest(scores: torch.Tensor, remove: int, channel_groups: int = 1) -> list[i
         return []
     if channel_groups > 1:
         if remove % channel_groups or scores.numel() % channel_groups:
-            raise ValueError(f"{remove} of {scores.numel()} channels cannot be removed evenly from "
-                             f"{channel_groups} conv groups; use a multiple of {channel_groups}")
+            raise ValueError(
+                f"{remove} of {scores.numel()} channels cannot be removed evenly from "
+                f"{channel_groups} conv groups; use a multiple of {channel_groups}"
+            )
         size = scores.numel() // channel_groups
         summed = torch.nan_to_num(scores.reshape(channel_groups, size).sum(dim=0), nan=float("-inf"))
         offsets = lowest(summed, remove // channel_groups)

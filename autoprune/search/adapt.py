@@ -36,8 +36,12 @@ PARTIAL, STATE = "adapted.partial.pt", "adapted.state.pt"
 def adaptation_key(cfg: dict[str, Any]) -> str:
     """What determines the adapted model: the baseline, the target data, the trial's training recipe, the seed."""
     t = cfg["trial"]
-    part = {"baseline": baseline_key(cfg), "data": cfg["data"],
-            "trial": {"lr": t["lr"], "adapt_epochs": t["adapt_epochs"]}, "seed": cfg["seed"]}
+    part = {
+        "baseline": baseline_key(cfg),
+        "data": cfg["data"],
+        "trial": {"lr": t["lr"], "adapt_epochs": t["adapt_epochs"]},
+        "seed": cfg["seed"],
+    }
     return config_hash({"a": part}, ("a",))
 
 
@@ -84,8 +88,10 @@ def _adapt(env: SearchEnv, run_dir: Path, key: str, log: Callable[[str], None]) 
             resume, saved_model = saved, load_pruned(partial).train()
             log(f"adapt: resuming the adaptation at epoch {int(saved['epoch']) + 1}/{env.adapt_epochs}")
     if resume is None:
-        log(f"adapt: fine-tuning the unpruned model on the target for {env.adapt_epochs} epochs, once for the "
-            f"whole search (teacher and starting point of every trial)")
+        log(
+            f"adapt: fine-tuning the unpruned model on the target for {env.adapt_epochs} epochs, once for the "
+            f"whole search (teacher and starting point of every trial)"
+        )
 
     model = saved_model if saved_model is not None else copy.deepcopy(env.baseline)
 
@@ -98,13 +104,19 @@ def _adapt(env: SearchEnv, run_dir: Path, key: str, log: Callable[[str], None]) 
     start = time.perf_counter()
     adapted = env.adapt(model, resume=resume, checkpoint=checkpoint)
     metrics = env.evaluate(adapted, env.target)
-    meta = {"key": key, "epochs": env.adapt_epochs, "seconds": round(time.perf_counter() - start, 2),
-            "target_rank1": metrics["rank1"], "target_val_rank1": metrics.get("val", {}).get("rank1")}
+    meta = {
+        "key": key,
+        "epochs": env.adapt_epochs,
+        "seconds": round(time.perf_counter() - start, 2),
+        "target_rank1": metrics["rank1"],
+        "target_val_rank1": metrics.get("val", {}).get("rank1"),
+    }
     save_pruned(adapted, own_file(run_dir, MODEL), extra={"adapted_epochs": env.adapt_epochs})
     write_json(own_file(run_dir, META), meta)
     partial.unlink(missing_ok=True)
     state.unlink(missing_ok=True)
-    log(f"adapt: done in {meta['seconds']:.0f} s; adapted unpruned model target val rank-1 "
-        f"{meta['target_val_rank1'] if meta['target_val_rank1'] is not None else metrics['rank1']:.3f}")
+    log(
+        f"adapt: done in {meta['seconds']:.0f} s; adapted unpruned model target val rank-1 "
+        f"{meta['target_val_rank1'] if meta['target_val_rank1'] is not None else metrics['rank1']:.3f}"
+    )
     return adapted, meta
-

@@ -37,7 +37,9 @@ def make_sampler(name: str, seed: int, multi: bool) -> optuna.samplers.BaseSampl
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "cmaes":
         if multi:
-            raise UserError("search.sampler cmaes is single-objective; use nsga2 or tpe with search.objectives rank1+macs")
+            raise UserError(
+                "search.sampler cmaes is single-objective; use nsga2 or tpe with search.objectives rank1+macs"
+            )
         try:
             import cmaes  # noqa: F401
         except ImportError:
@@ -58,13 +60,15 @@ def check_warm_start(policies: Any, space: Any) -> None:
             problem = f"got {policy!r}"
         elif unknown := sorted(map(str, set(policy) - set(space.params) - {"macs_ratio"})):
             problem = f"unknown parameter(s) {unknown[:3]} (parameters are e.g. {', '.join(list(space.params)[:4])})"
-        elif bad := [k for k, v in policy.items() if isinstance(v, bool) or not isinstance(v, (int, float))
-                     or not 0 < v <= 1]:
+        elif bad := [
+            k for k, v in policy.items() if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1
+        ]:
             problem = f"{bad[0]}: {policy[bad[0]]!r} is not a keep ratio in (0, 1]"
         else:
             continue
-        raise UserError(f"search.warm_start entries must map search-space parameters to keep ratios, "
-                        f"e.g. {example}; {problem}")
+        raise UserError(
+            f"search.warm_start entries must map search-space parameters to keep ratios, e.g. {example}; {problem}"
+        )
 
 
 def warm_start_policies(env: Any, search: SearchSettings, with_global: bool = False) -> list[dict[str, float]]:

@@ -82,8 +82,9 @@ def make_pruner(name: str, multi: bool, max_epochs: int = 0, reduction_factor: i
     if name == "none" or multi:  # Optuna prunes single-objective studies only
         return optuna.pruners.NopPruner()
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(1, max_epochs) if max_epochs else "auto",
-                                              reduction_factor=reduction_factor)
+        return optuna.pruners.HyperbandPruner(
+            min_resource=1, max_resource=max(1, max_epochs) if max_epochs else "auto", reduction_factor=reduction_factor
+        )
     if name == "successive_halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=reduction_factor)
     # The first epoch after pruning says little about the last (the demo stopped 14 of 20 trials there),
@@ -98,18 +99,20 @@ def storage_url(cfg: dict[str, Any], run_dir: Path) -> str | optuna.storages.Bas
     if url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend
 
-        path = url[len("journal:"):]
+        path = url[len("journal:") :]
         return optuna.storages.JournalStorage(JournalFileBackend(path))
     if url.startswith(("sqlite:", "postgresql", "mysql")):
         if url.startswith("postgresql://") and _has_module("psycopg2") and not _has_module("psycopg"):
             # SQLAlchemy 2.1 defaults postgresql:// to psycopg 3; use psycopg2 when only it is installed.
-            url = "postgresql+psycopg2://" + url[len("postgresql://"):]
+            url = "postgresql+psycopg2://" + url[len("postgresql://") :]
         # A heartbeat lets other workers fail a trial whose worker died, instead of waiting forever.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=90)
-    raise UserError(f"search.storage {redact(url)!r} is not a database URL or journal:PATH; "
-                    f"use e.g. postgresql://user@host/db or journal:/shared/study.log")
+    raise UserError(
+        f"search.storage {redact(url)!r} is not a database URL or journal:PATH; "
+        f"use e.g. postgresql://user@host/db or journal:/shared/study.log"
+    )
 
 
 def _has_module(name: str) -> bool:
@@ -123,12 +126,16 @@ def _storage_error(cfg: dict[str, Any], exc: Exception) -> UserError:
     url = str(cfg["search"]["storage"])
     if isinstance(exc, ImportError):
         scheme = url.split("://", 1)[0]
-        reason = (f"the database driver for {scheme}:// is not installed; install it (e.g. pip install "
-                  f"psycopg2-binary for postgresql) or use journal:PATH")
+        reason = (
+            f"the database driver for {scheme}:// is not installed; install it (e.g. pip install "
+            f"psycopg2-binary for postgresql) or use journal:PATH"
+        )
     else:
         reason = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
-    return UserError(f"cannot open the study storage {redact(url)}: {redact(reason, url)}; "
-                     f"check search.storage and that the database is reachable")
+    return UserError(
+        f"cannot open the study storage {redact(url)}: {redact(reason, url)}; "
+        f"check search.storage and that the database is reachable"
+    )
 
 
 def open_storage(cfg: dict[str, Any], run_dir: Path) -> optuna.storages.BaseStorage:
@@ -168,20 +175,27 @@ def open_study(cfg: dict[str, Any], storage: optuna.storages.BaseStorage) -> opt
     multi = search.multi_objective
     directions: list[Literal["maximize", "minimize"]] = ["maximize", "minimize"] if multi else ["maximize"]
     name = search.study_name or STUDY_NAME
-    seed = sampler_seed(cfg["seed"], _existing_trials(storage, name),
-                        os.getpid() if search.storage is not None else None)
+    seed = sampler_seed(
+        cfg["seed"], _existing_trials(storage, name), os.getpid() if search.storage is not None else None
+    )
     try:
-        return optuna.create_study(storage=storage, study_name=name,
-                                   sampler=make_sampler(search.sampler, seed, multi),
-                                   pruner=make_pruner(search.pruner, multi, TrialSettings.from_config(cfg).finetune_epochs,
-                                                      search.reduction_factor),
-                                   directions=directions,
-                                   load_if_exists=True)
+        return optuna.create_study(
+            storage=storage,
+            study_name=name,
+            sampler=make_sampler(search.sampler, seed, multi),
+            pruner=make_pruner(
+                search.pruner, multi, TrialSettings.from_config(cfg).finetune_epochs, search.reduction_factor
+            ),
+            directions=directions,
+            load_if_exists=True,
+        )
     except UserError:
         raise
     except ValueError as exc:
-        raise UserError(f"the study in {redact(str(search.storage or 'the run directory'))} does not match this config "
-                        f"({exc}); use another --out or search.study_name") from None
+        raise UserError(
+            f"the study in {redact(str(search.storage or 'the run directory'))} does not match this config "
+            f"({exc}); use another --out or search.study_name"
+        ) from None
     except Exception as exc:
         raise _storage_error(cfg, exc) from None
 
@@ -191,16 +205,24 @@ def record_of(trial: optuna.trial.FrozenTrial) -> TrialRecord:
     stored = trial.user_attrs.get("record", {})
     fields = {}
     if trial.state == TrialState.FAIL and not stored.get("error"):
-        fields["error"] = (INTERRUPTED_ERROR if trial.user_attrs.get(INTERRUPTED)
-                           else "failed, no error recorded (the process running it may have stopped)")
+        fields["error"] = (
+            INTERRUPTED_ERROR
+            if trial.user_attrs.get(INTERRUPTED)
+            else "failed, no error recorded (the process running it may have stopped)"
+        )
     return records.record_of(trial.number, trial.state.name, trial.params, stored, **fields)
 
 
 class OptunaBackend:
     """Runs trials in this process against a (possibly shared) Optuna study."""
 
-    def __init__(self, env: SearchEnv, run_dir: Path, on_trial: Callable[[TrialRecord], None] | None = None,
-                 save_model: Callable[[int, TrialResult], str] | None = None) -> None:
+    def __init__(
+        self,
+        env: SearchEnv,
+        run_dir: Path,
+        on_trial: Callable[[TrialRecord], None] | None = None,
+        save_model: Callable[[int, TrialResult], str] | None = None,
+    ) -> None:
         self.env, self.run_dir = env, run_dir
         self.on_trial = on_trial
         self.save_model = save_model
@@ -298,11 +320,17 @@ class OptunaBackend:
             from autoprune.search.screening import keep_candidate
 
             trial.set_user_attr("screen_score", score)
-            previous = [t.user_attrs["screen_score"] for t in self.study.get_trials(deepcopy=False)
-                        if t.number != trial.number and "screen_score" in t.user_attrs]
+            previous = [
+                t.user_attrs["screen_score"]
+                for t in self.study.get_trials(deepcopy=False)
+                if t.number != trial.number and "screen_score" in t.user_attrs
+            ]
             if not keep_candidate(score, previous, screening.keep_fraction, screening.candidates):
-                raise TrialPruned(f"screened out: adaptive-BN rank-1 {score:.3f} is not in the best "
-                                  f"{screening.keep_fraction:.0%} of {len(previous)} candidates")
+                raise TrialPruned(
+                    f"screened out: adaptive-BN rank-1 {score:.3f} is not in the best "
+                    f"{screening.keep_fraction:.0%} of {len(previous)} candidates"
+                )
+
         return screen
 
     def objective(self, trial: optuna.Trial) -> float | tuple[float, float]:
@@ -399,8 +427,9 @@ class OptunaBackend:
             optimize_log.addFilter(quiet)
             try:
                 # catch=(Exception,): a failing trial is recorded as FAIL and the search goes on.
-                self.study.optimize(self.objective, n_trials=n_trials - done, timeout=timeout,
-                                    catch=(Exception,), callbacks=[callback])
+                self.study.optimize(
+                    self.objective, n_trials=n_trials - done, timeout=timeout, catch=(Exception,), callbacks=[callback]
+                )
             except Exception as exc:
                 # Optuna could not store the trial's end (SQLite on the full disk) and raised an error of its own.
                 if (full := self._disk_full or disk_full(exc)) is None:

@@ -44,13 +44,15 @@ try:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
     from ray.tune.search.optuna import OptunaSearch
 except ImportError as _exc:  # pragma: no cover - ray[tune] is a declared dependency
-    raise UserError(f"search.backend ray needs Ray Tune ({_exc}); install it with: pip install 'ray[tune]', "
-                    f"or use search.backend optuna") from None
+    raise UserError(
+        f"search.backend ray needs Ray Tune ({_exc}); install it with: pip install 'ray[tune]', "
+        f"or use search.backend optuna"
+    ) from None
 
-EXPERIMENT = "autoprune"          # <run_dir>/ray/autoprune holds the Tune experiment
-NUMBER = "autoprune_trial"        # config key carrying the Optuna trial number to the worker
-RECORD = "record.json"            # the checkpoint's one file
-RETRIES = 2                       # times a trial is run again after its worker process or node died
+EXPERIMENT = "autoprune"  # <run_dir>/ray/autoprune holds the Tune experiment
+NUMBER = "autoprune_trial"  # config key carrying the Optuna trial number to the worker
+RECORD = "record.json"  # the checkpoint's one file
+RETRIES = 2  # times a trial is run again after its worker process or node died
 
 # The backend whose run() is in progress in this (driver) process. Tune pickles its callbacks and searcher
 # into the experiment for Tuner.restore; they find the live backend here instead of holding it.
@@ -58,7 +60,7 @@ _live: RayBackend | None = None
 
 
 # -- worker side ---------------------------------------------------------------------------------------------
-_ENV: dict[str, SearchEnv] = {}   # one SearchEnv per worker process, reused by the trials it runs
+_ENV: dict[str, SearchEnv] = {}  # one SearchEnv per worker process, reused by the trials it runs
 
 
 def _worker_env(cfg: dict[str, Any], baseline: Any, adapted: Any = None) -> SearchEnv:
@@ -102,18 +104,34 @@ def _replay(record: Path, number: int, search: SearchSettings, *, replayed: bool
     try:
         done = TrialRecord.from_json(json.loads(record.read_text()) | {"number": number, "state": ""})
     except (OSError, ValueError, TypeError, KeyError) as exc:
-        raise UserError(f"{record} is not a record autoprune wrote ({exc}); delete it and rerun the same "
-                        f"command to run trial {number} again") from None
+        raise UserError(
+            f"{record} is not a record autoprune wrote ({exc}); delete it and rerun the same "
+            f"command to run trial {number} again"
+        ) from None
     with tempfile.TemporaryDirectory() as tmp:
         Path(tmp, RECORD).write_bytes(record.read_bytes())
         # "replayed": the trial finished in the run that was stopped, so its line is not printed again.
-        tune.report({"rank1": objective(done.target_val, done.target, search.objective), "macs": float(done.macs or 0),
-                     "final": True, "replayed": replayed}, checkpoint=tune.Checkpoint.from_directory(tmp))
+        tune.report(
+            {
+                "rank1": objective(done.target_val, done.target, search.objective),
+                "macs": float(done.macs or 0),
+                "final": True,
+                "replayed": replayed,
+            },
+            checkpoint=tune.Checkpoint.from_directory(tmp),
+        )
 
 
-def run_trial(config: dict[str, Any], *, cfg: dict[str, Any], baseline: Any, cwd: str,
-              save_model: Callable[[int, TrialResult], str] | None, adapted: Any = None,
-              exp_dir: str | None = None) -> None:
+def run_trial(
+    config: dict[str, Any],
+    *,
+    cfg: dict[str, Any],
+    baseline: Any,
+    cwd: str,
+    save_model: Callable[[int, TrialResult], str] | None,
+    adapted: Any = None,
+    exp_dir: str | None = None,
+) -> None:
     """The Tune function trainable: one trial, reporting the objective (rank-1) after every target epoch."""
     from autoprune.engine.device import set_threads
 
@@ -154,9 +172,10 @@ def run_trial(config: dict[str, Any], *, cfg: dict[str, Any], baseline: Any, cwd
     with tempfile.TemporaryDirectory() as tmp:
         Path(tmp, RECORD).write_text(json.dumps(record))
         # report() copies the checkpoint into the experiment's storage before it returns.
-        tune.report({"rank1": objective_rank1(result.metrics, search.objective), "macs": float(result.macs),
-                     "final": True},
-                    checkpoint=tune.Checkpoint.from_directory(tmp))
+        tune.report(
+            {"rank1": objective_rank1(result.metrics, search.objective), "macs": float(result.macs), "final": True},
+            checkpoint=tune.Checkpoint.from_directory(tmp),
+        )
 
 
 def _node_id() -> str:
@@ -222,8 +241,10 @@ class _Progress(Callback):
 
     def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         if _live is not None:
-            _live.log(f"ray: {trial_name(trial)} lost its worker ({_error_of(trial)}); running it again "
-                      f"(retry {trial.num_failures} of {RETRIES})")
+            _live.log(
+                f"ray: {trial_name(trial)} lost its worker ({_error_of(trial)}); running it again "
+                f"(retry {trial.num_failures} of {RETRIES})"
+            )
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
         if _live is not None:
@@ -257,34 +278,58 @@ def record_of(trial: Trial) -> TrialRecord | None:
     values = {k: v for k, v in config.items() if k != NUMBER}
     last = trial.last_result or {}
     seconds = last.get("time_total_s")
-    worker = {"host": last.get("hostname"), "node_id": last.get("node_id"), "pid": last.get("pid"),
-              "retries": trial.num_failures}
+    worker = {
+        "host": last.get("hostname"),
+        "node_id": last.get("node_id"),
+        "pid": last.get("pid"),
+        "retries": trial.num_failures,
+    }
     if trial.status == Trial.ERROR:
-        return records.record_of(number, "FAIL", values, error=f"retried {RETRIES} times, its worker died each "
-                                 f"time: {_error_of(trial)}", seconds=seconds, worker=worker)
+        return records.record_of(
+            number,
+            "FAIL",
+            values,
+            error=f"retried {RETRIES} times, its worker died each time: {_error_of(trial)}",
+            seconds=seconds,
+            worker=worker,
+        )
     if last.get("final") and "error" in last:
         return records.record_of(number, "FAIL", values, error=last["error"], seconds=seconds, worker=worker)
     if last.get("final") and trial.checkpoint is not None:
         with trial.checkpoint.as_directory() as d:
             data = json.loads(Path(d, RECORD).read_text())
-        return records.record_of(number, "COMPLETE", values, data,
-                                 worker={**(data.get("worker") or {}), "retries": trial.num_failures})
+        return records.record_of(
+            number, "COMPLETE", values, data, worker={**(data.get("worker") or {}), "retries": trial.num_failures}
+        )
     if trial.status == Trial.TERMINATED and last.get("done"):
-        error = (f"stopped early by ASHA at epoch {last.get('step')} (target rank-1 {last['rank1']:.3f})"
-                 if "rank1" in last else "stopped early by the scheduler")
+        error = (
+            f"stopped early by ASHA at epoch {last.get('step')} (target rank-1 {last['rank1']:.3f})"
+            if "rank1" in last
+            else "stopped early by the scheduler"
+        )
         return records.record_of(number, "PRUNED", values, error=error, seconds=seconds)
     if trial.status == Trial.PENDING and not last:
         return None
-    return records.record_of(number, "RUNNING", values, seconds=seconds,
-                             error="cut short (interrupted or search.timeout); rerun the same command to run it again")
+    return records.record_of(
+        number,
+        "RUNNING",
+        values,
+        seconds=seconds,
+        error="cut short (interrupted or search.timeout); rerun the same command to run it again",
+    )
 
 
 class RayBackend:
     """Runs trials as a Ray Tune experiment in ``<run_dir>/ray`` (a :class:`~autoprune.search.backend.Backend`)."""
 
-    def __init__(self, env: SearchEnv, run_dir: Path, on_trial: Callable[[TrialRecord], None] | None = None,
-                 save_model: Callable[[int, TrialResult], str] | None = None,
-                 log: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        env: SearchEnv,
+        run_dir: Path,
+        on_trial: Callable[[TrialRecord], None] | None = None,
+        save_model: Callable[[int, TrialResult], str] | None = None,
+        log: Callable[[str], None] = print,
+    ) -> None:
         self.env, self.run_dir = env, run_dir
         self.on_trial = on_trial
         self.save_model = save_model
@@ -293,14 +338,17 @@ class RayBackend:
         self.search = env.search  # the typed section the environment already holds
         self.multi = self.search.multi_objective
         self._trials: list[Trial] = []
-        self._done: dict[str, TrialRecord] = {}   # trial id -> record of a finished trial
+        self._done: dict[str, TrialRecord] = {}  # trial id -> record of a finished trial
         self._reported: set[str] = set()
 
     # -- pieces of the experiment ---------------------------------------------------------------------------
     def _space(self) -> dict[str, Any]:
         """The Optuna backend's parameters: free keep ratios, and in Pareto mode the MACs target."""
-        space = {p.name: FloatDistribution(p.low, p.high, step=p.step)
-                 for p in self.env.space.params.values() if p.fixed is None}
+        space = {
+            p.name: FloatDistribution(p.low, p.high, step=p.step)
+            for p in self.env.space.params.values()
+            if p.fixed is None
+        }
         if self.multi:
             lo, hi = self.env.macs_ratio_range()
             space["macs_ratio"] = FloatDistribution(lo, hi)
@@ -318,21 +366,39 @@ class RayBackend:
 
     def _searcher(self) -> NumberedOptunaSearch:
         metric, mode = (["rank1", "macs"], ["max", "min"]) if self.multi else ("rank1", "max")
-        return NumberedOptunaSearch(space=self._space(), metric=metric, mode=mode,
-                                    points_to_evaluate=self._points_to_evaluate(),
-                                    sampler=make_sampler(self.search.sampler, self.env.cfg["seed"], self.multi))
+        return NumberedOptunaSearch(
+            space=self._space(),
+            metric=metric,
+            mode=mode,
+            points_to_evaluate=self._points_to_evaluate(),
+            sampler=make_sampler(self.search.sampler, self.env.cfg["seed"], self.multi),
+        )
 
     def _scheduler(self) -> TrialScheduler:
         if self.multi or self.search.pruner == "none":
             return FIFOScheduler()
         # Keep the better half at every rung (1, 2, 4, ... reports), like the Optuna backend's median rule.
-        return WarmStartASHA(len(self._points_to_evaluate()), metric="rank1", mode="max",
-                             time_attr="training_iteration", grace_period=1, reduction_factor=2, max_t=10_000)
+        return WarmStartASHA(
+            len(self._points_to_evaluate()),
+            metric="rank1",
+            mode="max",
+            time_attr="training_iteration",
+            grace_period=1,
+            reduction_factor=2,
+            max_t=10_000,
+        )
 
     def _trainable(self) -> Any:
         res = self.search.ray
-        fn = tune.with_parameters(run_trial, cfg=self.env.cfg, baseline=self.env.baseline, cwd=os.getcwd(),
-                                  save_model=self.save_model, adapted=self.env.adapted, exp_dir=str(self.exp_dir))
+        fn = tune.with_parameters(
+            run_trial,
+            cfg=self.env.cfg,
+            baseline=self.env.baseline,
+            cwd=os.getcwd(),
+            save_model=self.save_model,
+            adapted=self.env.adapted,
+            exp_dir=str(self.exp_dir),
+        )
         return tune.with_resources(fn, {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
 
     def _check_resumable(self, n_trials: int) -> bool:
@@ -342,9 +408,11 @@ class RayBackend:
             return False
         started = json.loads(marker.read_text()).get("n_trials") if marker.is_file() else n_trials
         if started != n_trials:
-            raise UserError(f"the Ray experiment in {self.exp_dir} was started with search.n_trials={started} and "
-                            f"Ray Tune cannot change that; rerun with --set search.n_trials={started} to finish it, "
-                            f"or use a new --out (search.backend optuna can grow a finished study)")
+            raise UserError(
+                f"the Ray experiment in {self.exp_dir} was started with search.n_trials={started} and "
+                f"Ray Tune cannot change that; rerun with --set search.n_trials={started} to finish it, "
+                f"or use a new --out (search.backend optuna can grow a finished study)"
+            )
         return True
 
     def _tuner(self, n_trials: int, timeout: float | None, resume: bool) -> tune.Tuner:
@@ -355,24 +423,42 @@ class RayBackend:
         trainable = self._trainable()
         if resume:
             self.log(f"ray: resuming the experiment in {self.exp_dir}")
-            return tune.Tuner.restore(str(self.exp_dir), trainable=trainable, resume_unfinished=True,
-                                      resume_errored=False, restart_errored=False)
+            return tune.Tuner.restore(
+                str(self.exp_dir),
+                trainable=trainable,
+                resume_unfinished=True,
+                resume_errored=False,
+                restart_errored=False,
+            )
         self.exp_dir.parent.mkdir(parents=True, exist_ok=True)
         (self.exp_dir.parent / "experiment.json").write_text(json.dumps({"n_trials": n_trials}))
         res = self.search.ray
         if self.search.screening.enabled:
-            self.log("ray: search.screening is for the Optuna backend (it ranks a candidate against the study's "
-                     "earlier ones); here ASHA stops poor trials after their first epochs instead")
+            self.log(
+                "ray: search.screening is for the Optuna backend (it ranks a candidate against the study's "
+                "earlier ones); here ASHA stops poor trials after their first epochs instead"
+            )
         return tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(search_alg=self._searcher(), scheduler=self._scheduler(),
-                                        num_samples=n_trials, max_concurrent_trials=res.max_concurrent,
-                                        time_budget_s=timeout, reuse_actors=True,
-                                        trial_name_creator=trial_name, trial_dirname_creator=trial_name),
-            run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(self.exp_dir.parent), verbose=0,
-                                      callbacks=[_Progress()],
-                                      failure_config=tune.FailureConfig(max_failures=RETRIES),
-                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=None)))
+            tune_config=tune.TuneConfig(
+                search_alg=self._searcher(),
+                scheduler=self._scheduler(),
+                num_samples=n_trials,
+                max_concurrent_trials=res.max_concurrent,
+                time_budget_s=timeout,
+                reuse_actors=True,
+                trial_name_creator=trial_name,
+                trial_dirname_creator=trial_name,
+            ),
+            run_config=tune.RunConfig(
+                name=EXPERIMENT,
+                storage_path=str(self.exp_dir.parent),
+                verbose=0,
+                callbacks=[_Progress()],
+                failure_config=tune.FailureConfig(max_failures=RETRIES),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
+            ),
+        )
 
     # -- running ----------------------------------------------------------------------------------------------
     def _init_ray(self) -> bool:
@@ -392,8 +478,10 @@ class RayBackend:
             try:
                 ray.init(num_cpus=cpus, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
             except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise UserError(f"cannot start a local Ray instance: {str(exc).splitlines()[0] if str(exc) else exc};"
-                                f" set search.ray.address to join a running cluster") from None
+                raise UserError(
+                    f"cannot start a local Ray instance: {str(exc).splitlines()[0] if str(exc) else exc};"
+                    f" set search.ray.address to join a running cluster"
+                ) from None
             how = ""
         started = not joined
         total = ray.cluster_resources()
@@ -401,13 +489,20 @@ class RayBackend:
             if want and total.get(key, 0) < want and not address:  # a cluster's autoscaler may add nodes
                 if started:
                     ray.shutdown()
-                raise UserError(f"search.ray.{key.lower()}s_per_trial is {want} but this machine gives Ray "
-                                f"{total.get(key, 0):g} {key}s; lower it")
-        where = f"cluster at {address} ({how})" if address else ("the Ray this process joined" if joined
-                                                                  else "local instance")
-        self.log(f"ray: {where} with {total.get('CPU', 0):g} CPUs, {total.get('GPU', 0):g} GPUs; "
-                 f"up to {res.max_concurrent} trials at a time, {res.cpus_per_trial:g} CPU / "
-                 f"{res.gpus_per_trial:g} GPU each")
+                raise UserError(
+                    f"search.ray.{key.lower()}s_per_trial is {want} but this machine gives Ray "
+                    f"{total.get(key, 0):g} {key}s; lower it"
+                )
+        where = (
+            f"cluster at {address} ({how})"
+            if address
+            else ("the Ray this process joined" if joined else "local instance")
+        )
+        self.log(
+            f"ray: {where} with {total.get('CPU', 0):g} CPUs, {total.get('GPU', 0):g} GPUs; "
+            f"up to {res.max_concurrent} trials at a time, {res.cpus_per_trial:g} CPU / "
+            f"{res.gpus_per_trial:g} GPU each"
+        )
         if address or joined:
             try:
                 check_nodes(self._shared_paths(), self.log)
@@ -420,8 +515,10 @@ class RayBackend:
     def _shared_paths(self) -> dict[str, tuple[str, bool]]:
         """What every node's trials read (data.root) and write (the run directory), as the driver resolves them."""
         root = self.env.cfg["data"]["root"]
-        paths = {"data.root": (str(Path(root).resolve()), False),
-                 "the run directory (--out)": (str(Path(self.run_dir).resolve()), True)}
+        paths = {
+            "data.root": (str(Path(root).resolve()), False),
+            "the run directory (--out)": (str(Path(self.run_dir).resolve()), True),
+        }
         if not Path(root).is_absolute():  # trials chdir to the driver's working directory to resolve it
             paths["the driver's working directory"] = (os.getcwd(), False)
         return paths

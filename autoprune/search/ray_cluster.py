@@ -21,8 +21,8 @@ import ray
 
 from autoprune.errors import UserError
 
-CONNECT_SECONDS = 5      # Ray retries a refused join for 20 s by default; the cause is known after the first tries
-PROBE_SECONDS = 120      # a node may need to start a Python worker process (and import torch) for the probe
+CONNECT_SECONDS = 5  # Ray retries a refused join for 20 s by default; the cause is known after the first tries
+PROBE_SECONDS = 120  # a node may need to start a Python worker process (and import torch) for the probe
 TOKEN_DOCS = "https://docs.ray.io/en/latest/ray-security/token-auth.html"
 
 
@@ -44,8 +44,10 @@ def _host_port(address: str) -> tuple[str, int] | None:
     rest = address.split("://", 1)[-1].rstrip("/")
     host, sep, port = rest.rpartition(":")
     if not sep or not port.isdigit() or not host:
-        raise UserError(f"search.ray.address {address!r} is not HOST:PORT (the head's GCS port, 6379 unless "
-                        f"`ray start --head --port` chose another) or auto")
+        raise UserError(
+            f"search.ray.address {address!r} is not HOST:PORT (the head's GCS port, 6379 unless "
+            f"`ray start --head --port` chose another) or auto"
+        )
     return host.strip("[]"), int(port)
 
 
@@ -71,12 +73,16 @@ def _check_reachable(address: str) -> None:
     if refused is None:
         return
     if target != given and _answers(given) is None:
-        raise UserError(f"Ray here replaces the loopback address in search.ray.address {address} with this machine's "
-                        f"address {target[0]}, where nothing answers: the head listens on loopback only, so run the "
-                        f"search with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 too, as the head was started "
-                        f"(docs/cluster.md), or start the head on the network address")
-    raise UserError(f"nothing answers at search.ray.address {address} ({refused.strerror or refused}): start the "
-                    f"head there with `ray start --head --port={given[1]}`, or fix the address (the head prints it)")
+        raise UserError(
+            f"Ray here replaces the loopback address in search.ray.address {address} with this machine's "
+            f"address {target[0]}, where nothing answers: the head listens on loopback only, so run the "
+            f"search with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 too, as the head was started "
+            f"(docs/cluster.md), or start the head on the network address"
+        )
+    raise UserError(
+        f"nothing answers at search.ray.address {address} ({refused.strerror or refused}): start the "
+        f"head there with `ray start --head --port={given[1]}`, or fix the address (the head prints it)"
+    )
 
 
 def _auth_mode() -> str:
@@ -114,24 +120,34 @@ def join_error(address: str, exc: BaseException, mode: str, source: str | None) 
     if "Version mismatch" in text:
         lines = [ln.strip() for ln in text.splitlines() if ln.strip().startswith(("Ray:", "Python:"))]
         theirs, ours = " ".join(lines[:2]), " ".join(lines[2:4])
-        return UserError(f"the Ray cluster at {address} runs {theirs} but this machine has {ours}: install the "
-                         f"same Ray and Python versions on the driver and every node (pip install 'ray[tune]=="
-                         f"{lines[0].split()[-1] if lines else '<cluster version>'}')")
+        return UserError(
+            f"the Ray cluster at {address} runs {theirs} but this machine has {ours}: install the "
+            f"same Ray and Python versions on the driver and every node (pip install 'ray[tune]=="
+            f"{lines[0].split()[-1] if lines else '<cluster version>'}')"
+        )
     if "Unauthenticated" in text or "InvalidAuthToken" in text:
         if mode != "token":
-            return UserError(f"the Ray cluster at {address} requires token authentication and this machine has no "
-                             f"token (RAY_AUTH_MODE={os.environ.get('RAY_AUTH_MODE', 'unset')}): copy the head's token "
-                             f"(`ray get-auth-token` on the head) to ~/.ray/auth_token here, or set RAY_AUTH_TOKEN_PATH "
-                             f"to a file holding it; see {TOKEN_DOCS}")
-        return UserError(f"the Ray cluster at {address} rejected the authentication token from {source}: use the "
-                         f"head's token (`ray get-auth-token` on the head); see {TOKEN_DOCS}")
+            return UserError(
+                f"the Ray cluster at {address} requires token authentication and this machine has no "
+                f"token (RAY_AUTH_MODE={os.environ.get('RAY_AUTH_MODE', 'unset')}): copy the head's token "
+                f"(`ray get-auth-token` on the head) to ~/.ray/auth_token here, or set RAY_AUTH_TOKEN_PATH "
+                f"to a file holding it; see {TOKEN_DOCS}"
+            )
+        return UserError(
+            f"the Ray cluster at {address} rejected the authentication token from {source}: use the "
+            f"head's token (`ray get-auth-token` on the head); see {TOKEN_DOCS}"
+        )
     if "AuthenticationError" in text:
-        return UserError(f"RAY_AUTH_MODE=token but no Ray authentication token was found: copy the head's token "
-                         f"(`ray get-auth-token` on the head) to ~/.ray/auth_token here, or point RAY_AUTH_TOKEN_PATH "
-                         f"at it; see {TOKEN_DOCS}")
+        return UserError(
+            f"RAY_AUTH_MODE=token but no Ray authentication token was found: copy the head's token "
+            f"(`ray get-auth-token` on the head) to ~/.ray/auth_token here, or point RAY_AUTH_TOKEN_PATH "
+            f"at it; see {TOKEN_DOCS}"
+        )
     first = next((ln for ln in text.splitlines() if ln.strip()), "")
-    return UserError(f"cannot join the Ray cluster at {address}: {first[:300]}; check search.ray.address "
-                     f"(`ray status` on the head shows it)")
+    return UserError(
+        f"cannot join the Ray cluster at {address}: {first[:300]}; check search.ray.address "
+        f"(`ray status` on the head shows it)"
+    )
 
 
 def join(address: str) -> str:
@@ -191,15 +207,21 @@ def node_problem(found: dict[str, Any], ip: str) -> str | None:
 
     where = f"Ray node {ip} ({found['host']}, {found['python']})"
     if "import_error" in found:
-        return (f"autoprune is not importable on {where}: {found['import_error']}; install autoprune in the Python "
-                f"environment that runs Ray there (the `ray` that started the node must be that environment's), "
-                f"then restart Ray on that node")
+        return (
+            f"autoprune is not importable on {where}: {found['import_error']}; install autoprune in the Python "
+            f"environment that runs Ray there (the `ray` that started the node must be that environment's), "
+            f"then restart Ray on that node"
+        )
     if found["autoprune"] != autoprune.__version__:
-        return (f"{where} has autoprune {found['autoprune']} but this machine has {autoprune.__version__}: install "
-                f"the same version on every node")
+        return (
+            f"{where} has autoprune {found['autoprune']} but this machine has {autoprune.__version__}: install "
+            f"the same version on every node"
+        )
     if found["problems"]:
-        return (f"{found['problems'][0]} on {where}: trials read and write it there, so put it on a filesystem "
-                f"every node mounts at the same path (see docs/cluster.md)")
+        return (
+            f"{found['problems'][0]} on {where}: trials read and write it there, so put it on a filesystem "
+            f"every node mounts at the same path (see docs/cluster.md)"
+        )
     return None
 
 
@@ -213,23 +235,32 @@ def check_nodes(paths: dict[str, tuple[str, bool]], log: Callable[[str], None] =
 
     nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0]
     if not nodes:
-        raise UserError("the Ray cluster has no node with CPUs to run trials: start a worker with "
-                        "`ray start --address=HEAD:PORT --num-cpus=N`")
+        raise UserError(
+            "the Ray cluster has no node with CPUs to run trials: start a worker with "
+            "`ray start --address=HEAD:PORT --num-cpus=N`"
+        )
     remote = ray.remote(num_cpus=0, max_retries=0)(_probe_fn())
-    refs = {n["NodeManagerAddress"]: remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
-        n["NodeID"], soft=False)).remote(paths) for n in nodes}
+    refs = {
+        n["NodeManagerAddress"]: remote.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+        ).remote(paths)
+        for n in nodes
+    }
     _, pending = ray.wait(list(refs.values()), num_returns=len(refs), timeout=PROBE_SECONDS)
     if pending:
         slow = [ip for ip, ref in refs.items() if ref in pending]
-        raise UserError(f"Ray node(s) {', '.join(slow)} did not run a 1-second check in {PROBE_SECONDS} s: see "
-                        f"`ray status` and the node's logs (/tmp/ray/session_latest/logs)")
+        raise UserError(
+            f"Ray node(s) {', '.join(slow)} did not run a 1-second check in {PROBE_SECONDS} s: see "
+            f"`ray status` and the node's logs (/tmp/ray/session_latest/logs)"
+        )
     results = []
     for ip, ref in refs.items():
         try:
             found = ray.get(ref)
         except Exception as exc:  # noqa: BLE001 - the node could not even start the task (a broken environment)
-            raise UserError(f"Ray node {ip} cannot run a task ({str(exc).splitlines()[0][:200]}): check its "
-                            f"Python environment") from None
+            raise UserError(
+                f"Ray node {ip} cannot run a task ({str(exc).splitlines()[0][:200]}): check its Python environment"
+            ) from None
         problem = node_problem(found, ip)
         if problem:
             raise UserError(problem)

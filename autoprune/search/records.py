@@ -11,25 +11,25 @@ from typing import Any
 @dataclass
 class TrialRecord:
     number: int
-    state: str                         # COMPLETE | PRUNED | FAIL | RUNNING
+    state: str  # COMPLETE | PRUNED | FAIL | RUNNING
     policy: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     macs: int | None = None
     params: int | None = None
     macs_ratio: float | None = None
-    latency_ms: float | None = None    # under a latency budget: the table's predicted ms per image of ``counts``
-    target: dict[str, float] | None = None        # target test split
-    target_val: dict[str, float] | None = None    # target validation split (the search objective)
+    latency_ms: float | None = None  # under a latency budget: the table's predicted ms per image of ``counts``
+    target: dict[str, float] | None = None  # target test split
+    target_val: dict[str, float] | None = None  # target validation split (the search objective)
     source: dict[str, float] | None = None
     seconds: float | None = None
     train_seconds: float | None = None
     eval_seconds: float | None = None
     error: str | None = None
-    model: str | None = None          # run-directory-relative path of the trial's model, if kept
+    model: str | None = None  # run-directory-relative path of the trial's model, if kept
     values: dict[str, float] = field(default_factory=dict)  # the sampled search-space values
     worker: dict[str, Any] | None = None  # Ray backend: where it ran (host, node_id, pid) and its retries
-    hits: str | None = None           # test split: rank-1 hit per query, "0"/"1" in query order (paired tests)
-    val_hits: str | None = None       # the same on the validation split
+    hits: str | None = None  # test split: rank-1 hit per query, "0"/"1" in query order (paired tests)
+    val_hits: str | None = None  # the same on the validation split
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -38,11 +38,9 @@ class TrialRecord:
     def from_json(cls, data: dict[str, Any]) -> TrialRecord:
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
-
     @property
     def objective(self) -> float | None:
         return objective(self.target_val, self.target)
-
 
 
 def score(metrics: dict[str, float], kind: str = "rank1") -> float:
@@ -54,15 +52,17 @@ def score(metrics: dict[str, float], kind: str = "rank1") -> float:
     return float(metrics["rank1"])
 
 
-def objective(target_val: dict[str, float] | None, target: dict[str, float] | None,
-              kind: str = "rank1") -> float | None:
+def objective(
+    target_val: dict[str, float] | None, target: dict[str, float] | None, kind: str = "rank1"
+) -> float | None:
     """What selects trials: the validation split's ``kind`` score if measured, else the test split's."""
     split = target_val or target
     return score(split, kind) if split else None
 
 
-def selection_key(target_val: dict[str, float] | None, target: dict[str, float], number: int,
-                  kind: str = "rank1") -> tuple:
+def selection_key(
+    target_val: dict[str, float] | None, target: dict[str, float], number: int, kind: str = "rank1"
+) -> tuple:
     """Order of trials and finalists, best last: the objective, then mAP of the same split, then the
     earlier trial. Ties are broken on the split that selects, never on the test split it reports."""
     split = target_val or target
@@ -85,27 +85,40 @@ def metrics_summary(metrics: dict[str, Any] | None) -> dict[str, float] | None:
 def result_record(result: Any, model_path: str | None) -> dict[str, Any]:
     """The record of a finished trial (a ``TrialResult``), as every backend stores it."""
     target = result.metrics.get("target") or {}
-    return {"policy": result.policy, "counts": result.counts, "macs": result.macs, "params": result.params,
-            "macs_ratio": result.macs_ratio, "target": metrics_summary(target),
-            "target_val": metrics_summary(target.get("val")),
-            "source": metrics_summary(result.metrics.get("source")), "seconds": result.seconds,
-            "train_seconds": result.train_seconds, "eval_seconds": result.eval_seconds,
-            "model": model_path, "error": None, "hits": hits_string(target),
-            "val_hits": hits_string(target.get("val"))}
+    return {
+        "policy": result.policy,
+        "counts": result.counts,
+        "macs": result.macs,
+        "params": result.params,
+        "macs_ratio": result.macs_ratio,
+        "target": metrics_summary(target),
+        "target_val": metrics_summary(target.get("val")),
+        "source": metrics_summary(result.metrics.get("source")),
+        "seconds": result.seconds,
+        "train_seconds": result.train_seconds,
+        "eval_seconds": result.eval_seconds,
+        "model": model_path,
+        "error": None,
+        "hits": hits_string(target),
+        "val_hits": hits_string(target.get("val")),
+    }
 
 
-def record_of(number: int, state: str, values: dict[str, Any], stored: dict[str, Any] | None = None,
-              **fields: Any) -> TrialRecord:
+def record_of(
+    number: int, state: str, values: dict[str, Any], stored: dict[str, Any] | None = None, **fields: Any
+) -> TrialRecord:
     """One trial's record, whichever backend ran it: what the trial stored (:func:`result_record`, or only its
     error), then ``fields``, then the backend's number, state and sampled search-space values."""
-    return TrialRecord.from_json({**(stored or {}), **fields, "number": number, "state": state,
-                                  "values": dict(values)})
+    return TrialRecord.from_json({**(stored or {}), **fields, "number": number, "state": state, "values": dict(values)})
 
 
 def ranked(records: list[TrialRecord], budget_ratio: float, kind: str = "rank1") -> list[TrialRecord]:
     """Complete trials within the budget, best first (``selection_key``: the test split only reports)."""
-    done = [r for r in records if r.state == "COMPLETE" and r.target and r.macs_ratio is not None
-            and r.macs_ratio <= budget_ratio + 1e-9]
+    done = [
+        r
+        for r in records
+        if r.state == "COMPLETE" and r.target and r.macs_ratio is not None and r.macs_ratio <= budget_ratio + 1e-9
+    ]
     return sorted(done, key=lambda r: selection_key(r.target_val, r.target or {}, r.number, kind), reverse=True)
 
 

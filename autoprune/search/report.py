@@ -29,28 +29,45 @@ def _report_problem(report: Any) -> str | None:
     size = budget.get("input_size")
     if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and 16 <= v <= 2048 for v in size)):
         return "budget.input_size is not [height, width] in pixels"
-    if not isinstance(base, dict) or not _number(base.get("macs")) or not _number(base.get("params")) \
-            or not _metrics_ok(base.get("target")) or not _metrics_ok(base.get("direct_transfer"), ("rank1",)):
+    if (
+        not isinstance(base, dict)
+        or not _number(base.get("macs"))
+        or not _number(base.get("params"))
+        or not _metrics_ok(base.get("target"))
+        or not _metrics_ok(base.get("direct_transfer"), ("rank1",))
+    ):
         return "baseline metrics missing"
     if not isinstance(report.get("config", {}), dict) or not isinstance(report.get("trials"), list):
         return "config or trials missing"
     for t in report["trials"]:
         if not isinstance(t, dict) or not isinstance(t.get("state"), str) or not isinstance(t.get("number"), int):
             return "a trial without number or state"
-        if t["state"] == "COMPLETE" and t.get("target") is not None and not (
-                _metrics_ok(t["target"]) and _number(t.get("macs_ratio"))
-                and (t.get("target_val") is None or _metrics_ok(t["target_val"], ("rank1",)))):
+        if (
+            t["state"] == "COMPLETE"
+            and t.get("target") is not None
+            and not (
+                _metrics_ok(t["target"])
+                and _number(t.get("macs_ratio"))
+                and (t.get("target_val") is None or _metrics_ok(t["target_val"], ("rank1",)))
+            )
+        ):
             return f"trial {t['number']} has no metrics"
     for key in ("best", "uniform"):
         entry = report.get(key)
-        if entry is not None and not (isinstance(entry, dict) and isinstance(entry.get("trial"), int)
-                                      and _number(entry.get("macs")) and _number(entry.get("params"))
-                                      and _metrics_ok(entry.get("target")) and isinstance(entry.get("policy"), dict)
-                                      and (entry.get("final_target") is None or _metrics_ok(entry["final_target"]))):
+        if entry is not None and not (
+            isinstance(entry, dict)
+            and isinstance(entry.get("trial"), int)
+            and _number(entry.get("macs"))
+            and _number(entry.get("params"))
+            and _metrics_ok(entry.get("target"))
+            and isinstance(entry.get("policy"), dict)
+            and (entry.get("final_target") is None or _metrics_ok(entry["final_target"]))
+        ):
             return f"{key} is missing its trial, MACs, params, metrics or policy"
     plots = report.get("plots", [])
-    if not isinstance(plots, list) or not all(isinstance(p, str) and p and "/" not in p and "\\" not in p
-                                              and not p.startswith(".") for p in plots):
+    if not isinstance(plots, list) or not all(
+        isinstance(p, str) and p and "/" not in p and "\\" not in p and not p.startswith(".") for p in plots
+    ):
         return "plots must be file names in the run directory"
     if not isinstance(report.get("pareto_front", []), list):
         return "pareto_front is not a list"
@@ -82,8 +99,7 @@ def _value(r: TrialRecord) -> float:
 
 def pareto_front(records: list[TrialRecord]) -> list[int]:
     """Trial numbers not dominated in (higher objective rank-1, lower MACs) among complete trials."""
-    done = [(r.number, _value(r), r.macs) for r in records
-            if r.state == "COMPLETE" and r.target and r.macs is not None]
+    done = [(r.number, _value(r), r.macs) for r in records if r.state == "COMPLETE" and r.target and r.macs is not None]
     front = []
     for number, value, macs in done:
         dominated = any(v >= value and m <= macs and (v > value or m < macs) for _, v, m in done)
@@ -122,12 +138,27 @@ def write_trials_csv(path: Path, records: list[TrialRecord], latency: bool = Fal
     lat_head, lat = (["latency_ms"], lambda r: [r.latency_ms]) if latency else ([], lambda r: [])
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["number", "state", "macs", "macs_ratio", *lat_head, "params", "rank1", "mAP", "seconds", "error"]
-                   + [f"keep:{g}" for g in groups])
+        w.writerow(
+            ["number", "state", "macs", "macs_ratio", *lat_head, "params", "rank1", "mAP", "seconds", "error"]
+            + [f"keep:{g}" for g in groups]
+        )
         for r in records:
             t = r.target or {}
-            w.writerow([r.number, r.state, r.macs, r.macs_ratio, *lat(r), r.params, t.get("rank1"), t.get("mAP"),
-                        r.seconds, r.error or ""] + [r.policy.get(g) for g in groups])
+            w.writerow(
+                [
+                    r.number,
+                    r.state,
+                    r.macs,
+                    r.macs_ratio,
+                    *lat(r),
+                    r.params,
+                    t.get("rank1"),
+                    t.get("mAP"),
+                    r.seconds,
+                    r.error or "",
+                ]
+                + [r.policy.get(g) for g in groups]
+            )
 
 
 def write_plots(run_dir: Path, report: dict[str, Any], records: list[TrialRecord]) -> list[str]:
@@ -144,10 +175,13 @@ def write_plots(run_dir: Path, report: dict[str, Any], records: list[TrialRecord
 
     if not any(r.state == "COMPLETE" and r.target for r in records):
         return []
-    plots = [("progress.png", _plot_progress, True), ("finalists.png", _plot_finalists, bool(report.get("finalists"))),
-             ("comparison.png", _plot_comparison, bool(report.get("best"))),
-             ("policy.png", _plot_policy, bool(report.get("best"))),
-             ("rank1_vs_macs.png", _plot_front, "pareto_front" in report)]
+    plots = [
+        ("progress.png", _plot_progress, True),
+        ("finalists.png", _plot_finalists, bool(report.get("finalists"))),
+        ("comparison.png", _plot_comparison, bool(report.get("best"))),
+        ("policy.png", _plot_policy, bool(report.get("best"))),
+        ("rank1_vs_macs.png", _plot_front, "pareto_front" in report),
+    ]
     out = []
     for name, draw, wanted in plots:
         if not wanted:
@@ -170,9 +204,13 @@ def progress_series(records: list[TrialRecord]) -> dict[str, list]:
     for r in done:
         best = max(best, _value(r))
         running.append(best)
-    return {"number": [r.number for r in done], "rank1": [_value(r) for r in done], "best": running,
-            "pruned": sorted(r.number for r in records if r.state == "PRUNED"),
-            "failed": sorted(r.number for r in records if r.state == "FAIL")}
+    return {
+        "number": [r.number for r in done],
+        "rank1": [_value(r) for r in done],
+        "best": running,
+        "pruned": sorted(r.number for r in records if r.state == "PRUNED"),
+        "failed": sorted(r.number for r in records if r.state == "FAIL"),
+    }
 
 
 def _split_label(records: list[TrialRecord]) -> str:
@@ -190,8 +228,13 @@ def _plot_progress(ax: Any, report: dict[str, Any], records: list[TrialRecord]) 
         ax.plot(s["failed"], [floor] * len(s["failed"]), "v", c="tab:red", label="failed")
     uniform = report.get("uniform")
     if uniform:
-        ax.annotate("uniform", (uniform["trial"], (uniform.get("target_val") or uniform["target"])["rank1"]),
-                    fontsize=7, xytext=(4, 4), textcoords="offset points")
+        ax.annotate(
+            "uniform",
+            (uniform["trial"], (uniform.get("target_val") or uniform["target"])["rank1"]),
+            fontsize=7,
+            xytext=(4, 4),
+            textcoords="offset points",
+        )
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -208,12 +251,20 @@ def _plot_finalists(ax: Any, report: dict[str, Any], records: list[TrialRecord])
         if r is None or r.objective is None:
             continue
         after = (f.get("target_val") or f["target"])["rank1"]
-        tag = f"trial {f['trial']}" + (" (uniform)" if f["trial"] == uniform else "") + (" chosen" if f.get("chosen") else "")
+        tag = (
+            f"trial {f['trial']}"
+            + (" (uniform)" if f["trial"] == uniform else "")
+            + (" chosen" if f.get("chosen") else "")
+        )
         ax.plot([0, 1], [r.objective, after], "o-", lw=2.5 if f.get("chosen") else 1.2, label=tag)
     best = report.get("best") or {}
     ax.set_xticks([0, 1])
-    ax.set_xticklabels([f"after the search\n({report.get('config', {}).get('finetune_epochs')} epochs)",
-                        f"after the final round\n({best.get('final_epochs')} epochs)"])
+    ax.set_xticklabels(
+        [
+            f"after the search\n({report.get('config', {}).get('finetune_epochs')} epochs)",
+            f"after the final round\n({best.get('final_epochs')} epochs)",
+        ]
+    )
     ax.set_xlim(-0.3, 1.3)
     ax.set_ylabel(f"target {_split_label(records)} rank-1")
     ax.set_title("finalists: the final round chooses on validation", fontsize=9)
@@ -270,40 +321,61 @@ def _plot_front(ax: Any, report: dict[str, Any], records: list[TrialRecord]) -> 
     f = sorted((r for r in done if r.number in front), key=lambda r: r.macs_ratio or 0.0)
     ax.plot([r.macs_ratio for r in f], [_value(r) for r in f], "o-", c="tab:red", label="Pareto front")
     base = report["baseline"]
-    ax.axhline((base.get("target_val") or base["target"])["rank1"], ls="--", c="gray",
-               label="unpruned (same fine-tuning)")
+    ax.axhline(
+        (base.get("target_val") or base["target"])["rank1"], ls="--", c="gray", label="unpruned (same fine-tuning)"
+    )
     ax.axvline(report["budget"]["macs_ratio"], ls=":", c="k", label="budget")
     ax.set_xlabel("MACs / unpruned MACs")
     ax.set_ylabel(f"target {_split_label(records)} rank-1")
+
+
+def _summary_row(name: str, entry: dict[str, Any], target: dict[str, Any]) -> tuple[str, ...]:
+    """One model's row of the summary: MACs and parameters in millions, target rank-1 and mAP."""
+    return (
+        name,
+        f"{entry['macs'] / 1e6:.1f}",
+        f"{entry['params'] / 1e6:.2f}",
+        f"{target['rank1']:.3f}",
+        f"{target['mAP']:.3f}",
+    )
 
 
 def summary_table(report: dict[str, Any]) -> str:
     """The short table printed at the end of a search."""
     b, best = report["baseline"], report.get("best")
     rows: list[tuple[str, ...]] = [("", "MACs (M)", "params (M)", "target rank-1", "target mAP")]
-    rows.append(("unpruned", f"{b['macs'] / 1e6:.1f}", f"{b['params'] / 1e6:.2f}",
-                 f"{b['target']['rank1']:.3f}", f"{b['target']['mAP']:.3f}"))
+    rows.append(_summary_row("unpruned", b, b["target"]))
     final = bool(best and best.get("final_epochs"))
     if report.get("uniform"):
         u = report["uniform"]
         t = u.get("final_target") if final and u.get("final_target") else u["target"]
-        rows.append((f"uniform (#{u['trial']})", f"{u['macs'] / 1e6:.1f}", f"{u['params'] / 1e6:.2f}",
-                     f"{t['rank1']:.3f}", f"{t['mAP']:.3f}"))
+        rows.append(_summary_row(f"uniform (#{u['trial']})", u, t))
     if best:
-        rows.append((f"best (#{best['trial']})", f"{best['macs'] / 1e6:.1f}", f"{best['params'] / 1e6:.2f}",
-                     f"{best['target']['rank1']:.3f}", f"{best['target']['mAP']:.3f}"))
+        rows.append(_summary_row(f"best (#{best['trial']})", best, best["target"]))
     if "latency_ms" in b:
-        rows = _with_latency(rows, [b, report.get("uniform") or {}, best or {}] if report.get("uniform")
-                             else [b, best or {}])
+        rows = _with_latency(
+            rows, [b, report.get("uniform") or {}, best or {}] if report.get("uniform") else [b, best or {}]
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
     lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines + _summary_notes(report, final))
+
+
+def _summary_notes(report: dict[str, Any], final: bool) -> list[str]:
+    """The lines under the summary table: the recovery recipe, the checkpoint, and how latency was measured."""
+    b, best, lines = report["baseline"], report.get("best"), []
     if report.get("recipe"):
-        note = (f"recovery recipe: {report['recipe']['summary']}; the unpruned row went through the same recipe "
-                f"with nothing pruned")
+        note = (
+            f"recovery recipe: {report['recipe']['summary']}; the unpruned row went through the same recipe "
+            f"with nothing pruned"
+        )
     else:  # a report written before recipes were recorded
-        note = (f"unpruned: trial fine-tuning ({report['config'].get('finetune_epochs')} epochs) on the target"
-                if report.get("config") else "")
+        note = (
+            f"unpruned: trial fine-tuning ({report['config'].get('finetune_epochs')} epochs) on the target"
+            if report.get("config")
+            else ""
+        )
         if final and best:  # final implies best
             note += f"; uniform and best: {best['final_epochs']} final epochs"
     if note:
@@ -313,11 +385,16 @@ def summary_table(report: dict[str, Any]) -> str:
         lines.append(f"model: {ck['arch']} from {ck['format']} checkpoint {ck['path']} (sha256 {ck['sha256'][:16]})")
     if "latency_ms" in b:
         bud = report["budget"]
-        where = ("median ± half the inter-quartile range, timed here" if bud.get("latency_timed_here", True)
-                 else "~ predicted by the table: this machine is not that device, nothing was timed here")
-        lines.append(f"(latency: ms per image at batch {bud.get('latency_batch')} on {bud.get('latency_device')}, "
-                     f"budget {bud.get('latency_ms')} ms; {where})")
-    return "\n".join(lines)
+        where = (
+            "median ± half the inter-quartile range, timed here"
+            if bud.get("latency_timed_here", True)
+            else "~ predicted by the table: this machine is not that device, nothing was timed here"
+        )
+        lines.append(
+            f"(latency: ms per image at batch {bud.get('latency_batch')} on {bud.get('latency_device')}, "
+            f"budget {bud.get('latency_ms')} ms; {where})"
+        )
+    return lines
 
 
 def _with_latency(rows: list[tuple[str, ...]], entries: list[dict[str, Any]]) -> list[tuple[str, ...]]:
@@ -337,26 +414,46 @@ def _with_latency(rows: list[tuple[str, ...]], entries: list[dict[str, Any]]) ->
 
 def pick_from_front(report: dict[str, Any], macs_ratio: float) -> dict[str, Any] | None:
     """The best-rank-1 complete trial at or under ``macs_ratio`` (how ``--budget`` picks from a front)."""
-    ok = [t for t in report["trials"] if t["state"] == "COMPLETE" and t.get("target") and t["macs_ratio"] is not None
-          and t["macs_ratio"] <= macs_ratio + 1e-9]
+    ok = [
+        t
+        for t in report["trials"]
+        if t["state"] == "COMPLETE"
+        and t.get("target")
+        and t["macs_ratio"] is not None
+        and t["macs_ratio"] <= macs_ratio + 1e-9
+    ]
     return max(ok, key=lambda t: ((t.get("target_val") or t["target"])["rank1"], -t["macs_ratio"]), default=None)
 
 
 def write_markdown(run_dir: Path, report: dict[str, Any]) -> Path:
     """A one-page Markdown report with the summary table and the plots."""
     cfg = report.get("config", {})
-    lines = [f"# autoprune report: {run_dir.name}", "",
-             f"Budget: {report['budget']['macs_ratio']:.0%} of the unpruned MACs "
-             f"({report['budget']['macs'] / 1e6:.1f} MMACs at input {report['budget'].get('input_size')}), "
-             f"criterion `{cfg.get('criterion')}`, strategy `{cfg.get('strategy')}`, scenario `{cfg.get('scenario')}`, "
-             f"space `{cfg.get('space')}`, sampler `{cfg.get('sampler')}`.", "",
-             *([f"Latency budget: {report['budget']['latency_ms']} ms per image at batch "
-                f"{report['budget']['latency_batch']} on {report['budget']['latency_device']}.", ""]
-               if report["budget"].get("latency_ms") else []),
-             "```", summary_table(report), "```", "",
-             f"Direct transfer ({'the checkpoint as given' if report['baseline'].get('checkpoint') else 'source-trained'}"
-             f", no target fine-tuning): target rank-1 "
-             f"{report['baseline']['direct_transfer']['rank1']:.3f}.", ""]
+    lines = [
+        f"# autoprune report: {run_dir.name}",
+        "",
+        f"Budget: {report['budget']['macs_ratio']:.0%} of the unpruned MACs "
+        f"({report['budget']['macs'] / 1e6:.1f} MMACs at input {report['budget'].get('input_size')}), "
+        f"criterion `{cfg.get('criterion')}`, strategy `{cfg.get('strategy')}`, scenario `{cfg.get('scenario')}`, "
+        f"space `{cfg.get('space')}`, sampler `{cfg.get('sampler')}`.",
+        "",
+        *(
+            [
+                f"Latency budget: {report['budget']['latency_ms']} ms per image at batch "
+                f"{report['budget']['latency_batch']} on {report['budget']['latency_device']}.",
+                "",
+            ]
+            if report["budget"].get("latency_ms")
+            else []
+        ),
+        "```",
+        summary_table(report),
+        "```",
+        "",
+        f"Direct transfer ({'the checkpoint as given' if report['baseline'].get('checkpoint') else 'source-trained'}"
+        f", no target fine-tuning): target rank-1 "
+        f"{report['baseline']['direct_transfer']['rank1']:.3f}.",
+        "",
+    ]
     states: dict[str, int] = {}
     for t in report["trials"]:
         states[t["state"]] = states.get(t["state"], 0) + 1

@@ -53,8 +53,9 @@ def study_identity(cfg: dict[str, Any]) -> str:
         from autoprune.models.checkpoint import read_checkpoint
 
         cfg["model"]["checkpoint_sha256"] = read_checkpoint(cfg["model"]["checkpoint"]).sha256
-    search = {k: v for k, v in cfg["search"].items()
-              if k not in ("n_trials", "timeout", "final_epochs", "finalists", "ray")}
+    search = {
+        k: v for k, v in cfg["search"].items() if k not in ("n_trials", "timeout", "final_epochs", "finalists", "ray")
+    }
     parts = {**{k: cfg[k] for k in IDENTITY}, "search": search}
     if cfg["budget"].get("latency_ms") is None:  # run directories from before latency budgets keep their identity
         parts["budget"] = {k: v for k, v in cfg["budget"].items() if not k.startswith("latency_")}
@@ -84,14 +85,18 @@ def prepare_run_dir(cfg: dict[str, Any], out: str | Path) -> Path:
         raise UserError(f"run directory {run_dir} is not writable ({exc.strerror}); choose another --out") from None
     free = shutil.disk_usage(run_dir).free
     if free < 200 * 2**20:
-        raise UserError(f"only {free / 2**20:.0f} MiB free under {run_dir}; a search needs at least 200 MiB, "
-                        f"free some space or choose another --out")
+        raise UserError(
+            f"only {free / 2**20:.0f} MiB free under {run_dir}; a search needs at least 200 MiB, "
+            f"free some space or choose another --out"
+        )
     marker = run_dir / "identity.json"
     if marker.is_file():
         old = json.loads(marker.read_text()).get("identity")
         if old != study_identity(cfg):
-            raise UserError(f"run directory {run_dir} holds a search with another config; use a new --out, "
-                            f"or delete {run_dir} to start over")
+            raise UserError(
+                f"run directory {run_dir} holds a search with another config; use a new --out, "
+                f"or delete {run_dir} to start over"
+            )
     return run_dir
 
 
@@ -120,15 +125,21 @@ def preflight(cfg: dict[str, Any], host: Any) -> None:
             host.get("dataset", parse_spec(cfg["data"][key])[0])
     scenario = host.get("scenario", trial.scenario)
     if cfg["data"]["source"] is None and getattr(scenario, "needs_source", False):
-        raise UserError(f"trial.scenario {trial.scenario!r} prunes on the source domain, but data.source "
-                        f"is null; give one (--source KIND:ROOT) or choose a target scenario such as "
-                        f"prune_then_finetune")
+        raise UserError(
+            f"trial.scenario {trial.scenario!r} prunes on the source domain, but data.source "
+            f"is null; give one (--source KIND:ROOT) or choose a target scenario such as "
+            f"prune_then_finetune"
+        )
     m = cfg["model"]
     # A missing file or a checkpoint of another architecture (model.weights, model.checkpoint) fails here,
     # before any data is read.
-    model = (load_checkpoint_model(m, 2, host=host) if m["checkpoint"] is not None else
-             build_model(m["arch"], 2, last_stride=m["last_stride"], pooling=m["pooling"], weights=m["weights"],
-                         host=host))
+    model = (
+        load_checkpoint_model(m, 2, host=host)
+        if m["checkpoint"] is not None
+        else build_model(
+            m["arch"], 2, last_stride=m["last_stride"], pooling=m["pooling"], weights=m["weights"], host=host
+        )
+    )
     graph = PruningGraph(model, tuple(m["input_size"]))
     cost = CostModel(graph)
     budget = Budget.from_config(cfg["budget"], cost.base_macs)
@@ -139,8 +150,7 @@ def preflight(cfg: dict[str, Any], host: Any) -> None:
         budget = latency_budget(cfg, graph, budget, resolve_device(cfg["train"]["device"]).type, log=print)[0]
     check_feasible(cost, budget)
     search = SearchSettings.from_config(cfg)
-    space = build_space(search.space, list(graph.groups), cfg["budget"]["min_keep"],
-                        cfg["budget"]["max_keep"])
+    space = build_space(search.space, list(graph.groups), cfg["budget"]["min_keep"], cfg["budget"]["max_keep"])
     from autoprune.search import optuna_backend
     from autoprune.search.backend import check_warm_start, make_sampler
 
@@ -174,8 +184,10 @@ def lock_run_dir(cfg: dict[str, Any], run_dir: Path) -> Any:
         f.seek(0)
         pid = f.read().strip() or "?"
         f.close()
-        raise UserError(f"run directory {run_dir} is in use by another autoprune search (pid {pid}); "
-                        f"wait for it to finish, or use another --out") from None
+        raise UserError(
+            f"run directory {run_dir} is in use by another autoprune search (pid {pid}); "
+            f"wait for it to finish, or use another --out"
+        ) from None
     f.seek(0)
     f.truncate()
     f.write(str(os.getpid()))
@@ -199,13 +211,20 @@ def _save_trial_model(run_dir: Path) -> Callable[[int, TrialResult], str]:
         rel = f"trials/trial_{number:04d}.pt"
         save_pruned(_model_of(result), run_dir / rel, extra={"trial": number, "counts": result.counts})
         return rel
+
     return save
 
 
 def trial_line(r: TrialRecord, best: float | None) -> str:
     policy = r.policy
-    summary = (f"keep min {min(policy.values()):.2f} mean {sum(policy.values()) / len(policy):.2f} "
-               f"max {max(policy.values()):.2f}") if policy else "-"
+    summary = (
+        (
+            f"keep min {min(policy.values()):.2f} mean {sum(policy.values()) / len(policy):.2f} "
+            f"max {max(policy.values()):.2f}"
+        )
+        if policy
+        else "-"
+    )
     rank1 = f"{r.target['rank1']:.3f}" if r.target else "  -  "
     if r.target_val:
         rank1 = f"{r.target_val['rank1']:.3f} (test {rank1})"
@@ -216,8 +235,9 @@ def trial_line(r: TrialRecord, best: float | None) -> str:
     return f"trial {r.number:3d} {r.state:8s} MACs {macs}  val rank-1 {rank1}  {secs:>5s}  {summary}{best_s}{extra}"
 
 
-def run_search(cfg: dict[str, Any], out: str | Path, progress: bool = True,
-               log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_search(
+    cfg: dict[str, Any], out: str | Path, progress: bool = True, log: Callable[[str], None] = print
+) -> dict[str, Any]:
     """Run (or resume) the search described by ``cfg`` into run directory ``out``; returns the report."""
     import optuna
 
@@ -243,8 +263,9 @@ def _diverged(what: str, exc: Exception) -> UserError:
     return UserError(f"training {what} diverged ({exc}); lower train.lr and trial.lr, or check the data")
 
 
-def _search(cfg: dict[str, Any], run_dir: Path, started: float, progress: bool,
-            log: Callable[[str], None]) -> dict[str, Any]:
+def _search(
+    cfg: dict[str, Any], run_dir: Path, started: float, progress: bool, log: Callable[[str], None]
+) -> dict[str, Any]:
     """One search as named steps: checks, domains, baseline and environment, adaptation and the unpruned
     reference, then the trials and :func:`finish` (final round, model, outputs)."""
     set_threads(cfg["train"]["threads"])
@@ -264,8 +285,16 @@ def _load_domains(cfg: dict[str, Any], log: Callable[[str], None]) -> tuple[Any,
     return load_domains(cfg)
 
 
-def _build_env(cfg: dict[str, Any], run_dir: Path, host: Any, device: torch.device, source: Any, target: Any,
-               progress: bool, log: Callable[[str], None]) -> tuple[SearchEnv, dict[str, Any]]:
+def _build_env(
+    cfg: dict[str, Any],
+    run_dir: Path,
+    host: Any,
+    device: torch.device,
+    source: Any,
+    target: Any,
+    progress: bool,
+    log: Callable[[str], None],
+) -> tuple[SearchEnv, dict[str, Any]]:
     """The baseline (trained, reused or imported) and the environment every trial shares; claims the run
     directory. Returns the environment and what :func:`get_baseline` says about the baseline."""
     from autoprune.engine.train import NonFiniteLoss
@@ -285,21 +314,28 @@ def _build_env(cfg: dict[str, Any], run_dir: Path, host: Any, device: torch.devi
 def _describe(cfg: dict[str, Any], env: SearchEnv, log: Callable[[str], None]) -> None:
     """The model, budget and space lines a search starts with."""
     if not env.strategy_cls.follows_policy and env.search.n_trials > 1:
-        log(f"note: strategy {cfg['trial']['strategy']!r} chooses the widths itself, so every trial prunes the same "
-            f"way; search.n_trials: 1 is enough")
-    log(f"model: {cfg['model']['arch']} {env.base_macs / 1e6:.1f} MMACs at {tuple(cfg['model']['input_size'])}, "
+        log(
+            f"note: strategy {cfg['trial']['strategy']!r} chooses the widths itself, so every trial prunes the same "
+            f"way; search.n_trials: 1 is enough"
+        )
+    log(
+        f"model: {cfg['model']['arch']} {env.base_macs / 1e6:.1f} MMACs at {tuple(cfg['model']['input_size'])}, "
         f"{len(env.group_names)} prunable groups; budget {env.budget.macs / 1e6:.1f} MMACs "
-        f"({env.budget.macs / env.base_macs:.0%}); space {env.space.name} ({len(env.space.params)} parameters)")
+        f"({env.budget.macs / env.base_macs:.0%}); space {env.space.name} ({len(env.space.params)} parameters)"
+    )
     if env.budget.latency is not None:
         key = env.budget.latency.table.key
-        log(f"latency budget: {env.budget.latency_ms} ms per image at batch {key.batch} on {key.device} "
+        log(
+            f"latency budget: {env.budget.latency_ms} ms per image at batch {key.batch} on {key.device} "
             f"({key.runtime}, {key.threads} threads); unpruned predicted "
             f"{env.budget.latency.predict_ms(env.cost.base_widths):.3f} ms; "
-            + ("each policy is also timed here" if env.end_to_end else "not this machine: the table is trusted"))
+            + ("each policy is also timed here" if env.end_to_end else "not this machine: the table is trusted")
+        )
 
 
-def _adapt(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, base_info: dict[str, Any],
-           log: Callable[[str], None]) -> dict[str, Any]:
+def _adapt(
+    cfg: dict[str, Any], run_dir: Path, env: SearchEnv, base_info: dict[str, Any], log: Callable[[str], None]
+) -> dict[str, Any]:
     """Adapt the unpruned model to the target once (``trial.adapt_epochs``), then the unpruned reference."""
     from autoprune.engine.train import NonFiniteLoss
 
@@ -337,8 +373,9 @@ def _make_backend(cfg: dict[str, Any], env: SearchEnv, run_dir: Path, log: Calla
     return OptunaBackend(env, run_dir, on_trial=_TrialLines(log), save_model=_save_trial_model(run_dir))
 
 
-def _run_trials(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, base: dict[str, Any], started: float,
-                log: Callable[[str], None]) -> dict[str, Any]:
+def _run_trials(
+    cfg: dict[str, Any], run_dir: Path, env: SearchEnv, base: dict[str, Any], started: float, log: Callable[[str], None]
+) -> dict[str, Any]:
     """The trials, then :func:`finish`; after a Ctrl-C, the report of the finished trials (no final round)."""
     backend = _make_backend(cfg, env, run_dir, log)
     try:
@@ -347,8 +384,9 @@ def _run_trials(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, base: dict[s
     except KeyboardInterrupt:  # in a trial, in the final round or while the report was written
         log("interrupted: writing the report for the finished trials; rerun the same command to resume")
         # Stop now: no final fine-tune (the resumed run does it). A second Ctrl-C stops this too.
-        report = finish({**cfg, "search": {**cfg["search"], "final_epochs": 0}}, run_dir, env, base,
-                        backend.records(), log=log)
+        report = finish(
+            {**cfg, "search": {**cfg["search"], "final_epochs": 0}}, run_dir, env, base, backend.records(), log=log
+        )
         report["seconds"] = time.perf_counter() - started
         write_json(run_dir / "report.json", report)
         raise
@@ -368,16 +406,22 @@ def recipe(cfg: dict[str, Any]) -> dict[str, Any]:
 
     t = TrialSettings.from_config(cfg)
     d = DistillSettings.from_config(cfg)
-    return {"scenario": t.scenario, "adapt_epochs": t.adapt_epochs, "finetune_epochs": t.finetune_epochs,
-            "final_epochs": SearchSettings.from_config(cfg).final_epochs, "recovery_epochs": recovery_epochs(cfg),
-            "distill": {"logit": d.logit, "embedding": d.embedding, "temperature": d.temperature},
-            "summary": f"{t.scenario}"
-                       + (f", adapted once ({t.adapt_epochs} target epochs)" if t.adapt_epochs else "")
-                       + f", {d.describe()}, {recovery_epochs(cfg)} recovery epochs"}
+    return {
+        "scenario": t.scenario,
+        "adapt_epochs": t.adapt_epochs,
+        "finetune_epochs": t.finetune_epochs,
+        "final_epochs": SearchSettings.from_config(cfg).final_epochs,
+        "recovery_epochs": recovery_epochs(cfg),
+        "distill": {"logit": d.logit, "embedding": d.embedding, "temperature": d.temperature},
+        "summary": f"{t.scenario}"
+        + (f", adapted once ({t.adapt_epochs} target epochs)" if t.adapt_epochs else "")
+        + f", {d.describe()}, {recovery_epochs(cfg)} recovery epochs",
+    }
 
 
-def _unpruned_reference(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, base_info: dict[str, Any],
-                        log: Callable[[str], None]) -> dict[str, Any]:
+def _unpruned_reference(
+    cfg: dict[str, Any], run_dir: Path, env: SearchEnv, base_info: dict[str, Any], log: Callable[[str], None]
+) -> dict[str, Any]:
     """The unpruned model through the same scenario and recovery epochs as the reported model (cached)."""
     from autoprune.engine.train import NonFiniteLoss
 
@@ -389,18 +433,27 @@ def _unpruned_reference(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, base
             log(f"baseline: unpruned reference rank-1 {base['target']['rank1']:.3f}, mAP {base['target']['mAP']:.3f}")
             return base
     direct = env.evaluate(env.baseline, env.target)
-    log(f"baseline: direct transfer to target rank-1 {direct['rank1']:.3f}; the unpruned reference recovers "
-        f"{epochs} epochs as the pruned model does")
+    log(
+        f"baseline: direct transfer to target rank-1 {direct['rank1']:.3f}; the unpruned reference recovers "
+        f"{epochs} epochs as the pruned model does"
+    )
     try:
         unpruned = env.unpruned(epochs=epochs)
     except NonFiniteLoss as exc:
         raise _diverged("the unpruned baseline on the target", exc) from None
-    base = {"arch": cfg["model"]["arch"], "macs": env.base_macs, "params": env.base_params,
-            "target": metrics_summary(unpruned.metrics["target"]),
-            "target_val": metrics_summary(unpruned.metrics["target"].get("val")),
-            "direct_transfer": metrics_summary(direct),
-            "source": metrics_summary(base_info.get("source_metrics")), "seconds": unpruned.seconds,
-            "recovery_epochs": epochs, "adapt_epochs": env.adapt_epochs, "recipe": recipe(cfg)}
+    base = {
+        "arch": cfg["model"]["arch"],
+        "macs": env.base_macs,
+        "params": env.base_params,
+        "target": metrics_summary(unpruned.metrics["target"]),
+        "target_val": metrics_summary(unpruned.metrics["target"].get("val")),
+        "direct_transfer": metrics_summary(direct),
+        "source": metrics_summary(base_info.get("source_metrics")),
+        "seconds": unpruned.seconds,
+        "recovery_epochs": epochs,
+        "adapt_epochs": env.adapt_epochs,
+        "recipe": recipe(cfg),
+    }
     if base_info.get("checkpoint"):
         base["checkpoint"] = base_info["checkpoint"]
     write_json(base_file, base)
@@ -409,12 +462,20 @@ def _unpruned_reference(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, base
 
 
 def _disk_full(run_dir: Path, exc: OSError) -> UserError:
-    return UserError(f"the disk under {run_dir} is full ({exc.strerror}); free some space, then rerun the same "
-                     f"command to resume (the interrupted trial is run again)")
+    return UserError(
+        f"the disk under {run_dir} is full ({exc.strerror}); free some space, then rerun the same "
+        f"command to resume (the interrupted trial is run again)"
+    )
 
 
-def finish(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, base: dict[str, Any], records: list[TrialRecord],
-           log: Callable[[str], None] = print) -> dict[str, Any]:
+def finish(
+    cfg: dict[str, Any],
+    run_dir: Path,
+    env: SearchEnv,
+    base: dict[str, Any],
+    records: list[TrialRecord],
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Pick the best policy, give it the final fine-tune, save the model and write the report files."""
     search = SearchSettings.from_config(cfg)
     by_score = ranked(records, env.budget.macs / env.base_macs, search.objective)
@@ -444,13 +505,23 @@ def _uniform_trial(env: SearchEnv, records: list[TrialRecord]) -> TrialRecord | 
     """The completed trial of the uniform policy (the warm start every search begins with), at the budget."""
     budget_ratio = env.budget.macs / env.base_macs
     uniform_values = env.space.uniform_values()
-    return next((r for r in records if r.state == "COMPLETE" and r.target and r.macs_ratio is not None
-                 and {k: v for k, v in r.values.items() if k != "macs_ratio"} == uniform_values
-                 and r.macs_ratio >= 0.99 * budget_ratio), None)
+    return next(
+        (
+            r
+            for r in records
+            if r.state == "COMPLETE"
+            and r.target
+            and r.macs_ratio is not None
+            and {k: v for k, v in r.values.items() if k != "macs_ratio"} == uniform_values
+            and r.macs_ratio >= 0.99 * budget_ratio
+        ),
+        None,
+    )
 
 
-def _global_trial(search: SearchSettings, env: SearchEnv, records: list[TrialRecord],
-                  uniform: TrialRecord | None) -> TrialRecord | None:
+def _global_trial(
+    search: SearchSettings, env: SearchEnv, records: list[TrialRecord], uniform: TrialRecord | None
+) -> TrialRecord | None:
     """The global-ranking warm start's trial, when the search had one: a finalist like the uniform policy."""
     if not search.warm_start_global:
         return None
@@ -459,17 +530,29 @@ def _global_trial(search: SearchSettings, env: SearchEnv, records: list[TrialRec
     return next((r for r in records if same_values(r, values) and r is not uniform and r.state != "FAIL"), None)
 
 
-def _report_head(cfg: dict[str, Any], env: SearchEnv, base: dict[str, Any], records: list[TrialRecord],
-                 uniform: TrialRecord | None) -> dict[str, Any]:
+def _report_head(
+    cfg: dict[str, Any], env: SearchEnv, base: dict[str, Any], records: list[TrialRecord], uniform: TrialRecord | None
+) -> dict[str, Any]:
     """The report without its best model: budget, baseline, config, plugins, trials, uniform policy."""
     search, trial = SearchSettings.from_config(cfg), TrialSettings.from_config(cfg)
     report: dict[str, Any] = {
-        "budget": {"macs_ratio": round(env.budget.macs / env.base_macs, 6), "macs": env.budget.macs, "unit": "MACs",
-                   "input_size": list(env.input_size), "round_to": env.budget.round_to},
+        "budget": {
+            "macs_ratio": round(env.budget.macs / env.base_macs, 6),
+            "macs": env.budget.macs,
+            "unit": "MACs",
+            "input_size": list(env.input_size),
+            "round_to": env.budget.round_to,
+        },
         "baseline": base,
-        "config": {"criterion": trial.criterion, "strategy": trial.strategy,
-                   "scenario": trial.scenario, "space": env.space.name, "sampler": search.sampler,
-                   "backend": search.backend, "finetune_epochs": trial.finetune_epochs},
+        "config": {
+            "criterion": trial.criterion,
+            "strategy": trial.strategy,
+            "scenario": trial.scenario,
+            "space": env.space.name,
+            "sampler": search.sampler,
+            "backend": search.backend,
+            "finetune_epochs": trial.finetune_epochs,
+        },
         "plugins": env.plugins_used(),
         "environment": environment(env.device),
         "recipe": recipe(cfg),
@@ -480,9 +563,15 @@ def _report_head(cfg: dict[str, Any], env: SearchEnv, base: dict[str, Any], reco
     if search.multi_objective:
         report["pareto_front"] = pareto_front(records)
     if uniform is not None:
-        report["uniform"] = {"trial": uniform.number, "policy": uniform.policy, "macs": uniform.macs,
-                             "params": uniform.params, "macs_ratio": uniform.macs_ratio, "target": uniform.target,
-                             "target_val": uniform.target_val}
+        report["uniform"] = {
+            "trial": uniform.number,
+            "policy": uniform.policy,
+            "macs": uniform.macs,
+            "params": uniform.params,
+            "macs_ratio": uniform.macs_ratio,
+            "target": uniform.target,
+            "target_val": uniform.target_val,
+        }
     return report
 
 
@@ -492,9 +581,16 @@ def _final_marker(model_dir: Path) -> dict[str, Any]:
     return json.loads(marker.read_text()) if marker.is_file() else {}
 
 
-def _choose_finalist(search: SearchSettings, run_dir: Path, env: SearchEnv, by_score: list[TrialRecord],
-                     records: list[TrialRecord], always: list[TrialRecord], report: dict[str, Any],
-                     log: Callable[[str], None]) -> TrialRecord:
+def _choose_finalist(
+    search: SearchSettings,
+    run_dir: Path,
+    env: SearchEnv,
+    by_score: list[TrialRecord],
+    records: list[TrialRecord],
+    always: list[TrialRecord],
+    report: dict[str, Any],
+    log: Callable[[str], None],
+) -> TrialRecord:
     """With a final round: the finalist best on validation after the final fine-tune (``report["finalists"]``
     lists them all); its model becomes ``model/pruned.pt``."""
     kind, final_epochs = search.objective, search.final_epochs
@@ -516,13 +612,16 @@ def _choose_finalist(search: SearchSettings, run_dir: Path, env: SearchEnv, by_s
             result = env.run(best.values, counts=best.counts, epochs=final_epochs)
             save_pruned(_model_of(result), model_path, extra={"trial": best.number, "counts": best.counts})
         write_json(model_dir / "final.json", {"trial": best.number, "final_epochs": final_epochs})
-    log(f"final: trial {best.number} is the best of {len(finals)} finalists on the validation split after "
-        f"the final fine-tune")
+    log(
+        f"final: trial {best.number} is the best of {len(finals)} finalists on the validation split after "
+        f"the final fine-tune"
+    )
     return best
 
 
-def _keep_trial_model(run_dir: Path, env: SearchEnv, best: TrialRecord, final_epochs: int,
-                      log: Callable[[str], None]) -> None:
+def _keep_trial_model(
+    run_dir: Path, env: SearchEnv, best: TrialRecord, final_epochs: int, log: Callable[[str], None]
+) -> None:
     """Without a final round: the best trial's own model becomes ``model/pruned.pt`` (trained again from its
     policy when another worker ran it)."""
     model_dir = run_dir / "model"
@@ -540,8 +639,14 @@ def _keep_trial_model(run_dir: Path, env: SearchEnv, best: TrialRecord, final_ep
     write_json(model_dir / "final.json", {"trial": best.number, "final_epochs": final_epochs})
 
 
-def _report_best(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, best: TrialRecord, report: dict[str, Any],
-                 log: Callable[[str], None]) -> None:
+def _report_best(
+    cfg: dict[str, Any],
+    run_dir: Path,
+    env: SearchEnv,
+    best: TrialRecord,
+    report: dict[str, Any],
+    log: Callable[[str], None],
+) -> None:
     """``report["best"]`` from the saved model (measured again, refused over budget), and its TorchScript."""
     from autoprune.pruning.flops import count_macs
 
@@ -555,14 +660,24 @@ def _report_best(cfg: dict[str, Any], run_dir: Path, env: SearchEnv, best: Trial
     # The chosen finalist was evaluated in the final round (the saved model is that model): no second pass
     # over the test split.
     chosen_final = next(f for f in report["finalists"] if f["chosen"]) if final_epochs else None
-    metrics: dict[str, Any] = ({**chosen_final["target"], "val": chosen_final["target_val"]} if chosen_final
-               else {**(best.target or {}), "val": best.target_val})
-    report["best"] = {"trial": best.number, "policy": best.policy, "counts": best.counts, "macs": macs,
-                      "params": params, "macs_ratio": macs / env.base_macs,
-                      "target": metrics_summary(metrics), "target_val": metrics_summary(metrics.get("val")),
-                      "hits": chosen_final["hits"] if chosen_final else best.hits,
-                      "model": os.path.relpath(model_path, run_dir),
-                      "final_epochs": final_epochs}
+    metrics: dict[str, Any] = (
+        {**chosen_final["target"], "val": chosen_final["target_val"]}
+        if chosen_final
+        else {**(best.target or {}), "val": best.target_val}
+    )
+    report["best"] = {
+        "trial": best.number,
+        "policy": best.policy,
+        "counts": best.counts,
+        "macs": macs,
+        "params": params,
+        "macs_ratio": macs / env.base_macs,
+        "target": metrics_summary(metrics),
+        "target_val": metrics_summary(metrics.get("val")),
+        "hits": chosen_final["hits"] if chosen_final else best.hits,
+        "model": os.path.relpath(model_path, run_dir),
+        "final_epochs": final_epochs,
+    }
     if env.budget.latency is not None:
         _report_latency(report, env, model, best.counts, cfg, log)
     save_torchscript(model, model_dir / "pruned.torchscript.pt", torch.randn(1, 3, *env.input_size))
@@ -578,8 +693,13 @@ def _report_comparisons(report: dict[str, Any], uniform: TrialRecord | None, glo
         report["uniform"]["final_target"] = final["target"]
         report["uniform"]["final_hits"] = final.get("hits")
     if glob is not None:
-        report["global"] = {"trial": glob.number, "policy": glob.policy, "macs_ratio": glob.macs_ratio,
-                            "target": glob.target, "target_val": glob.target_val}
+        report["global"] = {
+            "trial": glob.number,
+            "policy": glob.policy,
+            "macs_ratio": glob.macs_ratio,
+            "target": glob.target,
+            "target_val": glob.target_val,
+        }
         final = next((f for f in report.get("finalists", []) if f["trial"] == glob.number), None)
         if final is not None:
             report["global"].update(final_target=final["target"], final_hits=final.get("hits"))
@@ -592,8 +712,9 @@ def _drop_trial_models(run_dir: Path, records: list[TrialRecord], best: TrialRec
             trial_model(run_dir, r).unlink()
 
 
-def _write_outputs(run_dir: Path, report: dict[str, Any], records: list[TrialRecord], latency: bool,
-                   log: Callable[[str], None]) -> None:
+def _write_outputs(
+    run_dir: Path, report: dict[str, Any], records: list[TrialRecord], latency: bool, log: Callable[[str], None]
+) -> None:
     """trials.csv (with the trials' predicted latency under a latency budget), the plots and report.json; then
     the summary table."""
     write_trials_csv(run_dir / "trials.csv", records, latency=latency)
@@ -608,19 +729,29 @@ def _write_outputs(run_dir: Path, report: dict[str, Any], records: list[TrialRec
     log(f"\nrun directory: {run_dir}  ({', '.join(written)})")  # only what this run wrote
 
 
-def _report_latency(report: dict[str, Any], env: SearchEnv, model: torch.nn.Module, counts: dict[str, int],
-                    cfg: dict[str, Any], log: Callable[[str], None]) -> None:
+def _report_latency(
+    report: dict[str, Any],
+    env: SearchEnv,
+    model: torch.nn.Module,
+    counts: dict[str, int],
+    cfg: dict[str, Any],
+    log: Callable[[str], None],
+) -> None:
     """Latency of the unpruned model and the best next to their MACs (timed here when this is the device)."""
     from autoprune.pruning.latency import budget_entry, latency_entry
 
     report["budget"].update(budget_entry(env.budget, cfg, env.end_to_end))
-    report["baseline"] = {**report["baseline"],
-                          **latency_entry(env.budget, env.end_to_end, env.baseline, env.cost.base_widths)}
+    report["baseline"] = {
+        **report["baseline"],
+        **latency_entry(env.budget, env.end_to_end, env.baseline, env.cost.base_widths),
+    }
     entry = latency_entry(env.budget, env.end_to_end, model, counts)
     report["best"].update(entry)
     if entry["latency_measured"] and entry["latency_ms"] > env.budget.latency_ms:
-        log(f"warning: the best model measured {entry['latency_ms']:.3f} ms per image (median of "
-            f"{entry['latency_runs']}), over the budget of {env.budget.latency_ms} ms; the machine may be busy")
+        log(
+            f"warning: the best model measured {entry['latency_ms']:.3f} ms per image (median of "
+            f"{entry['latency_runs']}), over the budget of {env.budget.latency_ms} ms; the machine may be busy"
+        )
 
 
 def no_trial_completed(run_dir: Path, report: dict[str, Any]) -> str:
@@ -629,12 +760,20 @@ def no_trial_completed(run_dir: Path, report: dict[str, Any]) -> str:
     for t in report["trials"]:
         states[t["state"]] = states.get(t["state"], 0) + 1
     counts = ", ".join(f"{n} {state}" for state, n in sorted(states.items())) or "none ran"
-    return (f"no trial completed ({counts}), so there is no model; each trial's error is in "
-            f"{run_dir / 'report.json'} (trials[].error) and {run_dir / 'trials.csv'} (column error)")
+    return (
+        f"no trial completed ({counts}), so there is no model; each trial's error is in "
+        f"{run_dir / 'report.json'} (trials[].error) and {run_dir / 'trials.csv'} (column error)"
+    )
 
 
-def _final_round(env: SearchEnv, top: list[TrialRecord], always: list[TrialRecord], final_epochs: int,
-                 model_dir: Path, log: Callable[[str], None]) -> list[dict[str, Any]]:
+def _final_round(
+    env: SearchEnv,
+    top: list[TrialRecord],
+    always: list[TrialRecord],
+    final_epochs: int,
+    model_dir: Path,
+    log: Callable[[str], None],
+) -> list[dict[str, Any]]:
     """Give the ``top`` trials (best first) and the ``always`` ones (the uniform policy, the global-ranking
     warm start) the final fine-tune; their final metrics, with per-query test hits.
 
@@ -660,11 +799,22 @@ def _final_round(env: SearchEnv, top: list[TrialRecord], always: list[TrialRecor
             result = env.run(r.values, counts=r.counts or None, epochs=final_epochs)  # a stopped trial has no counts
             save_pruned(_model_of(result), weights, extra={"trial": r.number, "counts": result.counts})
             target = result.metrics["target"]
-            cached = {"trial": r.number, "final_epochs": final_epochs, "target": metrics_summary(target),
-                      "target_val": metrics_summary(target.get("val")), "hits": hits_string(target),
-                      "val_hits": hits_string(target.get("val"))}
+            cached = {
+                "trial": r.number,
+                "final_epochs": final_epochs,
+                "target": metrics_summary(target),
+                "target_val": metrics_summary(target.get("val")),
+                "hits": hits_string(target),
+                "val_hits": hits_string(target.get("val")),
+            }
             write_json(meta, cached)
-        finals.append({"trial": r.number, "target": cached["target"], "target_val": cached["target_val"],
-                       "hits": cached.get("hits"), "val_hits": cached.get("val_hits")})
+        finals.append(
+            {
+                "trial": r.number,
+                "target": cached["target"],
+                "target_val": cached["target_val"],
+                "hits": cached.get("hits"),
+                "val_hits": cached.get("val_hits"),
+            }
+        )
     return finals
-

@@ -15,8 +15,15 @@ from autoprune.data.loading import IdentitySampler, ImageStore, augment, normali
 
 
 @torch.no_grad()
-def adaptive_bn(model: nn.Module, store: ImageStore, device: torch.device, batches: int = 8,
-                batch_size: int = 32, num_instances: int = 4, seed: int = 0) -> None:
+def adaptive_bn(
+    model: nn.Module,
+    store: ImageStore,
+    device: torch.device,
+    batches: int = 8,
+    batch_size: int = 32,
+    num_instances: int = 4,
+    seed: int = 0,
+) -> None:
     """Replace every BatchNorm's running statistics with their average over ``batches`` target batches."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [m.momentum for m in bns]

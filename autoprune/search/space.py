@@ -83,13 +83,16 @@ def read_space(name_or_path: str) -> tuple[str, dict[str, Any]]:
     else:
         path = Path(name_or_path)
         if not path.is_file():
-            raise UserError(f"search space {name_or_path!r} is neither a built-in ({', '.join(sorted(builtin))}) "
-                            f"nor a YAML file; fix search.space")
+            raise UserError(
+                f"search space {name_or_path!r} is neither a built-in ({', '.join(sorted(builtin))}) "
+                f"nor a YAML file; fix search.space"
+            )
         try:
             text, name = path.read_text(encoding="utf-8"), path.stem
         except UnicodeDecodeError as exc:
-            raise UserError(f"search space {path} is not UTF-8 text (byte {exc.start}); give search.space a "
-                            f"YAML file") from None
+            raise UserError(
+                f"search space {path} is not UTF-8 text (byte {exc.start}); give search.space a YAML file"
+            ) from None
         except OSError as exc:
             raise UserError(f"search space {path} cannot be read ({exc.strerror}); fix search.space") from None
     data = parse_yaml(text, f"search space {name_or_path}") or {}
@@ -98,7 +101,9 @@ def read_space(name_or_path: str) -> tuple[str, dict[str, Any]]:
     return name, data
 
 
-def _range(where: str, spec: dict[str, Any], low: float, high: float, step: float | None) -> tuple[float, float, float | None]:
+def _range(
+    where: str, spec: dict[str, Any], low: float, high: float, step: float | None
+) -> tuple[float, float, float | None]:
     bad = set(spec) - {"low", "high", "step", "fixed"}
     if bad:
         raise UserError(f"search space {where}: unknown key(s) {sorted(bad)}; use low, high, step or fixed")
@@ -127,8 +132,7 @@ def build_space(name_or_path: str, groups: list[str], min_keep: float = 0.0, max
     name, data = read_space(name_or_path)
     unknown = set(data) - {"mode", "low", "high", "step", "overrides", "description"}
     if unknown:
-        raise UserError(f"search space {name}: unknown key(s) {sorted(unknown)}; "
-                        f"use mode, low, high, step, overrides")
+        raise UserError(f"search space {name}: unknown key(s) {sorted(unknown)}; use mode, low, high, step, overrides")
     mode = data.get("mode", "group")
     if mode not in MODES:
         raise UserError(f"search space {name}: mode {mode!r} is not one of {', '.join(MODES)}")
@@ -143,12 +147,16 @@ def build_space(name_or_path: str, groups: list[str], min_keep: float = 0.0, max
         raise UserError(f"search space {name}: overrides must be a mapping of pattern -> {{low, high, step, fixed}}")
     for pattern, spec in overrides.items():
         if not isinstance(pattern, str):
-            raise UserError(f"search space {name}: override key {pattern!r} must be a quoted pattern over "
-                            f"parameter names, e.g. \"layer1.*\"")
+            raise UserError(
+                f"search space {name}: override key {pattern!r} must be a quoted pattern over "
+                f'parameter names, e.g. "layer1.*"'
+            )
         hits = [p for p in params if fnmatch.fnmatchcase(p, pattern)]
         if not hits:
-            raise UserError(f"search space {name}: pattern {pattern!r} matches no parameter; "
-                            f"parameters are e.g. {', '.join(list(params)[:4])}")
+            raise UserError(
+                f"search space {name}: pattern {pattern!r} matches no parameter; "
+                f"parameters are e.g. {', '.join(list(params)[:4])}"
+            )
         if not isinstance(spec, dict):
             raise UserError(f"search space {name}: override {pattern!r} must be a mapping (low/high/step/fixed)")
         for pname in hits:

@@ -45,23 +45,31 @@ Reporter = Callable[[int, float], None]  # (step, target rank-1) -> may raise Tr
 @dataclass
 class TrialResult:
     counts: dict[str, int]
-    policy: dict[str, float]          # keep ratio per group (kept / original channels)
+    policy: dict[str, float]  # keep ratio per group (kept / original channels)
     macs: int
     params: int
     macs_ratio: float
-    metrics: dict[str, Any]           # {"target": {...}, "source": {...}?}
+    metrics: dict[str, Any]  # {"target": {...}, "source": {...}?}
     seconds: float
     model: nn.Module | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
-    train_seconds: float = 0.0        # inside the training loop (forward/backward/step)
-    eval_seconds: float = 0.0         # feature extraction and ranking
+    train_seconds: float = 0.0  # inside the training loop (forward/backward/step)
+    eval_seconds: float = 0.0  # feature extraction and ranking
 
 
 class SearchEnv:
     """Everything trials share: the baseline, the domains, the cost model, the budget, the space and the plugins."""
 
-    def __init__(self, cfg: dict[str, Any], host: Any, device: torch.device, source: Domain | None, target: Domain,
-                 baseline: nn.Module, progress: bool = False) -> None:
+    def __init__(
+        self,
+        cfg: dict[str, Any],
+        host: Any,
+        device: torch.device,
+        source: Domain | None,
+        target: Domain,
+        baseline: nn.Module,
+        progress: bool = False,
+    ) -> None:
         self.cfg, self.host, self.device = cfg, host, device
         self.search = SearchSettings.from_config(cfg)
         self.trial = TrialSettings.from_config(cfg)
@@ -80,8 +88,9 @@ class SearchEnv:
 
             self.budget, self.end_to_end = latency_budget(cfg, graph, self.budget, device.type, progress)
         check_feasible(self.cost, self.budget)
-        self.space: SearchSpace = build_space(self.search.space, self.group_names,
-                                              cfg["budget"]["min_keep"], cfg["budget"]["max_keep"])
+        self.space: SearchSpace = build_space(
+            self.search.space, self.group_names, cfg["budget"]["min_keep"], cfg["budget"]["max_keep"]
+        )
         t = self.trial
         # Resolve plugin names and options now: a typo is a config error before any training, not a failed trial.
         self.criterion_cls = host.get("criterion", t.criterion)
@@ -104,8 +113,11 @@ class SearchEnv:
         from autoprune.data import parse_spec
 
         used = [(kind, self.trial.plugin(kind)) for kind in ("criterion", "strategy", "scenario")]
-        used += [("dataset", parse_spec(self.cfg["data"][key])[0]) for key in ("source", "target")
-                 if self.cfg["data"][key] is not None]
+        used += [
+            ("dataset", parse_spec(self.cfg["data"][key])[0])
+            for key in ("source", "target")
+            if self.cfg["data"][key] is not None
+        ]
         used.append(("backbone", self.cfg["model"]["arch"]))
         unique = list(dict.fromkeys(used))
         return [self.host.provenance(kind, name, self.cfg["plugins"]) for kind, name in unique]
@@ -115,15 +127,27 @@ class SearchEnv:
         self.adapted = model.cpu().eval()
         self.teacher = copy.deepcopy(self.adapted).to(self.device).eval().requires_grad_(False)
 
-    def adapt(self, model: nn.Module, resume: dict[str, Any] | None = None,
-              checkpoint: Callable[[dict[str, Any]], None] | None = None) -> nn.Module:
+    def adapt(
+        self,
+        model: nn.Module,
+        resume: dict[str, Any] | None = None,
+        checkpoint: Callable[[dict[str, Any]], None] | None = None,
+    ) -> nn.Module:
         """Fine-tune ``model`` (a copy of the baseline) on the target for ``trial.adapt_epochs``, seeded as a trial is.
 
         ``resume`` (with the partially adapted ``model``) continues an interrupted adaptation from its checkpoint.
         """
         torch.manual_seed(self.cfg["seed"])
-        fit(model, self.target.train, self.settings(self.adapt_epochs), self.device, desc="adapt",
-            progress=self.progress, resume=resume, checkpoint=checkpoint)
+        fit(
+            model,
+            self.target.train,
+            self.settings(self.adapt_epochs),
+            self.device,
+            desc="adapt",
+            progress=self.progress,
+            resume=resume,
+            checkpoint=checkpoint,
+        )
         return model.cpu().eval()
 
     # -- services handed to plugins ------------------------------------------------------------
@@ -148,16 +172,23 @@ class SearchEnv:
             logits, _ = model(x)
             return cross_entropy_ls(logits, y, s.label_smoothing)
 
-        return CriterionContext(graph=graph, device=device, batches=batches, loss=loss,
-                                num_batches=self.trial.criterion_batches, seed=self.cfg["seed"])
+        return CriterionContext(
+            graph=graph,
+            device=device,
+            batches=batches,
+            loss=loss,
+            num_batches=self.trial.criterion_batches,
+            seed=self.cfg["seed"],
+        )
 
     def evaluate(self, model: nn.Module, domain: Domain) -> dict[str, Any]:
         """Test-split metrics, with the validation split's under ``"val"`` when the domain has one."""
         precision = self.cfg["train"]["precision"]
         metrics = evaluate_domain(model, domain.query, domain.gallery, self.device, precision=precision)
         if domain.val_query is not None and domain.val_gallery is not None:
-            metrics["val"] = evaluate_domain(model, domain.val_query, domain.val_gallery, self.device,
-                                             precision=precision)
+            metrics["val"] = evaluate_domain(
+                model, domain.val_query, domain.val_gallery, self.device, precision=precision
+            )
         return metrics
 
     def evaluate_val(self, model: nn.Module, domain: Domain) -> dict[str, Any]:
@@ -177,8 +208,10 @@ class SearchEnv:
         counts = project(self.cost, ratios, budget)
         if self.end_to_end is not None and budget.latency_ms is not None:  # measured, not only predicted
             counts = self.end_to_end.tighten(
-                counts, lambda ms: project(self.cost, ratios, dataclasses.replace(budget, latency_ms=ms)),
-                budget.latency_ms)
+                counts,
+                lambda ms: project(self.cost, ratios, dataclasses.replace(budget, latency_ms=ms)),
+                budget.latency_ms,
+            )
         return counts
 
     def macs_ratio_range(self) -> tuple[float, float]:
@@ -222,12 +255,25 @@ class SearchEnv:
         scores = score_groups(model, self.new("criterion"), self.criterion_context(graph, self.target))
         prune_to_counts(graph, counts, scores)
         s = self.settings(1)
-        adaptive_bn(model, self.target.train, self.device, batches=self.search.screening.batches,
-                    batch_size=s.batch_size, num_instances=s.num_instances, seed=self.cfg["seed"])
+        adaptive_bn(
+            model,
+            self.target.train,
+            self.device,
+            batches=self.search.screening.batches,
+            batch_size=s.batch_size,
+            num_instances=s.num_instances,
+            seed=self.cfg["seed"],
+        )
         return float(self.evaluate_val(model, self.target)["rank1"])
 
-    def run(self, values: dict[str, float], report: Reporter | None = None, epochs: int | None = None,
-            counts: dict[str, int] | None = None, screen: Callable[[float], None] | None = None) -> TrialResult:
+    def run(
+        self,
+        values: dict[str, float],
+        report: Reporter | None = None,
+        epochs: int | None = None,
+        counts: dict[str, int] | None = None,
+        screen: Callable[[float], None] | None = None,
+    ) -> TrialResult:
         """Prune a fresh copy of the baseline (or the adapted model) to the projected policy, run the scenario.
 
         ``screen(score)``, if given, sees the candidate's adaptive-BN score first and may raise
@@ -242,12 +288,20 @@ class SearchEnv:
         epochs = self.trial.finetune_epochs if epochs is None else epochs
         services = TrialServices(self, counts, report)
         scenario = self.new("scenario")
-        ctx = ScenarioContext(model=copy.deepcopy(self.baseline).to(self.device), source=self.source,
-                              target=self.target, epochs=epochs, prune=services.prune, finetune=services.finetune,
-                              evaluate=services.evaluate, teacher=self.teacher,
-                              adapted=copy.deepcopy(self.adapted).to(self.device) if self.adapted is not None else None,
-                              adapt_epochs=self.adapt_epochs, distill=self.distill,
-                              options=scenario.options)
+        ctx = ScenarioContext(
+            model=copy.deepcopy(self.baseline).to(self.device),
+            source=self.source,
+            target=self.target,
+            epochs=epochs,
+            prune=services.prune,
+            finetune=services.finetune,
+            evaluate=services.evaluate,
+            teacher=self.teacher,
+            adapted=copy.deepcopy(self.adapted).to(self.device) if self.adapted is not None else None,
+            adapt_epochs=self.adapt_epochs,
+            distill=self.distill,
+            options=scenario.options,
+        )
         with torch.enable_grad():  # restores the grad mode on exit, whatever plugin code set it to
             model, metrics = scenario.run(ctx)
         rank1 = objective_rank1(metrics, self.search.objective)
@@ -256,16 +310,35 @@ class SearchEnv:
         model = model.cpu().eval()
         macs, params = count_macs(model, self.input_size)
         counts = services.counts
-        if macs > self.budget.macs and any(c < self.cost.base_widths[n] for n, c in counts.items()):
-            raise RuntimeError(f"pruned model has {macs} MACs, above the budget {self.budget.macs}")
-        if (self.budget.latency is not None and self.budget.latency_ms is not None and any(c < self.cost.base_widths[n] for n, c in counts.items())
-                and self.budget.latency.predict_ms(counts) > self.budget.latency_ms * (1 + 1e-9)):
-            raise RuntimeError(f"pruned model is predicted at {self.budget.latency.predict_ms(counts):.3f} ms, "
-                               f"above the budget {self.budget.latency_ms} ms")
+        self._check_budget(counts, macs)
         policy = {n: round(c / self.cost.base_widths[n], 4) for n, c in counts.items()}
-        return TrialResult(counts, policy, macs, params, macs / self.base_macs, metrics,
-                           time.perf_counter() - start, model, services.history, services.train_seconds,
-                           services.eval_seconds)
+        return TrialResult(
+            counts,
+            policy,
+            macs,
+            params,
+            macs / self.base_macs,
+            metrics,
+            time.perf_counter() - start,
+            model,
+            services.history,
+            services.train_seconds,
+            services.eval_seconds,
+        )
+
+    def _check_budget(self, counts: dict[str, int], macs: int) -> None:
+        """A pruned model over the MACs or the predicted-latency budget is a failed trial, never a result."""
+        if not any(c < self.cost.base_widths[n] for n, c in counts.items()):
+            return  # the unpruned reference is over the budget by definition
+        if macs > self.budget.macs:
+            raise RuntimeError(f"pruned model has {macs} MACs, above the budget {self.budget.macs}")
+        latency = self.budget.latency
+        if latency is not None and self.budget.latency_ms is not None:
+            predicted = latency.predict_ms(counts)
+            if predicted > self.budget.latency_ms * (1 + 1e-9):
+                raise RuntimeError(
+                    f"pruned model is predicted at {predicted:.3f} ms, above the budget {self.budget.latency_ms} ms"
+                )
 
     def unpruned(self, epochs: int | None = None) -> TrialResult:
         """The baseline through the same scenario with nothing pruned: what a pruned model is compared with."""
@@ -283,7 +356,7 @@ class TrialServices:
     def __init__(self, env: SearchEnv, counts: dict[str, int], report: Reporter | None) -> None:
         self.env, self.counts, self.report = env, counts, report
         self.history: list[dict[str, Any]] = []
-        self.train_seconds = 0.0          # inside the training loop, evaluation excluded
+        self.train_seconds = 0.0  # inside the training loop, evaluation excluded
         self.eval_seconds = 0.0
         self._step = 0
 
@@ -307,13 +380,24 @@ class TrialServices:
             return model
         graph = PruningGraph(model, env.input_size)
 
-        def finetune(m: nn.Module, n_epochs: int, on_epoch_end: EpochCallback | None = None,
-                     on_step_end: Callable[[nn.Module], None] | None = None) -> list:
+        def finetune(
+            m: nn.Module,
+            n_epochs: int,
+            on_epoch_end: EpochCallback | None = None,
+            on_step_end: Callable[[nn.Module], None] | None = None,
+        ) -> list:
             return self._fit(m, domain, n_epochs, on_epoch_end, on_step_end, extra_loss)
 
-        sctx = StrategyContext(graph=graph, counts=self.counts, criterion=env.new("criterion"),
-                               criterion_context=lambda: env.criterion_context(graph, domain),
-                               finetune=finetune, epochs=epochs, cost=env.cost, budget=env.budget)
+        sctx = StrategyContext(
+            graph=graph,
+            counts=self.counts,
+            criterion=env.new("criterion"),
+            criterion_context=lambda: env.criterion_context(graph, domain),
+            finetune=finetune,
+            epochs=epochs,
+            cost=env.cost,
+            budget=env.budget,
+        )
         out = env.new("strategy").run(model, sctx)
         widths = graph.widths()
         if not env.strategy_cls.follows_policy:
@@ -321,12 +405,20 @@ class TrialServices:
             self.counts.update(widths)
         elif widths != self.counts:
             wrong = [n for n in self.counts if widths.get(n) != self.counts[n]][:3]
-            raise RuntimeError(f"strategy {env.strategy_cls.name!r} left groups {wrong} at other widths "
-                               f"than the policy asks")
+            raise RuntimeError(
+                f"strategy {env.strategy_cls.name!r} left groups {wrong} at other widths than the policy asks"
+            )
         return out
 
-    def _fit(self, model: nn.Module, domain: Domain, epochs: int, on_epoch_end: EpochCallback | None = None,
-             on_step_end: Callable[[nn.Module], None] | None = None, extra_loss: LossTerm | None = None) -> list:
+    def _fit(
+        self,
+        model: nn.Module,
+        domain: Domain,
+        epochs: int,
+        on_epoch_end: EpochCallback | None = None,
+        on_step_end: Callable[[nn.Module], None] | None = None,
+        extra_loss: LossTerm | None = None,
+    ) -> list:
         env = self.env
 
         def epoch_end(epoch: int, m: nn.Module) -> None:
@@ -337,9 +429,18 @@ class TrialServices:
 
         t0, eval_before = time.perf_counter(), self.eval_seconds
         try:
-            return fit(model, domain.train, env.settings(epochs), env.device, on_epoch_end=epoch_end,
-                       on_step_end=on_step_end, desc="finetune", progress=env.progress, extra_loss=extra_loss,
-                       teacher=env.teacher if extra_loss is not None else None)
+            return fit(
+                model,
+                domain.train,
+                env.settings(epochs),
+                env.device,
+                on_epoch_end=epoch_end,
+                on_step_end=on_step_end,
+                desc="finetune",
+                progress=env.progress,
+                extra_loss=extra_loss,
+                teacher=env.teacher if extra_loss is not None else None,
+            )
         finally:
             self.train_seconds += time.perf_counter() - t0 - (self.eval_seconds - eval_before)
 

@@ -25,15 +25,25 @@ from autoprune.errors import UserError
 
 def add_worker_parser(subparsers: Any) -> None:
     """Add ``autoprune worker`` to the CLI's subcommands."""
-    p = subparsers.add_parser("worker", help="join a shared Optuna study (journal file or PostgreSQL) and run "
-                                             "its trials until it has search.n_trials finished trials")
+    p = subparsers.add_parser(
+        "worker",
+        help="join a shared Optuna study (journal file or PostgreSQL) and run "
+        "its trials until it has search.n_trials finished trials",
+    )
     add_config_args(p)
-    p.add_argument("--storage", required=True, metavar="URL",
-                   help="the shared study: journal:/shared/study.log (processes on one machine or a shared "
-                        "disk) or postgresql://user:password@host/db (several machines)")
-    p.add_argument("--n-trials", type=int, metavar="N",
-                   help="finished trials the whole study should reach, all workers together "
-                        "(default: search.n_trials)")
+    p.add_argument(
+        "--storage",
+        required=True,
+        metavar="URL",
+        help="the shared study: journal:/shared/study.log (processes on one machine or a shared "
+        "disk) or postgresql://user:password@host/db (several machines)",
+    )
+    p.add_argument(
+        "--n-trials",
+        type=int,
+        metavar="N",
+        help="finished trials the whole study should reach, all workers together (default: search.n_trials)",
+    )
 
 
 def worker_out(args: argparse.Namespace) -> Path:
@@ -48,8 +58,10 @@ def worker_config(args: argparse.Namespace) -> dict[str, Any]:
 
     cfg = load_config(args.config, args.preset, args.overrides)
     if cfg["search"]["backend"] != "optuna":
-        raise UserError("autoprune worker joins an Optuna study; with search.backend ray, run `autoprune search` "
-                        "once and let Ray spread the trials over the cluster (search.ray.address)")
+        raise UserError(
+            "autoprune worker joins an Optuna study; with search.backend ray, run `autoprune search` "
+            "once and let Ray spread the trials over the cluster (search.ray.address)"
+        )
     if args.n_trials is not None:
         if args.n_trials <= 0:
             raise UserError(f"--n-trials must be > 0, got {args.n_trials}")

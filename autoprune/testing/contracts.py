@@ -38,8 +38,8 @@ from autoprune.pruning.surgery import prune_to_counts
 from autoprune.scenarios import BaseScenario, ScenarioContext
 from autoprune.strategies import BaseStrategy, StrategyContext
 
-SIZE = (64, 32)     # input (height, width) of every model here
-NUM_CLASSES = 4     # identities of the random batches
+SIZE = (64, 32)  # input (height, width) of every model here
+NUM_CLASSES = 4  # identities of the random batches
 
 # -- models, graphs and criterion contexts ------------------------------------------------------------------
 
@@ -90,14 +90,19 @@ def tiny_graph(model: nn.Module, input_size: tuple[int, int] = SIZE) -> PruningG
     return PruningGraph(model, input_size)
 
 
-def random_batches(seed: int = 0, batch_size: int = 2,
-                   num_classes: int = NUM_CLASSES) -> Callable[[int], Iterator[Batch]]:
+def random_batches(
+    seed: int = 0, batch_size: int = 2, num_classes: int = NUM_CLASSES
+) -> Callable[[int], Iterator[Batch]]:
     """``batches(n)`` yielding ``n`` random (images, labels) batches, the same ones on every call."""
+
     def batches(n: int) -> Iterator[Batch]:
         gen = torch.Generator().manual_seed(seed)
         for _ in range(n):
-            yield (torch.randn(batch_size, 3, *SIZE, generator=gen),
-                   torch.randint(num_classes, (batch_size,), generator=gen))
+            yield (
+                torch.randn(batch_size, 3, *SIZE, generator=gen),
+                torch.randint(num_classes, (batch_size,), generator=gen),
+            )
+
     return batches
 
 
@@ -108,22 +113,28 @@ def classification_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
     return F.cross_entropy(out[0] if isinstance(out, tuple) else out, y)
 
 
-def criterion_context(graph: PruningGraph, seed: int = 0, num_batches: int = 2,
-                      batch_size: int = 2) -> CriterionContext:
+def criterion_context(
+    graph: PruningGraph, seed: int = 0, num_batches: int = 2, batch_size: int = 2
+) -> CriterionContext:
     """A CriterionContext on ``graph`` with random batches and a cross-entropy loss (for data-driven criteria)."""
     num_classes = getattr(getattr(graph.model, "classifier", None), "out_features", NUM_CLASSES)
-    return CriterionContext(graph=graph, device=torch.device("cpu"),
-                            batches=random_batches(seed, batch_size, num_classes), loss=classification_loss,
-                            num_batches=num_batches, seed=seed)
+    return CriterionContext(
+        graph=graph,
+        device=torch.device("cpu"),
+        batches=random_batches(seed, batch_size, num_classes),
+        loss=classification_loss,
+        num_batches=num_batches,
+        seed=seed,
+    )
 
 
-def score_all(criterion: BaseCriterion, model: nn.Module, graph: PruningGraph,
-              seed: int = 0) -> dict[str, torch.Tensor]:
+def score_all(
+    criterion: BaseCriterion, model: nn.Module, graph: PruningGraph, seed: int = 0
+) -> dict[str, torch.Tensor]:
     """The criterion's raw scores of every group, as the host computes them (prepare once, then score)."""
     ctx = criterion_context(graph, seed=seed)
     criterion.prepare(model, ctx)
-    return {name: torch.as_tensor(criterion.score(model, name, ctx)).detach().float().cpu()
-            for name in graph.groups}
+    return {name: torch.as_tensor(criterion.score(model, name, ctx)).detach().float().cpu() for name in graph.groups}
 
 
 def plant_weak_channel(graph: PruningGraph, group: str, channel: int, factor: float = 1e-3) -> None:
@@ -158,8 +169,8 @@ class FinetuneCall:
     """One call of the fine-tuning stand-in."""
 
     epochs: int
-    widths: dict[str, int]                                       # group widths when the call started
-    zeroed: list[dict[str, int]] = field(default_factory=list)   # per epoch, soft-pruned channels at its start
+    widths: dict[str, int]  # group widths when the call started
+    zeroed: list[dict[str, int]] = field(default_factory=list)  # per epoch, soft-pruned channels at its start
 
 
 class RecordingFinetune:
@@ -180,8 +191,13 @@ class RecordingFinetune:
         """Epochs asked for over all calls."""
         return sum(c.epochs for c in self.calls)
 
-    def __call__(self, model: nn.Module, epochs: int, on_epoch_end: Callable[[int, nn.Module], None] | None = None,
-                 on_step_end: Callable[[nn.Module], None] | None = None) -> list[dict[str, float]]:
+    def __call__(
+        self,
+        model: nn.Module,
+        epochs: int,
+        on_epoch_end: Callable[[int, nn.Module], None] | None = None,
+        on_step_end: Callable[[nn.Module], None] | None = None,
+    ) -> list[dict[str, float]]:
         call = FinetuneCall(epochs, self.graph.widths())
         self.calls.append(call)
         history = []
@@ -200,9 +216,17 @@ class RecordingFinetune:
         return history
 
 
-def strategy_context(model: nn.Module, criterion: BaseCriterion | None = None, budget_ratio: float = 0.5,
-                     counts: dict[str, int] | None = None, epochs: int = 3, noise: float = 0.0,
-                     min_keep: float = 0.1, round_to: int = 8, input_size: tuple[int, int] = SIZE) -> StrategyContext:
+def strategy_context(
+    model: nn.Module,
+    criterion: BaseCriterion | None = None,
+    budget_ratio: float = 0.5,
+    counts: dict[str, int] | None = None,
+    epochs: int = 3,
+    noise: float = 0.0,
+    min_keep: float = 0.1,
+    round_to: int = 8,
+    input_size: tuple[int, int] = SIZE,
+) -> StrategyContext:
     """A StrategyContext on ``model`` with a :class:`RecordingFinetune` as ``ctx.finetune``.
 
     The target ``counts`` default to the uniform policy projected onto ``budget_ratio`` of the model's
@@ -217,10 +241,16 @@ def strategy_context(model: nn.Module, criterion: BaseCriterion | None = None, b
     budget = Budget(int(cost.base_macs * budget_ratio), min_keep=min_keep, round_to=round_to)
     if counts is None:
         counts = project(cost, uniform_ratios(cost), budget)
-    return StrategyContext(graph=graph, counts=dict(counts), criterion=criterion,
-                           criterion_context=lambda: criterion_context(graph),
-                           finetune=RecordingFinetune(graph, noise=noise), epochs=epochs, cost=cost,
-                           budget=budget)
+    return StrategyContext(
+        graph=graph,
+        counts=dict(counts),
+        criterion=criterion,
+        criterion_context=lambda: criterion_context(graph),
+        finetune=RecordingFinetune(graph, noise=noise),
+        epochs=epochs,
+        cost=cost,
+        budget=budget,
+    )
 
 
 def min_width(base: int, budget: Budget, channel_groups: int = 1) -> int:
@@ -275,9 +305,14 @@ class ScenarioRecorder:
         return metrics
 
 
-def scenario_context(epochs: int = 3, source_query: int = 2, with_source: bool = True,
-                     options: Mapping[str, Any] | None = None, adapted: bool = False,
-                     distill: DistillSettings | None = None) -> tuple[ScenarioContext, ScenarioRecorder]:
+def scenario_context(
+    epochs: int = 3,
+    source_query: int = 2,
+    with_source: bool = True,
+    options: Mapping[str, Any] | None = None,
+    adapted: bool = False,
+    distill: DistillSettings | None = None,
+) -> tuple[ScenarioContext, ScenarioRecorder]:
     """A ScenarioContext with fake services, and the recorder of what the scenario asked of them.
 
     ``with_source=False``: no source domain (``ctx.source`` is None), as when a user's trained model is pruned.
@@ -287,18 +322,26 @@ def scenario_context(epochs: int = 3, source_query: int = 2, with_source: bool =
     """
     rec = ScenarioRecorder()
     source = fake_domain("source", num_query=source_query) if with_source else None
-    ctx = ScenarioContext(model=nn.Identity(), source=source,
-                          target=fake_domain("target"), epochs=epochs, prune=rec.prune, finetune=rec.finetune,
-                          evaluate=rec.evaluate, options=options if options is not None else {},
-                          distill=distill or DistillSettings())
+    ctx = ScenarioContext(
+        model=nn.Identity(),
+        source=source,
+        target=fake_domain("target"),
+        epochs=epochs,
+        prune=rec.prune,
+        finetune=rec.finetune,
+        evaluate=rec.evaluate,
+        options=options if options is not None else {},
+        distill=distill or DistillSettings(),
+    )
     if adapted:
         ctx.teacher = tiny_model(seed=1).eval().requires_grad_(False)
         ctx.adapted, ctx.adapt_epochs = tiny_model(seed=1), epochs
     return ctx, rec
 
 
-def loss_term_value(term: Callable[..., torch.Tensor], with_teacher: bool = True,
-                    seed: int = 0) -> tuple[torch.Tensor, nn.Module]:
+def loss_term_value(
+    term: Callable[..., torch.Tensor], with_teacher: bool = True, seed: int = 0
+) -> tuple[torch.Tensor, nn.Module]:
     """Call an extra loss term as the host's fine-tuning does, on a tiny student (train mode) and teacher.
 
     Returns the term's value and the student, so a test can check the value and that it back-propagates.
@@ -360,7 +403,9 @@ class _PluginContract:
     def test_has_a_name_and_a_docstring(self) -> None:
         name = getattr(self._cls, "name", None)
         assert isinstance(name, str) and name, f"{self._cls.__name__} needs a class attribute name = '...'"
-        assert (self._cls.__doc__ or "").strip(), f"{self._cls.__name__} needs a docstring (`autoprune plugins` shows it)"
+        assert (self._cls.__doc__ or "").strip(), (
+            f"{self._cls.__name__} needs a docstring (`autoprune plugins` shows it)"
+        )
 
     def test_declares_options_with_defaults(self) -> None:
         check_options(self._cls, getattr(self, self.options_attr))
@@ -396,18 +441,29 @@ class CriterionContract(_PluginContract):
         model = tiny_model()
         graph = tiny_graph(model)
         gen = torch.Generator().manual_seed(1)
-        prune_to_counts(graph, {n: c - c // 3 for n, c in graph.widths().items()},
-                        {n: torch.rand(c, generator=gen) for n, c in graph.widths().items()})
-        check_scores(score_all(self.make_criterion(), model, graph), graph,
-                     f"{self.criterion_class.__name__} (on a model pruned by a third)")
+        prune_to_counts(
+            graph,
+            {n: c - c // 3 for n, c in graph.widths().items()},
+            {n: torch.rand(c, generator=gen) for n, c in graph.widths().items()},
+        )
+        check_scores(
+            score_all(self.make_criterion(), model, graph),
+            graph,
+            f"{self.criterion_class.__name__} (on a model pruned by a third)",
+        )
 
     def test_deterministic_for_a_fixed_seed(self) -> None:
         a, b = tiny_model(), tiny_model()
         first = score_all(self.make_criterion(), a, tiny_graph(a), seed=5)
         second = score_all(self.make_criterion(), b, tiny_graph(b), seed=5)
         for name in first:
-            torch.testing.assert_close(first[name], second[name], rtol=1e-5, atol=0.0,
-                                       msg=f"{self.criterion_class.__name__}: two runs with seed 5 differ for {name}")
+            torch.testing.assert_close(
+                first[name],
+                second[name],
+                rtol=1e-5,
+                atol=0.0,
+                msg=f"{self.criterion_class.__name__}: two runs with seed 5 differ for {name}",
+            )
 
     @pytest.mark.parametrize("training", [True, False])
     def test_leaves_the_model_unchanged(self, training: bool) -> None:
@@ -436,7 +492,8 @@ class CriterionContract(_PluginContract):
             lowest = int(scores[group].argmin())
             assert lowest == self.planted_channel, (
                 f"{group}: channel {self.planted_channel} (filters, gamma and beta scaled by 1e-3) should score "
-                f"lowest, but channel {lowest} does")
+                f"lowest, but channel {lowest} does"
+            )
 
 
 class StrategyContract(_PluginContract):
@@ -467,8 +524,9 @@ class StrategyContract(_PluginContract):
         who = self.strategy_class.__name__
         if self.strategy_class.follows_policy:
             wrong = {n: (widths[n], c) for n, c in ctx.counts.items() if widths.get(n) != c}
-            assert not wrong, f"{who} must end at ctx.counts; (width, target) of the groups that differ: " + \
-                ", ".join(f"{n} {w} != {c}" for n, (w, c) in list(wrong.items())[:5])
+            assert not wrong, f"{who} must end at ctx.counts; (width, target) of the groups that differ: " + ", ".join(
+                f"{n} {w} != {c}" for n, (w, c) in list(wrong.items())[:5]
+            )
         else:
             assert ctx.cost is not None and ctx.budget is not None
             macs = ctx.cost.macs(widths)
@@ -549,9 +607,12 @@ class ScenarioContract(_PluginContract):
         assert ctx.source is not None
         evaluated = [c for c in rec.of("evaluate") if c.domain == ctx.source.spec and c.model is model]
         assert evaluated and metrics["source"] == evaluated[-1].result, (
-            "with source queries, metrics['source'] must be ctx.evaluate(model, ctx.source) of the returned model")
+            "with source queries, metrics['source'] must be ctx.evaluate(model, ctx.source) of the returned model"
+        )
         _, metrics, _, _ = self.run_scenario(source_query=0)
-        assert metrics["source"] is None, f"without source queries metrics['source'] must be None, got {metrics['source']}"
+        assert metrics["source"] is None, (
+            f"without source queries metrics['source'] must be None, got {metrics['source']}"
+        )
 
     def test_runs_without_a_source_unless_it_declares_it_needs_one(self) -> None:
         if self.scenario_class.needs_source:
@@ -564,7 +625,8 @@ class ScenarioContract(_PluginContract):
         _, _, ctx, rec = self.run_scenario(epochs=3)
         for call in rec.of("prune") + rec.of("finetune"):
             assert call.epochs is not None and 0 <= call.epochs <= ctx.epochs, (
-                f"ctx.{call.kind} was asked for {call.epochs} epochs; each call may use 0..ctx.epochs = {ctx.epochs}")
+                f"ctx.{call.kind} was asked for {call.epochs} epochs; each call may use 0..ctx.epochs = {ctx.epochs}"
+            )
 
     @pytest.mark.parametrize("adapted", [False, True])
     def test_extra_loss_terms_are_finite_scalars_that_train_the_student(self, adapted: bool) -> None:
@@ -575,5 +637,6 @@ class ScenarioContract(_PluginContract):
             value, student = loss_term_value(call.extra_loss, with_teacher=adapted)
             assert value.dim() == 0 and torch.isfinite(value), f"{call.kind}: the extra loss is not a finite scalar"
             value.backward()
-            assert any(p.grad is not None for p in student.parameters()), f"{call.kind}: no gradient reaches the student"
-
+            assert any(p.grad is not None for p in student.parameters()), (
+                f"{call.kind}: no gradient reaches the student"
+            )

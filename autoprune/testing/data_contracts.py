@@ -67,7 +67,8 @@ class DatasetReaderContract:
                 path, pid, camid = sample
                 assert Path(path).is_file(), f"{split}: image {path} does not exist"
                 assert isinstance(pid, int) and isinstance(camid, int) and camid >= 0, (
-                    f"{split}: pid and camid must be ints, camid 0-based; got {sample!r}")
+                    f"{split}: pid and camid must be ints, camid 0-based; got {sample!r}"
+                )
         pids = sorted({pid for _, pid, _ in ds.train})
         assert pids == list(range(len(pids))), f"train pids must be relabelled 0..{len(pids) - 1}, got {pids[:10]}"
         gallery = {pid for _, pid, _ in ds.gallery}
@@ -110,11 +111,15 @@ class BackboneContract:
         out = model(x)
         assert isinstance(out, tuple) and len(out) == 2, "train mode returns (logits, features)"
         logits, feats = out
-        assert tuple(logits.shape) == (2, self.num_classes), f"logits: expected (2, {self.num_classes}), got {tuple(logits.shape)}"
+        assert tuple(logits.shape) == (2, self.num_classes), (
+            f"logits: expected (2, {self.num_classes}), got {tuple(logits.shape)}"
+        )
         model.eval()
         with torch.no_grad():
             emb = model(x)
-        assert tuple(emb.shape) == (2, model.feat_dim), f"eval mode: expected (2, {model.feat_dim}), got {tuple(emb.shape)}"
+        assert tuple(emb.shape) == (2, model.feat_dim), (
+            f"eval mode: expected (2, {model.feat_dim}), got {tuple(emb.shape)}"
+        )
         assert torch.isfinite(emb).all(), "the embedding is not finite"
 
     def test_has_prunable_groups_and_prunes_to_half_the_macs(self) -> None:

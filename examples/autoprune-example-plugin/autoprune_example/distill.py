@@ -26,8 +26,9 @@ class RelationalTerm:
     def __init__(self, weight: float) -> None:
         self.weight = weight
 
-    def __call__(self, batch: tuple[torch.Tensor, torch.Tensor], student: Outputs,
-                 teacher: Outputs | None) -> torch.Tensor:
+    def __call__(
+        self, batch: tuple[torch.Tensor, torch.Tensor], student: Outputs, teacher: Outputs | None
+    ) -> torch.Tensor:
         if teacher is None:
             return student.embedding.sum() * 0.0  # no teacher: the term vanishes, training goes on
         s = F.normalize(student.embedding.float(), dim=1)
