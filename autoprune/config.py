@@ -606,6 +606,89 @@ class TrialSettings:
         return cls(**{**t, "distill": MappingProxyType(dict(t["distill"]))})
 
 
+@dataclass(frozen=True)
+class ModelSettings:
+    """``model``: the architecture (resolved from ``model.checkpoint`` by validation when it is given)."""
+
+    arch: str
+    last_stride: int
+    pooling: str
+    weights: str
+    checkpoint: str | None
+    input_size: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """``data``: the source and target specs (``KIND:ROOT``), where data lives, and the identity batches."""
+
+    source: str | None
+    target: str
+    root: str
+    batch_size: int
+    num_instances: int
+    workers: int
+    random_erasing: float
+    check_images: bool
+    val_fraction: float
+    synth: Mapping[str, Any]
+
+    def specs(self) -> list[str]:
+        """The dataset specs this run reads: the source (when there is one), then the target."""
+        return [spec for spec in (self.source, self.target) if spec is not None]
+
+
+@dataclass(frozen=True)
+class BudgetSettings:
+    """``budget``: MACs (a ratio or GMACs) and/or measured latency, and the keep-ratio range per group."""
+
+    macs_ratio: float | None
+    gmacs: float | None
+    round_to: int
+    min_keep: float
+    max_keep: float
+    latency_ms: float | None
+    latency_batch: int
+    latency_table: str | None
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """A validated config's sections, typed and frozen: what the search, its trials and backends read.
+
+    The training recipe is ``autoprune.engine.train.TrainSettings`` (it joins keys of ``train`` and ``data``);
+    of ``train`` the run itself reads only where and how it computes (``device``, ``threads``, ``precision``).
+    """
+
+    seed: int
+    model: ModelSettings
+    data: DataSettings
+    budget: BudgetSettings
+    search: SearchSettings
+    trial: TrialSettings
+    plugins: Mapping[str, Mapping[str, Any]]
+    device: str
+    threads: int
+    precision: str
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> RunSettings:
+        m, d, t = cfg["model"], cfg["data"], cfg["train"]
+        model = {f: m[f] for f in ModelSettings.__dataclass_fields__}  # a run adds checkpoint_sha256 to its copy
+        return cls(
+            seed=cfg["seed"],
+            model=ModelSettings(**{**model, "input_size": tuple(m["input_size"])}),
+            data=DataSettings(**{**d, "synth": MappingProxyType(dict(d["synth"]))}),
+            budget=BudgetSettings(**cfg["budget"]),
+            search=SearchSettings.from_config(cfg),
+            trial=TrialSettings.from_config(cfg),
+            plugins=MappingProxyType({k: MappingProxyType(dict(v)) for k, v in (cfg.get("plugins") or {}).items()}),
+            device=t["device"],
+            threads=t["threads"],
+            precision=t["precision"],
+        )
+
+
 # Keys added after runs and baselines were cached: left out of identities while unset, so those keep theirs.
 LATE_KEYS = ("model.checkpoint",)
 

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from autoprune.errors import UserError
 from autoprune.pruning.flops import CostModel
+
+if TYPE_CHECKING:
+    from autoprune.config import BudgetSettings
 
 
 @dataclass
@@ -34,20 +37,20 @@ class Budget:
     latency: Any = None  # a LatencyModel: ``predict_ms(widths)``
 
     @classmethod
-    def from_config(cls, budget_cfg: dict, base_macs: int) -> Budget:
+    def from_config(cls, budget: BudgetSettings, base_macs: int) -> Budget:
         """The MACs side of ``budget``; a latency-only budget (no macs_ratio, no gmacs) caps MACs at the model's."""
-        if budget_cfg.get("gmacs") is not None:
-            macs = int(budget_cfg["gmacs"] * 1e9)
+        if budget.gmacs is not None:
+            macs = int(budget.gmacs * 1e9)
             if macs > base_macs:
                 raise UserError(
-                    f"budget.gmacs {budget_cfg['gmacs']} is above the unpruned model's "
+                    f"budget.gmacs {budget.gmacs} is above the unpruned model's "
                     f"{base_macs / 1e9:.3f} GMACs; give a smaller budget"
                 )
-        elif budget_cfg.get("macs_ratio") is not None:
-            macs = int(budget_cfg["macs_ratio"] * base_macs)
+        elif budget.macs_ratio is not None:
+            macs = int(budget.macs_ratio * base_macs)
         else:
             macs = base_macs
-        return cls(macs, budget_cfg["min_keep"], budget_cfg["max_keep"], budget_cfg["round_to"])
+        return cls(macs, budget.min_keep, budget.max_keep, budget.round_to)
 
     def fits(self, cost: CostModel, counts: dict[str, int]) -> bool:
         """Whether ``counts`` meets every limit of this budget."""

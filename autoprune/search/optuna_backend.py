@@ -29,7 +29,7 @@ from typing import Any, Literal
 import optuna
 from optuna.trial import TrialState
 
-from autoprune.config import SearchSettings, TrialSettings, redact
+from autoprune.config import RunSettings, SearchSettings, redact
 from autoprune.dashboard import dashboard_attrs
 from autoprune.errors import UserError, disk_full
 from autoprune.search import records
@@ -93,7 +93,7 @@ def make_pruner(name: str, multi: bool, max_epochs: int = 0, reduction_factor: i
 
 
 def storage_url(cfg: dict[str, Any], run_dir: Path) -> str | optuna.storages.BaseStorage:
-    url = cfg["search"]["storage"]
+    url = SearchSettings.from_config(cfg).storage
     if url is None:
         return f"sqlite:///{(run_dir / 'study.db').resolve()}"
     if url.startswith("journal:"):
@@ -123,7 +123,7 @@ def _has_module(name: str) -> bool:
 
 def _storage_error(cfg: dict[str, Any], exc: Exception) -> UserError:
     """One line naming the storage (password hidden, also inside the driver's message) and the cause."""
-    url = str(cfg["search"]["storage"])
+    url = str(SearchSettings.from_config(cfg).storage)
     if isinstance(exc, ImportError):
         scheme = url.split("://", 1)[0]
         reason = (
@@ -171,21 +171,20 @@ def sampler_seed(seed: int, existing_trials: int, pid: int | None) -> int:
 
 
 def open_study(cfg: dict[str, Any], storage: optuna.storages.BaseStorage) -> optuna.Study:
-    search = SearchSettings.from_config(cfg)
+    settings = RunSettings.from_config(cfg)
+    search = settings.search
     multi = search.multi_objective
     directions: list[Literal["maximize", "minimize"]] = ["maximize", "minimize"] if multi else ["maximize"]
     name = search.study_name or STUDY_NAME
     seed = sampler_seed(
-        cfg["seed"], _existing_trials(storage, name), os.getpid() if search.storage is not None else None
+        settings.seed, _existing_trials(storage, name), os.getpid() if search.storage is not None else None
     )
     try:
         return optuna.create_study(
             storage=storage,
             study_name=name,
             sampler=make_sampler(search.sampler, seed, multi),
-            pruner=make_pruner(
-                search.pruner, multi, TrialSettings.from_config(cfg).finetune_epochs, search.reduction_factor
-            ),
+            pruner=make_pruner(search.pruner, multi, settings.trial.finetune_epochs, search.reduction_factor),
             directions=directions,
             load_if_exists=True,
         )

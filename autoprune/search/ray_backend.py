@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from autoprune.config import SearchSettings, config_hash
+from autoprune.config import RunSettings, SearchSettings, config_hash
 from autoprune.errors import UserError
 from autoprune.search import records
 from autoprune.search.backend import make_sampler, warm_start_policies
@@ -71,7 +71,7 @@ def _worker_env(cfg: dict[str, Any], baseline: Any, adapted: Any = None) -> Sear
     key = config_hash(cfg, tuple(cfg))
     if key not in _ENV:
         _ENV.clear()
-        device = resolve_device(cfg["train"]["device"])
+        device = resolve_device(RunSettings.from_config(cfg).device)
         # The driver's domains: the target's validation split held out, so Ray trials are chosen on it too.
         source, target = load_domains(cfg)
         _ENV[key] = SearchEnv(cfg, get_host(), device, source, target, baseline, progress=False)
@@ -137,8 +137,9 @@ def run_trial(
 
     if os.path.isdir(cwd):
         os.chdir(cwd)  # Tune starts trials in their own folder; relative paths in the config mean the driver's
-    search = SearchSettings.from_config(cfg)
-    set_threads(cfg["train"]["threads"] or max(1, int(search.ray.cpus_per_trial)))
+    settings = RunSettings.from_config(cfg)
+    search = settings.search
+    set_threads(settings.threads or max(1, int(search.ray.cpus_per_trial)))
     number = int(config[NUMBER])
     values = {k: float(v) for k, v in config.items() if k != NUMBER}
     multi = search.multi_objective
@@ -371,7 +372,7 @@ class RayBackend:
             metric=metric,
             mode=mode,
             points_to_evaluate=self._points_to_evaluate(),
-            sampler=make_sampler(self.search.sampler, self.env.cfg["seed"], self.multi),
+            sampler=make_sampler(self.search.sampler, self.env.config.seed, self.multi),
         )
 
     def _scheduler(self) -> TrialScheduler:
@@ -514,7 +515,7 @@ class RayBackend:
 
     def _shared_paths(self) -> dict[str, tuple[str, bool]]:
         """What every node's trials read (data.root) and write (the run directory), as the driver resolves them."""
-        root = self.env.cfg["data"]["root"]
+        root = self.env.config.data.root
         paths = {
             "data.root": (str(Path(root).resolve()), False),
             "the run directory (--out)": (str(Path(self.run_dir).resolve()), True),

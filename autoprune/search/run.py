@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from autoprune.config import SearchSettings, TrialSettings, config_hash, dump, without_unset_late_keys
+from autoprune.config import RunSettings, SearchSettings, TrialSettings, config_hash, dump, without_unset_late_keys
 from autoprune.data.domain import load_domains
 from autoprune.engine.baseline import get_baseline
 from autoprune.engine.device import resolve_device, set_threads
@@ -117,46 +117,42 @@ def preflight(cfg: dict[str, Any], host: Any) -> None:
     from autoprune.pruning.groups import PruningGraph
     from autoprune.search.space import build_space
 
-    trial = TrialSettings.from_config(cfg)
+    settings = RunSettings.from_config(cfg)
+    trial, search, data, m = settings.trial, settings.search, settings.data, settings.model
     for kind in ("criterion", "strategy", "scenario"):
         host.get(kind, trial.plugin(kind))
-    for key in ("source", "target"):
-        if cfg["data"][key] is not None:
-            host.get("dataset", parse_spec(cfg["data"][key])[0])
+    for spec in data.specs():
+        host.get("dataset", parse_spec(spec)[0])
     scenario = host.get("scenario", trial.scenario)
-    if cfg["data"]["source"] is None and getattr(scenario, "needs_source", False):
+    if data.source is None and getattr(scenario, "needs_source", False):
         raise UserError(
             f"trial.scenario {trial.scenario!r} prunes on the source domain, but data.source "
             f"is null; give one (--source KIND:ROOT) or choose a target scenario such as "
             f"prune_then_finetune"
         )
-    m = cfg["model"]
     # A missing file or a checkpoint of another architecture (model.weights, model.checkpoint) fails here,
     # before any data is read.
     model = (
-        load_checkpoint_model(m, 2, host=host)
-        if m["checkpoint"] is not None
-        else build_model(
-            m["arch"], 2, last_stride=m["last_stride"], pooling=m["pooling"], weights=m["weights"], host=host
-        )
+        load_checkpoint_model(cfg["model"], 2, host=host)
+        if m.checkpoint is not None
+        else build_model(m.arch, 2, last_stride=m.last_stride, pooling=m.pooling, weights=m.weights, host=host)
     )
-    graph = PruningGraph(model, tuple(m["input_size"]))
+    graph = PruningGraph(model, m.input_size)
     cost = CostModel(graph)
-    budget = Budget.from_config(cfg["budget"], cost.base_macs)
-    if cfg["budget"]["latency_ms"] is not None:  # a bad table or an impossible latency costs seconds too
+    budget = Budget.from_config(settings.budget, cost.base_macs)
+    if settings.budget.latency_ms is not None:  # a bad table or an impossible latency costs seconds too
         from autoprune.engine.device import resolve_device
         from autoprune.pruning.latency import latency_budget
 
-        budget = latency_budget(cfg, graph, budget, resolve_device(cfg["train"]["device"]).type, log=print)[0]
+        budget = latency_budget(cfg, graph, budget, resolve_device(settings.device).type, log=print)[0]
     check_feasible(cost, budget)
-    search = SearchSettings.from_config(cfg)
-    space = build_space(search.space, list(graph.groups), cfg["budget"]["min_keep"], cfg["budget"]["max_keep"])
+    space = build_space(search.space, list(graph.groups), settings.budget.min_keep, settings.budget.max_keep)
     from autoprune.search import optuna_backend
     from autoprune.search.backend import check_warm_start, make_sampler
 
     check_warm_start(search.warm_start, space)
     # Both backends sample with Optuna: an unknown or uninstalled sampler is a config error.
-    make_sampler(search.sampler, cfg["seed"], search.multi_objective)
+    make_sampler(search.sampler, settings.seed, search.multi_objective)
     if search.backend == "optuna" and search.storage is not None:
         optuna_backend.open_storage(cfg, Path("."))  # reachable, driver installed, credentials accepted
     if search.backend == "ray" and search.ray.address:
@@ -268,8 +264,9 @@ def _search(
 ) -> dict[str, Any]:
     """One search as named steps: checks, domains, baseline and environment, adaptation and the unpruned
     reference, then the trials and :func:`finish` (final round, model, outputs)."""
-    set_threads(cfg["train"]["threads"])
-    device = resolve_device(cfg["train"]["device"])
+    settings = RunSettings.from_config(cfg)
+    set_threads(settings.threads)
+    device = resolve_device(settings.device)
     host = get_host()
     preflight(cfg, host)
     source, target = _load_domains(cfg, log)
@@ -280,8 +277,9 @@ def _search(
 
 def _load_domains(cfg: dict[str, Any], log: Callable[[str], None]) -> tuple[Any, Any]:
     """The source and target datasets (the target's validation split held out)."""
-    source_spec = cfg["data"]["source"] or "none (the trained model.checkpoint is pruned as it is)"
-    log(f"data: source {source_spec}, target {cfg['data']['target']}")
+    data = RunSettings.from_config(cfg).data
+    source_spec = data.source or "none (the trained model.checkpoint is pruned as it is)"
+    log(f"data: source {source_spec}, target {data.target}")
     return load_domains(cfg)
 
 

@@ -18,7 +18,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from autoprune.config import SearchSettings, TrialSettings
+from autoprune.config import RunSettings
 from autoprune.criteria import CriterionContext
 from autoprune.data.domain import Domain
 from autoprune.data.loading import IdentitySampler, augment, normalize
@@ -71,25 +71,25 @@ class SearchEnv:
         progress: bool = False,
     ) -> None:
         self.cfg, self.host, self.device = cfg, host, device
-        self.search = SearchSettings.from_config(cfg)
-        self.trial = TrialSettings.from_config(cfg)
+        self.config = RunSettings.from_config(cfg)  # typed and frozen: what trials and backends read
+        self.search, self.trial = self.config.search, self.config.trial
         self.source, self.target = source, target
         self.baseline = baseline.cpu().eval()
         self.progress = progress
-        self.input_size = tuple(cfg["model"]["input_size"])
+        self.input_size = self.config.model.input_size
         graph = PruningGraph(copy.deepcopy(self.baseline), self.input_size)
         self.group_names = list(graph.groups)
         self.cost = CostModel(graph)
         self.base_macs, self.base_params = count_macs(self.baseline, self.input_size)
-        self.budget = Budget.from_config(cfg["budget"], self.base_macs)
+        self.budget = Budget.from_config(self.config.budget, self.base_macs)
         self.end_to_end = None  # times projected models on this machine under a latency budget
-        if cfg["budget"]["latency_ms"] is not None:
+        if self.config.budget.latency_ms is not None:
             from autoprune.pruning.latency import latency_budget
 
             self.budget, self.end_to_end = latency_budget(cfg, graph, self.budget, device.type, progress)
         check_feasible(self.cost, self.budget)
         self.space: SearchSpace = build_space(
-            self.search.space, self.group_names, cfg["budget"]["min_keep"], cfg["budget"]["max_keep"]
+            self.search.space, self.group_names, self.config.budget.min_keep, self.config.budget.max_keep
         )
         t = self.trial
         # Resolve plugin names and options now: a typo is a config error before any training, not a failed trial.
@@ -97,7 +97,7 @@ class SearchEnv:
         self.strategy_cls = host.get("strategy", t.strategy)
         self.scenario_cls = host.get("scenario", t.scenario)
         for kind in ("criterion", "strategy", "scenario"):
-            host.options(kind, t.plugin(kind), cfg["plugins"])
+            host.options(kind, t.plugin(kind), self.config.plugins)
         # The target-adapted unpruned model, once computed (autoprune.search.adapt): ScenarioContext.adapted / .teacher.
         self.adapt_epochs: int = t.adapt_epochs
         self.distill = DistillSettings.from_config(cfg)
@@ -106,21 +106,17 @@ class SearchEnv:
 
     def new(self, kind: str) -> Any:
         """A fresh instance of the configured criterion, strategy or scenario, with its options."""
-        return self.host.create(kind, self.trial.plugin(kind), self.cfg["plugins"])
+        return self.host.create(kind, self.trial.plugin(kind), self.config.plugins)
 
     def plugins_used(self) -> list[dict[str, Any]]:
         """Provenance of every plugin this search runs: name, kind, distribution, version, options."""
         from autoprune.data import parse_spec
 
         used = [(kind, self.trial.plugin(kind)) for kind in ("criterion", "strategy", "scenario")]
-        used += [
-            ("dataset", parse_spec(self.cfg["data"][key])[0])
-            for key in ("source", "target")
-            if self.cfg["data"][key] is not None
-        ]
-        used.append(("backbone", self.cfg["model"]["arch"]))
+        used += [("dataset", parse_spec(spec)[0]) for spec in self.config.data.specs()]
+        used.append(("backbone", self.config.model.arch))
         unique = list(dict.fromkeys(used))
-        return [self.host.provenance(kind, name, self.cfg["plugins"]) for kind, name in unique]
+        return [self.host.provenance(kind, name, self.config.plugins) for kind, name in unique]
 
     def set_adapted(self, model: nn.Module) -> None:
         """Share ``model`` (the adapted unpruned model) with every trial: a copy per trial, one frozen teacher."""
@@ -137,7 +133,7 @@ class SearchEnv:
 
         ``resume`` (with the partially adapted ``model``) continues an interrupted adaptation from its checkpoint.
         """
-        torch.manual_seed(self.cfg["seed"])
+        torch.manual_seed(self.config.seed)
         fit(
             model,
             self.target.train,
@@ -157,8 +153,8 @@ class SearchEnv:
     def criterion_context(self, graph: PruningGraph, domain: Domain) -> CriterionContext:
         s = self.settings(1)
         store = domain.train
-        sampler = IdentitySampler(store.pids.tolist(), s.batch_size, s.num_instances, seed=self.cfg["seed"])
-        gen = torch.Generator().manual_seed(self.cfg["seed"])
+        sampler = IdentitySampler(store.pids.tolist(), s.batch_size, s.num_instances, seed=self.config.seed)
+        gen = torch.Generator().manual_seed(self.config.seed)
         device = self.device
 
         def batches(n: int):
@@ -178,12 +174,12 @@ class SearchEnv:
             batches=batches,
             loss=loss,
             num_batches=self.trial.criterion_batches,
-            seed=self.cfg["seed"],
+            seed=self.config.seed,
         )
 
     def evaluate(self, model: nn.Module, domain: Domain) -> dict[str, Any]:
         """Test-split metrics, with the validation split's under ``"val"`` when the domain has one."""
-        precision = self.cfg["train"]["precision"]
+        precision = self.config.precision
         metrics = evaluate_domain(model, domain.query, domain.gallery, self.device, precision=precision)
         if domain.val_query is not None and domain.val_gallery is not None:
             metrics["val"] = evaluate_domain(
@@ -193,7 +189,7 @@ class SearchEnv:
 
     def evaluate_val(self, model: nn.Module, domain: Domain) -> dict[str, Any]:
         """What the search optimises: the validation split if there is one, else the test split."""
-        precision = self.cfg["train"]["precision"]
+        precision = self.config.precision
         if domain.val_query is not None and domain.val_gallery is not None:
             return evaluate_domain(model, domain.val_query, domain.val_gallery, self.device, precision=precision)
         return evaluate_domain(model, domain.query, domain.gallery, self.device, precision=precision)
@@ -262,7 +258,7 @@ class SearchEnv:
             batches=self.search.screening.batches,
             batch_size=s.batch_size,
             num_instances=s.num_instances,
-            seed=self.cfg["seed"],
+            seed=self.config.seed,
         )
         return float(self.evaluate_val(model, self.target)["rank1"])
 
@@ -280,11 +276,11 @@ class SearchEnv:
         TrialPruned to skip its fine-tuning.
         """
         start = time.perf_counter()
-        torch.manual_seed(self.cfg["seed"])  # same noise for every trial: policies are compared fairly
+        torch.manual_seed(self.config.seed)  # same noise for every trial: policies are compared fairly
         counts = dict(counts) if counts is not None else self.counts_for(values)
         if screen is not None:
             screen(self.screen_score(counts))
-            torch.manual_seed(self.cfg["seed"])
+            torch.manual_seed(self.config.seed)
         epochs = self.trial.finetune_epochs if epochs is None else epochs
         services = TrialServices(self, counts, report)
         scenario = self.new("scenario")
