@@ -148,3 +148,21 @@ def test_a_record_tune_never_registered_is_found_and_links_out_are_not(tmp_path)
     d.mkdir(parents=True)
     (d / RECORD).symlink_to(outside)
     assert unregistered_record(str(exp), 2) is None
+
+
+def test_a_saved_record_that_is_not_one_is_run_again(tmp_path):
+    """A record cut short or edited is not replayed (the trial trains again), and not a worker error."""
+    from autoprune.config import SearchSettings, load_config
+    from autoprune.search.ray_backend import _read_record
+
+    search = SearchSettings.from_config(load_config(preset="smoke"))
+    path = tmp_path / "record.json"
+    for text in ("", "{not json", "[1, 2]", json.dumps({"macs": "many", "target": 3})):
+        path.write_text(text)
+        assert _read_record(path, 1, search) is None, text
+    assert _read_record(tmp_path / "missing.json", 1, search) is None
+    path.write_text(
+        json.dumps({"macs": 10, "target": {"rank1": 0.25, "mAP": 0.2}, "target_val": {"rank1": 0.5, "mAP": 0.4}})
+    )
+    values, data = _read_record(path, 1, search)
+    assert values == {"rank1": 0.5, "macs": 10.0} and data == path.read_bytes()  # chosen on validation

@@ -99,27 +99,27 @@ def unregistered_record(exp_dir: str | None, number: int) -> Path | None:
     return found[-1] if found else None
 
 
-def _replay(record: Path, number: int, search: SearchSettings, *, replayed: bool) -> None:
-    """Report a saved record again as the trial's final result, with the record as its checkpoint."""
+def _read_record(path: Path, number: int, search: SearchSettings) -> tuple[dict[str, float], bytes] | None:
+    """A saved record's objective and MACs (what the trial reports again) and its bytes; None when it is not
+    a record autoprune wrote (cut short, edited): the trial then runs again."""
     try:
-        done = TrialRecord.from_json(json.loads(record.read_text()) | {"number": number, "state": ""})
-    except (OSError, ValueError, TypeError, KeyError) as exc:
-        raise UserError(
-            f"{record} is not a record autoprune wrote ({exc}); delete it and rerun the same "
-            f"command to run trial {number} again"
-        ) from None
+        data = path.read_bytes()
+        done = TrialRecord.from_json(json.loads(data) | {"number": number, "state": ""})
+        rank1 = objective(done.target_val, done.target, search.objective)
+        if rank1 is None or done.macs is None:
+            return None
+        values = {"rank1": float(rank1), "macs": float(done.macs)}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+    return values, data
+
+
+def _replay(values: dict[str, float], data: bytes, *, replayed: bool) -> None:
+    """Report a saved record again as the trial's final result, with the record as its checkpoint."""
     with tempfile.TemporaryDirectory() as tmp:
-        Path(tmp, RECORD).write_bytes(record.read_bytes())
+        Path(tmp, RECORD).write_bytes(data)
         # "replayed": the trial finished in the run that was stopped, so its line is not printed again.
-        tune.report(
-            {
-                "rank1": objective(done.target_val, done.target, search.objective),
-                "macs": float(done.macs or 0),
-                "final": True,
-                "replayed": replayed,
-            },
-            checkpoint=tune.Checkpoint.from_directory(tmp),
-        )
+        tune.report({**values, "final": True, "replayed": replayed}, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
 def run_trial(
@@ -144,15 +144,19 @@ def run_trial(
     values = {k: float(v) for k, v in config.items() if k != NUMBER}
     multi = search.multi_objective
     previous = tune.get_checkpoint()
+    saved = None
     if previous is not None:
         # Resumed after its record was saved (Ctrl-C came between the two): report it again, do not train again.
         with previous.as_directory() as d:
-            _replay(Path(d, RECORD), number, search, replayed=True)
+            saved = _read_record(Path(d, RECORD), number, search)
+    if saved is not None:
+        _replay(*saved, replayed=True)
         return
-    saved = unregistered_record(exp_dir, number)
+    orphan = unregistered_record(exp_dir, number)
+    saved = _read_record(orphan, number, search) if orphan is not None else None
     if saved is not None:
         # Finished in the stopped run, but that run's report shows it cut short: replayed, and printed now.
-        _replay(saved, number, search, replayed=False)
+        _replay(*saved, replayed=False)
         return
 
     def report(step: int, rank1: float) -> None:
