@@ -62,17 +62,20 @@ def _check_study(storage, outputs: list[str], tmp_path: Path) -> None:
     every = study.get_trials(deepcopy=False)
     trials = [t for t in every if not t.user_attrs.get("given_back")]
     assert all(not t.params for t in every if t.user_attrs.get("given_back")), "a given-back trial ran"
-    assert [t.number for t in trials] == list(range(N_TRIALS))
+    # Exactly N_TRIALS kept. Their numbers need not be 0..N-1: trial numbers are never reused, and when both
+    # workers queue the uniform warm start at once, the second copy is given back (seen: kept [0, 2, 3, 4]).
+    kept = [t.number for t in trials]
+    assert len(kept) == N_TRIALS and kept == sorted(kept) and kept[0] == 0
     assert all(t.state.is_finished() for t in trials)
     policies = [tuple(sorted(t.params.items())) for t in trials]
     assert len(set(policies)) == N_TRIALS
     # Every trial was run (and printed) by exactly one of the workers.
-    ran = [[n for n in range(N_TRIALS) if f"trial {n:3d} " in out] for out in outputs]
-    assert sorted(ran[0] + ran[1]) == list(range(N_TRIALS))
+    ran = [[n for n in kept if f"trial {n:3d} " in out] for out in outputs]
+    assert sorted(ran[0] + ran[1]) == kept
     # Each worker's report covers the whole study as it stood when that worker finished.
     reports = [json.loads((tmp_path / f"worker{i}" / "report.json").read_text()) for i in range(2)]
     last = max(reports, key=lambda r: sum(t["state"] != "RUNNING" for t in r["trials"]))
-    assert [t["number"] for t in last["trials"]] == list(range(N_TRIALS))
+    assert [t["number"] for t in last["trials"]] == kept
     assert last["best"] is not None and last["best"]["macs"] <= last["budget"]["macs"]
     for t in last["trials"]:
         if t["state"] == "COMPLETE":
