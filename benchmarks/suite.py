@@ -1,10 +1,15 @@
 """The benchmark suite behind benchmarks/RESULTS.md: reproduce the paper, then show what search adds.
 
-    python -m benchmarks.suite --quick      # make bench-quick: 96x48, 2 seeds, 6 trials (13-20 min on 2 cores)
-    python -m benchmarks.suite --full       # make bench: 96x48, 3 seeds, 20 trials (56 min on 2 cores)
+    python -m benchmarks.suite --quick      # make bench-quick: 96x48, 2 seeds, 6 trials
+    python -m benchmarks.suite --full       # make bench: 96x48, 1,577 test queries, 3 seeds, 20 trials
 
 Every cell is an ordinary autoprune run directory under benchmarks/cache/<scale>/, so an interrupted
 suite resumes where it stopped (finished cells are read back, a half-done search resumes its study).
+Each run is time-boxed (``--hours``; the scale's default keeps `make bench` within 2 hours and `make
+bench-quick` within 20 minutes on 2 CPU cores): after the limit no cell and no trial starts, the search in
+flight finishes its trial and final round, table 2 is written from the finished cells with a "not finished"
+note, and the same command continues. On 2 cores the full scale takes several such runs (about an hour
+per table-2 cell); on a GPU one run does it all.
 The same script takes a real dataset and a GPU unchanged, e.g. (extra --set options get their own
 cache folder and results_<scale>-<hash>.md):
 
@@ -66,6 +71,7 @@ SCALES: dict[str, dict[str, Any]] = {
             "search.final_epochs=4",
         ],
         "n_trials": 6,
+        "hours": 0.25,
         "seeds": [0, 1],
         "budgets": [0.5, 0.3, 0.15],
         "random_policies": 12,
@@ -82,6 +88,7 @@ SCALES: dict[str, dict[str, Any]] = {
             *SEARCH,
         ],
         "n_trials": 20,
+        "hours": 1.6,
         "seeds": [0, 1, 2],
         "budgets": [0.5, 0.3, 0.15],
         "random_policies": 24,
@@ -99,6 +106,10 @@ class NotCached(Exception):
     """A cell that ``--cached-only`` would have had to run."""
 
 
+class OutOfTime(NotCached):
+    """A cell the suite's time limit (``--hours``) left unstarted or unfinished; the next run continues it."""
+
+
 class Suite:
     def __init__(self, scale: str, extra: list[str]) -> None:
         self.scale = scale
@@ -110,14 +121,36 @@ class Suite:
         self.data_root = ROOT / "cache" / "data"
         self.extra = extra
         self.started = time.perf_counter()
+        self.started_at = time.time()
         self.cells_done = 0
         self.cells_seen: set[str] = set()
         self.cached_only = False  # --cached-only: write the tables from finished cells, run nothing
+        # --hours: no cell starts after this (perf_counter) time and a search in flight starts no new trial;
+        # an interrupted search resumes from its study on the next run.
+        self.deadline: float | None = None
         s = self.s
         # t2 (searched + global per budget and seed), t3, t4 (2), t5 screened searches, t6 random searches
         self.cells_total = (
             2 * len(s["budgets"]) * len(s["seeds"]) + len(s["criteria"]) * len(s["scenarios"]) + 2 + 2 * len(s["seeds"])
         )
+
+    def record_wall_time(self, seconds: float) -> float:
+        """Add this run's wall time to the scale's ledger (once per run); the seconds of every run so far."""
+        path = self.cache / "wall_seconds.json"
+        runs = json.loads(path.read_text()) if path.is_file() else {}
+        runs[f"{self.started_at:.3f}"] = seconds  # keyed by this run's start: writing twice replaces
+        self.cache.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(runs, indent=1))
+        return float(sum(runs.values()))
+
+    def time_left(self, name: str) -> float | None:
+        """Seconds left before the time limit (None: no limit); ``OutOfTime`` when there are none."""
+        if self.deadline is None:
+            return None
+        left = self.deadline - time.perf_counter()
+        if left <= 0:
+            raise OutOfTime(name)
+        return left
 
     def log(self, msg: str) -> None:
         print(f"[{time.perf_counter() - self.started:7.0f}s] {msg}", flush=True)
@@ -157,6 +190,9 @@ class Suite:
                 return report
         if self.cached_only:
             raise NotCached(name)
+        left = self.time_left(name)
+        if left is not None:  # search.timeout is not part of a study's identity: the cell resumes unchanged
+            cfg = self.config([*overrides, f"search.timeout={max(left, 1.0):.0f}"])
         self._share_baseline(cfg, out)
         self.log(f"cell {label}: running {cfg['search']['n_trials']} trial(s)")
         report = run_search(
@@ -166,6 +202,10 @@ class Suite:
             log=lambda m: self.log(f"  {label}: {m}") if m.startswith(("trial", "final")) else None,
         )
         self.cells_done += 1
+        finished = [t for t in report["trials"] if t["state"] in ("COMPLETE", "PRUNED", "FAIL")]
+        if len(finished) < cfg["search"]["n_trials"]:  # stopped by the time limit
+            self.log(f"cell {label}: time limit, {len(finished)} of {cfg['search']['n_trials']} trials finished")
+            raise OutOfTime(name)
         return report
 
     def _share_baseline(self, cfg: dict[str, Any], out: Path) -> None:
@@ -247,8 +287,9 @@ def t2_search_vs_uniform(
                     f"t2_search_{tag}",
                     [f"budget.macs_ratio={budget}", f"seed={seed}", f"search.n_trials={suite.s['n_trials']}"],
                 )
-            except NotCached:
-                suite.log(f"cell t2_search_{tag}: not finished, left out (--cached-only)")
+            except NotCached as exc:
+                why = "the time limit" if isinstance(exc, OutOfTime) else "--cached-only"
+                suite.log(f"cell t2_search_{tag}: not finished, left out ({why})")
                 continue
             uniform = searched["uniform"] or {}
             trial_hits = {t["number"]: t.get("hits") for t in searched["trials"]}
@@ -402,12 +443,12 @@ def t2_summary(suite: Suite, t2: dict[Any, Any]) -> dict[str, Any]:
         (f.get("val_hits") for r in t2.values() for f in r["report"].get("finalists", []) if f.get("val_hits")), None
     )
     n_q = len(any_hits) if any_hits else None
-    p = statistics.mean(r["uniform"] for r in t2.values())
+    p = statistics.mean(r["uniform"] for r in t2.values()) if t2 else None
     return {
         "scale": {
             "target_test_queries": n_q,
             "target_val_queries": len(any_val) if any_val else None,
-            "rank1_standard_error": (p * (1 - p) / n_q) ** 0.5 if n_q else None,
+            "rank1_standard_error": (p * (1 - p) / n_q) ** 0.5 if n_q and p is not None else None,
             "at_rank1": p,
             "n_trials": suite.s["n_trials"],
             "overrides": suite.s["overrides"] + suite.extra,
@@ -419,6 +460,8 @@ def t2_summary(suite: Suite, t2: dict[Any, Any]) -> dict[str, Any]:
 def t2_markdown(summary: dict[str, Any]) -> list[str]:
     """Table 2 with the paired difference and its interval, and the validation/test taus."""
     sc = summary["scale"]
+    if not summary["table2"]:
+        return ["No cell of table 2 has finished yet."]
     lines = [
         f"Target test split: {sc['target_test_queries']} queries (standard error of one model's rank-1 near "
         f"{sc['at_rank1']:.2f}: {100 * (sc['rank1_standard_error'] or 0):.1f} points); validation: "
@@ -456,12 +499,14 @@ def t2_markdown(summary: dict[str, Any]) -> list[str]:
 
 
 def write_json_results(suite: Suite, t2: dict[Any, Any], command: str, full: bool) -> dict[str, Any]:
-    """benchmarks/results_<tag>.json: table 2 as data, the command and the wall time of this run."""
+    """benchmarks/results_<tag>.json: table 2 as data, the command, this run's wall time and all runs' together."""
     path = ROOT / f"results_{suite.tag}.json"
     out = t2_summary(suite, t2)
+    seconds = time.perf_counter() - suite.started
     out.update(
         command=command,
-        seconds_total=time.perf_counter() - suite.started,
+        seconds_total=seconds,
+        seconds_all_runs=suite.record_wall_time(seconds),
         complete_suite=full,
         cells_computed=suite.cells_done,
         date=date.today().isoformat(),
@@ -470,22 +515,28 @@ def write_json_results(suite: Suite, t2: dict[Any, Any], command: str, full: boo
     return out
 
 
-def table2_only(suite: Suite, budgets: list[float] | None, seeds: list[int] | None, command: str) -> int:
-    """``--table 2 [--budget B] [--seed S]``: those cells only, then results_<tag>_t2.md/.json from them."""
-    t2 = t2_search_vs_uniform(suite, budgets, seeds)
+def write_table2(suite: Suite, t2: dict[Any, Any], command: str, note: str = "") -> None:
+    """results_<tag>_t2.md/.json from the table-2 cells at hand (``--table 2``, or a run the time limit cut)."""
     out = write_json_results(suite, t2, command, full=False)
     lines = [
         f"## Table 2 only, scale `{suite.tag}`",
         "",
         f"Command: `{command}`  ",
         f"Wall time of this run: {out['seconds_total']:.0f} s ({out['cells_computed']} cells computed, the rest "
-        f"read from the cache); {suite.s['n_trials']} trials per search.",
+        f"read from the cache; {out['seconds_all_runs']:.0f} s over every run of this scale); "
+        f"{suite.s['n_trials']} trials per search.",
+        *([f"\n{note}"] if note else []),
         "",
         *t2_markdown(out),
         "",
     ]
     (ROOT / f"results_{suite.tag}_t2.md").write_text("\n".join(lines))
     suite.log(f"wrote benchmarks/results_{suite.tag}_t2.md and results_{suite.tag}.json")
+
+
+def table2_only(suite: Suite, budgets: list[float] | None, seeds: list[int] | None, command: str) -> int:
+    """``--table 2 [--budget B] [--seed S]``: those cells only, then results_<tag>_t2.md/.json from them."""
+    write_table2(suite, t2_search_vs_uniform(suite, budgets, seeds), command)
     return 0
 
 
@@ -495,6 +546,7 @@ def t1_unpruned_equal_epochs(suite: Suite) -> dict[int, float]:
     out = {int(k): v for k, v in json.loads(path.read_text()).items()} if path.is_file() else {}
     for seed in suite.s["seeds"]:
         if seed not in out:
+            suite.time_left(f"t1 seed {seed}")
             env = suite.env([f"seed={seed}"])
             epochs = env.cfg["search"]["final_epochs"]
             out[seed] = env.unpruned(epochs=epochs).metrics["target"]["rank1"]
@@ -562,6 +614,7 @@ def t5_screening(suite: Suite) -> dict[str, Any]:
     path = suite.cache / "t5_screening.json"
     rows = json.loads(path.read_text()) if path.is_file() else []
     if len(rows) < suite.s["random_policies"]:
+        suite.time_left("t5 screening")
         env = suite.env(["budget.macs_ratio=0.3"])
         rng = random.Random(123)
         policies = [
@@ -570,6 +623,7 @@ def t5_screening(suite: Suite) -> dict[str, Any]:
         ]
         while len(rows) < suite.s["random_policies"]:
             values = policies[len(rows)]  # a resumed run continues the same sequence
+            suite.time_left(f"t5 policy {len(rows) + 1}")
             counts = env.counts_for(values)
             t0 = time.perf_counter()
             score = env.screen_score(counts)
@@ -895,6 +949,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--finalists", type=int, help="most top trials in the final round (default: the scale's)")
     parser.add_argument("--threads", type=int, help="CPU threads per process (train.threads)")
     parser.add_argument(
+        "--hours",
+        type=float,
+        help="start no cell and no trial after this many hours (default: the scale's, so that `make bench` ends "
+        "within 2 hours and `make bench-quick` within 20 minutes); rerun to continue; 0: no limit",
+    )
+    parser.add_argument(
         "--cached-only",
         action="store_true",
         help="with --table 2: tables from the finished cells only (e.g. while other processes run)",
@@ -914,11 +974,31 @@ def main(argv: list[str] | None = None) -> int:
         if flag is not None:
             suite.s = {**suite.s, "overrides": [*suite.s["overrides"], f"{key}={flag}"]}
     suite.cached_only = args.cached_only
+    hours = suite.s["hours"] if args.hours is None else args.hours
+    if hours > 0 and not args.cached_only:
+        suite.deadline = suite.started + hours * 3600
     if args.table == 2:
         return table2_only(
             suite, args.budget, args.seed, command=" ".join(["python -m benchmarks.suite", *(argv or sys.argv[1:])])
         )
+    command = "make bench-quick" if args.quick else "make bench"
     t2 = t2_search_vs_uniform(suite)
+    try:
+        return all_tables(suite, t2, command)
+    except OutOfTime as exc:
+        note = (
+            f"**Not finished**: the time limit ({hours:g} h) stopped the suite at {exc}; `{command}` again "
+            f"continues where it stopped. Table 2 below has the cells finished so far."
+        )
+        write_table2(suite, t2, command, note)
+        suite.log(f"time limit reached at {exc}: run `{command}` again to continue (the cells resume)")
+        return 0
+
+
+def all_tables(suite: Suite, t2: dict[Any, Any], command: str) -> int:
+    """Tables 1 and 3-8 (table 2 at hand), their plots, results_<tag>.md and .json."""
+    if len(t2) < len(suite.s["budgets"]) * len(suite.s["seeds"]):
+        raise OutOfTime("table 2")  # a cell of it was left out by the time limit
     t1 = t1_unpruned_equal_epochs(suite)
     plot_t2(suite, t1, t2)
     t3 = t3_criteria_scenarios(suite)
@@ -928,7 +1008,6 @@ def main(argv: list[str] | None = None) -> int:
     t7 = t7_latency(suite, t2)
     t8 = t8_overhead(t2)
     plot_t6_t7(suite, t6, t7)
-    command = "make bench-quick" if args.quick else "make bench"
     section = write_results(suite, t1, t2, t3, t4, t5, t6, t7, t8, command)
     (ROOT / f"results_{suite.tag}.md").write_text(section)
     write_json_results(suite, t2, command, full=True)

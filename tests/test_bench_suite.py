@@ -3,6 +3,8 @@ every cell back, and a changed config is never served from a stale cell."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from benchmarks import suite
@@ -22,6 +24,7 @@ TOY = {
         "data.synth.num_distractors=4",
     ],
     "n_trials": 2,
+    "hours": 0,  # no time limit
     "seeds": [0],
     "budgets": [0.5, 0.3],
     "random_policies": 3,
@@ -99,3 +102,35 @@ def test_taus_compare_each_validation_objective_with_test_rank1():
     ]
     taus = suite.search_taus({"trials": trials + [{"state": "PRUNED", "target": None, "target_val": None}]})
     assert taus["n"] == 3 and taus["rank1"] == pytest.approx(-1) and taus["mAP"] == pytest.approx(1)
+
+
+def test_time_limit_stops_the_suite_and_the_next_run_continues(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(suite, "ROOT", tmp_path)
+    monkeypatch.setitem(suite.SCALES, "quick", TOY)
+    assert suite.main(["--quick", "--hours", "1e-9"]) == 0  # over before anything starts: nothing runs
+    out = capsys.readouterr().out
+    assert "running" not in out and "run `make bench-quick` again to continue" in out
+    assert "**Not finished**" in (tmp_path / "results_quick_t2.md").read_text()
+
+    calls = []
+
+    def one_second_then_over(self: suite.Suite, name: str) -> float:
+        calls.append(name)
+        if len(calls) > 1:
+            raise suite.OutOfTime(name)
+        return 1.0  # the first cell's search gets search.timeout=1: it stops after its first trial
+
+    monkeypatch.setattr(suite.Suite, "time_left", one_second_then_over)
+    assert suite.main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "time limit, 1 of 2 trials finished" in out and out.count("running") == 1
+    first = tmp_path / "cache" / "quick" / calls[0]
+    assert [t["number"] for t in json.loads((first / "report.json").read_text())["trials"]] == [0]
+
+    monkeypatch.undo()
+    monkeypatch.setattr(suite, "ROOT", tmp_path)
+    monkeypatch.setitem(suite.SCALES, "quick", TOY)
+    assert suite.main(["--quick", "--table", "2", "--budget", "0.5", "--hours", "0"]) == 0  # the cut search goes on
+    report = json.loads((first / "report.json").read_text())
+    assert [t["number"] for t in report["trials"]] == [0, 1]
+    assert "Not finished" not in (tmp_path / "results_quick_t2.md").read_text()
