@@ -32,6 +32,7 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/mypy
 
+# Time-boxed (within 2 h / 20 min on 2 cores); the same command continues a run the limit stopped.
 bench: $(VENV)/.installed
 	$(BIN)/python -m benchmarks.suite --full
 
