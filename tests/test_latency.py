@@ -240,6 +240,17 @@ def test_table_round_trip_and_monotone(tiny, tmp_path):
             }
         ),
         lambda d: json.dumps({**d, "scale": float("nan")}),
+        # hostile: integers too large for a float (OverflowError), JSON nested too deep (RecursionError)
+        lambda d: json.dumps({**d, "scale": 10**400}),
+        lambda d: json.dumps({**d, "key": {**d["key"], "min_keep": 10**400}}),
+        lambda d: json.dumps(
+            {
+                **d,
+                "kinds": [{**d["kinds"][0], "ms": [[10**400] * len(r) for r in d["kinds"][0]["ms"]]}] + d["kinds"][1:],
+            }
+        ),
+        lambda d: "[" * 100_000 + "]" * 100_000,
+        lambda d: json.dumps(d)[:-1] + ', "deep": ' + "[" * 100_000 + "]" * 100_000 + "}",
     ],
 )
 def test_corrupt_table_is_one_user_error(tiny, tmp_path, corrupt):
@@ -321,8 +332,14 @@ def test_search_refuses_bad_tables_with_exit_2(tiny, tmp_path, capsys):
     replace(table, key=replace(key, round_to=4)).save(small)
     wrong_size = tmp_path / "size.json"
     replace(table, key=replace(key, input_size=(64, 32))).save(wrong_size)
+    huge = tmp_path / "huge.json"
+    huge.write_text(json.dumps({**table.to_json(), "scale": 10**400}))
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
     cases = [
         (corrupt, "1", "is corrupt"),
+        (huge, "5", f"latency table {huge} is corrupt"),
+        (deep, "5", f"latency table {deep} is corrupt"),
         (other, "1", "architecture resnet18"),
         (wrong_size, "1", "input size 64x32"),
         (tmp_path / "missing.json", "1", "does not exist"),
