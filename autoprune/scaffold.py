@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from autoprune.errors import UserError
+from autoprune.errors import UserError, writable_folder
 
 KINDS = ("criterion", "strategy", "scenario")
 _HOOK = {
@@ -160,6 +160,7 @@ def new_plugin(kind: str, name: str, out: str | Path) -> list[Path]:
     root = Path(out)
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise UserError(f"{root} exists and is not an empty folder; give --out a new folder")
+    writable_folder(root, "--out", "give --out a new folder where you may write")
     package = f"autoprune_{name}"
     cls = "".join(part.capitalize() for part in name.split("_")) + kind.capitalize()
     fields = {

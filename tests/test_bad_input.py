@@ -132,12 +132,31 @@ SETTINGS = [
     (["search.space=no_such_space"], "search space 'no_such_space' is neither a built-in"),
     (["model.weights=/nonexistent/model.pth"], "model.weights: /nonexistent/model.pth does not exist"),
     (["model.weights=imagenet", "model.arch=resnet10"], "no ImageNet weights are known for 'resnet10'"),
+    # data.root that cannot hold the synthetic data, baselines and latency tables: refused in the preflight
+    (
+        ["data.root=/etc/passwd"],
+        "data.root /etc/passwd is not a writable folder (/etc/passwd is a file); set data.root",
+    ),
+    (["data.root=/etc/passwd/data"], "data.root /etc/passwd/data is not a writable folder (/etc/passwd is a file)"),
+    (["data.root=/proc/xx"], "data.root /proc/xx is not a writable folder (cannot create a file in /proc: "),
 ]
 
 
 @pytest.mark.parametrize("sets, fragment", SETTINGS, ids=[" ".join(s) for s, _ in SETTINGS])
 def test_bad_setting(sandbox, capsys, sets, fragment):
     assert fragment in refused(sandbox, capsys, search(sandbox, *sets))
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["data", "synth", "--out", "/proc/xx"], "synthetic data path /proc/xx is not a writable folder"),
+        (["data", "synth", "--out", "/etc/passwd/x"], "synthetic data path /etc/passwd/x is not a writable folder"),
+        (["plugin", "new", "criterion", "foo", "--out", "/proc/pp"], "--out /proc/pp is not a writable folder"),
+    ],
+)
+def test_unwritable_out_and_taken_names_of_other_commands(sandbox, capsys, argv, fragment):
+    assert fragment in refused(sandbox, capsys, argv)
 
 
 def test_number_with_an_exponent_but_no_dot_is_a_number():
