@@ -434,7 +434,7 @@ def test_config_latency_keys(tmp_path):
     assert both["budget"]["macs_ratio"] == 0.3
     for bad, words in (
         ("budget.latency_ms=0", "must be > 0"),
-        ("budget.latency_batch=0", "must be > 0"),
+        ("budget.latency_batch=0", r"must be in \[1, 256\], got 0"),
         ("budget.latency_ms=fast", "must be float"),
     ):
         with pytest.raises(UserError, match=words):

@@ -25,6 +25,7 @@ from autoprune.config import parse_yaml
 from autoprune.errors import UserError
 
 MODES = ("uniform", "stage", "block", "group")
+MIN_STEP = 1e-6  # keep ratios finer than this change no width; Optuna's grid arithmetic fails on 1e-300
 
 
 @dataclass
@@ -115,8 +116,11 @@ def _range(
         raise UserError(f"search space {where}: low, high and step must be numbers, got {dict(spec)}") from None
     if not (0 < low <= high <= 1):
         raise UserError(f"search space {where}: need 0 < low <= high <= 1, got low={low}, high={high}")
-    if step is not None and not (0 < float(step) <= high - low or low == high):
-        raise UserError(f"search space {where}: step {step} must be > 0 and at most high - low")
+    if step is not None and not (MIN_STEP <= step <= high - low or low == high):
+        raise UserError(
+            f"search space {where}: step {step} must be at least {MIN_STEP} and at most high - low "
+            f"({high - low:g}); null for a continuous range"
+        )
     return low, high, None if step is None or low == high else float(step)
 
 
