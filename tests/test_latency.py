@@ -443,6 +443,37 @@ def test_config_latency_keys(tmp_path):
         load_config(preset="smoke", overrides=[f"budget.latency_table={tmp_path / 't.json'}"])
 
 
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        (["--input-size", "100000", "100000"], "--input-size must be two integers in [16, 2048] (as model.input_size)"),
+        (["--input-size", "8", "16"], "--input-size must be two integers in [16, 2048]"),
+        (["--batch", "100000000"], "--batch must be in [1, 256], got 100000000"),
+        (["--batch", "0"], "--batch must be in [1, 256], got 0"),
+        (["--last-stride", "3"], "--last-stride is 3; choose one of: 1, 2"),
+        (["--out", "{tmp}"], "--out {tmp} is a folder; give a file path"),
+        (["--out", "/proc/x.json"], "--out /proc/x.json: the folder /proc is not a writable folder"),
+        (["--out", "{tmp}/file/x.json"], "--out {tmp}/file/x.json: the folder {tmp}/file is not a writable folder"),
+    ],
+)
+def test_profile_arguments_are_checked_before_any_work(tmp_path, capsys, monkeypatch, extra, fragment):
+    """Sizes that would allocate gigabytes, a last stride the models lack, an --out that cannot be written: exit 2
+    before a model is built or timed (the profile of a ResNet-50 takes minutes)."""
+    import autoprune.models
+    import autoprune.pruning.latency
+
+    def never(*args, **kwargs):
+        raise AssertionError("the profile started")
+
+    monkeypatch.setattr(autoprune.pruning.latency, "profile", never)
+    monkeypatch.setattr(autoprune.models, "build_model", never)
+    (tmp_path / "file").write_text("")
+    args = ["latency", "profile", "--arch", "resnet10", "--input-size", "32", "16", "--out", str(tmp_path / "t.json")]
+    assert main(args + [a.format(tmp=tmp_path) for a in extra]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and fragment.format(tmp=tmp_path) in err, err
+
+
 def test_profile_command_real_clock(tmp_path, capsys):
     # real timing, tiny: the table is written with this machine's key, then reused rather than profiled again
     out = tmp_path / "lut.json"
