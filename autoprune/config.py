@@ -240,7 +240,14 @@ def _check_value(key: str, value: Any) -> Any:
     default = _LEAVES[key]
     types = TYPES.get(key) or ((float, int) if isinstance(default, float) else (type(default),))
     if isinstance(value, bool) and bool not in types:
-        raise UserError(f"config key {key!r} must be {_type_name(types)}, got {value!r}")
+        # YAML 1.1 reads yes/no/on/off/true/false as booleans: a name such as "off" must be quoted
+        quote = (
+            f"; YAML read the value as a boolean (unquoted yes/no/on/off/true/false are), quote it: "
+            f'--set \'{key}="off"\', or {key.rpartition(".")[2]}: "off" in a file'
+            if str in types
+            else ""
+        )
+        raise UserError(f"config key {key!r} must be {_type_name(types)}, got {value!r}{quote}")
     if isinstance(default, list):
         if not isinstance(value, list):
             raise UserError(f"config key {key!r} must be a list, got {value!r}")

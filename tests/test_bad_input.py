@@ -150,6 +150,7 @@ SETTINGS = [
     (["search.ray.max_concurrent=0"], "config key 'search.ray.max_concurrent' must be > 0, got 0"),
     (["data.synth.num_train_ids=0"], "config key 'data.synth.num_train_ids' must be > 0, got 0"),
     (["data.synth.num_distractors=-1"], "config key 'data.synth.num_distractors' must be >= 0, got -1"),
+    (["search.study_name=off"], "got False; YAML read the value as a boolean (unquoted yes/no/on/off/true/false"),
     # data.root that cannot hold the synthetic data, baselines and latency tables: refused in the preflight
     (
         ["data.root=/etc/passwd"],
@@ -178,12 +179,23 @@ def test_sgd_with_momentum_zero_is_plain_sgd():
     assert with_momentum.defaults["nesterov"]
 
 
+def test_search_space_of_another_kind_of_file_is_not_echoed(sandbox, capsys):
+    """A file that YAML reads as a mapping of its lines (/etc/shadow) is not a search space: its lines stay unprinted."""
+    path = sandbox / "shadow"
+    path.write_text("root:$6$saltsalt$secrethash:19000:0:99999:7:::\nbob:!:19000:0:99999:7:::\n")
+    line = refused(sandbox, capsys, search(sandbox, f"search.space={path}"))
+    assert f"search space {path} is not a search space" in line
+    assert "secrethash" not in line and "bob" not in line
+
+
 @pytest.mark.parametrize(
     "argv, fragment",
     [
         (["data", "synth", "--out", "/proc/xx"], "synthetic data path /proc/xx is not a writable folder"),
         (["data", "synth", "--out", "/etc/passwd/x"], "synthetic data path /etc/passwd/x is not a writable folder"),
         (["plugin", "new", "criterion", "foo", "--out", "/proc/pp"], "--out /proc/pp is not a writable folder"),
+        (["plugin", "new", "criterion", "l1", "--out", "new"], "criterion 'l1' already exists (registered by"),
+        (["plugin", "new", "strategy", "one_shot", "--out", "new"], "strategy 'one_shot' already exists"),
     ],
 )
 def test_unwritable_out_and_taken_names_of_other_commands(sandbox, capsys, argv, fragment):

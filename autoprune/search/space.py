@@ -25,6 +25,7 @@ from autoprune.config import parse_yaml
 from autoprune.errors import UserError
 
 MODES = ("uniform", "stage", "block", "group")
+_KEY_LIKE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,39}")  # what a misspelt key looks like
 MIN_STEP = 1e-6  # keep ratios finer than this change no width; Optuna's grid arithmetic fails on 1e-300
 
 
@@ -135,6 +136,13 @@ def build_space(name_or_path: str, groups: list[str], min_keep: float = 0.0, max
     """The space for a model with these prunable groups; patterns that match nothing are errors."""
     name, data = read_space(name_or_path)
     unknown = set(data) - {"mode", "low", "high", "step", "overrides", "description"}
+    if any(not isinstance(k, str) or not _KEY_LIKE.fullmatch(k) for k in unknown):
+        # not a misspelt key but another kind of file (read as a mapping, e.g. /etc/shadow's "user:hash:...:"
+        # lines): its lines are not echoed
+        raise UserError(
+            f"search space {name_or_path} is not a search space (its top level is not mode, low, high, step, "
+            f"overrides); give search.space a built-in name or a search-space YAML file"
+        )
     if unknown:
         raise UserError(f"search space {name}: unknown key(s) {sorted(unknown)}; use mode, low, high, step, overrides")
     mode = data.get("mode", "group")
