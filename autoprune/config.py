@@ -155,18 +155,25 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "search.pruner": choices.PRUNERS,
     "search.objective": choices.OBJECTIVES,
 }
-RANGES: dict[str, tuple[float, float]] = {
-    "budget.macs_ratio": (0.0, 1.0),
-    "budget.min_keep": (0.0, 1.0),
-    "budget.max_keep": (0.0, 1.0),
-    "search.screening.keep_fraction": (0.0, 1.0),
+MIN_INPUT_SIDE, MAX_INPUT_SIDE = 16, 2048  # pixels; re-ID crops are a few hundred
+MAX_LATENCY_BATCH = 256  # images per forward pass on a deployment device; beyond it a table allocates gigabytes
+# key -> (low, high, bounds): "(]" is low < value <= high, "[]" low <= value <= high, "[)" low <= value < high.
+RANGES: dict[str, tuple[float, float, str]] = {
+    "budget.macs_ratio": (0.0, 1.0, "(]"),
+    "budget.min_keep": (0.0, 1.0, "(]"),
+    "budget.max_keep": (0.0, 1.0, "(]"),
+    "budget.latency_batch": (1, MAX_LATENCY_BATCH, "[]"),
+    "search.screening.keep_fraction": (0.0, 1.0, "(]"),
+    "train.momentum": (0.0, 1.0, "[)"),  # 1 never forgets a gradient: the step grows without bound
+    "train.label_smoothing": (0.0, 1.0, "[)"),  # 1 is a uniform target: nothing left to learn
+    "train.gamma": (0.0, 1.0, "(]"),  # the step schedule's factor: it lowers the learning rate
+    "data.random_erasing": (0.0, 1.0, "[]"),  # a probability
 }
 POSITIVE = (
     "data.synth.target_num_train_ids",
     "data.synth.target_num_test_ids",
     "data.synth.queries_per_id",
     "budget.latency_ms",
-    "budget.latency_batch",
     "data.batch_size",
     "data.num_instances",
     "search.n_trials",
@@ -178,6 +185,11 @@ POSITIVE = (
     "search.screening.candidates",
     "search.screening.batches",
     "trial.distill.temperature",
+    "search.ray.cpus_per_trial",
+    "search.ray.max_concurrent",
+    "data.synth.num_train_ids",
+    "data.synth.num_test_ids",
+    "data.synth.images_per_id_per_cam",
 )
 NON_NEGATIVE = (
     "search.finalists_se",
@@ -191,6 +203,13 @@ NON_NEGATIVE = (
     "trial.adapt_epochs",
     "trial.distill.logit",
     "trial.distill.embedding",
+    "train.weight_decay",
+    "train.triplet_weight",
+    "train.margin",
+    "train.center_weight",
+    "train.threads",
+    "search.ray.gpus_per_trial",
+    "data.synth.num_distractors",
 )
 MAX_SEED = 2**32 - 1  # seeds NumPy (and so Optuna's samplers) accept
 
@@ -207,7 +226,6 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 _LEAVES = _flatten(DEFAULTS)
-MAX_INPUT_SIDE = 2048  # pixels; re-ID crops are a few hundred
 MAX_YAML_NODES = 100_000  # a config or search space expands to a few hundred; YAML aliases can make billions
 
 
@@ -222,16 +240,26 @@ def _check_value(key: str, value: Any) -> Any:
     default = _LEAVES[key]
     types = TYPES.get(key) or ((float, int) if isinstance(default, float) else (type(default),))
     if isinstance(value, bool) and bool not in types:
-        raise UserError(f"config key {key!r} must be {_type_name(types)}, got {value!r}")
+        # YAML 1.1 reads yes/no/on/off/true/false as booleans: a name such as "off" must be quoted
+        quote = (
+            f"; YAML read the value as a boolean (unquoted yes/no/on/off/true/false are), quote it: "
+            f'--set \'{key}="off"\', or {key.rpartition(".")[2]}: "off" in a file'
+            if str in types
+            else ""
+        )
+        raise UserError(f"config key {key!r} must be {_type_name(types)}, got {value!r}{quote}")
     if isinstance(default, list):
         if not isinstance(value, list):
             raise UserError(f"config key {key!r} must be a list, got {value!r}")
         if key == "model.input_size" and (
             len(value) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) and 16 <= v <= MAX_INPUT_SIDE for v in value)
+            or not all(
+                isinstance(v, int) and not isinstance(v, bool) and MIN_INPUT_SIDE <= v <= MAX_INPUT_SIDE for v in value
+            )
         ):
             raise UserError(
-                f"model.input_size must be [height, width] with integers in [16, {MAX_INPUT_SIDE}], got {value!r}"
+                f"model.input_size must be [height, width] with integers in "
+                f"[{MIN_INPUT_SIDE}, {MAX_INPUT_SIDE}], got {value!r}"
             )
         if key == "train.milestones" and not all(
             isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value
@@ -255,9 +283,7 @@ def _check_value(key: str, value: Any) -> Any:
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise UserError(f"config key {key!r} is {value!r}{hint}; choose one of: {', '.join(map(str, CHOICES[key]))}")
     if key in RANGES and value is not None:
-        lo, hi = RANGES[key]
-        if not (lo < value <= hi):
-            raise UserError(f"config key {key!r} must be in ({lo}, {hi}], got {value}")
+        check_range(f"config key {key!r}", value, *RANGES[key])
     if key in POSITIVE and value is not None and value <= 0:
         raise UserError(f"config key {key!r} must be > 0, got {value}")
     if key in NON_NEGATIVE and value < 0:
@@ -265,6 +291,15 @@ def _check_value(key: str, value: Any) -> Any:
     if key == "seed" and not 0 <= value <= MAX_SEED:
         raise UserError(f"config key 'seed' must be an integer in [0, {MAX_SEED}] (2**32 - 1), got {value}")
     return value
+
+
+def check_range(what: str, value: float, lo: float, hi: float, bounds: str = "(]") -> None:
+    """``value`` inside the interval ``bounds`` of ``lo`` and ``hi`` (see RANGES), else a UserError naming ``what``;
+    the one range check of config keys and of command-line numbers that mirror them."""
+    above = lo < value if bounds[0] == "(" else lo <= value
+    below = value <= hi if bounds[1] == "]" else value < hi
+    if not (above and below):
+        raise UserError(f"{what} must be in {bounds[0]}{lo}, {hi}{bounds[1]}, got {value}")
 
 
 def _unknown(key: str) -> UserError:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import os
+import tempfile
+from pathlib import Path
 
 
 class UserError(Exception):
@@ -39,3 +41,28 @@ def disk_full(exc: BaseException) -> OSError | None:
             return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # the study database could not be written
         todo += [e.__cause__, e.__context__, getattr(e, "orig", None)]
     return None
+
+
+def writable_folder(folder: str | Path, what: str, fix: str) -> Path:
+    """``folder``, if it is a folder this process can write in or could create; else a UserError
+    ``{what} {folder} is not a writable folder (...); {fix}``.
+
+    Checked before long work that writes there (a profile, a dataset), so a mistyped path costs a second, not
+    the work. Nothing is left behind: a missing folder is not created, a probe file in the nearest existing
+    folder is removed at once. A probe, not ``os.access``: root passes every access check, even in ``/proc``.
+    """
+    path = Path(folder)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{what} {path} is not a writable folder ({existing} is a file); {fix}")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".autoprune-write-test-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UserError(
+            f"{what} {path} is not a writable folder (cannot create a file in {existing}: {exc.strerror}); {fix}"
+        ) from None
+    return path

@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from autoprune.errors import UserError
+from autoprune.choices import LAST_STRIDES
+from autoprune.config import MAX_INPUT_SIDE, MIN_INPUT_SIDE, RANGES, check_range
+from autoprune.errors import UserError, writable_folder
 
 
 def add_latency_parser(sub: argparse._SubParsersAction) -> None:
@@ -42,9 +44,17 @@ def cmd_latency(args: argparse.Namespace) -> int:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    if min(args.input_size) < 16:
-        raise UserError(f"--input-size must be two integers >= 16, got {args.input_size}")
-    for name in ("batch", "round_to", "points", "repeats"):
+    """Everything checked before the model is built and timed (minutes on a ResNet-50): the sizes by the limits
+    the config sets for model.input_size and budget.latency_batch, and where the table goes."""
+    if not all(MIN_INPUT_SIDE <= v <= MAX_INPUT_SIDE for v in args.input_size):
+        raise UserError(
+            f"--input-size must be two integers in [{MIN_INPUT_SIDE}, {MAX_INPUT_SIDE}] (as model.input_size), "
+            f"got {args.input_size}"
+        )
+    check_range("--batch", args.batch, *RANGES["budget.latency_batch"])
+    if args.last_stride not in LAST_STRIDES:
+        raise UserError(f"--last-stride is {args.last_stride}; choose one of: {', '.join(map(str, LAST_STRIDES))}")
+    for name in ("round_to", "points", "repeats"):
         if getattr(args, name) < (2 if name == "points" else 1):
             raise UserError(
                 f"--{name.replace('_', '-')} must be >= {2 if name == 'points' else 1}, got {getattr(args, name)}"
@@ -53,6 +63,10 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--min-keep must be in (0, 1], got {args.min_keep}")
     if args.device.startswith("cuda") and args.runtime != "torch":
         raise UserError("--device cuda needs --runtime torch (the onnxruntime runtime here is its CPU provider)")
+    out = Path(args.out)
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; give a file path, e.g. {out / 'latency.json'}")
+    writable_folder(out.parent, f"--out {out}: the folder", "choose another --out")
 
 
 def cmd_profile(args: argparse.Namespace) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from autoprune.errors import UserError
+from autoprune.errors import UserError, writable_folder
 
 KINDS = ("criterion", "strategy", "scenario")
 _HOOK = {
@@ -157,9 +157,11 @@ def new_plugin(kind: str, name: str, out: str | Path) -> list[Path]:
             f"autoprune plugin new: NAME {name!r} must be lower-case letters, digits and _, "
             f"starting with a letter (it is the config value, e.g. trial.{kind}={name})"
         )
+    _check_name_is_free(kind, name)
     root = Path(out)
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise UserError(f"{root} exists and is not an empty folder; give --out a new folder")
+    writable_folder(root, "--out", "give --out a new folder where you may write")
     package = f"autoprune_{name}"
     cls = "".join(part.capitalize() for part in name.split("_")) + kind.capitalize()
     fields = {
@@ -181,3 +183,17 @@ def new_plugin(kind: str, name: str, out: str | Path) -> list[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
     return list(files)
+
+
+def _check_name_is_free(kind: str, name: str) -> None:
+    """A name already registered (a built-in such as ``l1``, or an installed plugin's) would make the new plugin
+    fail to load once installed (a duplicate name): refused before any file is written."""
+    from autoprune.host import get_host
+
+    host = get_host()
+    if name in host.names(kind):
+        owner = host.registry[kind][name].distribution
+        raise UserError(
+            f"autoprune plugin new: {kind} {name!r} already exists (registered by {owner}); a second {kind} of "
+            f"that name clashes with it, choose another NAME"
+        )

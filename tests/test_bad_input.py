@@ -132,12 +132,74 @@ SETTINGS = [
     (["search.space=no_such_space"], "search space 'no_such_space' is neither a built-in"),
     (["model.weights=/nonexistent/model.pth"], "model.weights: /nonexistent/model.pth does not exist"),
     (["model.weights=imagenet", "model.arch=resnet10"], "no ImageNet weights are known for 'resnet10'"),
+    # numbers that passed validation and crashed in torch or Optuna later
+    (["train.momentum=-0.5"], "config key 'train.momentum' must be in [0.0, 1.0), got -0.5"),
+    (["train.momentum=1"], "config key 'train.momentum' must be in [0.0, 1.0), got 1.0"),
+    (["train.weight_decay=-1e-4"], "config key 'train.weight_decay' must be >= 0, got -0.0001"),
+    (["train.label_smoothing=1"], "config key 'train.label_smoothing' must be in [0.0, 1.0), got 1.0"),
+    (["train.label_smoothing=-0.1"], "config key 'train.label_smoothing' must be in [0.0, 1.0), got -0.1"),
+    (["train.gamma=0"], "config key 'train.gamma' must be in (0.0, 1.0], got 0.0"),
+    (["train.margin=-0.3"], "config key 'train.margin' must be >= 0, got -0.3"),
+    (["train.triplet_weight=-1"], "config key 'train.triplet_weight' must be >= 0, got -1.0"),
+    (["train.center_weight=-1"], "config key 'train.center_weight' must be >= 0, got -1.0"),
+    (["train.threads=-2"], "config key 'train.threads' must be >= 0, got -2"),
+    (["data.random_erasing=1.5"], "config key 'data.random_erasing' must be in [0.0, 1.0], got 1.5"),
+    (["budget.latency_batch=100000000"], "config key 'budget.latency_batch' must be in [1, 256], got 100000000"),
+    (["search.ray.cpus_per_trial=0"], "config key 'search.ray.cpus_per_trial' must be > 0, got 0"),
+    (["search.ray.gpus_per_trial=-1"], "config key 'search.ray.gpus_per_trial' must be >= 0, got -1.0"),
+    (["search.ray.max_concurrent=0"], "config key 'search.ray.max_concurrent' must be > 0, got 0"),
+    (["data.synth.num_train_ids=0"], "config key 'data.synth.num_train_ids' must be > 0, got 0"),
+    (["data.synth.num_distractors=-1"], "config key 'data.synth.num_distractors' must be >= 0, got -1"),
+    (["search.study_name=off"], "got False; YAML read the value as a boolean (unquoted yes/no/on/off/true/false"),
+    # data.root that cannot hold the synthetic data, baselines and latency tables: refused in the preflight
+    (
+        ["data.root=/etc/passwd"],
+        "data.root /etc/passwd is not a writable folder (/etc/passwd is a file); set data.root",
+    ),
+    (["data.root=/etc/passwd/data"], "data.root /etc/passwd/data is not a writable folder (/etc/passwd is a file)"),
+    (["data.root=/proc/xx"], "data.root /proc/xx is not a writable folder (cannot create a file in /proc: "),
 ]
 
 
 @pytest.mark.parametrize("sets, fragment", SETTINGS, ids=[" ".join(s) for s, _ in SETTINGS])
 def test_bad_setting(sandbox, capsys, sets, fragment):
     assert fragment in refused(sandbox, capsys, search(sandbox, *sets))
+
+
+def test_sgd_with_momentum_zero_is_plain_sgd():
+    """train.momentum: 0 with SGD is plain SGD (torch refuses Nesterov without momentum: it crashed every trial)."""
+    from autoprune.config import load_config
+    from autoprune.engine.train import TrainSettings, make_optimizer
+
+    cfg = load_config(preset="smoke", overrides=["train.optimizer=sgd", "train.momentum=0"])
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    opt = make_optimizer(params, TrainSettings.from_config(cfg))
+    assert isinstance(opt, torch.optim.SGD) and opt.defaults["momentum"] == 0 and not opt.defaults["nesterov"]
+    with_momentum = make_optimizer(params, TrainSettings(optimizer="sgd", momentum=0.9))
+    assert with_momentum.defaults["nesterov"]
+
+
+def test_search_space_of_another_kind_of_file_is_not_echoed(sandbox, capsys):
+    """A file that YAML reads as a mapping of its lines (/etc/shadow) is not a search space: its lines stay unprinted."""
+    path = sandbox / "shadow"
+    path.write_text("root:$6$saltsalt$secrethash:19000:0:99999:7:::\nbob:!:19000:0:99999:7:::\n")
+    line = refused(sandbox, capsys, search(sandbox, f"search.space={path}"))
+    assert f"search space {path} is not a search space" in line
+    assert "secrethash" not in line and "bob" not in line
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["data", "synth", "--out", "/proc/xx"], "synthetic data path /proc/xx is not a writable folder"),
+        (["data", "synth", "--out", "/etc/passwd/x"], "synthetic data path /etc/passwd/x is not a writable folder"),
+        (["plugin", "new", "criterion", "foo", "--out", "/proc/pp"], "--out /proc/pp is not a writable folder"),
+        (["plugin", "new", "criterion", "l1", "--out", "new"], "criterion 'l1' already exists (registered by"),
+        (["plugin", "new", "strategy", "one_shot", "--out", "new"], "strategy 'one_shot' already exists"),
+    ],
+)
+def test_unwritable_out_and_taken_names_of_other_commands(sandbox, capsys, argv, fragment):
+    assert fragment in refused(sandbox, capsys, argv)
 
 
 def test_number_with_an_exponent_but_no_dot_is_a_number():

@@ -240,6 +240,17 @@ def test_table_round_trip_and_monotone(tiny, tmp_path):
             }
         ),
         lambda d: json.dumps({**d, "scale": float("nan")}),
+        # hostile: integers too large for a float (OverflowError), JSON nested too deep (RecursionError)
+        lambda d: json.dumps({**d, "scale": 10**400}),
+        lambda d: json.dumps({**d, "key": {**d["key"], "min_keep": 10**400}}),
+        lambda d: json.dumps(
+            {
+                **d,
+                "kinds": [{**d["kinds"][0], "ms": [[10**400] * len(r) for r in d["kinds"][0]["ms"]]}] + d["kinds"][1:],
+            }
+        ),
+        lambda d: "[" * 100_000 + "]" * 100_000,
+        lambda d: json.dumps(d)[:-1] + ', "deep": ' + "[" * 100_000 + "]" * 100_000 + "}",
     ],
 )
 def test_corrupt_table_is_one_user_error(tiny, tmp_path, corrupt):
@@ -321,8 +332,14 @@ def test_search_refuses_bad_tables_with_exit_2(tiny, tmp_path, capsys):
     replace(table, key=replace(key, round_to=4)).save(small)
     wrong_size = tmp_path / "size.json"
     replace(table, key=replace(key, input_size=(64, 32))).save(wrong_size)
+    huge = tmp_path / "huge.json"
+    huge.write_text(json.dumps({**table.to_json(), "scale": 10**400}))
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
     cases = [
         (corrupt, "1", "is corrupt"),
+        (huge, "5", f"latency table {huge} is corrupt"),
+        (deep, "5", f"latency table {deep} is corrupt"),
         (other, "1", "architecture resnet18"),
         (wrong_size, "1", "input size 64x32"),
         (tmp_path / "missing.json", "1", "does not exist"),
@@ -417,13 +434,44 @@ def test_config_latency_keys(tmp_path):
     assert both["budget"]["macs_ratio"] == 0.3
     for bad, words in (
         ("budget.latency_ms=0", "must be > 0"),
-        ("budget.latency_batch=0", "must be > 0"),
+        ("budget.latency_batch=0", r"must be in \[1, 256\], got 0"),
         ("budget.latency_ms=fast", "must be float"),
     ):
         with pytest.raises(UserError, match=words):
             load_config(preset="smoke", overrides=[bad])
     with pytest.raises(UserError, match="budget.latency_ms is not"):
         load_config(preset="smoke", overrides=[f"budget.latency_table={tmp_path / 't.json'}"])
+
+
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        (["--input-size", "100000", "100000"], "--input-size must be two integers in [16, 2048] (as model.input_size)"),
+        (["--input-size", "8", "16"], "--input-size must be two integers in [16, 2048]"),
+        (["--batch", "100000000"], "--batch must be in [1, 256], got 100000000"),
+        (["--batch", "0"], "--batch must be in [1, 256], got 0"),
+        (["--last-stride", "3"], "--last-stride is 3; choose one of: 1, 2"),
+        (["--out", "{tmp}"], "--out {tmp} is a folder; give a file path"),
+        (["--out", "/proc/x.json"], "--out /proc/x.json: the folder /proc is not a writable folder"),
+        (["--out", "{tmp}/file/x.json"], "--out {tmp}/file/x.json: the folder {tmp}/file is not a writable folder"),
+    ],
+)
+def test_profile_arguments_are_checked_before_any_work(tmp_path, capsys, monkeypatch, extra, fragment):
+    """Sizes that would allocate gigabytes, a last stride the models lack, an --out that cannot be written: exit 2
+    before a model is built or timed (the profile of a ResNet-50 takes minutes)."""
+    import autoprune.models
+    import autoprune.pruning.latency
+
+    def never(*args, **kwargs):
+        raise AssertionError("the profile started")
+
+    monkeypatch.setattr(autoprune.pruning.latency, "profile", never)
+    monkeypatch.setattr(autoprune.models, "build_model", never)
+    (tmp_path / "file").write_text("")
+    args = ["latency", "profile", "--arch", "resnet10", "--input-size", "32", "16", "--out", str(tmp_path / "t.json")]
+    assert main(args + [a.format(tmp=tmp_path) for a in extra]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and fragment.format(tmp=tmp_path) in err, err
 
 
 def test_profile_command_real_clock(tmp_path, capsys):

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from autoprune.errors import UserError
+from autoprune.errors import UserError, writable_folder
 
 GENERATOR_VERSION = 2  # bump when the output changes, so DONE markers of old folders go stale
 SPLITS = ("bounding_box_train", "query", "bounding_box_test")
@@ -797,8 +797,7 @@ def generate(
         **({"queries_per_id": queries_per_id} if queries_per_id != 1 else {}),
     )
     marker, partial = out / MARKER, out / PARTIAL
-    if out.exists() and not out.is_dir():
-        raise UserError(f"synthetic data path {out} exists and is not a folder; choose another data root")
+    writable_folder(out, "synthetic data path", "choose another data root (data.root, or data synth --out)")
     if marker.is_file():
         try:
             if json.loads(marker.read_text()).get("params") == params:

@@ -121,7 +121,10 @@ def _loss(
 
 def make_optimizer(params: list[nn.Parameter], s: TrainSettings) -> torch.optim.Optimizer:
     if s.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay, nesterov=True)
+        # Nesterov needs momentum; train.momentum: 0 asks for plain SGD, as torchreid's SGD (nesterov off by
+        # default) gives with momentum 0, so it is plain SGD here too rather than torch's ValueError.
+        nesterov = s.momentum > 0
+        return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay, nesterov=nesterov)
     return torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
 
 

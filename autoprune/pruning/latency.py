@@ -374,7 +374,18 @@ class LatencyTable:
                 _num(data.get("seconds", 0.0), "seconds"),
             )
             table._check()
-        except (ValueError, KeyError, TypeError, IndexError, AttributeError, UnicodeDecodeError) as exc:
+        # RecursionError: JSON nested thousands deep; OverflowError: a safety net beside _num's own check.
+        # Both are a hostile or broken file, like the rest.
+        except (
+            ValueError,
+            KeyError,
+            TypeError,
+            IndexError,
+            AttributeError,
+            UnicodeDecodeError,
+            OverflowError,
+            RecursionError,
+        ) as exc:
             raise UserError(
                 f"latency table {p} is corrupt ({type(exc).__name__}: {exc}); profile it again with "
                 f"`autoprune latency profile`"
@@ -411,7 +422,10 @@ def _int(v: Any, what: str, lo: int, hi: int) -> int:
 def _num(v: Any, what: str) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise TypeError(f"{what} is {v!r}, not a number")
-    return float(v)
+    try:
+        return float(v)
+    except OverflowError:  # an integer of hundreds of digits: no table holds one
+        raise ValueError(f"{what} is an integer too large for a number") from None
 
 
 def _str(v: Any, what: str) -> str:

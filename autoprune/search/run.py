@@ -16,7 +16,7 @@ from autoprune.config import RunSettings, SearchSettings, TrialSettings, config_
 from autoprune.data.domain import load_domains
 from autoprune.engine.baseline import get_baseline
 from autoprune.engine.device import resolve_device, set_threads
-from autoprune.errors import UserError, disk_full
+from autoprune.errors import UserError, disk_full, writable_folder
 from autoprune.export import save_torchscript
 from autoprune.host import get_host
 from autoprune.pruning.serialize import load_pruned, save_pruned
@@ -119,6 +119,7 @@ def preflight(cfg: dict[str, Any], host: Any) -> None:
 
     settings = RunSettings.from_config(cfg)
     trial, search, data, m = settings.trial, settings.search, settings.data, settings.model
+    _check_data_root(settings)
     for kind in ("criterion", "strategy", "scenario"):
         host.get(kind, trial.plugin(kind))
     for spec in data.specs():
@@ -159,6 +160,24 @@ def preflight(cfg: dict[str, Any], host: Any) -> None:
         from autoprune.search.ray_cluster import check_cluster
 
         check_cluster(search.ray.address)  # reachable, token accepted, autoprune on every node
+
+
+def _check_data_root(settings: RunSettings) -> None:
+    """data.root receives synthetic data, cached baselines and latency tables: an unwritable one is refused
+    before any of them is made (not as a traceback from the data generator)."""
+    from autoprune.data import parse_spec
+
+    writes = (
+        settings.model.checkpoint is None  # the trained baseline is cached there
+        or settings.budget.latency_ms is not None  # so are profiled latency tables
+        or any(parse_spec(spec)[0] == "synth" for spec in settings.data.specs())
+    )
+    if writes:
+        writable_folder(
+            settings.data.root,
+            "data.root",
+            "set data.root to a folder autoprune may write (synthetic data, cached baselines and latency tables)",
+        )
 
 
 def lock_run_dir(cfg: dict[str, Any], run_dir: Path) -> Any:

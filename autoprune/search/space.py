@@ -25,6 +25,8 @@ from autoprune.config import parse_yaml
 from autoprune.errors import UserError
 
 MODES = ("uniform", "stage", "block", "group")
+_KEY_LIKE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,39}")  # what a misspelt key looks like
+MIN_STEP = 1e-6  # keep ratios finer than this change no width; Optuna's grid arithmetic fails on 1e-300
 
 
 @dataclass
@@ -115,8 +117,11 @@ def _range(
         raise UserError(f"search space {where}: low, high and step must be numbers, got {dict(spec)}") from None
     if not (0 < low <= high <= 1):
         raise UserError(f"search space {where}: need 0 < low <= high <= 1, got low={low}, high={high}")
-    if step is not None and not (0 < float(step) <= high - low or low == high):
-        raise UserError(f"search space {where}: step {step} must be > 0 and at most high - low")
+    if step is not None and not (MIN_STEP <= step <= high - low or low == high):
+        raise UserError(
+            f"search space {where}: step {step} must be at least {MIN_STEP} and at most high - low "
+            f"({high - low:g}); null for a continuous range"
+        )
     return low, high, None if step is None or low == high else float(step)
 
 
@@ -131,6 +136,13 @@ def build_space(name_or_path: str, groups: list[str], min_keep: float = 0.0, max
     """The space for a model with these prunable groups; patterns that match nothing are errors."""
     name, data = read_space(name_or_path)
     unknown = set(data) - {"mode", "low", "high", "step", "overrides", "description"}
+    if any(not isinstance(k, str) or not _KEY_LIKE.fullmatch(k) for k in unknown):
+        # not a misspelt key but another kind of file (read as a mapping, e.g. /etc/shadow's "user:hash:...:"
+        # lines): its lines are not echoed
+        raise UserError(
+            f"search space {name_or_path} is not a search space (its top level is not mode, low, high, step, "
+            f"overrides); give search.space a built-in name or a search-space YAML file"
+        )
     if unknown:
         raise UserError(f"search space {name}: unknown key(s) {sorted(unknown)}; use mode, low, high, step, overrides")
     mode = data.get("mode", "group")
