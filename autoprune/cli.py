@@ -142,7 +142,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from autoprune.engine.device import resolve_device, set_threads
     from autoprune.engine.evaluate import evaluate_domain
     from autoprune.pruning.serialize import save_pruned
-    from autoprune.rundir import refuse_links_out
+    from autoprune.rundir import refuse_links_out, write_file
 
     cfg = _load(args)
     if cfg["data"]["source"] is None:
@@ -172,7 +172,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "target_direct_transfer": tgt,
         "checkpoint": "baseline.pt",
     }
-    (out / "train_report.json").write_text(json.dumps(report, indent=2))
+    write_file(out / "train_report.json", json.dumps(report, indent=2))
     print(
         f"source rank-1 {info['source_metrics']['rank1']:.3f} mAP {info['source_metrics']['mAP']:.3f}; "
         f"target (direct transfer) rank-1 {tgt['rank1']:.3f} mAP {tgt['mAP']:.3f}; wrote {out}"
@@ -244,14 +244,12 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from autoprune.rundir import refuse_links_out
     from autoprune.search.report import pick_from_front, read_report, summary_table, write_markdown
 
     run_dir = Path(args.run)
     if args.budget is not None and not 0 < args.budget <= 1:
         raise UserError(f"--budget is a MACs ratio in (0, 1], got {args.budget}")
-    report = read_report(run_dir)
-    refuse_links_out(run_dir)  # report.md is written there
+    report = read_report(run_dir)  # links checked first: report.md is written there
     print(summary_table(report))
     if args.budget is not None:
         pick = pick_from_front(report, args.budget)
@@ -261,7 +259,13 @@ def cmd_report(args: argparse.Namespace) -> int:
             f"\nbest at <= {args.budget:.0%} MACs: trial {pick['number']} (MACs ratio {pick['macs_ratio']:.3f}, "
             f"rank-1 {pick['target']['rank1']:.3f}, mAP {pick['target']['mAP']:.3f})"
         )
-    print(f"\nwrote {write_markdown(run_dir, report)}")
+    try:
+        path = write_markdown(run_dir, report)
+    except OSError as exc:  # a read-only run directory: the summary above is all there is
+        raise UserError(
+            f"{run_dir / 'report.md'} could not be written ({exc.strerror or exc}); the summary is above"
+        ) from None
+    print(f"\nwrote {path}")
     return 0
 
 

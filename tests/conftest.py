@@ -60,3 +60,40 @@ def example_installed(tmp_path, monkeypatch):
     host_mod.reset_host()
     yield host_mod.get_host()
     host_mod.reset_host()
+
+
+FINISHED_REPORT = {
+    "budget": {"macs_ratio": 0.5, "macs": 10**12, "input_size": [32, 16]},
+    "baseline": {
+        "macs": 2.0e8,
+        "params": 5.0e6,
+        "target": {"rank1": 0.5, "mAP": 0.3},
+        "direct_transfer": {"rank1": 0.2},
+    },
+    "config": {"finetune_epochs": 1},
+    "trials": [{"number": 0, "state": "COMPLETE", "macs_ratio": 0.5, "target": {"rank1": 0.4, "mAP": 0.2}}],
+    "best": {
+        "trial": 0,
+        "macs": 1.0e8,
+        "params": 2.5e6,
+        "target": {"rank1": 0.4, "mAP": 0.2},
+        "policy": {"layer1.out": 0.5},
+        "final_epochs": 0,
+    },
+    "plots": [],
+}
+
+
+@pytest.fixture
+def finished_run(tmp_path):
+    """A finished run directory without a search: an unpruned resnet10 as model/pruned.pt and a report.json
+    that `autoprune report` and `export` accept (a budget far above the model, input 32x16)."""
+    import json
+
+    from autoprune.models import build_model
+    from autoprune.pruning.serialize import save_pruned
+
+    run = tmp_path / "run"
+    save_pruned(build_model("resnet10", 2), run / "model" / "pruned.pt")
+    (run / "report.json").write_text(json.dumps(FINISHED_REPORT))
+    return run

@@ -180,7 +180,7 @@ def _one_line_error(capsys, argv):
         ),
         (lambda text: json.dumps({**json.loads(text), "best": {"trial": 0}}), "best is missing its trial"),
         (lambda text: json.dumps({**json.loads(text), "plots": ["../../etc/passwd"]}), "plots must be file names"),
-        (lambda text: "[]", "(not an object)"),
+        (lambda text: "[]", "is not a JSON object"),
     ],
 )
 def test_report_on_a_damaged_report_json(smoke_run, tmp_path, capsys, damage, fragment):

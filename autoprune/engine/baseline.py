@@ -17,6 +17,7 @@ from autoprune.errors import UserError
 from autoprune.models import ReIDNet, build_model, load_checkpoint_model
 from autoprune.models.checkpoint import checkpoint_record, read_checkpoint
 from autoprune.pruning.serialize import load_pruned, save_pruned
+from autoprune.rundir import replacing, write_file
 
 
 def baseline_key(cfg: dict[str, Any]) -> str:
@@ -106,9 +107,8 @@ def get_baseline(
     def checkpoint(state: dict[str, Any]) -> None:
         # model first, then the optimiser state that points at its epoch (both written atomically)
         save_pruned(model, partial)
-        tmp = partial.with_suffix(".state.tmp")
-        torch.save(state, tmp)
-        tmp.replace(partial.with_suffix(".state.pt"))
+        with replacing(partial.with_suffix(".state.pt")) as f:
+            torch.save(state, f)
 
     history = fit(
         model, source.train, settings, device, desc="baseline", progress=progress, resume=resume, checkpoint=checkpoint
@@ -123,7 +123,7 @@ def get_baseline(
         "key": baseline_key(cfg),
     }
     save_pruned(model, path)
-    info_path.write_text(json.dumps(info, indent=2))
+    write_file(info_path, json.dumps(info, indent=2))
     partial.unlink(missing_ok=True)
     partial.with_suffix(".state.pt").unlink(missing_ok=True)
     log(f"baseline: source rank-1 {source_metrics['rank1']:.3f}, mAP {source_metrics['mAP']:.3f}; saved {path}")

@@ -36,6 +36,7 @@ from torch import nn
 
 from autoprune.errors import UserError
 from autoprune.pruning.groups import PruningGraph
+from autoprune.rundir import write_file
 
 FORMAT = "autoprune-latency/1"
 RUNTIMES = ("torch", "onnxruntime")
@@ -346,9 +347,7 @@ class LatencyTable:
     def save(self, path: str | Path) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=1))
-        tmp.replace(path)
+        write_file(path, json.dumps(self.to_json(), indent=1))
 
     @classmethod
     def load(cls, path: str | Path) -> LatencyTable:

@@ -18,6 +18,7 @@ from torch import nn
 from autoprune.errors import UserError
 from autoprune.models import ReIDNet, build_from_meta
 from autoprune.models.modelfile import FORMAT, channel_spec, read_meta
+from autoprune.rundir import replacing
 
 
 def save_pruned(model: nn.Module, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
@@ -26,9 +27,8 @@ def save_pruned(model: nn.Module, path: str | Path, extra: dict[str, Any] | None
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": FORMAT, "arch": getattr(model, "arch", {}), "spec": channel_spec(model), "extra": extra or {}}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({"meta": json.dumps(meta), "state_dict": state}, tmp)
-    tmp.replace(path)  # atomic: a crash never leaves a half-written model behind
+    with replacing(path) as f:  # atomic: a crash never leaves a half-written model behind, nor writes through a link
+        torch.save({"meta": json.dumps(meta), "state_dict": state}, f)
     return path
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,7 +24,7 @@ from torch import nn
 from autoprune.config import config_hash
 from autoprune.engine.baseline import baseline_key
 from autoprune.pruning.serialize import load_pruned, save_pruned
-from autoprune.rundir import own_file
+from autoprune.rundir import own_file, read_json, replacing
 from autoprune.search.report import write_json
 from autoprune.search.trial import SearchEnv
 
@@ -68,7 +67,7 @@ def load_or_adapt(env: SearchEnv, run_dir: Path, log: Callable[[str], None] = pr
     key = adaptation_key(env.cfg)
     with _locked(run_dir):
         model_path, meta_path = own_file(run_dir, MODEL), own_file(run_dir, META)
-        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        meta = read_json(meta_path, f"delete {meta_path} to adapt again") if meta_path.is_file() else {}
         if meta.get("key") == key and model_path.is_file():
             model: nn.Module = load_pruned(model_path)
             log(f"adapt: reusing the target-adapted unpruned model ({model_path.name}, {env.adapt_epochs} epochs)")
@@ -97,9 +96,8 @@ def _adapt(env: SearchEnv, run_dir: Path, key: str, log: Callable[[str], None]) 
 
     def checkpoint(st: dict[str, Any]) -> None:
         save_pruned(model, partial)  # model first, then the state that points at its epoch (both atomic)
-        tmp = state.with_suffix(".tmp")
-        torch.save({**st, "key": key}, tmp)
-        tmp.replace(state)
+        with replacing(state) as f:
+            torch.save({**st, "key": key}, f)
 
     start = time.perf_counter()
     adapted = env.adapt(model, resume=resume, checkpoint=checkpoint)

@@ -32,6 +32,7 @@ from optuna.trial import TrialState
 from autoprune.config import RunSettings, SearchSettings, redact
 from autoprune.dashboard import dashboard_attrs
 from autoprune.errors import UserError, disk_full
+from autoprune.rundir import own_file
 from autoprune.search import records
 from autoprune.search.backend import make_sampler, warm_start_policies
 from autoprune.search.records import TrialRecord, result_record
@@ -95,7 +96,7 @@ def make_pruner(name: str, multi: bool, max_epochs: int = 0, reduction_factor: i
 def storage_url(cfg: dict[str, Any], run_dir: Path) -> str | optuna.storages.BaseStorage:
     url = SearchSettings.from_config(cfg).storage
     if url is None:
-        return f"sqlite:///{(run_dir / 'study.db').resolve()}"
+        return f"sqlite:///{own_file(run_dir, 'study.db').resolve()}"  # SQLite would write through a link
     if url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend
 

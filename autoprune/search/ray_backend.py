@@ -29,6 +29,7 @@ from typing import Any
 
 from autoprune.config import RunSettings, SearchSettings, config_hash
 from autoprune.errors import UserError
+from autoprune.rundir import read_json, write_file
 from autoprune.search import records
 from autoprune.search.backend import make_sampler, warm_start_policies
 from autoprune.search.ray_cluster import check_nodes, join
@@ -411,7 +412,8 @@ class RayBackend:
         marker = self.exp_dir.parent / "experiment.json"
         if not tune.Tuner.can_restore(str(self.exp_dir)):
             return False
-        started = json.loads(marker.read_text()).get("n_trials") if marker.is_file() else n_trials
+        fix = f"delete {self.exp_dir.parent} to start the Ray search over"
+        started = read_json(marker, fix).get("n_trials") if marker.is_file() else n_trials
         if started != n_trials:
             raise UserError(
                 f"the Ray experiment in {self.exp_dir} was started with search.n_trials={started} and "
@@ -436,7 +438,7 @@ class RayBackend:
                 restart_errored=False,
             )
         self.exp_dir.parent.mkdir(parents=True, exist_ok=True)
-        (self.exp_dir.parent / "experiment.json").write_text(json.dumps({"n_trials": n_trials}))
+        write_file(self.exp_dir.parent / "experiment.json", json.dumps({"n_trials": n_trials}))
         res = self.search.ray
         if self.search.screening.enabled:
             self.log(

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from autoprune.errors import UserError
+from autoprune.rundir import read_json, refuse_links_out, replacing, write_file
 from autoprune.search.records import TrialRecord
 
 
@@ -71,19 +72,47 @@ def _report_problem(report: Any) -> str | None:
         return "plots must be file names in the run directory"
     if not isinstance(report.get("pareto_front", []), list):
         return "pareto_front is not a list"
+    return _summary_problem(report)
+
+
+def _summary_problem(report: dict[str, Any]) -> str | None:
+    """What the summary and report.md read beyond the metrics, as ``FIELD: what is wrong``, or None: so that
+    the renderer never meets a wrong type."""
+    recipe, ck, bud = report.get("recipe"), report["baseline"].get("checkpoint"), report["budget"]
+    if recipe and not (isinstance(recipe, dict) and isinstance(recipe.get("summary"), str)):
+        return "recipe: not an object with a summary"
+    if ck and not (
+        isinstance(ck, dict) and all(isinstance(ck.get(k), str) for k in ("arch", "format", "path", "sha256"))
+    ):
+        return "baseline.checkpoint: not an object with arch, format, path and sha256"
+    if bud.get("latency_ms"):
+        if not _number(bud["latency_ms"]):
+            return "budget.latency_ms: not a number"
+        if not isinstance(bud.get("latency_batch"), int) or isinstance(bud.get("latency_batch"), bool):
+            return "budget.latency_batch: missing or not an integer"
+        if not isinstance(bud.get("latency_device"), str):
+            return "budget.latency_device: missing or not a name"
+    for key in ("baseline", "uniform", "best"):
+        entry = report.get(key) or {}
+        if entry.get("latency_ms") is not None and not _number(entry["latency_ms"]):
+            return f"{key}.latency_ms: not a number"
+        spread = entry.get("latency_spread_ms")
+        if spread and not (isinstance(spread, list) and len(spread) == 2 and all(_number(v) for v in spread)):
+            return f"{key}.latency_spread_ms: not [first quartile, third quartile] in ms"
     return None
 
 
 def read_report(run_dir: Path) -> dict[str, Any]:
-    """A finished run's report.json, checked for what the commands read: a truncated or edited one is a UserError."""
+    """A finished run's report.json, checked for what the commands read: a truncated or edited one is a UserError.
+
+    The run directory's links are checked first (a link loop or a link out is refused before anything is read).
+    """
+    refuse_links_out(run_dir)
     path = run_dir / "report.json"
     if not path.is_file():
         raise UserError(f"{run_dir} has no report.json; give the --out folder of a finished `autoprune search`")
     fix = f"rerun the same `autoprune search` command with --out {run_dir} to write it again"
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise UserError(f"{path} is truncated or not JSON; {fix}") from None
+    report = read_json(path, fix)
     problem = _report_problem(report)
     if problem is not None:
         raise UserError(f"{path} is incomplete or was edited ({problem}); {fix}")
@@ -127,16 +156,15 @@ def environment(device: Any) -> dict[str, Any]:
 
 
 def write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False))
-    tmp.replace(path)
+    """``data`` as indented JSON at ``path``, replaced whole (see :func:`autoprune.rundir.replacing`)."""
+    write_file(path, json.dumps(data, indent=2, sort_keys=False))
 
 
 def write_trials_csv(path: Path, records: list[TrialRecord], latency: bool = False) -> None:
     """One row per trial; ``latency`` (a latency budget) adds ``latency_ms`` (the table's prediction) after MACs."""
     groups = sorted({g for r in records for g in r.policy})
     lat_head, lat = (["latency_ms"], lambda r: [r.latency_ms]) if latency else ([], lambda r: [])
-    with path.open("w", newline="") as f:
+    with replacing(path, text=True) as f:
         w = csv.writer(f)
         w.writerow(
             ["number", "state", "macs", "macs_ratio", *lat_head, "params", "rank1", "mAP", "seconds", "error"]
@@ -190,7 +218,8 @@ def write_plots(run_dir: Path, report: dict[str, Any], records: list[TrialRecord
         draw(ax, report, records)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(run_dir / name, dpi=110)
+        with replacing(run_dir / name) as f:
+            fig.savefig(f, format="png", dpi=110)
         plt.close(fig)
         out.append(name)
     return out
@@ -462,6 +491,4 @@ def write_markdown(run_dir: Path, report: dict[str, Any]) -> Path:
         lines += [f"Pareto front (rank-1 vs MACs): trials {report['pareto_front']}.", ""]
     for plot in report.get("plots", []):
         lines += [f"![{plot}]({plot})", ""]
-    path = run_dir / "report.md"
-    path.write_text("\n".join(lines))
-    return path
+    return write_file(run_dir / "report.md", "\n".join(lines))

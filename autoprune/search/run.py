@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -20,7 +19,7 @@ from autoprune.errors import UserError, disk_full, writable_folder
 from autoprune.export import save_torchscript
 from autoprune.host import get_host
 from autoprune.pruning.serialize import load_pruned, save_pruned
-from autoprune.rundir import inside, open_no_follow, refuse_links_out
+from autoprune.rundir import copy_file, inside, open_no_follow, read_json, refuse_links_out, write_file
 from autoprune.search.adapt import load_or_adapt
 from autoprune.search.backend import Backend
 from autoprune.search.records import (
@@ -91,7 +90,7 @@ def prepare_run_dir(cfg: dict[str, Any], out: str | Path) -> Path:
         )
     marker = run_dir / "identity.json"
     if marker.is_file():
-        old = json.loads(marker.read_text()).get("identity")
+        old = read_json(marker, f"delete {run_dir} or use another --out").get("identity")
         if old != study_identity(cfg):
             raise UserError(
                 f"run directory {run_dir} holds a search with another config; use a new --out, "
@@ -105,7 +104,7 @@ def claim_run_dir(cfg: dict[str, Any], run_dir: Path) -> None:
     marker = run_dir / "identity.json"
     if not marker.is_file():
         write_json(marker, {"identity": study_identity(cfg)})
-    (run_dir / "config.yaml").write_text(dump(cfg))
+    write_file(run_dir / "config.yaml", dump(cfg))
 
 
 def preflight(cfg: dict[str, Any], host: Any) -> None:
@@ -445,7 +444,7 @@ def _unpruned_reference(
     base_file = run_dir / "baseline.json"
     epochs = recovery_epochs(cfg)
     if base_file.is_file():
-        base = json.loads(base_file.read_text())
+        base = read_json(base_file, f"delete {base_file} to measure the unpruned reference again")
         if base.get("recipe") == recipe(cfg):  # a reference of another recipe (or epochs) is not this one's
             log(f"baseline: unpruned reference rank-1 {base['target']['rank1']:.3f}, mAP {base['target']['mAP']:.3f}")
             return base
@@ -595,7 +594,7 @@ def _report_head(
 def _final_marker(model_dir: Path) -> dict[str, Any]:
     """Which trial ``model/pruned.pt`` holds, after how many final epochs (``final.json``; empty if none)."""
     marker = model_dir / "final.json"
-    return json.loads(marker.read_text()) if marker.is_file() else {}
+    return read_json(marker, f"delete {marker} to choose the final model again") if marker.is_file() else {}
 
 
 def _choose_finalist(
@@ -624,7 +623,7 @@ def _choose_finalist(
     if done != {"trial": best.number, "final_epochs": final_epochs} or not model_path.is_file():
         weights = model_dir / f"final_{best.number:04d}.pt"
         if weights.is_file():
-            shutil.copyfile(weights, model_path)
+            copy_file(weights, model_path)
         else:  # finalists' weights are dropped once one is chosen; a changed choice retrains it
             result = env.run(best.values, counts=best.counts, epochs=final_epochs)
             save_pruned(_model_of(result), model_path, extra={"trial": best.number, "counts": best.counts})
@@ -648,7 +647,7 @@ def _keep_trial_model(
         return
     if best.model and trial_model(run_dir, best).is_file():
         model_dir.mkdir(exist_ok=True)
-        shutil.copyfile(trial_model(run_dir, best), model_path)
+        copy_file(trial_model(run_dir, best), model_path)
     else:
         log(f"final: trial {best.number} ran in another worker; training its policy again for the model")
         result = env.run(best.values, counts=best.counts)
@@ -809,7 +808,7 @@ def _final_round(
     finals = []
     for r in candidates:
         meta, weights = model_dir / f"final_{r.number:04d}.json", model_dir / f"final_{r.number:04d}.pt"
-        cached = json.loads(meta.read_text()) if meta.is_file() else {}
+        cached = read_json(meta, f"delete {meta} to fine-tune this finalist again") if meta.is_file() else {}
         if cached.get("final_epochs") != final_epochs:
             what = "finalist" if r in top else "the warm start"
             log(f"final: fine-tuning {what} (trial {r.number}) for {final_epochs} epochs")
