@@ -12,10 +12,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from autoprune.errors import UserError
+from autoprune.errors import UserError, writable_folder
 from autoprune.pruning.flops import count_macs
 from autoprune.pruning.serialize import load_pruned
-from autoprune.rundir import check_writable, inside, write_file
+from autoprune.rundir import inside, write_file
 from autoprune.search.report import read_report
 
 FORMATS = ("torchscript", "onnx")
@@ -101,10 +101,7 @@ def _output_path(run_dir: Path, fmt: str, out: str | Path | None) -> Path:
             f"--out {path} is {target.relative_to(root)}, a file of the run {run_dir}; an export never "
             f"overwrites the run: choose another path"
         )
-    try:
-        check_writable(path.parent)
-    except OSError as exc:
-        raise UserError(f"--out {path}: cannot write in {path.parent} ({exc.strerror}); choose another path") from None
+    writable_folder(path.parent, f"--out {path}: the folder", "choose another path")
     return path
 
 

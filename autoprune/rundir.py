@@ -127,13 +127,6 @@ def copy_file(src: str | Path, dst: str | Path) -> Path:
     return Path(dst)
 
 
-def check_writable(folder: Path) -> None:
-    """Raise the ``OSError`` that writing a file in ``folder`` would meet (a probe, created and removed)."""
-    probe = folder / f".autoprune-probe.{secrets.token_hex(4)}"
-    os.close(open_no_follow(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, "write test"))
-    probe.unlink()
-
-
 def read_json(path: Path, fix: str, limit: int = MAX_JSON) -> dict[str, Any]:
     """The JSON object autoprune wrote to ``path`` in a run directory, read without following a link and
     size-capped. Any problem (a link, not a plain file, over ``limit`` bytes, not UTF-8 JSON, not an
