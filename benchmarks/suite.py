@@ -511,7 +511,9 @@ def write_json_results(suite: Suite, t2: dict[Any, Any], command: str, full: boo
         cells_computed=suite.cells_done,
         date=date.today().isoformat(),
     )
-    path.write_text(json.dumps(out, indent=1))
+    # other benchmarks own other keys of the same file (benchmarks.recovery: table1, recovery): keep them
+    kept = json.loads(path.read_text()) if path.is_file() else {}
+    path.write_text(json.dumps({**kept, **out}, indent=1))
     return out
 
 
