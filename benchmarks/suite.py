@@ -520,6 +520,7 @@ def write_json_results(suite: Suite, t2: dict[Any, Any], command: str, full: boo
 def write_table2(suite: Suite, t2: dict[Any, Any], command: str, note: str = "") -> None:
     """results_<tag>_t2.md/.json from the table-2 cells at hand (``--table 2``, or a run the time limit cut)."""
     out = write_json_results(suite, t2, command, full=False)
+    plot_t2_paired(suite, out)
     lines = [
         f"## Table 2 only, scale `{suite.tag}`",
         "",
@@ -904,6 +905,43 @@ def plot_t2(suite: Suite, t1: dict, t2: dict) -> None:
     fig.tight_layout()
     (ROOT / "plots").mkdir(exist_ok=True)
     fig.savefig(ROOT / "plots" / f"t2_{suite.tag}.png", dpi=110)
+    plt.close(fig)
+
+
+def plot_t2_paired(suite: Suite, summary: dict[str, Any]) -> None:
+    """plots/t2_<tag>_paired.png: per budget, the three policies' rank-1 (mean and each seed) and searched -
+    uniform with its paired 95% interval, from the table-2 cells at hand."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in summary["table2"] if r["diff"] is not None]
+    if not rows:
+        return
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    for k, (key, label) in enumerate((("searched", "searched"), ("uniform", "uniform (paper)"), ("global", "global"))):
+        xs = [r["macs_ratio"] + (k - 1) * 0.01 for r in rows]
+        a.plot(xs, [r[f"{key}_rank1"] for r in rows], marker="o", label=f"{label}, mean of seeds")
+        for x, r in zip(xs, rows):
+            a.scatter([x] * len(r["per_seed"]), [c[key] for c in r["per_seed"]], s=10, c=f"C{k}", alpha=0.5)
+    a.set_xlabel("MACs budget (fraction of unpruned)")
+    a.set_ylabel("target test rank-1")
+    a.legend(fontsize=8)
+    ys = [100 * r["diff"] for r in rows]
+    lo = [y - 100 * r["diff_ci95"][0] for y, r in zip(ys, rows)]
+    hi = [100 * r["diff_ci95"][1] - y for y, r in zip(ys, rows)]
+    b.errorbar([r["macs_ratio"] for r in rows], ys, yerr=[lo, hi], marker="o", capsize=4, ls="none")
+    for r, y in zip(rows, ys):
+        b.annotate(f"{len(r['seeds'])} seed(s)", (r["macs_ratio"], y), textcoords="offset points", xytext=(6, 4))
+    b.axhline(0, c="gray", lw=1)
+    b.axhline(2, c="gray", ls="--", lw=1, label="goal: +2 points")
+    b.set_xlabel("MACs budget (fraction of unpruned)")
+    b.set_ylabel("searched - uniform, points (paired 95% CI)")
+    b.legend(fontsize=8)
+    fig.tight_layout()
+    (ROOT / "plots").mkdir(exist_ok=True)
+    fig.savefig(ROOT / "plots" / f"t2_{suite.tag}_paired.png", dpi=110)
     plt.close(fig)
 
 
