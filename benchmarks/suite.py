@@ -102,6 +102,11 @@ BASELINE_KEYS = ("model", "data", "train", "seed")
 BASELINE_TRIAL_KEYS = ("scenario", "finetune_epochs", "lr")
 
 
+def finished_trials(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """A report's trials that ended (complete, stopped early or failed): what counts toward ``n_trials``."""
+    return [t for t in report["trials"] if t["state"] in ("COMPLETE", "PRUNED", "FAIL")]
+
+
 class NotCached(Exception):
     """A cell that ``--cached-only`` would have had to run."""
 
@@ -181,7 +186,7 @@ class Suite:
             ):
                 report_path.unlink()  # the search is reused; finish() redoes the final fine-tune
                 return self.cell(name, overrides)
-            finished = [t for t in report["trials"] if t["state"] in ("COMPLETE", "PRUNED", "FAIL")]
+            finished = finished_trials(report)
             if len(finished) >= cfg["search"]["n_trials"]:
                 self.log(f"cell {label}: cached")
                 return report
@@ -192,7 +197,7 @@ class Suite:
             raise NotCached(name)
         left = self.time_left(name)
         if left is not None:  # search.timeout is not part of a study's identity: the cell resumes unchanged
-            cfg = self.config([*overrides, f"search.timeout={max(left, 1.0):.0f}"])
+            cfg = self.config([*overrides, f"search.timeout={max(left, 0.05):.2f}"])
         self._share_baseline(cfg, out)
         self.log(f"cell {label}: running {cfg['search']['n_trials']} trial(s)")
         report = run_search(
@@ -202,7 +207,7 @@ class Suite:
             log=lambda m: self.log(f"  {label}: {m}") if m.startswith(("trial", "final")) else None,
         )
         self.cells_done += 1
-        finished = [t for t in report["trials"] if t["state"] in ("COMPLETE", "PRUNED", "FAIL")]
+        finished = finished_trials(report)
         if len(finished) < cfg["search"]["n_trials"]:  # stopped by the time limit
             self.log(f"cell {label}: time limit, {len(finished)} of {cfg['search']['n_trials']} trials finished")
             raise OutOfTime(name)
@@ -281,50 +286,55 @@ def t2_search_vs_uniform(
     rows = {}
     for budget in budgets or suite.s["budgets"]:
         for seed in seeds or suite.s["seeds"]:
-            tag = f"b{int(budget * 100)}_s{seed}"
             try:
-                searched = suite.cell(
-                    f"t2_search_{tag}",
-                    [f"budget.macs_ratio={budget}", f"seed={seed}", f"search.n_trials={suite.s['n_trials']}"],
-                )
-            except NotCached as exc:
+                rows[(budget, seed)] = t2_row(suite, budget, seed)
+            except NotCached as exc:  # either of the row's cells: the row is left out
                 why = "the time limit" if isinstance(exc, OutOfTime) else "--cached-only"
-                suite.log(f"cell t2_search_{tag}: not finished, left out ({why})")
-                continue
-            uniform = searched["uniform"] or {}
-            trial_hits = {t["number"]: t.get("hits") for t in searched["trials"]}
-            if suite.s.get("global_from_search"):
-                g = searched.get("global") or {}
-                glob_rank1 = (g.get("final_target") or g.get("target") or {}).get("rank1")
-                glob_hits = g.get("final_hits") or trial_hits.get(g.get("trial"))
-            else:
-                glob = suite.cell(
-                    f"t2_global_{tag}",
-                    [
-                        f"budget.macs_ratio={budget}",
-                        f"seed={seed}",
-                        "search.n_trials=1",
-                        "search.space=uniform",
-                        "trial.strategy=global",
-                    ],
-                )
-                glob_rank1 = glob["best"]["target"]["rank1"] if glob["best"] else None
-                glob_hits = glob["best"].get("hits") if glob["best"] else None
-            rows[(budget, seed)] = {
-                "searched": searched["best"]["target"]["rank1"],
-                # what the search alone picked (best on validation after the trials' epochs)
-                "top_trial": (searched.get("finalists") or [searched["best"]])[0]["target"]["rank1"],
-                # the same final fine-tune as the searched best, when there is one
-                "uniform": (uniform.get("final_target") or uniform["target"])["rank1"],
-                "global": glob_rank1,
-                "hits": {
-                    "searched": searched["best"].get("hits"),
-                    "uniform": uniform.get("final_hits") or trial_hits.get(uniform.get("trial")),
-                    "global": glob_hits,
-                },
-                "report": searched,
-            }
+                suite.log(f"cell {exc}: not finished, left out ({why})")
     return rows
+
+
+def t2_row(suite: Suite, budget: float, seed: int) -> dict[str, Any]:
+    """One (budget, seed) of table 2: the search's cell, and the global ranking's (its own cell, or the search's
+    warm start with ``global_from_search``)."""
+    tag = f"b{int(budget * 100)}_s{seed}"
+    searched = suite.cell(
+        f"t2_search_{tag}",
+        [f"budget.macs_ratio={budget}", f"seed={seed}", f"search.n_trials={suite.s['n_trials']}"],
+    )
+    uniform = searched["uniform"] or {}
+    trial_hits = {t["number"]: t.get("hits") for t in searched["trials"]}
+    if suite.s.get("global_from_search"):
+        g = searched.get("global") or {}
+        glob_rank1 = (g.get("final_target") or g.get("target") or {}).get("rank1")
+        glob_hits = g.get("final_hits") or trial_hits.get(g.get("trial"))
+    else:
+        glob = suite.cell(
+            f"t2_global_{tag}",
+            [
+                f"budget.macs_ratio={budget}",
+                f"seed={seed}",
+                "search.n_trials=1",
+                "search.space=uniform",
+                "trial.strategy=global",
+            ],
+        )
+        glob_rank1 = glob["best"]["target"]["rank1"] if glob["best"] else None
+        glob_hits = glob["best"].get("hits") if glob["best"] else None
+    return {
+        "searched": searched["best"]["target"]["rank1"],
+        # what the search alone picked (best on validation after the trials' epochs)
+        "top_trial": (searched.get("finalists") or [searched["best"]])[0]["target"]["rank1"],
+        # the same final fine-tune as the searched best, when there is one
+        "uniform": (uniform.get("final_target") or uniform["target"])["rank1"],
+        "global": glob_rank1,
+        "hits": {
+            "searched": searched["best"].get("hits"),
+            "uniform": uniform.get("final_hits") or trial_hits.get(uniform.get("trial")),
+            "global": glob_hits,
+        },
+        "report": searched,
+    }
 
 
 def paired_diff(
@@ -878,6 +888,16 @@ def write_results(suite: Suite, t1, t2, t3, t4, t5, t6, t7, t8, command: str) ->
     return "\n".join(lines)
 
 
+def save_plot(fig: Any, name: str) -> None:
+    """``fig`` laid out and written to benchmarks/plots/``name``, then closed."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    (ROOT / "plots").mkdir(exist_ok=True)
+    fig.savefig(ROOT / "plots" / name, dpi=110)
+    plt.close(fig)
+
+
 def plot_t2(suite: Suite, t1: dict, t2: dict) -> None:
     import matplotlib
 
@@ -902,10 +922,7 @@ def plot_t2(suite: Suite, t1: dict, t2: dict) -> None:
     ax.set_xlabel("MACs budget (fraction of unpruned)")
     ax.set_ylabel("target test rank-1")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    (ROOT / "plots").mkdir(exist_ok=True)
-    fig.savefig(ROOT / "plots" / f"t2_{suite.tag}.png", dpi=110)
-    plt.close(fig)
+    save_plot(fig, f"t2_{suite.tag}.png")
 
 
 def plot_t2_paired(suite: Suite, summary: dict[str, Any]) -> None:
@@ -939,10 +956,7 @@ def plot_t2_paired(suite: Suite, summary: dict[str, Any]) -> None:
     b.set_xlabel("MACs budget (fraction of unpruned)")
     b.set_ylabel("searched - uniform, points (paired 95% CI)")
     b.legend(fontsize=8)
-    fig.tight_layout()
-    (ROOT / "plots").mkdir(exist_ok=True)
-    fig.savefig(ROOT / "plots" / f"t2_{suite.tag}_paired.png", dpi=110)
-    plt.close(fig)
+    save_plot(fig, f"t2_{suite.tag}_paired.png")
 
 
 def plot_t6_t7(suite: Suite, t6: dict, t7: list[dict[str, Any]]) -> None:
@@ -969,9 +983,7 @@ def plot_t6_t7(suite: Suite, t6: dict, t7: list[dict[str, Any]]) -> None:
     b.set_ylabel("CPU latency ratio")
     b.set_title("latency vs MACs, best policies")
     b.legend()
-    fig.tight_layout()
-    fig.savefig(ROOT / "plots" / f"t6_t7_{suite.tag}.png", dpi=110)
-    plt.close(fig)
+    save_plot(fig, f"t6_t7_{suite.tag}.png")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -118,7 +118,7 @@ def test_time_limit_stops_the_suite_and_the_next_run_continues(tmp_path, monkeyp
         calls.append(name)
         if len(calls) > 1:
             raise suite.OutOfTime(name)
-        return 1.0  # the first cell's search gets search.timeout=1: it stops after its first trial
+        return 0.05  # the first cell's search gets search.timeout=0.05: it stops after its first trial
 
     monkeypatch.setattr(suite.Suite, "time_left", one_second_then_over)
     assert suite.main(["--quick"]) == 0
