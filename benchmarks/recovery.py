@@ -12,13 +12,20 @@ The seconds of one trial (4 recovery epochs) with and without adapt-once are tim
     .venv/bin/python -m benchmarks.recovery --seeds 0 1 2        # resumable: finished cells are read back
     .venv/bin/python -m benchmarks.recovery --seeds 1     # one seed per process, in parallel
     .venv/bin/python -m benchmarks.recovery --condition large --seeds 0 --cells unpruned_adapted ftp_embedding
+    .venv/bin/python -m benchmarks.recovery --condition large --arch resnet34 --cells ftp_embedding   # table 4
 
 The "large" condition is the paper's "large pre-training or fine-tuning data": a source pool and a target
 fine-tuning set 5x the small condition's (500 synthetic identities each; the target's 400 to train on and
 100 held out for validation, against 80 and 20), the full recipe's 8 recovery epochs, and the 1,577-query
 target test split of `make bench` so that 1 point is resolved.
 
-Writes benchmarks/recovery.json (every cell) and adds ``table1`` and ``recovery`` to results_full.json.
+Table 4 (the paper's second finding) with this recipe: ``--arch resnet34`` trains, adapts and prunes a
+ResNet-34 to the MACs of the ResNet-18 (``budget.gmacs``, both last stride 2), through the same cells; its
+``ftp_embedding`` is compared with the ResNet-18's ``unpruned_adapted`` (the smaller network trained the same
+way: the same source pool, target data and target epochs).
+
+Writes benchmarks/recovery.json (every cell) and adds ``table1``, ``table4`` and ``recovery`` to
+results_full.json.
 """
 
 from __future__ import annotations
@@ -43,8 +50,37 @@ CONDITIONS: dict[str, list[str]] = {
 }
 
 
+SMALLER = "resnet18"  # the network every condition is about; table 4 prunes a larger one to its MACs
+
+
 def cache_dir(condition: str) -> Path:
     return ROOT / "cache" / ("recovery" if condition == "small" else f"recovery-{condition}")
+
+
+def seed_dir(condition: str, seed: int, arch: str = SMALLER) -> Path:
+    return cache_dir(condition) / (f"s{seed}" if arch == SMALLER else f"s{seed}-{arch}")
+
+
+def smaller_macs() -> int:
+    """MACs of the unpruned smaller network at the benchmark's input and last stride (every condition's)."""
+    from autoprune.models import build_model
+    from autoprune.pruning.flops import count_macs
+
+    cfg = _config([], "small", 0)
+    return count_macs(
+        build_model(SMALLER, 2, last_stride=cfg["model"]["last_stride"]), tuple(cfg["model"]["input_size"])
+    )[0]
+
+
+def arch_overrides(arch: str) -> list[str]:
+    """A larger network gets the smaller one's MACs as its budget (both at the same input and last stride)."""
+    return [] if arch == SMALLER else [f"model.arch={arch}", f"budget.gmacs={smaller_macs() / 1e9}"]
+
+
+def _config(overrides: list[str], condition: str, seed: int) -> dict[str, Any]:
+    from autoprune.config import load_config
+
+    return load_config(preset="demo", overrides=[*COMMON, *CONDITIONS[condition], f"seed={seed}", *overrides])
 
 
 COMMON = [
@@ -78,12 +114,13 @@ CELLS: dict[str, tuple[list[str], bool]] = {
 class Seed:
     """One seed's data, source baseline and adapted model, shared by its cells."""
 
-    def __init__(self, seed: int, condition: str = "small") -> None:
+    def __init__(self, seed: int, condition: str = "small", arch: str = SMALLER) -> None:
         from autoprune.data.domain import load_domains
         from autoprune.engine.baseline import get_baseline
         from autoprune.engine.device import resolve_device, set_threads
 
-        self.seed, self.condition, self.dir = seed, condition, cache_dir(condition) / f"s{seed}"
+        self.seed, self.condition, self.dir = seed, condition, seed_dir(condition, seed, arch)
+        self.arch = arch_overrides(arch)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.base_cfg = self.config(ADAPT)
         set_threads(1)
@@ -93,11 +130,7 @@ class Seed:
         self.adapted_env = self.env(ADAPT)
 
     def config(self, overrides: list[str]) -> dict[str, Any]:
-        from autoprune.config import load_config
-
-        return load_config(
-            preset="demo", overrides=[*COMMON, *CONDITIONS[self.condition], f"seed={self.seed}", *overrides]
-        )
+        return _config([*self.arch, *overrides], self.condition, self.seed)
 
     def env(self, overrides: list[str]) -> Any:
         from autoprune.host import get_host
@@ -131,6 +164,7 @@ class Seed:
             "val_rank1": target["val"]["rank1"],
             "val_mAP": target["val"]["mAP"],
             "macs_ratio": result.macs_ratio,
+            "macs": result.macs,
             "target_epochs": epochs
             + (env.adapt_epochs if env.cfg["trial"]["scenario"] == "finetune_then_prune" else 0),
             "seconds": round(time.perf_counter() - start, 1),
@@ -249,15 +283,56 @@ def write(seeds: list[int]) -> dict[str, Any]:
     full = ROOT / "results_full.json"
     results = json.loads(full.read_text()) if full.is_file() else {}
     results["table1"] = [row for c, d in by_condition.items() for row in table1_rows(d["cells"], c)]
+    t4 = [row for c in CONDITIONS if (row := table4_row(c, seeds))]
+    if t4:  # else keep what another machine measured
+        results["table4"] = t4[-1] if len(t4) == 1 else t4[-1] | {"other_conditions": t4[:-1]}
     results["recovery"] = by_condition["small"]
     results["recovery_large"] = by_condition["large"]
     full.write_text(json.dumps(results, indent=1, sort_keys=True))
     table = "\n\n".join(
         f"### Condition: {c}\n\n{markdown(d)}" for c, d in by_condition.items() if d["cells"] or c == "small"
     )
+    if results.get("table4"):
+        t = results["table4"]
+        table += (
+            f"\n\n### Table 4 ({t['condition']} condition): {t['larger_arch']} pruned to {t['smaller_arch']}'s MACs "
+            f"against {t['smaller_arch']} trained the same way\n\n"
+            "| seed | larger pruned rank-1 | its MACs (M) | smaller rank-1 | its MACs (M) |\n| --- | --- | --- | --- | --- |\n"
+            + "\n".join(
+                f"| {s} | {a:.3f} | {am / 1e6:.1f} | {b:.3f} | {bm / 1e6:.1f} |"
+                for s, (a, am, b, bm) in t["per_seed"].items()
+            )
+            + f"\n| mean | {t['larger_pruned_rank1']:.3f} | | {t['smaller_rank1']:.3f} | |"
+        )
     print(table)
     (ROOT / "recovery_tables.md").write_text(table + "\n")
     return by_condition["small"]
+
+
+def table4_row(condition: str, seeds: list[int], larger: str = "resnet34") -> dict[str, Any] | None:
+    """The larger network pruned to the smaller one's MACs (default recipe) against the smaller one unpruned
+    through the same recipe (same source pool, target data and target epochs), on the seeds that have both."""
+    per_seed = {}
+    for seed in seeds:
+        big, small = (
+            seed_dir(condition, seed, larger) / "ftp_embedding.json",
+            seed_dir(condition, seed) / "unpruned_adapted.json",
+        )
+        if big.is_file() and small.is_file():
+            b, s = json.loads(big.read_text()), json.loads(small.read_text())
+            per_seed[seed] = (b["rank1"], b["macs"], s["rank1"], s.get("macs") or smaller_macs())
+    if not per_seed:
+        return None
+    return {
+        "condition": condition,
+        "larger_arch": larger,
+        "smaller_arch": SMALLER,
+        "recipe": "finetune_then_prune, adapted once, embedding distillation (the default)",
+        "larger_pruned_rank1": round(statistics.mean(v[0] for v in per_seed.values()), 4),
+        "smaller_rank1": round(statistics.mean(v[2] for v in per_seed.values()), 4),
+        "per_seed": per_seed,
+        "seeds": sorted(per_seed),
+    }
 
 
 LABELS = {
@@ -310,13 +385,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--condition", choices=list(CONDITIONS), default="small")
+    p.add_argument("--arch", default=SMALLER, help=f"a larger network pruned to {SMALLER}'s MACs (table 4)")
     p.add_argument("--cells", nargs="+", choices=list(CELLS), help="only these cells, in this order")
     p.add_argument("--report-only", action="store_true", help="only rewrite the tables from the cache")
     p.add_argument("--trial-cost", action="store_true", help="also time one trial with and without adapt-once")
     args = p.parse_args()
     if not args.report_only:
         for seed in args.seeds:
-            s = Seed(seed, args.condition)
+            s = Seed(seed, args.condition, args.arch)
             for k, name in enumerate(args.cells or CELLS):
                 s.cell(name)
                 if k == 3 and args.trial_cost and seed == args.seeds[0]:

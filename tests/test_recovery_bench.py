@@ -1,0 +1,49 @@
+"""benchmarks/recovery.py's tables: each pruned figure is paired with its reference on the seeds that have both."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import recovery
+
+
+def _cell(folder: Path, name: str, rank1: float, macs: int | None = None) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps({"rank1": rank1, "macs": macs, "target_epochs": 12}))
+
+
+def test_table4_pairs_the_pruned_larger_network_with_the_smaller_one_on_common_seeds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(recovery, "ROOT", tmp_path)
+    monkeypatch.setattr(recovery, "smaller_macs", lambda: 100)
+    large = tmp_path / "cache" / "recovery-large"
+    _cell(large / "s0-resnet34", "ftp_embedding", 0.60, 99)
+    _cell(large / "s0", "unpruned_adapted", 0.50)
+    _cell(large / "s1-resnet34", "ftp_embedding", 0.70, 98)
+    _cell(large / "s1", "unpruned_adapted", 0.40)
+    _cell(large / "s2-resnet34", "ftp_embedding", 0.99, 97)  # no smaller reference for seed 2: left out
+
+    row = recovery.table4_row("large", [0, 1, 2])
+
+    assert row is not None
+    assert row["seeds"] == [0, 1]
+    assert row["larger_pruned_rank1"] == pytest.approx(0.65)
+    assert row["smaller_rank1"] == pytest.approx(0.45)
+    assert row["per_seed"][1] == (0.70, 98, 0.40, 100)
+    assert recovery.table4_row("small", [0, 1, 2]) is None
+
+
+def test_table1_rows_average_only_seeds_with_both_the_pruned_model_and_its_reference() -> None:
+    cells = {
+        "ftp_embedding": {0: {"rank1": 0.4, "target_epochs": 12}, 1: {"rank1": 0.6, "target_epochs": 12}},
+        "unpruned_adapted": {1: {"rank1": 0.7, "target_epochs": 12}},
+    }
+
+    (row,) = recovery.table1_rows(cells, "large")
+
+    assert (row["seeds"], row["pruned_rank1"], row["unpruned_rank1"]) == ([1], 0.6, 0.7)
+    assert row["condition"] == "large" and row["target_epochs"] == 12
