@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from autoprune.cli import main
+from autoprune.config import DEFAULT_LATENCY_MARGIN
 from autoprune.errors import UserError
 from autoprune.models import build_model
 from autoprune.pruning.budget import Budget, check_feasible, project
@@ -119,6 +120,9 @@ def test_budget_below_the_smallest_model_is_refused(tiny):
     with pytest.raises(UserError, match="below the smallest model's latency"):
         check_feasible(cost, Budget(cost.base_macs, 0.1, 1.0, 4, latency_ms=0.9 * floor, latency=lat))
     check_feasible(cost, Budget(cost.base_macs, 0.1, 1.0, 4, latency_ms=1.01 * floor, latency=lat))
+    # a budget just over the floor, less a 5% margin, is under it: the message names the margin to lower
+    with pytest.raises(UserError, match=r"budget.latency_ms=.* less its 5% budget.latency_margin .* or budget.lat"):
+        check_feasible(cost, Budget(cost.base_macs, 0.1, 1.0, 4, 1.01 * floor * 0.95, 0.05, latency=lat))
 
 
 def test_end_to_end_check_tightens_until_measured_under(tiny):
@@ -288,8 +292,12 @@ def test_a_table_from_another_device_is_used_but_nothing_is_timed_here(tiny, tmp
             ],
         )
         budget, checker = latency_budget(cfg, graph, Budget(cost.base_macs, 0.1, 1.0, 4), log=lambda _: None)
-        assert budget.latency_ms == limit and budget.latency.table.key.device == device
+        # policies aim under the budget by the default margin; the budget itself is reported as given
+        assert budget.latency_ms == pytest.approx(limit * (1 - DEFAULT_LATENCY_MARGIN))
+        assert budget.user_latency_ms == pytest.approx(limit) and budget.latency.table.key.device == device
         assert (checker is not None) is checked
+    cfg["budget"]["latency_margin"] = 0.0  # a quiet, dedicated device: policies may reach the budget itself
+    assert latency_budget(cfg, graph, Budget(cost.base_macs, 0.1, 1.0, 4), log=lambda _: None)[0].latency_ms == limit
 
 
 def test_table_for_other_arch_input_or_batch_is_refused(tiny):
@@ -436,6 +444,8 @@ def test_config_latency_keys(tmp_path):
         ("budget.latency_ms=0", "must be > 0"),
         ("budget.latency_batch=0", r"must be in \[1, 256\], got 0"),
         ("budget.latency_ms=fast", "must be float"),
+        ("budget.latency_margin=0.5", r"'budget.latency_margin' must be in \[0.0, 0.5\), got 0.5"),
+        ("budget.latency_margin=-0.01", r"must be in \[0.0, 0.5\)"),
     ):
         with pytest.raises(UserError, match=words):
             load_config(preset="smoke", overrides=[bad])
@@ -561,8 +571,10 @@ def test_search_under_a_latency_budget(tmp_path, capsys):
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     budget, best, base = report["budget"], report["best"], report["baseline"]
     assert budget["latency_ms"] == limit and budget["latency_batch"] == 1 and budget["latency_table"] == str(lut)
+    assert budget["latency_margin"] == DEFAULT_LATENCY_MARGIN
+    assert budget["latency_target_ms"] == pytest.approx(limit * (1 - DEFAULT_LATENCY_MARGIN), abs=1e-4)
     assert budget["macs_ratio"] == 1.0  # latency only: MACs not limited
-    assert best["latency_predicted_ms"] <= limit < base["latency_predicted_ms"]
+    assert best["latency_predicted_ms"] <= budget["latency_target_ms"] < limit < base["latency_predicted_ms"]
     assert lat.predict_ms(best["counts"]) == pytest.approx(best["latency_predicted_ms"], abs=1e-3)
     for entry in (best, base):
         assert entry["latency_measured"] is True and entry["latency_runs"] == 50

@@ -33,7 +33,8 @@ class Budget:
     min_keep: float = 0.1
     max_keep: float = 1.0
     round_to: int = 8
-    latency_ms: float | None = None  # per image; needs ``latency``
+    latency_ms: float | None = None  # per image, what policies must meet (the user's budget less the margin)
+    latency_margin: float = 0.0  # the share of the user's budget kept free for timing drift
     latency: Any = None  # a LatencyModel: ``predict_ms(widths)``
 
     @classmethod
@@ -51,6 +52,11 @@ class Budget:
         else:
             macs = base_macs
         return cls(macs, budget.min_keep, budget.max_keep, budget.round_to)
+
+    @property
+    def user_latency_ms(self) -> float | None:
+        """``budget.latency_ms`` as given: the limit before the margin is taken off."""
+        return None if self.latency_ms is None else round(self.latency_ms / (1 - self.latency_margin), 6)
 
     def fits(self, cost: CostModel, counts: dict[str, int]) -> bool:
         """Whether ``counts`` meets every limit of this budget."""
@@ -121,10 +127,15 @@ def check_feasible(cost: CostModel, b: Budget) -> None:
     if b.latency is not None and b.latency_ms is not None:
         floor_ms = b.latency.predict_ms(min_widths(cost, b))
         if floor_ms > b.latency_ms:
+            margin = (
+                f" less its {b.latency_margin:.0%} budget.latency_margin ({b.latency_ms:.3f} ms)"
+                if b.latency_margin
+                else ""
+            )
             raise UserError(
-                f"budget.latency_ms={b.latency_ms:g} is below the smallest model's latency ({floor_ms:.3f} ms per "
-                f"image with budget.min_keep={b.min_keep}, {b.latency.table.key.device}); raise budget.latency_ms "
-                f"or lower budget.min_keep"
+                f"budget.latency_ms={b.user_latency_ms:g}{margin} is below the smallest model's latency "
+                f"({floor_ms:.3f} ms per image with budget.min_keep={b.min_keep}, {b.latency.table.key.device}); "
+                f"raise budget.latency_ms or lower budget.min_keep" + (" or budget.latency_margin" if margin else "")
             )
 
 

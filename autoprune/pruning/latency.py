@@ -900,9 +900,14 @@ def latency_budget(
     table's device (None elsewhere: the table is then trusted as measured)."""
     from dataclasses import replace
 
+    from autoprune.config import DEFAULT_LATENCY_MARGIN
+
     table = load_or_profile(cfg, graph.model, device, progress, log)
     latency = LatencyModel(table, graph)
-    budget = replace(budget, latency_ms=float(cfg["budget"]["latency_ms"]), latency=latency)
+    margin = cfg["budget"].get("latency_margin")
+    margin = DEFAULT_LATENCY_MARGIN if margin is None else float(margin)
+    limit = float(cfg["budget"]["latency_ms"]) * (1 - margin)  # projection and end-to-end check aim here
+    budget = replace(budget, latency_ms=limit, latency_margin=margin, latency=latency)
     checker = None
     if same_device(table.key):
         measure = wall_measure(
@@ -950,7 +955,9 @@ def budget_entry(budget: Any, cfg: dict[str, Any], checker: EndToEnd | None) -> 
     table's device (policies tightened and models timed end to end here) or the latencies are the table's."""
     k = budget.latency.table.key
     return {
-        "latency_ms": budget.latency_ms,
+        "latency_ms": budget.user_latency_ms,
+        "latency_margin": budget.latency_margin,
+        "latency_target_ms": round(budget.latency_ms, 4),
         "latency_batch": k.batch,
         "latency_unit": "ms per image",
         "latency_device": k.device,

@@ -421,7 +421,9 @@ def _summary_notes(report: dict[str, Any], final: bool) -> list[str]:
         )
         lines.append(
             f"(latency: ms per image at batch {bud.get('latency_batch')} on {bud.get('latency_device')}, "
-            f"budget {bud.get('latency_ms')} ms; {where})"
+            f"budget {bud.get('latency_ms')} ms"
+            + (f", policies aimed {bud['latency_margin']:.0%} under it" if _number(bud.get("latency_margin")) else "")
+            + f"; {where})"
         )
     return lines
 
