@@ -96,7 +96,8 @@ COMMON = [
     "trial.distill.temperature=4",
 ]
 LOGIT, EMBEDDING = ["trial.distill.logit=1.0"], ["trial.distill.embedding=1.0"]
-ADAPT = ["trial.scenario=finetune_then_prune", "trial.adapt_epochs=4"]
+ADAPT_EPOCHS = 4
+ADAPT = ["trial.scenario=finetune_then_prune", f"trial.adapt_epochs={ADAPT_EPOCHS}"]
 PTF = ["trial.scenario=prune_then_finetune", "trial.adapt_epochs=4"]  # adapted model only as the teacher
 # cell -> (overrides, unpruned reference?) in the order they run (the most telling first)
 CELLS: dict[str, tuple[list[str], bool]] = {
@@ -142,11 +143,14 @@ class Seed:
             load_or_adapt(env, self.dir, log=log)  # computed once per seed, read back by every cell
         return env
 
-    def cell(self, name: str) -> dict[str, Any]:
-        path = self.dir / f"{name}.json"
+    def cell(self, name: str, recovery_epochs: int | None = None) -> dict[str, Any]:
+        """One cell, cached; ``recovery_epochs`` other than the condition's: a variant beside it (``NAME-eN``)."""
+        path = self.dir / (f"{name}.json" if recovery_epochs is None else f"{name}-e{recovery_epochs}.json")
         if path.is_file():
             return json.loads(path.read_text())
         overrides, unpruned = CELLS[name]
+        if recovery_epochs is not None:
+            overrides = [*overrides, f"search.final_epochs={recovery_epochs}"]
         env = self.env(overrides)
         epochs = env.cfg["search"]["final_epochs"]
         start = time.perf_counter()
@@ -283,6 +287,7 @@ def write(seeds: list[int]) -> dict[str, Any]:
     full = ROOT / "results_full.json"
     results = json.loads(full.read_text()) if full.is_file() else {}
     results["table1"] = [row for c, d in by_condition.items() for row in table1_rows(d["cells"], c)]
+    results["recovery_epochs"] = [row for c in CONDITIONS for row in epochs_rows(c, seeds)]
     t4 = [row for c in CONDITIONS if (row := table4_row(c, seeds))]
     if t4:  # else keep what another machine measured
         results["table4"] = t4[-1] if len(t4) == 1 else t4[-1] | {"other_conditions": t4[:-1]}
@@ -292,6 +297,18 @@ def write(seeds: list[int]) -> dict[str, Any]:
     table = "\n\n".join(
         f"### Condition: {c}\n\n{markdown(d)}" for c, d in by_condition.items() if d["cells"] or c == "small"
     )
+    if results["recovery_epochs"]:
+        table += (
+            "\n\n### Recovery epochs: the default recipe's pruned model against its unpruned reference, equal epochs\n\n"
+            "| condition | recovery epochs | seed | unpruned val / test rank-1 | pruned val / test rank-1 | test gap |\n"
+            "| --- | --- | --- | --- | --- | --- |\n"
+            + "\n".join(
+                f"| {r['condition']} | {r['recovery_epochs']} | {r['seed']} | {r['unpruned_val_rank1']:.3f} / "
+                f"{r['unpruned_rank1']:.3f} | {r['pruned_val_rank1']:.3f} / {r['pruned_rank1']:.3f} | "
+                f"{100 * (r['pruned_rank1'] - r['unpruned_rank1']):+.1f} |"
+                for r in results["recovery_epochs"]
+            )
+        )
     if results.get("table4"):
         t = results["table4"]
         table += (
@@ -307,6 +324,30 @@ def write(seeds: list[int]) -> dict[str, Any]:
     print(table)
     (ROOT / "recovery_tables.md").write_text(table + "\n")
     return by_condition["small"]
+
+
+def epochs_rows(condition: str, seeds: list[int]) -> list[dict[str, Any]]:
+    """The default recipe (``ftp_embedding``) against ``unpruned_adapted`` at each number of recovery epochs a
+    seed has both for: the condition's own and every ``--recovery-epochs`` variant."""
+    rows = []
+    for seed in seeds:
+        folder = seed_dir(condition, seed)
+        for pruned in sorted(folder.glob("ftp_embedding*.json")):
+            ref = folder / pruned.name.replace("ftp_embedding", "unpruned_adapted")
+            if ref.is_file():
+                a, b = json.loads(pruned.read_text()), json.loads(ref.read_text())
+                rows.append(
+                    {
+                        "condition": condition,
+                        "seed": seed,
+                        "recovery_epochs": a["target_epochs"] - ADAPT_EPOCHS,
+                        "pruned_rank1": a["rank1"],
+                        "pruned_val_rank1": a["val_rank1"],
+                        "unpruned_rank1": b["rank1"],
+                        "unpruned_val_rank1": b["val_rank1"],
+                    }
+                )
+    return sorted(rows, key=lambda r: (r["recovery_epochs"], r["seed"]))
 
 
 def table4_row(condition: str, seeds: list[int], larger: str = "resnet34") -> dict[str, Any] | None:
@@ -387,6 +428,9 @@ def main() -> None:
     p.add_argument("--condition", choices=list(CONDITIONS), default="small")
     p.add_argument("--arch", default=SMALLER, help=f"a larger network pruned to {SMALLER}'s MACs (table 4)")
     p.add_argument("--cells", nargs="+", choices=list(CELLS), help="only these cells, in this order")
+    p.add_argument(
+        "--recovery-epochs", type=int, help="recovery epochs other than the condition's (cells kept beside, NAME-eN)"
+    )
     p.add_argument("--report-only", action="store_true", help="only rewrite the tables from the cache")
     p.add_argument("--trial-cost", action="store_true", help="also time one trial with and without adapt-once")
     args = p.parse_args()
@@ -394,7 +438,7 @@ def main() -> None:
         for seed in args.seeds:
             s = Seed(seed, args.condition, args.arch)
             for k, name in enumerate(args.cells or CELLS):
-                s.cell(name)
+                s.cell(name, args.recovery_epochs)
                 if k == 3 and args.trial_cost and seed == args.seeds[0]:
                     s.trial_cost()
                 write(args.seeds)

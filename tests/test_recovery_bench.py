@@ -47,3 +47,28 @@ def test_table1_rows_average_only_seeds_with_both_the_pruned_model_and_its_refer
 
     assert (row["seeds"], row["pruned_rank1"], row["unpruned_rank1"]) == ([1], 0.6, 0.7)
     assert row["condition"] == "large" and row["target_epochs"] == 12
+
+
+def test_recovery_epoch_variants_pair_with_the_reference_of_the_same_epochs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(recovery, "ROOT", tmp_path)
+    s0 = tmp_path / "cache" / "recovery-large" / "s0"
+    for name, rank1, epochs in (
+        ("ftp_embedding", 0.80, 12),
+        ("unpruned_adapted", 0.85, 12),
+        ("ftp_embedding-e16", 0.84, 20),
+        ("unpruned_adapted-e16", 0.86, 20),
+        ("ftp_embedding-e32", 0.9, 36),  # its reference not run yet: no row
+    ):
+        s0.mkdir(parents=True, exist_ok=True)
+        (s0 / f"{name}.json").write_text(
+            json.dumps({"rank1": rank1, "val_rank1": rank1 + 0.1, "target_epochs": epochs})
+        )
+
+    rows = recovery.epochs_rows("large", [0, 1])
+
+    assert [(r["recovery_epochs"], r["pruned_rank1"], r["unpruned_rank1"]) for r in rows] == [
+        (8, 0.80, 0.85),
+        (16, 0.84, 0.86),
+    ]
