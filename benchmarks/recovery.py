@@ -57,8 +57,11 @@ def cache_dir(condition: str) -> Path:
     return ROOT / "cache" / ("recovery" if condition == "small" else f"recovery-{condition}")
 
 
-def seed_dir(condition: str, seed: int, arch: str = SMALLER) -> Path:
-    return cache_dir(condition) / (f"s{seed}" if arch == SMALLER else f"s{seed}-{arch}")
+def seed_dir(condition: str, seed: int, arch: str = SMALLER, precision: str = "fp32") -> Path:
+    """A seed's cells; another network or precision has its own source model, adapted model and cells."""
+    return cache_dir(condition) / "-".join(
+        [f"s{seed}", *([arch] if arch != SMALLER else []), *([precision] if precision != "fp32" else [])]
+    )
 
 
 def smaller_macs() -> int:
@@ -115,13 +118,13 @@ CELLS: dict[str, tuple[list[str], bool]] = {
 class Seed:
     """One seed's data, source baseline and adapted model, shared by its cells."""
 
-    def __init__(self, seed: int, condition: str = "small", arch: str = SMALLER) -> None:
+    def __init__(self, seed: int, condition: str = "small", arch: str = SMALLER, precision: str = "fp32") -> None:
         from autoprune.data.domain import load_domains
         from autoprune.engine.baseline import get_baseline
         from autoprune.engine.device import resolve_device, set_threads
 
-        self.seed, self.condition, self.dir = seed, condition, seed_dir(condition, seed, arch)
-        self.arch = arch_overrides(arch)
+        self.seed, self.condition, self.dir = seed, condition, seed_dir(condition, seed, arch, precision)
+        self.arch = [*arch_overrides(arch), *([f"train.precision={precision}"] if precision != "fp32" else [])]
         self.dir.mkdir(parents=True, exist_ok=True)
         self.base_cfg = self.config(ADAPT)
         set_threads(1)
@@ -288,6 +291,7 @@ def write(seeds: list[int]) -> dict[str, Any]:
     results = json.loads(full.read_text()) if full.is_file() else {}
     results["table1"] = [row for c, d in by_condition.items() for row in table1_rows(d["cells"], c)]
     results["recovery_epochs"] = [row for c in CONDITIONS for row in epochs_rows(c, seeds)]
+    results["recovery_precision"] = [row for c in CONDITIONS for row in precision_rows(c, seeds)]
     t4 = [row for c in CONDITIONS if (row := table4_row(c, seeds))]
     if t4:  # else keep what another machine measured
         results["table4"] = t4[-1] if len(t4) == 1 else t4[-1] | {"other_conditions": t4[:-1]}
@@ -307,6 +311,17 @@ def write(seeds: list[int]) -> dict[str, Any]:
                 f"{r['unpruned_rank1']:.3f} | {r['pruned_val_rank1']:.3f} / {r['pruned_rank1']:.3f} | "
                 f"{100 * (r['pruned_rank1'] - r['unpruned_rank1']):+.1f} |"
                 for r in results["recovery_epochs"]
+            )
+        )
+    if results["recovery_precision"]:
+        table += (
+            "\n\n### float32 against bfloat16 (source model, adaptation and cell all trained in that precision)\n\n"
+            "| condition | seed | cell | fp32 rank-1 / mAP | bf16 rank-1 / mAP | seconds fp32 / bf16 |\n"
+            "| --- | --- | --- | --- | --- | --- |\n"
+            + "\n".join(
+                f"| {r['condition']} | {r['seed']} | {r['cell']} | {r['rank1_fp32']:.3f} / {r['mAP_fp32']:.3f} | "
+                f"{r['rank1_bf16']:.3f} / {r['mAP_bf16']:.3f} | {r['seconds_fp32']:.0f} / {r['seconds_bf16']:.0f} |"
+                for r in results["recovery_precision"]
             )
         )
     if results.get("table4"):
@@ -348,6 +363,25 @@ def epochs_rows(condition: str, seeds: list[int]) -> list[dict[str, Any]]:
                     }
                 )
     return sorted(rows, key=lambda r: (r["recovery_epochs"], r["seed"]))
+
+
+def precision_rows(condition: str, seeds: list[int]) -> list[dict[str, Any]]:
+    """Every cell a seed has in both float32 and bfloat16 (everything of the seed trained in that precision):
+    test rank-1 and mAP of each, and the cell's seconds (its recovery or fine-tuning and evaluation)."""
+    rows = []
+    for seed in seeds:
+        for name in CELLS:
+            fp32, bf16 = (
+                seed_dir(condition, seed) / f"{name}.json",
+                seed_dir(condition, seed, precision="bf16") / f"{name}.json",
+            )
+            if fp32.is_file() and bf16.is_file():
+                a, b = json.loads(fp32.read_text()), json.loads(bf16.read_text())
+                rows.append(
+                    {"condition": condition, "seed": seed, "cell": name}
+                    | {f"{k}_{tag}": c[k] for tag, c in (("fp32", a), ("bf16", b)) for k in ("rank1", "mAP", "seconds")}
+                )
+    return rows
 
 
 def table4_row(condition: str, seeds: list[int], larger: str = "resnet34") -> dict[str, Any] | None:
@@ -426,6 +460,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--condition", choices=list(CONDITIONS), default="small")
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="train and evaluate everything of these seeds (source model included) in this precision",
+    )
     p.add_argument("--arch", default=SMALLER, help=f"a larger network pruned to {SMALLER}'s MACs (table 4)")
     p.add_argument("--cells", nargs="+", choices=list(CELLS), help="only these cells, in this order")
     p.add_argument(
@@ -436,7 +476,7 @@ def main() -> None:
     args = p.parse_args()
     if not args.report_only:
         for seed in args.seeds:
-            s = Seed(seed, args.condition, args.arch)
+            s = Seed(seed, args.condition, args.arch, args.precision)
             for k, name in enumerate(args.cells or CELLS):
                 s.cell(name, args.recovery_epochs)
                 if k == 3 and args.trial_cost and seed == args.seeds[0]:

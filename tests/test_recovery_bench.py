@@ -72,3 +72,17 @@ def test_recovery_epoch_variants_pair_with_the_reference_of_the_same_epochs(
         (8, 0.80, 0.85),
         (16, 0.84, 0.86),
     ]
+
+
+def test_precision_rows_pair_each_cell_of_a_seed_in_float32_and_bfloat16(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(recovery, "ROOT", tmp_path)
+    large = tmp_path / "cache" / "recovery-large"
+    for folder, rank1 in (("s0", 0.80), ("s0-bf16", 0.79), ("s1", 0.7)):  # seed 1 has no bfloat16 run: no row
+        (large / folder).mkdir(parents=True)
+        (large / folder / "ftp_embedding.json").write_text(json.dumps({"rank1": rank1, "mAP": 0.5, "seconds": 10}))
+
+    (row,) = recovery.precision_rows("large", [0, 1])
+
+    assert (row["seed"], row["cell"], row["rank1_fp32"], row["rank1_bf16"]) == (0, "ftp_embedding", 0.80, 0.79)
