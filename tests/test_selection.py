@@ -108,3 +108,17 @@ def test_both_backends_build_records_one_way() -> None:
         2.0,
     )
     assert record_of(4, "RUNNING", {}).to_json()["macs"] is None
+
+
+def test_trial_lines_log_the_objective_the_search_selects_on() -> None:
+    from autoprune.search.records import TrialRecord
+    from autoprune.search.run import _TrialLines
+
+    lines: list[str] = []
+    log = _TrialLines(lines.append, "mAP")
+    for number, val in ((0, {"rank1": 0.9, "mAP": 0.2}), (1, {"rank1": 0.1, "mAP": 0.3})):
+        log(TrialRecord(number, "COMPLETE", {"g": 0.5}, {"g": 8}, 100, 10, 0.5, target=val, target_val=val))
+
+    # the best so far is the best validation mAP (trial 1), not the best rank-1 (trial 0)
+    assert "val rank-1 0.900 mAP 0.200" in lines[0] and lines[0].endswith("best mAP 0.200")
+    assert "val rank-1 0.100 mAP 0.300" in lines[1] and lines[1].endswith("best mAP 0.300")

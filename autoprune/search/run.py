@@ -27,8 +27,10 @@ from autoprune.search.records import (
     finalists_by_noise,
     hits_string,
     metrics_summary,
+    objective,
     ranked,
     same_values,
+    score,
     selection_key,
 )
 from autoprune.search.report import (
@@ -229,7 +231,9 @@ def _save_trial_model(run_dir: Path) -> Callable[[int, TrialResult], str]:
     return save
 
 
-def trial_line(r: TrialRecord, best: float | None) -> str:
+def trial_line(r: TrialRecord, best: float | None, kind: str = "rank1") -> str:
+    """One finished trial: MACs, validation rank-1 (and the objective, ``search.objective``, when that is not
+    rank-1), test rank-1, and the best objective so far."""
     policy = r.policy
     summary = (
         (
@@ -241,11 +245,12 @@ def trial_line(r: TrialRecord, best: float | None) -> str:
     )
     rank1 = f"{r.target['rank1']:.3f}" if r.target else "  -  "
     if r.target_val:
-        rank1 = f"{r.target_val['rank1']:.3f} (test {rank1})"
+        own = f" {kind} {score(r.target_val, kind):.3f}" if kind != "rank1" else ""
+        rank1 = f"{r.target_val['rank1']:.3f}{own} (test {rank1})"
     macs = f"{r.macs_ratio:.3f}" if r.macs_ratio is not None else "  -  "
     secs = f"{r.seconds:.0f}s" if r.seconds is not None else "-"
     extra = f"  ({r.error})" if r.error and r.state != "COMPLETE" else ""
-    best_s = f"  best {best:.3f}" if best is not None else ""
+    best_s = f"  best {'' if kind == 'rank1' else kind + ' '}{best:.3f}" if best is not None else ""
     return f"trial {r.number:3d} {r.state:8s} MACs {macs}  val rank-1 {rank1}  {secs:>5s}  {summary}{best_s}{extra}"
 
 
@@ -369,14 +374,14 @@ def _adapt(
 class _TrialLines:
     """Logs one line per finished trial, with the best objective so far."""
 
-    def __init__(self, log: Callable[[str], None]) -> None:
-        self.log = log
+    def __init__(self, log: Callable[[str], None], kind: str = "rank1") -> None:
+        self.log, self.kind = log, kind
         self.best: float | None = None
 
     def __call__(self, r: TrialRecord) -> None:
         if r.state == "COMPLETE" and r.target:
-            self.best = max(self.best or 0.0, r.objective or 0.0)
-        self.log(trial_line(r, self.best))
+            self.best = max(self.best or 0.0, objective(r.target_val, r.target, self.kind) or 0.0)
+        self.log(trial_line(r, self.best, self.kind))
 
 
 def _make_backend(cfg: dict[str, Any], env: SearchEnv, run_dir: Path, log: Callable[[str], None]) -> Backend:
@@ -384,10 +389,14 @@ def _make_backend(cfg: dict[str, Any], env: SearchEnv, run_dir: Path, log: Calla
     if env.search.backend == "ray":
         from autoprune.search.ray_backend import RayBackend
 
-        return RayBackend(env, run_dir, on_trial=_TrialLines(log), save_model=_save_trial_model(run_dir))
+        return RayBackend(
+            env, run_dir, on_trial=_TrialLines(log, env.search.objective), save_model=_save_trial_model(run_dir)
+        )
     from autoprune.search.optuna_backend import OptunaBackend
 
-    return OptunaBackend(env, run_dir, on_trial=_TrialLines(log), save_model=_save_trial_model(run_dir))
+    return OptunaBackend(
+        env, run_dir, on_trial=_TrialLines(log, env.search.objective), save_model=_save_trial_model(run_dir)
+    )
 
 
 def _run_trials(
