@@ -31,6 +31,7 @@ results_full.json.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import time
@@ -64,6 +65,7 @@ def seed_dir(condition: str, seed: int, arch: str = SMALLER, precision: str = "f
     )
 
 
+@functools.cache
 def smaller_macs() -> int:
     """MACs of the unpruned smaller network at the benchmark's input and last stride (every condition's)."""
     from autoprune.models import build_model
@@ -124,7 +126,7 @@ class Seed:
         from autoprune.engine.device import resolve_device, set_threads
 
         self.seed, self.condition, self.dir = seed, condition, seed_dir(condition, seed, arch, precision)
-        self.arch = [*arch_overrides(arch), *([f"train.precision={precision}"] if precision != "fp32" else [])]
+        self.variant = [*arch_overrides(arch), *([f"train.precision={precision}"] if precision != "fp32" else [])]
         self.dir.mkdir(parents=True, exist_ok=True)
         self.base_cfg = self.config(ADAPT)
         set_threads(1)
@@ -134,7 +136,7 @@ class Seed:
         self.adapted_env = self.env(ADAPT)
 
     def config(self, overrides: list[str]) -> dict[str, Any]:
-        return _config([*self.arch, *overrides], self.condition, self.seed)
+        return _config([*self.variant, *overrides], self.condition, self.seed)
 
     def env(self, overrides: list[str]) -> Any:
         from autoprune.host import get_host
@@ -290,8 +292,9 @@ def write(seeds: list[int]) -> dict[str, Any]:
     full = ROOT / "results_full.json"
     results = json.loads(full.read_text()) if full.is_file() else {}
     results["table1"] = [row for c, d in by_condition.items() for row in table1_rows(d["cells"], c)]
-    results["recovery_epochs"] = [row for c in CONDITIONS for row in epochs_rows(c, seeds)]
-    results["recovery_precision"] = [row for c in CONDITIONS for row in precision_rows(c, seeds)]
+    for key, rows_of in (("recovery_epochs", epochs_rows), ("recovery_precision", precision_rows)):
+        if rows := [row for c in CONDITIONS for row in rows_of(c, seeds)]:  # else keep another machine's
+            results[key] = rows
     t4 = [row for c in CONDITIONS if (row := table4_row(c, seeds))]
     if t4:  # else keep what another machine measured
         results["table4"] = t4[-1] if len(t4) == 1 else t4[-1] | {"other_conditions": t4[:-1]}
@@ -301,7 +304,7 @@ def write(seeds: list[int]) -> dict[str, Any]:
     table = "\n\n".join(
         f"### Condition: {c}\n\n{markdown(d)}" for c, d in by_condition.items() if d["cells"] or c == "small"
     )
-    if results["recovery_epochs"]:
+    if results.get("recovery_epochs"):
         table += (
             "\n\n### Recovery epochs: the default recipe's pruned model against its unpruned reference, equal epochs\n\n"
             "| condition | recovery epochs | seed | unpruned val / test rank-1 | pruned val / test rank-1 | test gap |\n"
@@ -313,7 +316,7 @@ def write(seeds: list[int]) -> dict[str, Any]:
                 for r in results["recovery_epochs"]
             )
         )
-    if results["recovery_precision"]:
+    if results.get("recovery_precision"):
         table += (
             "\n\n### float32 against bfloat16 (source model, adaptation and cell all trained in that precision)\n\n"
             "| condition | seed | cell | fp32 rank-1 / mAP | bf16 rank-1 / mAP | seconds fp32 / bf16 |\n"
