@@ -103,6 +103,7 @@ DEFAULTS: dict[str, Any] = {
         "finalists": 2,
         "finalists_se": 0.0,
         "reduction_factor": 2,
+        "min_resource": 2,  # the first epoch at which any pruner may stop a trial
         "timeout": None,
         "screening": {"enabled": False, "batches": 8, "keep_fraction": 0.5, "candidates": 4},
         "ray": {"address": None, "cpus_per_trial": 1, "gpus_per_trial": 0.0, "max_concurrent": 2},
@@ -492,6 +493,11 @@ def validate(cfg: dict[str, Any]) -> None:
             f"search.reduction_factor must be an integer >= 2 (each rung keeps 1 in that many trials), "
             f"got {cfg['search']['reduction_factor']}"
         )
+    if cfg["search"]["min_resource"] < 1:
+        raise UserError(
+            f"search.min_resource must be an integer >= 1 (the first epoch at which a trial may be stopped "
+            f"early), got {cfg['search']['min_resource']}"
+        )
     m = cfg["model"]
     if m["checkpoint"] is not None and not m["checkpoint"].strip():
         raise UserError("model.checkpoint is empty; give the path of a trained model file, or null")
@@ -600,6 +606,7 @@ class SearchSettings:
     finalists: int
     finalists_se: float
     reduction_factor: int
+    min_resource: int
     timeout: float | None
     screening: ScreeningSettings
     ray: RaySettings

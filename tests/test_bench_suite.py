@@ -104,6 +104,28 @@ def test_taus_compare_each_validation_objective_with_test_rank1():
     assert taus["n"] == 3 and taus["rank1"] == pytest.approx(-1) and taus["mAP"] == pytest.approx(1)
 
 
+def test_rung_taus_rank_early_epochs_against_the_last_from_the_study(tmp_path):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    db = tmp_path / "study.db"
+    study = optuna.create_study(storage=f"sqlite:///{db}", direction="maximize")
+    # epoch 1 ranks the trials backwards, epoch 2 as the last epoch does; the third trial stopped at epoch 2
+    for values in ([0.3, 0.1, 0.2], [0.2, 0.2, 0.4], [0.1, 0.3, 0.6], [0.4, 0.05]):
+        t = study.ask()
+        for step, v in enumerate(values, start=1):
+            t.report(v, step)
+        study.tell(
+            t,
+            values[-1] if len(values) == 3 else None,
+            state=None if len(values) == 3 else optuna.trial.TrialState.PRUNED,
+        )
+    taus = suite.rung_taus(db)
+    assert taus["last_epoch"] == 3 and taus["n1"] == 3 and taus["n2"] == 3
+    assert taus["epoch1"] == pytest.approx(-1) and taus["epoch2"] == pytest.approx(1)
+    assert suite.rung_taus(tmp_path / "missing.db") == {}
+
+
 def test_time_limit_stops_the_suite_and_the_next_run_continues(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(suite, "ROOT", tmp_path)
     monkeypatch.setitem(suite.SCALES, "quick", TOY)

@@ -116,6 +116,7 @@ def test_fuzzed_overrides_give_user_errors_only(key, raw):
         ("search.objective=rank5", "choose one of: rank1, mAP, mix"),
         ("search.pruner=asha", "successive_halving"),
         ("search.reduction_factor=1", "search.reduction_factor must be an integer >= 2"),
+        ("search.min_resource=0", "search.min_resource must be an integer >= 1"),
         ("search.finalists_se=-1", "search.finalists_se"),
         ("data.synth.target_num_test_ids=0", "data.synth.target_num_test_ids"),
     ],

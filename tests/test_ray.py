@@ -166,3 +166,17 @@ def test_a_saved_record_that_is_not_one_is_run_again(tmp_path):
     )
     values, data = _read_record(path, 1, search)
     assert values == {"rank1": 0.5, "macs": 10.0} and data == path.read_bytes()  # chosen on validation
+
+
+def test_asha_rungs_follow_min_resource_and_reduction_factor():
+    """Ray's early stopping reads search.min_resource and search.reduction_factor, as Optuna's pruners do."""
+    from types import SimpleNamespace
+
+    from autoprune.config import SearchSettings, load_config
+    from autoprune.search.ray_backend import RayBackend
+
+    cfg = load_config(preset="smoke", overrides=["search.min_resource=3", "search.reduction_factor=4"])
+    stub = SimpleNamespace(multi=False, search=SearchSettings.from_config(cfg), _points_to_evaluate=lambda: [{}])
+    scheduler = RayBackend._scheduler(stub)  # type: ignore[arg-type]
+    milestones = sorted(m for m, _ in scheduler._brackets[0]._rungs)  # Ray keeps no public view of its rungs
+    assert milestones[:3] == [3, 12, 48]

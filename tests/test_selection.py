@@ -1,25 +1,11 @@
-"""How trials are judged: the median pruner's warm-up, and the order trials are selected in."""
+"""How trials are judged: when the pruners may stop them, and the order trials are selected in."""
 
 from __future__ import annotations
 
 import optuna
+import pytest
 
 from autoprune.search.optuna_backend import make_pruner
-
-
-def test_median_pruner_never_stops_a_trial_after_its_first_epoch() -> None:
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize", pruner=make_pruner("median", multi=False))
-    for _ in range(3):  # startup trials, good at every epoch (steps count epochs from 1, as trials report them)
-        t = study.ask()
-        for step in (1, 2, 3):
-            t.report(0.8, step)
-        study.tell(t, 0.8)
-    poor = study.ask()
-    poor.report(0.1, 1)
-    assert not poor.should_prune()  # epoch 1: the pruned network has barely started to recover
-    poor.report(0.1, 2)
-    assert poor.should_prune()  # epoch 2 on: the median rule applies
 
 
 def test_ties_on_validation_rank1_are_broken_on_validation_map_not_the_test_split() -> None:
@@ -41,7 +27,8 @@ def test_ties_on_validation_rank1_are_broken_on_validation_map_not_the_test_spli
 def test_successive_halving_keeps_only_the_best_half_at_each_rung() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
-        direction="maximize", pruner=make_pruner("successive_halving", multi=False, max_epochs=4, reduction_factor=2)
+        direction="maximize",
+        pruner=make_pruner("successive_halving", multi=False, max_epochs=4, reduction_factor=2, min_resource=1),
     )
     first = study.ask()
     for step in (1, 2, 3, 4):
@@ -55,6 +42,24 @@ def test_successive_halving_keeps_only_the_best_half_at_each_rung() -> None:
     better = study.ask()
     better.report(0.7, 1)
     assert not better.should_prune()
+
+
+@pytest.mark.parametrize("pruner", ["successive_halving", "median"])
+def test_no_pruner_stops_a_trial_before_min_resource(pruner: str) -> None:
+    """search.min_resource (default 2): epoch 1 ranks policies almost at random, so the first rung is later."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(pruner, multi=False, max_epochs=4))
+    for _ in range(3):  # good at every epoch (the median rule's startup trials; every rung's first entries)
+        t = study.ask()
+        for step in (1, 2, 3, 4):
+            t.report(0.8, step)
+            t.should_prune()  # successive halving records a trial's rung values when it asks, as trials do
+        study.tell(t, 0.8)
+    poor = study.ask()
+    poor.report(0.1, 1)
+    assert not poor.should_prune()  # epoch 1: before the first rung
+    poor.report(0.1, 2)
+    assert poor.should_prune()  # epoch 2: the worst of four at the first rung
 
 
 def test_final_round_takes_the_trials_within_the_noise_of_the_best() -> None:
@@ -122,3 +127,20 @@ def test_trial_lines_log_the_objective_the_search_selects_on() -> None:
     # the best so far is the best validation mAP (trial 1), not the best rank-1 (trial 0)
     assert "val rank-1 0.900 mAP 0.200" in lines[0] and lines[0].endswith("best mAP 0.200")
     assert "val rank-1 0.100 mAP 0.300" in lines[1] and lines[1].endswith("best mAP 0.300")
+
+
+@pytest.mark.parametrize(
+    "pruner, min_resource, same_study",
+    [("median", 2, True), ("successive_halving", 1, True), ("successive_halving", 2, False), ("none", 5, True)],
+)
+def test_studies_from_before_min_resource_keep_their_identity(pruner: str, min_resource: int, same_study: bool) -> None:
+    """A run directory resumes where the key changes nothing the pruner did before it existed, and only there."""
+    import copy
+
+    from autoprune.config import load_config
+    from autoprune.search.run import study_identity
+
+    cfg = load_config(preset="smoke", overrides=[f"search.pruner={pruner}", f"search.min_resource={min_resource}"])
+    before = copy.deepcopy(cfg)
+    del before["search"]["min_resource"]
+    assert (study_identity(cfg) == study_identity(before)) is same_study

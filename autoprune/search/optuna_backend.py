@@ -73,24 +73,29 @@ def holds_a_place(t: optuna.trial.FrozenTrial) -> bool:
     return t.state in (TrialState.RUNNING, TrialState.WAITING) or counted([t]) == 1
 
 
-def make_pruner(name: str, multi: bool, max_epochs: int = 0, reduction_factor: int = 2) -> optuna.pruners.BasePruner:
+def make_pruner(
+    name: str, multi: bool, max_epochs: int = 0, reduction_factor: int = 2, min_resource: int = 2
+) -> optuna.pruners.BasePruner:
     """Early stopping over the trials' fine-tuning epochs (the steps a trial reports, from 1).
 
-    ``successive_halving`` and ``hyperband`` are the multi-fidelity searches: every trial gets one epoch,
-    and only the best ``1/reduction_factor`` of those at each rung (epochs 1, r, r^2, ...) train on, so a
-    search sees more policies for the same compute; the decisions are made on the validation split.
+    No pruner stops a trial before epoch ``min_resource`` (``search.min_resource``): just after pruning, the
+    first epoch ranks policies almost at random (docs/decisions.md). ``successive_halving`` and ``hyperband``
+    are the multi-fidelity searches: every trial gets ``min_resource`` epochs, and only the best
+    ``1/reduction_factor`` of those at each rung (epochs m, m*r, m*r^2, ...) train on, so a search sees more
+    policies for the same compute; the decisions are made on the validation split.
     """
     if name == "none" or multi:  # Optuna prunes single-objective studies only
         return optuna.pruners.NopPruner()
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(
-            min_resource=1, max_resource=max(1, max_epochs) if max_epochs else "auto", reduction_factor=reduction_factor
+            min_resource=min_resource,
+            max_resource=max(min_resource, max_epochs) if max_epochs else "auto",
+            reduction_factor=reduction_factor,
         )
     if name == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=reduction_factor)
-    # The first epoch after pruning says little about the last (the demo stopped 14 of 20 trials there),
-    # so the median rule applies from epoch 2.
-    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2)  # prunes at step >= 2
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=min_resource, reduction_factor=reduction_factor)
+    # Optuna's warm-up: no decision while step < n_warmup_steps, so the first one is at epoch min_resource.
+    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=min_resource)
 
 
 def storage_url(cfg: dict[str, Any], run_dir: Path) -> str | optuna.storages.BaseStorage:
@@ -185,7 +190,9 @@ def open_study(cfg: dict[str, Any], storage: optuna.storages.BaseStorage) -> opt
             storage=storage,
             study_name=name,
             sampler=make_sampler(search.sampler, seed, multi),
-            pruner=make_pruner(search.pruner, multi, settings.trial.finetune_epochs, search.reduction_factor),
+            pruner=make_pruner(
+                search.pruner, multi, settings.trial.finetune_epochs, search.reduction_factor, search.min_resource
+            ),
             directions=directions,
             load_if_exists=True,
         )
@@ -344,7 +351,7 @@ class OptunaBackend:
             if not self.multi:
                 trial.report(rank1, step)
                 if trial.should_prune():
-                    raise TrialPruned(f"stopped early at epoch {step} (target rank-1 {rank1:.3f})")
+                    raise TrialPruned(f"stopped early at epoch {step} (validation {self.search.objective} {rank1:.3f})")
 
         start = time.perf_counter()
         try:

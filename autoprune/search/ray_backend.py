@@ -275,8 +275,9 @@ def _error_of(trial: Trial) -> str:
     return f"{type(exc).__name__}: {lines[0][:200]}" if lines else "its Ray worker failed; see the trial's error.txt"
 
 
-def record_of(trial: Trial) -> TrialRecord | None:
-    """A Tune trial's record (see :func:`records.record_of`); None for a trial that never started."""
+def record_of(trial: Trial, kind: str = "rank1") -> TrialRecord | None:
+    """A Tune trial's record (see :func:`records.record_of`); None for a trial that never started. ``kind``
+    names the objective the trial reported (``search.objective``) in a stopped trial's error."""
     config = trial.config or {}
     if NUMBER not in config:
         return None
@@ -309,7 +310,7 @@ def record_of(trial: Trial) -> TrialRecord | None:
         )
     if trial.status == Trial.TERMINATED and last.get("done"):
         error = (
-            f"stopped early by ASHA at epoch {last.get('step')} (target rank-1 {last['rank1']:.3f})"
+            f"stopped early by ASHA at epoch {last.get('step')} (validation {kind} {last['rank1']:.3f})"
             if "rank1" in last
             else "stopped early by the scheduler"
         )
@@ -383,14 +384,15 @@ class RayBackend:
     def _scheduler(self) -> TrialScheduler:
         if self.multi or self.search.pruner == "none":
             return FIFOScheduler()
-        # Keep the better half at every rung (1, 2, 4, ... reports), like the Optuna backend's median rule.
+        # Keep the best 1/reduction_factor at every rung (m, m*r, m*r^2, ... reports; m = search.min_resource,
+        # the first epoch at which the Optuna backend's pruners may stop a trial too).
         return WarmStartASHA(
             len(self._points_to_evaluate()),
             metric="rank1",
             mode="max",
             time_attr="training_iteration",
-            grace_period=1,
-            reduction_factor=2,
+            grace_period=self.search.min_resource,
+            reduction_factor=self.search.reduction_factor,
             max_t=10_000,
         )
 
@@ -533,7 +535,7 @@ class RayBackend:
     def _record(self, trial: Trial) -> TrialRecord | None:
         record = self._done.get(trial.trial_id)
         if record is None:
-            record = record_of(trial)
+            record = record_of(trial, self.search.objective)
             if record is not None and record.state != "RUNNING":
                 self._done[trial.trial_id] = record  # read once, while Ray and the driver's files are there
         return record

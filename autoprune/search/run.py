@@ -48,6 +48,9 @@ from autoprune.search.trial import SearchEnv, TrialResult
 IDENTITY = ("model", "data", "budget", "trial", "seed")
 
 
+LEGACY_MIN_RESOURCE = {"median": 2, "successive_halving": 1, "hyperband": 1}
+
+
 def study_identity(cfg: dict[str, Any]) -> str:
     cfg = without_unset_late_keys(cfg)
     if cfg["model"].get("checkpoint") is not None:  # its content, not its name: a retrained file is another study
@@ -57,6 +60,10 @@ def study_identity(cfg: dict[str, Any]) -> str:
     search = {
         k: v for k, v in cfg["search"].items() if k not in ("n_trials", "timeout", "final_epochs", "finalists", "ray")
     }
+    # Studies from before search.min_resource keep their identity: the key is hashed only where it changes
+    # what the pruner does from what it did then (the median rule waited until epoch 2, the others epoch 1).
+    if search.get("min_resource") == LEGACY_MIN_RESOURCE.get(search["pruner"], search.get("min_resource")):
+        search.pop("min_resource", None)
     parts = {**{k: cfg[k] for k in IDENTITY}, "search": search}
     if cfg["budget"].get("latency_ms") is None:  # run directories from before latency budgets keep their identity
         parts["budget"] = {k: v for k, v in cfg["budget"].items() if not k.startswith("latency_")}
