@@ -468,7 +468,7 @@ def t2_summary(suite: Suite, t2: dict[Any, Any]) -> dict[str, Any]:
                         "complete": sum(t["state"] == "COMPLETE" for t in r["report"]["trials"]),
                         "search_seconds": trial_seconds(r["report"]),
                         "tau": search_taus(r["report"]),
-                        "rung_tau": r.get("rung_tau") or {},
+                        "rung_tau": r["rung_tau"],
                     }
                     for seed, r in cells
                 ],
@@ -531,17 +531,17 @@ def t2_markdown(summary: dict[str, Any]) -> list[str]:
         "| rungs: epoch 1 vs last (trials) | epoch 2 vs last (trials) |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    rung = lambda g, e: "-" if not g.get(f"n{e}") else f"{t(g.get(f'epoch{e}'))} ({g[f'n{e}']})"  # noqa: E731
     t = lambda v: "-" if v is None else f"{v:+.2f}"  # noqa: E731
+    rung = lambda g, e: "-" if not g.get(f"n{e}") else f"{t(g[f'epoch{e}'])} ({g[f'n{e}']})"  # noqa: E731
     for r in summary["table2"]:
         for p in r["per_seed"]:
             lines.append(
                 f"| {r['macs_ratio']:.0%} | {p['seed']} | {f(p['searched'])} | {f(p['uniform'])} | "
                 f"{f(p['global'])} | {p['trials']} ({p['complete']}) | {p['chosen_trial']} | "
                 f"{t(p['tau']['rank1'])} | {t(p['tau']['mAP'])} | {t(p['tau']['mix'])} | "
-                f"{rung(p.get('rung_tau', {}), 1)} | {rung(p.get('rung_tau', {}), 2)} |"
+                f"{rung(p['rung_tau'], 1)} | {rung(p['rung_tau'], 2)} |"
             )
-    rungs = [p.get("rung_tau", {}) for r in summary["table2"] for p in r["per_seed"]]
+    rungs = [p["rung_tau"] for r in summary["table2"] for p in r["per_seed"]]
     means = [
         f"epoch {e} vs last: mean {statistics.mean(vals):+.2f}, median {statistics.median(vals):+.2f} "
         f"({len(vals)} searches)"
