@@ -176,7 +176,38 @@ def test_asha_rungs_follow_min_resource_and_reduction_factor():
     from autoprune.search.ray_backend import RayBackend
 
     cfg = load_config(preset="smoke", overrides=["search.min_resource=3", "search.reduction_factor=4"])
-    stub = SimpleNamespace(multi=False, search=SearchSettings.from_config(cfg), _points_to_evaluate=lambda: [{}])
+    stub = SimpleNamespace(
+        multi=False,
+        search=SearchSettings.from_config(cfg),
+        env=SimpleNamespace(trial=SimpleNamespace(finetune_epochs=4)),
+        _points_to_evaluate=lambda: [{}],
+    )
     scheduler = RayBackend._scheduler(stub)  # type: ignore[arg-type]
     milestones = sorted(m for m, _ in scheduler._brackets[0]._rungs)  # Ray keeps no public view of its rungs
     assert milestones[:3] == [3, 12, 48]
+
+
+def test_asha_never_stops_a_trial_at_its_last_epoch():
+    """As the Optuna backend: the last epoch's training is paid for, so the trial completes."""
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from autoprune.search.ray_backend import NUMBER, WarmStartASHA
+
+    asha = WarmStartASHA(
+        1, 4, metric="rank1", mode="max", time_attr="training_iteration", grace_period=1, reduction_factor=2
+    )
+    trials = [SimpleNamespace(trial_id=f"t{i}", config={NUMBER: i}) for i in range(4)]
+    for t in trials:
+        asha.on_trial_add(None, t)
+
+    def result(t, step: int, rank1: float) -> str:
+        return asha.on_trial_result(None, t, {"training_iteration": step, "step": step, "rank1": rank1})
+
+    for t in trials[:2]:  # two good trials through every rung
+        assert all(result(t, step, 0.9) == TrialScheduler.CONTINUE for step in (1, 2, 3, 4))
+    fades = trials[2]  # the best until its last epoch, then the worst of the rung at epoch 4
+    assert all(result(fades, step, 0.95) == TrialScheduler.CONTINUE for step in (1, 2, 3))
+    assert result(fades, 4, 0.1) == TrialScheduler.CONTINUE
+    assert result(trials[3], 1, 0.05) == TrialScheduler.STOP  # stopping early still works

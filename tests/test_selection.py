@@ -144,3 +144,54 @@ def test_studies_from_before_min_resource_keep_their_identity(pruner: str, min_r
     before = copy.deepcopy(cfg)
     del before["search"]["min_resource"]
     assert (study_identity(cfg) == study_identity(before)) is same_study
+
+
+class ScriptedEnv:
+    """What OptunaBackend needs of a SearchEnv, with trials that report a scripted validation score per epoch."""
+
+    def __init__(self, cfg: dict, scripts: list[list[float]]) -> None:
+        from autoprune.config import SearchSettings
+        from autoprune.search.space import Param, SearchSpace
+
+        self.cfg, self.scripts = cfg, iter(scripts)
+        self.search = SearchSettings.from_config(cfg)
+        self.device = None
+        self.space = SearchSpace("scripted", "group", {"g": Param("g", 0.1, 1.0, None, ["g"])})
+
+    def run(self, values: dict, report=None, screen=None):
+        from autoprune.search.trial import TrialResult
+
+        scores = next(self.scripts)
+        for step, score in enumerate(scores, 1):
+            report(step, score)
+        metrics = {"target": {"rank1": 0.0, "mAP": 0.0, "val": {"rank1": scores[-1], "mAP": scores[-1]}}}
+        return TrialResult(counts={}, policy=dict(values), macs=1, params=1, macs_ratio=0.5, metrics=metrics, seconds=0)
+
+
+# (The median rule compares a trial's best epoch so far, so a trial good until its last epoch never risked it.)
+@pytest.mark.parametrize("pruner", ["successive_halving", "hyperband"])
+def test_no_pruner_stops_a_trial_at_its_last_epoch(pruner: str, tmp_path) -> None:
+    """A rung at the last epoch would throw away a trial whose training is already paid for (2-5 of the
+    trials of every table-2 search were stopped there): it completes, and the ranking decides."""
+    from autoprune.config import load_config
+    from autoprune.search.optuna_backend import OptunaBackend
+
+    cfg = load_config(
+        preset="smoke",
+        overrides=[
+            "search.sampler=random",
+            f"search.pruner={pruner}",
+            "search.min_resource=1",
+            "search.reduction_factor=2",
+            "trial.finetune_epochs=4",
+            "search.n_trials=6",
+        ],
+    )
+    flat = [[0.5] * 4, [0.9] * 4, [0.8] * 4, [0.7] * 4]
+    fades = [0.95, 0.95, 0.95, 0.1]  # the best of every rung until its last epoch, then the worst
+    backend = OptunaBackend(ScriptedEnv(cfg, [*flat, fades, [0.05] * 4]), tmp_path)
+    backend.run(6)
+    states = [t.state.name for t in backend.study.get_trials(deepcopy=False)]
+    assert states[4] == "COMPLETE"
+    if pruner != "hyperband":  # Hyperband puts trials in brackets by a hash: the last one may be alone in its own
+        assert states[5] == "PRUNED"  # the worst at every epoch is still stopped early

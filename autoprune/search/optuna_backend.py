@@ -79,7 +79,8 @@ def make_pruner(
     """Early stopping over the trials' fine-tuning epochs (the steps a trial reports, from 1).
 
     No pruner stops a trial before epoch ``min_resource`` (``search.min_resource``): just after pruning, the
-    first epoch ranks policies almost at random (docs/decisions.md). ``successive_halving`` and ``hyperband``
+    first epoch ranks policies almost at random (docs/decisions.md). Nor at its last epoch: the backend does
+    not ask then (a rung there would discard training already paid for). ``successive_halving`` and ``hyperband``
     are the multi-fidelity searches: every trial gets ``min_resource`` epochs, and only the best
     ``1/reduction_factor`` of those at each rung (epochs m, m*r, m*r^2, ...) train on, so a search sees more
     policies for the same compute; the decisions are made on the validation split.
@@ -240,6 +241,9 @@ class OptunaBackend:
         self._disk_full: OSError | None = None
         self._failed = False
         self._n_trials = self.search.n_trials
+        # No pruner decides at a trial's last epoch (Ray's ASHA neither): its training is paid for, and as a
+        # complete trial it informs the sampler and may enter the final round.
+        self.last_epoch = RunSettings.from_config(env.cfg).trial.finetune_epochs
 
     def _recover_interrupted(self) -> None:
         """Fail the trials a killed process left RUNNING, and queue the policies of every interrupted trial again.
@@ -350,7 +354,7 @@ class OptunaBackend:
         def report(step: int, rank1: float) -> None:
             if not self.multi:
                 trial.report(rank1, step)
-                if trial.should_prune():
+                if step < self.last_epoch and trial.should_prune():
                     raise TrialPruned(f"stopped early at epoch {step} (validation {self.search.objective} {rank1:.3f})")
 
         start = time.perf_counter()

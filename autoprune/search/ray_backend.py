@@ -216,11 +216,16 @@ class WarmStartASHA(ASHAScheduler):
     """ASHA that lets the warm-start trials (the uniform policy first) run to the end: the report compares
     the best policy with the uniform one, as the Optuna backend's median rule (3 startup trials) allows."""
 
-    def __init__(self, protected: int, **kwargs: Any) -> None:
+    def __init__(self, protected: int, last_epoch: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.protected = protected
+        self.last_epoch = last_epoch
 
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict[str, Any]) -> str:
+        # As the Optuna backend: no decision at a trial's last epoch (its training is paid for; complete, it
+        # informs the sampler and may enter the final round).
+        if result.get("step", 0) >= self.last_epoch:
+            return TrialScheduler.CONTINUE
         decision = super().on_trial_result(tune_controller, trial, result)
         # A trial's final report carries its record as a checkpoint: stopping on it could end the trial before
         # Tune registers the checkpoint, leaving a finished trial read back as stopped early (seen on resume).
@@ -388,6 +393,7 @@ class RayBackend:
         # the first epoch at which the Optuna backend's pruners may stop a trial too).
         return WarmStartASHA(
             len(self._points_to_evaluate()),
+            self.env.trial.finetune_epochs,
             metric="rank1",
             mode="max",
             time_attr="training_iteration",
