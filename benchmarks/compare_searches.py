@@ -1,0 +1,105 @@
+"""Two versions of table 2's search on the same seeds: which one wins, paired on the same test queries.
+
+    python -m benchmarks.compare_searches --set search.min_resource=2 --seed 0 --seed 1 --seed 2
+
+compares the full scale's cells (``benchmarks/cache/full``) with those computed with the extra overrides
+(``python -m benchmarks.suite --full --table 2 --set ...``, their own cache folder). Reads finished cells
+only; writes ``benchmarks/compare_<tag>.md``. Per budget: each version's searched - uniform, and searched
+(new) - searched (old) with its 95% bootstrap interval over seeds and query identities (``paired_diff``),
+the complete trials, and the compute: fine-tuning epochs over the trials (from the cell's Optuna study,
+which stores every epoch a trial reported) plus the final round's (finalists x ``search.final_epochs``), a
+measure of cost that does not depend on how busy the machine was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from typing import Any
+
+from benchmarks.suite import ROOT, Suite, paired_diff, t2_search_vs_uniform
+
+
+def points(d: dict[str, Any] | None) -> str:
+    if d is None:
+        return "-"
+    lo, hi = d["ci95"]
+    return f"{100 * d['mean']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+
+
+def trained_epochs(suite: Suite, budget: float, seed: int, report: dict[str, Any]) -> int:
+    """A cell's fine-tuning epochs: every epoch its trials reported, and the final round's."""
+    import optuna
+
+    db = suite.cache / f"t2_search_b{int(budget * 100)}_s{seed}" / "study.db"
+    study = optuna.load_study(study_name="autoprune", storage=f"sqlite:///{db}")
+    final = len(report.get("finalists", [])) * report["best"]["final_epochs"]
+    return sum(len(t.intermediate_values) for t in study.get_trials(deepcopy=False)) + final
+
+
+def vs(a: list[dict[str, Any]], b: list[dict[str, Any]], model_a: str, model_b: str, groups: list[int]) -> Any:
+    """``model_a`` of rows ``a`` minus ``model_b`` of rows ``b`` (the same seeds), paired per query."""
+    return paired_diff([r["hits"][model_a] for r in a], [r["hits"][model_b] for r in b], groups=groups)
+
+
+def complete(rows: list[dict[str, Any]]) -> float:
+    return statistics.mean(sum(t["state"] == "COMPLETE" for t in r["report"]["trials"]) for r in rows)
+
+
+def epochs(suite: Suite, budget: float, seeds: list[int], rows: list[dict[str, Any]]) -> float:
+    return statistics.mean(trained_epochs(suite, budget, s, r["report"]) for s, r in zip(seeds, rows))
+
+
+def compare(extra: list[str], budgets: list[float], seeds: list[int]) -> list[str]:
+    """The comparison's markdown lines."""
+    old, new = Suite("full", []), Suite("full", extra)
+    for suite in (old, new):
+        suite.cached_only = True
+        suite.log = lambda msg: None  # type: ignore[method-assign]
+    rows_old = t2_search_vs_uniform(old, budgets, seeds)
+    rows_new = t2_search_vs_uniform(new, budgets, seeds)
+    groups = old.target_query_pids()
+    lines = [
+        f"## Table 2's search, `{' '.join(extra)}` (new) against the full scale's cells (old)",
+        "",
+        f"Command: `python -m benchmarks.compare_searches {' '.join('--set ' + e for e in extra)} "
+        f"{' '.join(f'--seed {s}' for s in seeds)}`; seeds {', '.join(map(str, seeds))}; target test rank-1, "
+        "differences in points, paired on the same queries and seeds (95% bootstrap interval over seeds and "
+        "query identities).",
+        "",
+        "| MACs budget | seeds | searched - uniform (old) | searched - uniform (new) | new - old (searched) "
+        "| complete trials per search (old / new) | epochs per search, trials + final round (old / new) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for budget in budgets:
+        both = [s for s in seeds if (budget, s) in rows_old and (budget, s) in rows_new]
+        if not both:
+            continue
+        o = [rows_old[(budget, s)] for s in both]
+        n = [rows_new[(budget, s)] for s in both]
+        lines.append(
+            f"| {budget:.0%} | {len(both)} | {points(vs(o, o, 'searched', 'uniform', groups))} "
+            f"| {points(vs(n, n, 'searched', 'uniform', groups))} | {points(vs(n, o, 'searched', 'searched', groups))} "
+            f"| {complete(o):.1f} / {complete(n):.1f} "
+            f"| {epochs(old, budget, both, o):.0f} / {epochs(new, budget, both, n):.0f} |"
+        )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--set", dest="extra", action="append", required=True, help="the new version's overrides")
+    parser.add_argument("--seed", type=int, action="append", required=True)
+    parser.add_argument("--budget", type=float, action="append", help="default: the full scale's budgets")
+    args = parser.parse_args(argv)
+    budgets = args.budget or Suite("full", []).s["budgets"]
+    lines = compare(args.extra, budgets, args.seed)
+    tag = Suite("full", args.extra).tag
+    (ROOT / f"compare_{tag}.md").write_text("\n".join([*lines, ""]))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
