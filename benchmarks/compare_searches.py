@@ -1,10 +1,11 @@
 """Two versions of table 2's search on the same seeds: which one wins, paired on the same test queries.
 
-    python -m benchmarks.compare_searches --set search.min_resource=2 --seed 0 --seed 1 --seed 2
+    python -m benchmarks.compare_searches --old-set search.min_resource=1 --seed 0 --seed 1 --seed 2
 
-compares the full scale's cells (``benchmarks/cache/full``) with those computed with the extra overrides
-(``python -m benchmarks.suite --full --table 2 --set ...``, their own cache folder). Reads finished cells
-only; writes ``benchmarks/compare_<tag>.md``. Per budget: each version's searched - uniform, and searched
+compares two sets of the full scale's cells: the old version's, computed with the ``--old-set`` overrides, and
+the new one's, with the ``--set`` overrides (none: the scale's own search), i.e. what ``python -m
+benchmarks.suite --full --table 2 --set ...`` computed into its cache folders. Reads finished cells only;
+writes ``benchmarks/compare_<old tag>.md``. Per budget: each version's searched - uniform, and searched
 (new) - searched (old) with its 95% bootstrap interval over seeds and query identities (``paired_diff``),
 the complete trials, and the compute: fine-tuning epochs over the trials (from the cell's Optuna study,
 which stores every epoch a trial reported) plus the final round's (finalists x ``search.final_epochs``), a
@@ -51,9 +52,9 @@ def epochs(suite: Suite, budget: float, seeds: list[int], rows: list[dict[str, A
     return statistics.mean(trained_epochs(suite, budget, s, r["report"]) for s, r in zip(seeds, rows))
 
 
-def compare(extra: list[str], budgets: list[float], seeds: list[int]) -> list[str]:
+def compare(old_extra: list[str], extra: list[str], budgets: list[float], seeds: list[int]) -> list[str]:
     """The comparison's markdown lines."""
-    old, new = Suite("full", []), Suite("full", extra)
+    old, new = Suite("full", old_extra), Suite("full", extra)
     for suite in (old, new):
         suite.cached_only = True
         suite.log = lambda msg: None  # type: ignore[method-assign]
@@ -61,9 +62,11 @@ def compare(extra: list[str], budgets: list[float], seeds: list[int]) -> list[st
     rows_new = t2_search_vs_uniform(new, budgets, seeds)
     groups = old.target_query_pids()
     lines = [
-        f"## Table 2's search, `{' '.join(extra)}` (new) against the full scale's cells (old)",
+        f"## Table 2's search: `{' '.join(extra) or 'the suite as it is'}` (new) against "
+        f"`{' '.join(old_extra) or 'the suite as it is'}` (old)",
         "",
-        f"Command: `python -m benchmarks.compare_searches {' '.join('--set ' + e for e in extra)} "
+        "Command: `python -m benchmarks.compare_searches "
+        f"{' '.join([*('--old-set ' + e for e in old_extra), *('--set ' + e for e in extra)])} "
         f"{' '.join(f'--seed {s}' for s in seeds)}`; seeds {', '.join(map(str, seeds))}; target test rank-1, "
         "differences in points, paired on the same queries and seeds (95% bootstrap interval over seeds and "
         "query identities).",
@@ -89,13 +92,16 @@ def compare(extra: list[str], budgets: list[float], seeds: list[int]) -> list[st
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--set", dest="extra", action="append", required=True, help="the new version's overrides")
+    parser.add_argument("--old-set", dest="old_extra", action="append", default=[], help="the old version's overrides")
+    parser.add_argument("--set", dest="extra", action="append", default=[], help="the new version's overrides")
     parser.add_argument("--seed", type=int, action="append", required=True)
     parser.add_argument("--budget", type=float, action="append", help="default: the full scale's budgets")
     args = parser.parse_args(argv)
     budgets = args.budget or Suite("full", []).s["budgets"]
-    lines = compare(args.extra, budgets, args.seed)
-    tag = Suite("full", args.extra).tag
+    if args.old_extra == args.extra:
+        parser.error("the two versions are the same: give --old-set or --set overrides that differ")
+    lines = compare(args.old_extra, args.extra, budgets, args.seed)
+    tag = Suite("full", args.old_extra or args.extra).tag
     (ROOT / f"compare_{tag}.md").write_text("\n".join([*lines, ""]))
     print("\n".join(lines))
     return 0
