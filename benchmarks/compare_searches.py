@@ -7,8 +7,8 @@ the new one's, with the ``--set`` overrides (none: the scale's own search), i.e.
 benchmarks.suite --full --table 2 --set ...`` computed into its cache folders. Reads finished cells only;
 writes ``benchmarks/compare_<old tag>.md``. Per budget: each version's searched - uniform, and searched
 (new) - searched (old) with its 95% bootstrap interval over seeds and query identities (``paired_diff``),
-the complete trials, and the compute: fine-tuning epochs over the trials (from the cell's Optuna study,
-which stores every epoch a trial reported) plus the final round's (finalists x ``search.final_epochs``), a
+the complete trials, and the compute: fine-tuning epochs over the trials (``rung_taus`` counts them in the
+cell's Optuna study, which stores every epoch a trial reported) plus the final round's (finalists x ``search.final_epochs``), a
 measure of cost that does not depend on how busy the machine was.
 """
 
@@ -19,37 +19,27 @@ import statistics
 import sys
 from typing import Any
 
-from benchmarks.suite import ROOT, Suite, paired_diff, t2_search_vs_uniform
+from benchmarks.suite import ROOT, Suite, paired_diff, points_ci, t2_search_vs_uniform
 
 
-def points(d: dict[str, Any] | None) -> str:
-    if d is None:
-        return "-"
-    lo, hi = d["ci95"]
-    return f"{100 * d['mean']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+def trained_epochs(row: dict[str, Any]) -> int:
+    """A cell's fine-tuning epochs: every epoch its trials trained (``rung_taus``), and the final round's."""
+    report = row["report"]
+    return row["rung_tau"]["trial_epochs"] + len(report.get("finalists", [])) * report["best"]["final_epochs"]
 
 
-def trained_epochs(suite: Suite, budget: float, seed: int, report: dict[str, Any]) -> int:
-    """A cell's fine-tuning epochs: every epoch its trials reported, and the final round's."""
-    import optuna
-
-    db = suite.cache / f"t2_search_b{int(budget * 100)}_s{seed}" / "study.db"
-    study = optuna.load_study(study_name="autoprune", storage=f"sqlite:///{db}")
-    final = len(report.get("finalists", [])) * report["best"]["final_epochs"]
-    return sum(len(t.intermediate_values) for t in study.get_trials(deepcopy=False)) + final
-
-
-def vs(a: list[dict[str, Any]], b: list[dict[str, Any]], model_a: str, model_b: str, groups: list[int]) -> Any:
-    """``model_a`` of rows ``a`` minus ``model_b`` of rows ``b`` (the same seeds), paired per query."""
-    return paired_diff([r["hits"][model_a] for r in a], [r["hits"][model_b] for r in b], groups=groups)
+def vs(a: list[dict[str, Any]], b: list[dict[str, Any]], model_a: str, model_b: str, groups: list[int]) -> str:
+    """``model_a`` of rows ``a`` minus ``model_b`` of rows ``b`` (the same seeds), paired per query, in points."""
+    d = paired_diff([r["hits"][model_a] for r in a], [r["hits"][model_b] for r in b], groups=groups)
+    return points_ci(d["mean"], d["ci95"]) if d else "-"
 
 
 def complete(rows: list[dict[str, Any]]) -> float:
     return statistics.mean(sum(t["state"] == "COMPLETE" for t in r["report"]["trials"]) for r in rows)
 
 
-def epochs(suite: Suite, budget: float, seeds: list[int], rows: list[dict[str, Any]]) -> float:
-    return statistics.mean(trained_epochs(suite, budget, s, r["report"]) for s, r in zip(seeds, rows))
+def epochs(rows: list[dict[str, Any]]) -> float:
+    return statistics.mean(trained_epochs(r) for r in rows)
 
 
 def compare(old_extra: list[str], extra: list[str], budgets: list[float], seeds: list[int]) -> list[str]:
@@ -82,10 +72,10 @@ def compare(old_extra: list[str], extra: list[str], budgets: list[float], seeds:
         o = [rows_old[(budget, s)] for s in both]
         n = [rows_new[(budget, s)] for s in both]
         lines.append(
-            f"| {budget:.0%} | {len(both)} | {points(vs(o, o, 'searched', 'uniform', groups))} "
-            f"| {points(vs(n, n, 'searched', 'uniform', groups))} | {points(vs(n, o, 'searched', 'searched', groups))} "
+            f"| {budget:.0%} | {len(both)} | {vs(o, o, 'searched', 'uniform', groups)} "
+            f"| {vs(n, n, 'searched', 'uniform', groups)} | {vs(n, o, 'searched', 'searched', groups)} "
             f"| {complete(o):.1f} / {complete(n):.1f} "
-            f"| {epochs(old, budget, both, o):.0f} / {epochs(new, budget, both, n):.0f} |"
+            f"| {epochs(o):.0f} / {epochs(n):.0f} |"
         )
     return lines
 

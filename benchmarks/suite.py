@@ -406,7 +406,8 @@ def search_taus(report: dict[str, Any]) -> dict[str, float | None]:
 def rung_taus(study_db: Path) -> dict[str, Any]:
     """Kendall tau, on validation, between a search's trials at epoch 1 (and 2) and at its last epoch, over the
     trials that reached both: whether an early rung of successive halving ranks policies as the end does.
-    Read from the cell's Optuna study (the intermediate values every trial reports, stopped ones too)."""
+    Read from the cell's Optuna study (the intermediate values every trial reports, stopped ones too), with
+    ``trial_epochs``, the fine-tuning epochs the trials trained in all."""
     import optuna
     from scipy.stats import kendalltau
 
@@ -422,6 +423,7 @@ def rung_taus(study_db: Path) -> dict[str, Any]:
         out[f"epoch{early}"] = None if tau is None or tau != tau else float(tau)
         out[f"n{early}"] = len(pairs)
     out["last_epoch"] = last
+    out["trial_epochs"] = sum(len(v) for v in steps)  # every epoch a trial trained reports once
     return out
 
 
@@ -497,6 +499,13 @@ def t2_summary(suite: Suite, t2: dict[Any, Any]) -> dict[str, Any]:
     }
 
 
+def points_ci(mean: float | None, ci95: list[float] | None) -> str:
+    """A difference of fractions and its 95% interval, in points: ``+1.5 [+0.0, +3.3]``."""
+    if mean is None or ci95 is None:
+        return "-"
+    return f"{100 * mean:+.1f} [{100 * ci95[0]:+.1f}, {100 * ci95[1]:+.1f}]"
+
+
 def t2_markdown(summary: dict[str, Any]) -> list[str]:
     """Table 2 with the paired difference and its interval, and the validation/test taus."""
     sc = summary["scale"]
@@ -512,12 +521,11 @@ def t2_markdown(summary: dict[str, Any]) -> list[str]:
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-    ci = lambda m, c: "-" if m is None else f"{100 * m:+.1f} [{100 * c[0]:+.1f}, {100 * c[1]:+.1f}]"  # noqa: E731
     for r in summary["table2"]:
         lines.append(
             f"| {r['macs_ratio']:.0%} | {len(r['seeds'])} | {f(r['searched_rank1'])} | {f(r['top_trial_rank1'])} | "
-            f"{f(r['uniform_rank1'])} | {f(r['global_rank1'])} | {ci(r['diff'], r['diff_ci95'])} | "
-            f"{ci(r['diff_global'], r['diff_global_ci95'])} |"
+            f"{f(r['uniform_rank1'])} | {f(r['global_rank1'])} | {points_ci(r['diff'], r['diff_ci95'])} | "
+            f"{points_ci(r['diff_global'], r['diff_global_ci95'])} |"
         )
     lines += [
         "",

@@ -172,11 +172,12 @@ class RaceEnv:
     that only sleeps: the race is all there is."""
 
     def __init__(self, cfg: dict) -> None:
-        from autoprune.config import SearchSettings
+        from autoprune.config import SearchSettings, TrialSettings
         from autoprune.search.space import Param, SearchSpace
 
         self.cfg = cfg
         self.search = SearchSettings.from_config(cfg)
+        self.trial = TrialSettings.from_config(cfg)
         self.device = None
         names = ("layer1.out", "layer2.out", "layer3.out")  # continuous: no two sampled policies are equal
         self.space = SearchSpace("race", "group", {n: Param(n, 0.1, 1.0, None, [n]) for n in names})

@@ -150,11 +150,12 @@ class ScriptedEnv:
     """What OptunaBackend needs of a SearchEnv, with trials that report a scripted validation score per epoch."""
 
     def __init__(self, cfg: dict, scripts: list[list[float]]) -> None:
-        from autoprune.config import SearchSettings
+        from autoprune.config import SearchSettings, TrialSettings
         from autoprune.search.space import Param, SearchSpace
 
         self.cfg, self.scripts = cfg, iter(scripts)
         self.search = SearchSettings.from_config(cfg)
+        self.trial = TrialSettings.from_config(cfg)
         self.device = None
         self.space = SearchSpace("scripted", "group", {"g": Param("g", 0.1, 1.0, None, ["g"])})
 

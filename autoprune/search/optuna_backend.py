@@ -243,7 +243,7 @@ class OptunaBackend:
         self._n_trials = self.search.n_trials
         # No pruner decides at a trial's last epoch (Ray's ASHA neither): its training is paid for, and as a
         # complete trial it informs the sampler and may enter the final round.
-        self.last_epoch = RunSettings.from_config(env.cfg).trial.finetune_epochs
+        self.last_epoch = env.trial.finetune_epochs
 
     def _recover_interrupted(self) -> None:
         """Fail the trials a killed process left RUNNING, and queue the policies of every interrupted trial again.
